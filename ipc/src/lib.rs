@@ -1,0 +1,12 @@
+//! `ib-stream-ipc`: the shared-memory side of ib-stream.
+//!
+//! This is the only crate a strategy links. It holds the 64-byte [`Record`] every process
+//! shares; the ring, the string table and the status region build on it.
+#![deny(missing_docs)]
+
+pub mod record;
+
+pub use record::{
+    ConnState, GapReason, PRICE_SCALE, Quote, RECORD_SIZE, Record, RecordKind, SIZE_SCALE,
+    SubState, Trade, UNDEF_I64, flags,
+};

@@ -1,0 +1,5 @@
+//! ib-stream: Interactive Brokers market data from the TWS API socket into a shared-memory
+//! ring, and from there to disk, the web and strategy processes.
+#![deny(unsafe_code)]
+
+pub use ib_stream_ipc as ipc;
