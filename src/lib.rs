@@ -2,4 +2,6 @@
 //! ring, and from there to disk, the web and strategy processes.
 #![deny(unsafe_code)]
 
+pub mod config;
+
 pub use ib_stream_ipc as ipc;

@@ -1,13 +1,114 @@
-//! The `ib-stream` command.
+//! The `ib-stream` command: one binary for every process of the system.
 
-use clap::Parser;
+use std::path::PathBuf;
 
-/// ib-stream: low-latency Interactive Brokers market data.
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ib_stream::config::{self, ConfigSources, Environment};
+
+/// ib-stream: Interactive Brokers market data into shared memory, to disk and to the web.
 #[derive(Debug, Parser)]
-#[command(version, about)]
-struct Cli {}
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
+/// Options every subcommand takes: they select and override the configuration.
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// Environment: production, development or staging (picks ports, client ids, paths).
+    #[arg(long, global = true, value_parser = parse_env_name)]
+    env: Option<Environment>,
+    /// A KEY=VALUE env file read before the IB_STREAM_* variables.
+    #[arg(long, global = true)]
+    env_file: Option<PathBuf>,
+    /// Override one setting, e.g. `--set IB_STREAM_CLIENT_ID=7` (repeatable; wins over all).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+fn parse_env_name(s: &str) -> Result<Environment, String> {
+    s.parse()
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration and where each value came from.
+    Check,
+    /// List every setting with its original IB-Stream aliases.
+    Keys,
+}
+
+fn sources(g: &GlobalArgs) -> anyhow::Result<ConfigSources> {
+    let mut flags = Vec::new();
+    for kv in &g.set {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--set {kv}: expected KEY=VALUE"))?;
+        flags.push(("--set".to_string(), k.trim().to_string(), v.to_string()));
+    }
+    Ok(ConfigSources {
+        environment: g.env,
+        env_file: g.env_file.clone(),
+        env_vars: std::env::vars().collect(),
+        flags,
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The error chain in one line: what failed and why, no backtrace noise.
+            eprintln!("ib-stream: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Config(ConfigCommand::Check) => {
+            let loaded = config::load(&sources(&cli.global)?)?;
+            let rows = loaded.table();
+            let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+            for (key, value, source, _) in rows {
+                let value = if value.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    value
+                };
+                println!("{key:<w$}  {value}  [{source}]");
+            }
+            for name in &loaded.ignored_env {
+                println!("ignored: {name} (not an ib-stream setting)");
+            }
+            println!(
+                "control socket: {}",
+                loaded.settings.control_socket().display()
+            );
+        }
+        Command::Config(ConfigCommand::Keys) => {
+            for (key, aliases, help) in config::known_keys() {
+                let aka = if aliases.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (also {})", aliases.join(", "))
+                };
+                println!("{key}{aka}\n    {help}");
+            }
+        }
+    }
     Ok(())
 }
