@@ -3,5 +3,6 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod engine;
 
 pub use ib_stream_ipc as ipc;

@@ -1,0 +1,1046 @@
+//! The subscription manager: one IB request per (conId, kind), shared by everyone who asked.
+//!
+//! Sans-IO like the codec: callers pass `now` (ns, monotonic) and IB's answers; the manager
+//! says what to send ([`SubscriptionManager::next_request`]) and what changed
+//! ([`SubscriptionManager::poll_event`]). It enforces IB's quotas before IB has to: slot
+//! budgets for tick-by-tick and market-data lines (a full budget is a clear rejection with
+//! IB's own code, 10190 or 101) and the 15-second rule for tick-by-tick requests on one
+//! instrument (such requests wait in a queue). IB's errors are routed to the subscription
+//! they belong to; 1101 and reconnects re-request everything; a delayed-data fallback is
+//! marked, never silent.
+//!
+//! The per-tick call, [`SubscriptionManager::on_tick`], is an index into a vector: no
+//! hashing, no allocation.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use ib_stream_ipc::{RecordKind, SubState};
+
+/// What is subscribed: one of the four tick-by-tick kinds, or reqMktData L1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SubKind {
+    /// Tick-by-tick "Last".
+    Last,
+    /// Tick-by-tick "AllLast".
+    AllLast,
+    /// Tick-by-tick "BidAsk".
+    BidAsk,
+    /// Tick-by-tick "MidPoint".
+    MidPoint,
+    /// reqMktData top of book (L1 price, size, string and generic ticks).
+    MktData,
+}
+
+impl SubKind {
+    /// Every kind.
+    pub const ALL: [SubKind; 5] = [
+        SubKind::Last,
+        SubKind::AllLast,
+        SubKind::BidAsk,
+        SubKind::MidPoint,
+        SubKind::MktData,
+    ];
+
+    /// True for the four tick-by-tick kinds.
+    pub fn is_tick_by_tick(self) -> bool {
+        self != SubKind::MktData
+    }
+
+    /// The record kind a subscription of this kind is filed under in subscription records
+    /// (L1 data itself arrives as several L1 kinds).
+    pub fn record_kind(self) -> RecordKind {
+        match self {
+            SubKind::Last => RecordKind::TbtLast,
+            SubKind::AllLast => RecordKind::TbtAllLast,
+            SubKind::BidAsk => RecordKind::TbtBidAsk,
+            SubKind::MidPoint => RecordKind::TbtMidPoint,
+            SubKind::MktData => RecordKind::L1Price,
+        }
+    }
+
+    /// IB's name for a tick-by-tick kind (`reqTickByTickData`'s tickType).
+    pub fn ib_name(self) -> &'static str {
+        match self {
+            SubKind::Last => "Last",
+            SubKind::AllLast => "AllLast",
+            SubKind::BidAsk => "BidAsk",
+            SubKind::MidPoint => "MidPoint",
+            SubKind::MktData => "MktData",
+        }
+    }
+
+    /// Our short name (web API, control socket, config).
+    pub fn name(self) -> &'static str {
+        match self {
+            SubKind::MktData => "mktdata",
+            k => k.record_kind().name(),
+        }
+    }
+
+    /// Parses our short name or IB's name.
+    pub fn from_name(s: &str) -> Option<SubKind> {
+        SubKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s || k.ib_name() == s)
+            .or(match s {
+                "l1" | "market_data" => Some(SubKind::MktData),
+                _ => None,
+            })
+    }
+}
+
+/// One subscription's identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubKey {
+    /// IB conId.
+    pub con_id: u32,
+    /// What is subscribed.
+    pub kind: SubKind,
+}
+
+/// IB's quotas as the manager enforces them.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Concurrent tick-by-tick subscriptions IB allows this account.
+    pub tbt_slots: u32,
+    /// Concurrent market-data lines IB allows this account.
+    pub mkt_lines: u32,
+    /// Minimum time between two tick-by-tick requests for one instrument (IB: 15 s).
+    pub tbt_same_instrument_ns: u64,
+    /// Fall back to delayed data when live data is refused.
+    pub allow_delayed: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            tbt_slots: 5,
+            mkt_lines: 100,
+            tbt_same_instrument_ns: 15_000_000_000,
+            allow_delayed: true,
+        }
+    }
+}
+
+/// A request the engine must send to IB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// reqMktData for a conId.
+    MktData {
+        /// Request id.
+        req_id: i32,
+        /// IB conId.
+        con_id: u32,
+    },
+    /// cancelMktData.
+    CancelMktData {
+        /// Request id.
+        req_id: i32,
+    },
+    /// reqTickByTickData.
+    TickByTick {
+        /// Request id.
+        req_id: i32,
+        /// IB conId.
+        con_id: u32,
+        /// One of the four tick-by-tick kinds.
+        kind: SubKind,
+    },
+    /// cancelTickByTickData.
+    CancelTickByTick {
+        /// Request id.
+        req_id: i32,
+    },
+    /// reqMarketDataType (3: delayed where live is not permitted).
+    MarketDataType(i32),
+}
+
+/// Something that changed, for subscription records and the status region.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubEvent {
+    /// Which subscription.
+    pub key: SubKey,
+    /// Its new state.
+    pub state: SubState,
+    /// IB's error code that caused it, or 0.
+    pub code: i32,
+    /// The request id at IB (0 when none).
+    pub req_id: i32,
+    /// The market data type IB reported (1 live, 2 frozen, 3 delayed, 4 delayed frozen).
+    pub market_data_type: i32,
+}
+
+/// Why a subscribe was refused up front.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    /// The tick-by-tick budget is used up.
+    #[error(
+        "10190: max number of tick-by-tick requests reached ({in_use} of {limit} in use); unsubscribe one first"
+    )]
+    TickByTickFull {
+        /// Subscriptions holding a slot.
+        in_use: u32,
+        /// The budget.
+        limit: u32,
+    },
+    /// The market-data line budget is used up.
+    #[error("101: max number of tickers reached ({in_use} of {limit} lines in use)")]
+    LinesFull {
+        /// Lines in use.
+        in_use: u32,
+        /// The budget.
+        limit: u32,
+    },
+    /// conId 0 is not a contract.
+    #[error("conId 0 is not a contract")]
+    BadConId,
+}
+
+impl SubscribeError {
+    /// IB's code for the same condition.
+    pub fn ib_code(&self) -> i32 {
+        match self {
+            SubscribeError::TickByTickFull { .. } => 10190,
+            SubscribeError::LinesFull { .. } => 101,
+            SubscribeError::BadConId => 200,
+        }
+    }
+}
+
+/// What a subscribe did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscribeAck {
+    /// The subscription's state now.
+    pub state: SubState,
+    /// True when it already existed (another holder asked first).
+    pub shared: bool,
+    /// How many holders it has now.
+    pub holders: usize,
+}
+
+/// Where an IB error went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ErrorRoute {
+    /// It changed this subscription.
+    Subscription(SubKey, SubState),
+    /// It belongs to no subscription (unknown id, or a cancel IB did not know: 300).
+    Unrouted,
+}
+
+/// Where the watchdog stands with a silent subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Escalation {
+    /// Ask IB for the time: if it answers, the connection is alive.
+    Probe,
+    /// Cancel and request the subscription again.
+    Resubscribe,
+    /// Drop the connection and reconnect.
+    Reconnect,
+}
+
+/// The per-request slot the hot path reads.
+#[derive(Clone, Copy, Debug)]
+struct Route {
+    key: SubKey,
+    last_tick_ns: u64,
+    delayed: bool,
+    /// The subscription is already Active/Delayed: a tick needs no state change.
+    live: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Sub {
+    holders: BTreeSet<String>,
+    state: SubState,
+    req_id: Option<i32>,
+    code: i32,
+    market_data_type: i32,
+    since_ns: u64,
+    watchdog: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pending {
+    Subscribe(SubKey),
+    Cancel { req_id: i32, tbt: bool },
+    MarketDataType(i32),
+}
+
+/// Owns every subscription and IB request id of one engine.
+#[derive(Debug)]
+pub struct SubscriptionManager {
+    limits: Limits,
+    subs: BTreeMap<SubKey, Sub>,
+    /// `routes[req_id - first_req_id]`; ids are never reused within a manager's life, so a
+    /// late tick for a cancelled id cannot be misfiled.
+    routes: Vec<Option<Route>>,
+    first_req_id: i32,
+    pending: VecDeque<Pending>,
+    events: VecDeque<SubEvent>,
+    tbt_last_request: HashMap<u32, u64>,
+    connected: bool,
+    delayed_requested: bool,
+    stale: bool,
+}
+
+impl SubscriptionManager {
+    /// A manager whose request ids start at `first_req_id` (kept clear of order ids and of
+    /// other components' ids, such as contract lookups).
+    pub fn new(limits: Limits, first_req_id: i32) -> SubscriptionManager {
+        SubscriptionManager {
+            limits,
+            subs: BTreeMap::new(),
+            routes: Vec::with_capacity(1024),
+            first_req_id,
+            pending: VecDeque::with_capacity(256),
+            events: VecDeque::with_capacity(256),
+            tbt_last_request: HashMap::new(),
+            connected: false,
+            delayed_requested: false,
+            stale: false,
+        }
+    }
+
+    /// The limits in force (the tick-by-tick budget shrinks if IB says 10190 first).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn holds_slot(state: SubState) -> bool {
+        !matches!(state, SubState::Rejected | SubState::Cancelled)
+    }
+
+    fn in_use(&self, tbt: bool) -> u32 {
+        self.subs
+            .iter()
+            .filter(|(k, s)| k.kind.is_tick_by_tick() == tbt && Self::holds_slot(s.state))
+            .count() as u32
+    }
+
+    fn emit(&mut self, key: SubKey) {
+        if let Some(s) = self.subs.get(&key) {
+            self.events.push_back(SubEvent {
+                key,
+                state: s.state,
+                code: s.code,
+                req_id: s.req_id.unwrap_or(0),
+                market_data_type: s.market_data_type,
+            });
+        }
+    }
+
+    /// `holder` wants `key`. The first holder creates the IB request; later ones share it.
+    pub fn subscribe(
+        &mut self,
+        holder: &str,
+        key: SubKey,
+        now: u64,
+    ) -> Result<SubscribeAck, SubscribeError> {
+        if key.con_id == 0 {
+            return Err(SubscribeError::BadConId);
+        }
+        if let Some(s) = self.subs.get_mut(&key) {
+            s.holders.insert(holder.to_string());
+            return Ok(SubscribeAck {
+                state: s.state,
+                shared: true,
+                holders: s.holders.len(),
+            });
+        }
+        let tbt = key.kind.is_tick_by_tick();
+        let in_use = self.in_use(tbt);
+        if tbt && in_use >= self.limits.tbt_slots {
+            return Err(SubscribeError::TickByTickFull {
+                in_use,
+                limit: self.limits.tbt_slots,
+            });
+        }
+        if !tbt && in_use >= self.limits.mkt_lines {
+            return Err(SubscribeError::LinesFull {
+                in_use,
+                limit: self.limits.mkt_lines,
+            });
+        }
+        self.subs.insert(
+            key,
+            Sub {
+                holders: BTreeSet::from([holder.to_string()]),
+                state: SubState::Queued,
+                req_id: None,
+                code: 0,
+                market_data_type: 1,
+                since_ns: now,
+                watchdog: 0,
+            },
+        );
+        self.pending.push_back(Pending::Subscribe(key));
+        self.emit(key);
+        Ok(SubscribeAck {
+            state: SubState::Queued,
+            shared: false,
+            holders: 1,
+        })
+    }
+
+    /// `holder` no longer wants `key`; the last holder out cancels it at IB. Returns the
+    /// holders left, or `None` when `holder` did not hold it.
+    pub fn unsubscribe(&mut self, holder: &str, key: SubKey) -> Option<usize> {
+        let s = self.subs.get_mut(&key)?;
+        if !s.holders.remove(holder) {
+            return None;
+        }
+        let left = s.holders.len();
+        if left == 0 {
+            self.drop_sub(key, SubState::Cancelled, 0);
+        }
+        Some(left)
+    }
+
+    /// Releases everything `holder` held (its connection closed).
+    pub fn release_holder(&mut self, holder: &str) -> usize {
+        let keys: Vec<SubKey> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.holders.contains(holder))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &keys {
+            self.unsubscribe(holder, *k);
+        }
+        keys.len()
+    }
+
+    /// Removes a subscription: cancels it at IB when a request is out, emits its final state.
+    fn drop_sub(&mut self, key: SubKey, state: SubState, code: i32) {
+        let Some(mut s) = self.subs.remove(&key) else {
+            return;
+        };
+        self.pending.retain(|p| *p != Pending::Subscribe(key));
+        if let Some(req_id) = s.req_id.take() {
+            self.clear_route(req_id);
+            if state == SubState::Cancelled && self.connected {
+                self.pending.push_back(Pending::Cancel {
+                    req_id,
+                    tbt: key.kind.is_tick_by_tick(),
+                });
+            }
+        }
+        self.events.push_back(SubEvent {
+            key,
+            state,
+            code,
+            req_id: 0,
+            market_data_type: s.market_data_type,
+        });
+    }
+
+    fn route_index(&self, req_id: i32) -> Option<usize> {
+        let i = i64::from(req_id) - i64::from(self.first_req_id);
+        (i >= 0).then_some(i as usize)
+    }
+
+    fn clear_route(&mut self, req_id: i32) {
+        if let Some(slot) = self
+            .route_index(req_id)
+            .and_then(|i| self.routes.get_mut(i))
+        {
+            *slot = None;
+        }
+    }
+
+    fn key_of(&self, req_id: i32) -> Option<SubKey> {
+        let i = self.route_index(req_id)?;
+        self.routes.get(i).copied().flatten().map(|r| r.key)
+    }
+
+    /// The next request to send, if one is due. The engine calls this only when its
+    /// outbound pacer allows one more message, and sends what it gets.
+    pub fn next_request(&mut self, now: u64) -> Option<Request> {
+        if !self.connected {
+            return None;
+        }
+        let pos = self.pending.iter().position(|p| match p {
+            Pending::Subscribe(k) if k.kind.is_tick_by_tick() => self
+                .tbt_last_request
+                .get(&k.con_id)
+                .is_none_or(|&t| now.saturating_sub(t) >= self.limits.tbt_same_instrument_ns),
+            _ => true,
+        })?;
+        let p = self.pending.remove(pos)?;
+        Some(match p {
+            Pending::Cancel { req_id, tbt: true } => Request::CancelTickByTick { req_id },
+            Pending::Cancel { req_id, tbt: false } => Request::CancelMktData { req_id },
+            Pending::MarketDataType(t) => Request::MarketDataType(t),
+            Pending::Subscribe(key) => {
+                let req_id = self.first_req_id + self.routes.len() as i32;
+                self.routes.push(Some(Route {
+                    key,
+                    last_tick_ns: now,
+                    delayed: false,
+                    live: false,
+                }));
+                if let Some(s) = self.subs.get_mut(&key) {
+                    s.req_id = Some(req_id);
+                    s.state = SubState::Requested;
+                    s.since_ns = now;
+                    s.watchdog = 0;
+                }
+                self.emit(key);
+                if key.kind.is_tick_by_tick() {
+                    self.tbt_last_request.insert(key.con_id, now);
+                    Request::TickByTick {
+                        req_id,
+                        con_id: key.con_id,
+                        kind: key.kind,
+                    }
+                } else {
+                    Request::MktData {
+                        req_id,
+                        con_id: key.con_id,
+                    }
+                }
+            }
+        })
+    }
+
+    /// When the next queued request becomes due (for the loop's timer); `None` when
+    /// nothing waits on time.
+    pub fn next_deadline(&self, now: u64) -> Option<u64> {
+        if !self.connected {
+            return None;
+        }
+        self.pending
+            .iter()
+            .map(|p| match p {
+                Pending::Subscribe(k) if k.kind.is_tick_by_tick() => self
+                    .tbt_last_request
+                    .get(&k.con_id)
+                    .map_or(now, |&t| (t + self.limits.tbt_same_instrument_ns).max(now)),
+                _ => now,
+            })
+            .min()
+    }
+
+    /// A tick arrived for `req_id`: returns the conId and whether the data is delayed.
+    /// Allocation-free; called once per tick.
+    #[inline]
+    pub fn on_tick(&mut self, req_id: i32, now: u64) -> Option<(u32, bool)> {
+        let i = self.route_index(req_id)?;
+        let route = self.routes.get_mut(i)?.as_mut()?;
+        route.last_tick_ns = now;
+        let out = (route.key.con_id, route.delayed);
+        if route.live {
+            return Some(out);
+        }
+        // First tick since the request (or since the watchdog called it silent).
+        route.live = true;
+        let key = route.key;
+        let delayed = route.delayed;
+        if let Some(s) = self.subs.get_mut(&key) {
+            s.state = if delayed {
+                SubState::Delayed
+            } else {
+                SubState::Active
+            };
+            s.watchdog = 0;
+            self.emit(key);
+        }
+        Some(out)
+    }
+
+    /// IB reported the market data type of a request (message 58).
+    pub fn on_market_data_type(&mut self, req_id: i32, market_data_type: i32) {
+        let Some(key) = self.key_of(req_id) else {
+            return;
+        };
+        let delayed = matches!(market_data_type, 3 | 4);
+        if let Some(r) = self
+            .route_index(req_id)
+            .and_then(|i| self.routes.get_mut(i))
+            .and_then(Option::as_mut)
+        {
+            r.delayed = delayed;
+        }
+        if let Some(s) = self.subs.get_mut(&key) {
+            s.market_data_type = market_data_type;
+            if delayed {
+                s.state = SubState::Delayed;
+            }
+        }
+        self.emit(key);
+    }
+
+    /// Routes an IB error with a request id to its subscription and acts on it.
+    pub fn on_error(&mut self, req_id: i32, code: i32) -> ErrorRoute {
+        let Some(key) = self.key_of(req_id) else {
+            return ErrorRoute::Unrouted;
+        };
+        match code {
+            // Live data refused but delayed is available: switch the session to "delayed
+            // where not permitted live" once, then ask again. Tick-by-tick has no delayed form.
+            354 | 10089 | 10090 if self.limits.allow_delayed && key.kind == SubKind::MktData => {
+                if let Some(s) = self.subs.get_mut(&key)
+                    && let Some(id) = s.req_id.take()
+                {
+                    s.state = SubState::Queued;
+                    s.code = code;
+                    self.clear_route(id);
+                    if !self.delayed_requested {
+                        self.delayed_requested = true;
+                        self.pending.push_front(Pending::MarketDataType(3));
+                    }
+                    self.pending.push_back(Pending::Subscribe(key));
+                }
+                self.emit(key);
+                self.state_of(key)
+            }
+            // "Displaying delayed market data": data flows, marked delayed.
+            10167 => {
+                if let Some(r) = self
+                    .route_index(req_id)
+                    .and_then(|i| self.routes.get_mut(i))
+                    .and_then(Option::as_mut)
+                {
+                    r.delayed = true;
+                }
+                if let Some(s) = self.subs.get_mut(&key) {
+                    s.state = SubState::Delayed;
+                    s.code = code;
+                    s.market_data_type = 3;
+                }
+                self.emit(key);
+                self.state_of(key)
+            }
+            // Our id collided with one IB still knows: ask again under a fresh id.
+            322 => {
+                if let Some(s) = self.subs.get_mut(&key)
+                    && let Some(id) = s.req_id.take()
+                {
+                    s.state = SubState::Queued;
+                    s.code = code;
+                    self.clear_route(id);
+                    self.pending.push_back(Pending::Subscribe(key));
+                }
+                self.emit(key);
+                self.state_of(key)
+            }
+            // IB's tick-by-tick cap is lower than our budget: learn it, refuse this one.
+            10190 => {
+                let in_use = self.in_use(true).saturating_sub(1).max(1);
+                self.limits.tbt_slots = self.limits.tbt_slots.min(in_use);
+                self.reject(key, code)
+            }
+            101 => {
+                let in_use = self.in_use(false).saturating_sub(1).max(1);
+                self.limits.mkt_lines = self.limits.mkt_lines.min(in_use);
+                self.reject(key, code)
+            }
+            // A competing live session stops data without ending the subscription.
+            10197 => {
+                if let Some(s) = self.subs.get_mut(&key) {
+                    s.state = SubState::Silent;
+                    s.code = code;
+                }
+                self.emit(key);
+                self.state_of(key)
+            }
+            // Warnings and notices (2100..=2199, 10167 handled above) leave data flowing.
+            2100..=2199 => self.state_of(key),
+            // Everything else with a request id ends the request: no security definition
+            // (200), no permissions (354/10089 without fallback, 10189, 10168, 10186), ...
+            _ => self.reject(key, code),
+        }
+    }
+
+    fn reject(&mut self, key: SubKey, code: i32) -> ErrorRoute {
+        if let Some(s) = self.subs.get_mut(&key)
+            && let Some(id) = s.req_id.take()
+        {
+            self.clear_route(id);
+        }
+        self.drop_sub(key, SubState::Rejected, code);
+        ErrorRoute::Subscription(key, SubState::Rejected)
+    }
+
+    fn state_of(&self, key: SubKey) -> ErrorRoute {
+        match self.subs.get(&key) {
+            Some(s) => ErrorRoute::Subscription(key, s.state),
+            None => ErrorRoute::Unrouted,
+        }
+    }
+
+    /// The session to IB is up (API started): queued requests may go.
+    pub fn on_connected(&mut self) {
+        self.connected = true;
+    }
+
+    /// The session is gone (socket closed) or IB dropped every subscription (1101): every
+    /// subscription goes back to the queue and is requested again under a new id.
+    pub fn on_subscriptions_lost(&mut self, still_connected: bool) {
+        self.connected = still_connected;
+        self.delayed_requested = false;
+        self.pending.retain(|p| matches!(p, Pending::Subscribe(_)));
+        let keys: Vec<SubKey> = self.subs.keys().copied().collect();
+        for key in keys {
+            let Some(s) = self.subs.get_mut(&key) else {
+                continue;
+            };
+            if let Some(id) = s.req_id.take() {
+                s.state = SubState::Queued;
+                s.code = 0;
+                s.watchdog = 0;
+                let idx = i64::from(id) - i64::from(self.first_req_id);
+                if let Some(slot) = self.routes.get_mut(idx as usize) {
+                    *slot = None;
+                }
+                self.pending.push_back(Pending::Subscribe(key));
+                self.emit(key);
+            }
+        }
+        // A reconnect starts a fresh 15-second clock at IB only after the rule's time has
+        // passed; keep our record of past requests so we never break it.
+    }
+
+    /// IB lost (1100) or regained (1102) connectivity to its servers: data is stale until then.
+    pub fn set_stale(&mut self, stale: bool) {
+        self.stale = stale;
+    }
+
+    /// True between 1100 and 1101/1102.
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    /// The watchdog: subscriptions with no tick for `silence_ns` escalate one step per
+    /// silent period: probe the connection, then resubscribe, then reconnect. Returns the
+    /// strongest step due now (the engine acts on it); resubscribes are queued here.
+    pub fn check_silence(&mut self, now: u64, silence_ns: u64) -> Option<Escalation> {
+        if !self.connected || self.stale {
+            return None;
+        }
+        let mut worst: Option<Escalation> = None;
+        let mut changed = Vec::new();
+        for (key, s) in self.subs.iter_mut() {
+            let Some(id) = s.req_id else { continue };
+            let idx = i64::from(id) - i64::from(self.first_req_id);
+            let Some(Some(route)) = self.routes.get_mut(idx as usize) else {
+                continue;
+            };
+            let quiet_since = route.last_tick_ns.max(s.since_ns);
+            let periods = now.saturating_sub(quiet_since) / silence_ns.max(1);
+            if periods <= u64::from(s.watchdog) {
+                continue;
+            }
+            s.watchdog += 1;
+            s.since_ns = s.since_ns.max(quiet_since);
+            route.live = false;
+            let step = match s.watchdog {
+                1 => Escalation::Probe,
+                2 => Escalation::Resubscribe,
+                _ => Escalation::Reconnect,
+            };
+            if s.state != SubState::Silent {
+                s.state = SubState::Silent;
+                changed.push(*key);
+            }
+            if step == Escalation::Resubscribe {
+                changed.push(*key);
+            }
+            worst = worst.max(Some(step));
+        }
+        for key in changed {
+            let resubscribe = self
+                .subs
+                .get(&key)
+                .is_some_and(|s| s.watchdog == 2 && s.req_id.is_some());
+            if resubscribe {
+                self.resubscribe(key);
+            } else {
+                self.emit(key);
+            }
+        }
+        worst
+    }
+
+    fn resubscribe(&mut self, key: SubKey) {
+        let Some(s) = self.subs.get_mut(&key) else {
+            return;
+        };
+        let Some(id) = s.req_id.take() else { return };
+        s.state = SubState::Queued;
+        self.clear_route(id);
+        self.pending.push_back(Pending::Cancel {
+            req_id: id,
+            tbt: key.kind.is_tick_by_tick(),
+        });
+        self.pending.push_back(Pending::Subscribe(key));
+        self.emit(key);
+    }
+
+    /// The next state change, oldest first.
+    pub fn poll_event(&mut self) -> Option<SubEvent> {
+        self.events.pop_front()
+    }
+
+    /// Every subscription: key, state, holders, request id, IB code.
+    pub fn list(&self) -> impl Iterator<Item = (SubKey, SubState, usize, i32, i32)> + '_ {
+        self.subs
+            .iter()
+            .map(|(k, s)| (*k, s.state, s.holders.len(), s.req_id.unwrap_or(0), s.code))
+    }
+}
+
+/// `Escalation` orders from mildest to strongest.
+impl PartialOrd for Escalation {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Escalation {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let rank = |e: &Escalation| match e {
+            Escalation::Probe => 0,
+            Escalation::Resubscribe => 1,
+            Escalation::Reconnect => 2,
+        };
+        rank(self).cmp(&rank(other))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn key(con_id: u32, kind: SubKind) -> SubKey {
+        SubKey { con_id, kind }
+    }
+
+    fn connected() -> SubscriptionManager {
+        let mut m = SubscriptionManager::new(Limits::default(), 1000);
+        m.on_connected();
+        m
+    }
+
+    fn drain(m: &mut SubscriptionManager, now: u64) -> Vec<Request> {
+        std::iter::from_fn(|| m.next_request(now)).collect()
+    }
+
+    #[test]
+    fn one_request_per_key_shared_and_reference_counted() {
+        let mut m = connected();
+        let k = key(711_280_073, SubKind::BidAsk);
+        assert!(!m.subscribe("web", k, 0).unwrap().shared);
+        assert!(m.subscribe("strategy", k, 0).unwrap().shared);
+        let reqs = drain(&mut m, 0);
+        assert_eq!(
+            reqs,
+            vec![Request::TickByTick {
+                req_id: 1000,
+                con_id: 711_280_073,
+                kind: SubKind::BidAsk
+            }]
+        );
+        assert_eq!(m.unsubscribe("web", k), Some(1));
+        assert!(drain(&mut m, 0).is_empty(), "still held by strategy");
+        assert_eq!(m.unsubscribe("web", k), None, "web no longer holds it");
+        assert_eq!(m.unsubscribe("strategy", k), Some(0));
+        assert_eq!(
+            drain(&mut m, 0),
+            vec![Request::CancelTickByTick { req_id: 1000 }]
+        );
+        assert_eq!(
+            m.on_tick(1000, 1),
+            None,
+            "late ticks of a cancelled id are not routed"
+        );
+    }
+
+    #[test]
+    fn fifteen_second_rule_queues_the_second_kind_of_an_instrument() {
+        let mut m = connected();
+        m.subscribe("a", key(1, SubKind::BidAsk), 0).unwrap();
+        m.subscribe("a", key(1, SubKind::Last), 0).unwrap();
+        m.subscribe("a", key(2, SubKind::Last), 0).unwrap();
+        m.subscribe("a", key(1, SubKind::MktData), 0).unwrap();
+        let first = drain(&mut m, 0);
+        assert_eq!(first.len(), 3, "{first:?}");
+        assert!(first.iter().all(|r| !matches!(
+            r,
+            Request::TickByTick {
+                con_id: 1,
+                kind: SubKind::Last,
+                ..
+            }
+        )));
+        assert_eq!(m.next_deadline(S), Some(15 * S));
+        assert!(drain(&mut m, 15 * S - 1).is_empty());
+        assert_eq!(
+            drain(&mut m, 15 * S),
+            vec![Request::TickByTick {
+                req_id: 1003,
+                con_id: 1,
+                kind: SubKind::Last
+            }]
+        );
+    }
+
+    #[test]
+    fn full_budgets_are_refused_with_ib_codes() {
+        let mut m = SubscriptionManager::new(
+            Limits {
+                tbt_slots: 2,
+                mkt_lines: 1,
+                ..Limits::default()
+            },
+            1,
+        );
+        m.subscribe("a", key(1, SubKind::Last), 0).unwrap();
+        m.subscribe("a", key(2, SubKind::Last), 0).unwrap();
+        let e = m.subscribe("a", key(3, SubKind::Last), 0).unwrap_err();
+        assert_eq!(e.ib_code(), 10190);
+        assert!(e.to_string().contains("2 of 2"), "{e}");
+        m.subscribe("a", key(1, SubKind::MktData), 0).unwrap();
+        assert_eq!(
+            m.subscribe("a", key(2, SubKind::MktData), 0)
+                .unwrap_err()
+                .ib_code(),
+            101
+        );
+        // Joining an existing subscription needs no new slot.
+        assert!(m.subscribe("b", key(1, SubKind::Last), 0).unwrap().shared);
+    }
+
+    #[test]
+    fn errors_route_to_their_subscription() {
+        let mut m = connected();
+        m.subscribe("a", key(9, SubKind::MktData), 0).unwrap();
+        m.subscribe("a", key(8, SubKind::Last), 0).unwrap();
+        drain(&mut m, 0);
+        while m.poll_event().is_some() {}
+        assert_eq!(
+            m.on_error(1001, 200),
+            ErrorRoute::Subscription(key(8, SubKind::Last), SubState::Rejected)
+        );
+        let ev = m.poll_event().unwrap();
+        assert_eq!((ev.state, ev.code), (SubState::Rejected, 200));
+        assert_eq!(m.on_error(4242, 300), ErrorRoute::Unrouted);
+        // 354 on market data falls back to delayed: type 3 first, then a fresh request.
+        m.on_error(1000, 354);
+        assert_eq!(
+            drain(&mut m, 0),
+            vec![
+                Request::MarketDataType(3),
+                Request::MktData {
+                    req_id: 1002,
+                    con_id: 9
+                }
+            ]
+        );
+        m.on_market_data_type(1002, 3);
+        assert_eq!(
+            m.on_tick(1002, 5),
+            Some((9, true)),
+            "delayed ticks are marked"
+        );
+        let states: Vec<SubState> = std::iter::from_fn(|| m.poll_event())
+            .map(|e| e.state)
+            .collect();
+        assert_eq!(states.last(), Some(&SubState::Delayed));
+    }
+
+    #[test]
+    fn delayed_fallback_can_be_refused() {
+        let mut m = SubscriptionManager::new(
+            Limits {
+                allow_delayed: false,
+                ..Limits::default()
+            },
+            1,
+        );
+        m.on_connected();
+        m.subscribe("a", key(9, SubKind::MktData), 0).unwrap();
+        drain(&mut m, 0);
+        assert_eq!(
+            m.on_error(1, 354),
+            ErrorRoute::Subscription(key(9, SubKind::MktData), SubState::Rejected)
+        );
+        assert!(drain(&mut m, 0).is_empty());
+    }
+
+    #[test]
+    fn ib_cap_lower_than_budget_is_learned() {
+        let mut m = connected();
+        for c in 1..=3 {
+            m.subscribe("a", key(c, SubKind::BidAsk), 0).unwrap();
+        }
+        drain(&mut m, 0);
+        m.on_error(1002, 10190);
+        assert_eq!(m.limits().tbt_slots, 2);
+        assert!(m.subscribe("a", key(7, SubKind::BidAsk), 0).is_err());
+    }
+
+    #[test]
+    fn lost_subscriptions_are_requested_again_under_new_ids() {
+        let mut m = connected();
+        m.subscribe("a", key(1, SubKind::MktData), 0).unwrap();
+        m.subscribe("a", key(2, SubKind::MidPoint), 0).unwrap();
+        drain(&mut m, 0);
+        assert_eq!(m.on_tick(1000, 1), Some((1, false)));
+        // IB: 1101, connectivity restored, data lost.
+        m.on_subscriptions_lost(true);
+        assert_eq!(m.on_tick(1000, 2), None, "old ids are dead");
+        let again = drain(&mut m, 20 * S);
+        assert_eq!(again.len(), 2, "{again:?}");
+        assert!(again.contains(&Request::MktData {
+            req_id: 1002,
+            con_id: 1
+        }));
+        // Disconnected: nothing goes out until connected again.
+        m.on_subscriptions_lost(false);
+        assert!(drain(&mut m, 40 * S).is_empty());
+        m.on_connected();
+        assert_eq!(drain(&mut m, 40 * S).len(), 2);
+    }
+
+    #[test]
+    fn watchdog_escalates_one_step_per_silent_period() {
+        let mut m = connected();
+        let k = key(1, SubKind::BidAsk);
+        m.subscribe("a", k, 0).unwrap();
+        drain(&mut m, 0);
+        m.on_tick(1000, S);
+        assert_eq!(m.check_silence(10 * S, 30 * S), None);
+        assert_eq!(m.check_silence(31 * S, 30 * S), Some(Escalation::Probe));
+        assert_eq!(m.check_silence(32 * S, 30 * S), None, "one step per period");
+        assert_eq!(
+            m.check_silence(61 * S, 30 * S),
+            Some(Escalation::Resubscribe)
+        );
+        let reqs = drain(&mut m, 61 * S);
+        assert_eq!(reqs[0], Request::CancelTickByTick { req_id: 1000 });
+        assert!(matches!(reqs[1], Request::TickByTick { req_id: 1001, .. }));
+        // The new request stays silent as well.
+        assert_eq!(m.check_silence(92 * S, 30 * S), Some(Escalation::Probe));
+        // A tick clears it.
+        m.on_tick(1001, 93 * S);
+        assert_eq!(m.list().next().unwrap().1, SubState::Active);
+    }
+
+    #[test]
+    fn release_holder_drops_everything_it_held() {
+        let mut m = connected();
+        m.subscribe("ws-1", key(1, SubKind::Last), 0).unwrap();
+        m.subscribe("ws-1", key(2, SubKind::MktData), 0).unwrap();
+        m.subscribe("cfg", key(2, SubKind::MktData), 0).unwrap();
+        drain(&mut m, 0);
+        assert_eq!(m.release_holder("ws-1"), 2);
+        assert_eq!(
+            drain(&mut m, 0),
+            vec![Request::CancelTickByTick { req_id: 1000 }]
+        );
+        assert_eq!(m.list().count(), 1);
+    }
+}
