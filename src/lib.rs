@@ -4,5 +4,6 @@
 
 pub mod config;
 pub mod engine;
+pub mod tickjson;
 
 pub use ib_stream_ipc as ipc;
