@@ -2,6 +2,7 @@
 //! The `mio` loop that owns the IB socket drives these with bytes and `now`.
 
 pub mod backoff;
+pub mod control;
 pub mod pacing;
 pub mod subs;
 
