@@ -320,12 +320,20 @@ impl Record {
 
     /// A record of `kind` with every other field zero and `ts_event` undefined.
     pub const fn new(kind: RecordKind) -> Record {
-        Record { kind: kind as u8, ts_event: UNDEF_I64, ..Record::ZERO }
+        Record {
+            kind: kind as u8,
+            ts_event: UNDEF_I64,
+            ..Record::ZERO
+        }
     }
 
     /// A tick-by-tick Last (or AllLast when `all_last`) record.
     pub fn trade(all_last: bool, instrument_id: u32, ts_event: i64, t: Trade) -> Record {
-        let kind = if all_last { RecordKind::TbtAllLast } else { RecordKind::TbtLast };
+        let kind = if all_last {
+            RecordKind::TbtAllLast
+        } else {
+            RecordKind::TbtLast
+        };
         Record {
             instrument_id,
             ts_event,
@@ -467,7 +475,10 @@ mod layout_tests {
         assert_eq!(&b[0..8], &0x0102_0304_0506_0708u64.to_le_bytes());
         assert_eq!(&b[24..28], &711_280_073u32.to_le_bytes());
         assert_eq!(b[28], 3);
-        assert_eq!(&b[30..32], &(flags::DELAYED | flags::BID_PAST_LOW).to_le_bytes());
+        assert_eq!(
+            &b[30..32],
+            &(flags::DELAYED | flags::BID_PAST_LOW).to_le_bytes()
+        );
         assert_eq!(Record::from_bytes_array(b), r);
     }
 }
