@@ -4,9 +4,15 @@
 //! shares; the ring, the string table and the status region build on it.
 #![deny(missing_docs)]
 
+pub mod error;
 pub mod record;
+pub mod ring;
+pub mod shm;
 
+pub use error::IpcError;
 pub use record::{
     ConnState, GapReason, PRICE_SCALE, Quote, RECORD_SIZE, Record, RecordKind, SIZE_SCALE,
     SubState, Trade, UNDEF_I64, flags,
 };
+pub use ring::{LapPolicy, ReadOutcome, RingReader, RingWriter, StartAt, WriterStatus};
+pub use shm::{ShmOptions, ShmRegion, WriterLock, default_dir};
