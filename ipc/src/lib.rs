@@ -8,6 +8,8 @@ pub mod error;
 pub mod record;
 pub mod ring;
 pub mod shm;
+pub mod status;
+pub mod strings;
 
 pub use error::IpcError;
 pub use record::{
@@ -16,3 +18,8 @@ pub use record::{
 };
 pub use ring::{LapPolicy, ReadOutcome, RingReader, RingWriter, StartAt, WriterStatus};
 pub use shm::{ShmOptions, ShmRegion, WriterLock, default_dir};
+pub use status::{
+    Counters, EngineStatus, Histogram, Latencies, Liveness, MAX_SUBSCRIPTIONS, SnapshotError,
+    StatusReader, StatusSnapshot, StatusWriter, SubStatus,
+};
+pub use strings::{InternError, StringTableConfig, StringTableReader, StringTableWriter};
