@@ -892,6 +892,33 @@ mod tests {
     }
 
     #[test]
+    fn header_and_slot_bytes_are_pinned() {
+        // Other languages read these offsets (ipc/README.md): change only with a version bump.
+        let mut w = RingWriter::heap(16).unwrap();
+        w.publish(&rec(1));
+        w.heartbeat(0x1122_3344_5566_7788);
+        let base = w.mem.region.as_ptr();
+        // SAFETY: the heap ring is 4096 + 16 * 64 bytes; this test is its only user.
+        let b = unsafe { std::slice::from_raw_parts(base, w.mem.region.len()) };
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        assert_eq!(&b[0..8], b"IBSRING\0");
+        assert_eq!(u64_at(0), 0x0047_4e49_5253_4249);
+        assert_eq!(u32_at(8), 1);
+        assert_eq!(u32_at(12), 64);
+        assert_eq!(u64_at(16), 16);
+        assert_eq!(u64_at(24), 4096);
+        assert_eq!(u64_at(32), w.info().epoch);
+        assert_eq!(u32_at(48), std::process::id());
+        assert_eq!(u64_at(56), 4096 + 16 * 64);
+        assert_eq!(u64_at(64), 1);
+        assert_eq!(u64_at(128), 0x1122_3344_5566_7788);
+        assert_eq!(u64_at(136), WRITER_RUNNING);
+        // Slot 0 is the record itself, seq included.
+        assert_eq!(&b[4096..4160], Record { seq: 1, ..rec(1) }.as_bytes_ref());
+    }
+
+    #[test]
     fn publish_then_read_in_order() {
         let mut w = RingWriter::heap(8).unwrap();
         let mut r = w.reader(StartAt::Oldest);
