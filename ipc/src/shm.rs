@@ -137,6 +137,7 @@ impl ShmRegion {
         }
         let (dir, name) = split_path(path)?;
         create_dirs(dir, opts)?;
+        remove_orphan_tmp_files(dir, name);
         let tmp = dir.join(format!(
             ".{name}.tmp-{}-{}",
             std::process::id(),
@@ -479,6 +480,27 @@ fn unique_counter() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Removes temporary files of `name` left by creators that died before renaming them (their
+/// pid no longer exists). Best effort: a file that cannot be removed is left for next time.
+fn remove_orphan_tmp_files(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && process_alive(pid) == Some(false)
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn split_path(path: &Path) -> Result<(&Path, &str), IpcError> {
     let name = path.file_name().and_then(|n| n.to_str());
     match (path.parent(), name) {
@@ -620,6 +642,23 @@ mod tests {
         let o2 = ShmRegion::open(&path, false).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert!(o2.replaced());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn orphan_tmp_files_of_dead_creators_are_removed() {
+        let dir = tmpdir("orphan");
+        let path = dir.join("ring");
+        // A pid that cannot exist (above the kernel's pid_max limit of 2^22) and our own pid.
+        let dead = dir.join(".ring.tmp-4294967-0");
+        let alive = dir.join(format!(".ring.tmp-{}-999", std::process::id()));
+        let other = dir.join(".other.tmp-4294967-0");
+        for f in [&dead, &alive, &other] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        let _r = ShmRegion::create(&path, 4096, &ShmOptions::default(), |_| {}).unwrap();
+        assert!(!dead.exists());
+        assert!(alive.exists() && other.exists());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
