@@ -584,11 +584,12 @@ impl RingWriter {
     }
 
     /// A writer over a fresh heap ring of `capacity` slots, for in-process use; readers come
-    /// from [`RingWriter::reader`].
+    /// from [`RingWriter::reader`]. Fails with [`IpcError::InvalidConfig`] for a bad capacity
+    /// and [`IpcError::Io`] when the memory cannot be allocated.
     pub fn heap(capacity: u64) -> Result<RingWriter, IpcError> {
         let path = Path::new("(heap ring)");
         let len = check_capacity(path, capacity)?;
-        let region = ShmRegion::heap(len);
+        let region = ShmRegion::try_heap(len)?;
         // SAFETY: the heap block is `len` bytes, zeroed, owned by `region` and not shared yet.
         let bytes = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), len) };
         write_header(bytes, capacity, random_u64(), unix_time_ns(), len);

@@ -254,23 +254,38 @@ impl ShmRegion {
     }
 
     /// A zeroed, page-aligned heap block of `len` bytes that stands in for a file (in-process
-    /// tests, models, a writer and readers in one program).
+    /// tests, models, a writer and readers in one program). Aborts like `Vec` when memory runs
+    /// out; [`ShmRegion::try_heap`] returns an error instead.
     pub fn heap(len: usize) -> ShmRegion {
-        let size = len.max(1).next_multiple_of(PAGE_SIZE);
-        let layout = match Layout::from_size_align(size, PAGE_SIZE) {
-            Ok(l) => l,
-            Err(_) => std::alloc::handle_alloc_error(Layout::new::<u8>()),
+        match Self::try_heap(len) {
+            Ok(r) => r,
+            Err(_) => std::alloc::handle_alloc_error(
+                Layout::from_size_align(len.max(1), PAGE_SIZE).unwrap_or(Layout::new::<u8>()),
+            ),
+        }
+    }
+
+    /// Like [`ShmRegion::heap`], but an allocation that fails (or a length that cannot be
+    /// allocated at all) is an [`IpcError::Io`] with `op = "allocate"`.
+    pub fn try_heap(len: usize) -> Result<ShmRegion, IpcError> {
+        let failed = |what: &str| IpcError::Io {
+            path: PathBuf::from("(heap region)"),
+            op: "allocate",
+            source: io::Error::new(io::ErrorKind::OutOfMemory, format!("{len} bytes: {what}")),
         };
+        let size = len
+            .max(1)
+            .checked_next_multiple_of(PAGE_SIZE)
+            .ok_or_else(|| failed("too large"))?;
+        let layout = Layout::from_size_align(size, PAGE_SIZE).map_err(|_| failed("too large"))?;
         // SAFETY: `layout` has a non-zero size.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
-        let Some(ptr) = NonNull::new(raw) else {
-            std::alloc::handle_alloc_error(layout)
-        };
-        ShmRegion {
+        let ptr = NonNull::new(raw).ok_or_else(|| failed("out of memory"))?;
+        Ok(ShmRegion {
             ptr,
             len,
             backing: Backing::Heap { layout },
-        }
+        })
     }
 
     fn with_path(mut self, final_path: PathBuf) -> ShmRegion {
@@ -696,6 +711,8 @@ mod tests {
         // SAFETY: the heap block is at least `len` bytes and owned by this test alone.
         let b = unsafe { std::slice::from_raw_parts(r.as_ptr(), r.len()) };
         assert!(b.iter().all(|&x| x == 0));
+        let e = ShmRegion::try_heap(usize::MAX).unwrap_err();
+        assert!(matches!(e, IpcError::Io { op: "allocate", .. }), "{e}");
     }
 
     #[test]
