@@ -177,9 +177,20 @@ fn main() -> Result<(), Box<dyn Error>> {
                     last_check = Instant::now();
                     let status = reader.writer_status(unix_time_ns(), 2_000_000_000);
                     if status == WriterStatus::Replaced {
-                        let epoch = reader.reopen(StartAt::Oldest)?;
-                        println!("writer restarted: now reading epoch {epoch:#x}");
-                        last_status = None;
+                        match reader.reopen(StartAt::Oldest) {
+                            Ok(epoch) => {
+                                println!("writer restarted: now reading epoch {epoch:#x}");
+                                last_status = None;
+                            }
+                            // Removed rather than replaced: keep the old mapping, retry later.
+                            Err(e) if e.is_missing() => {
+                                if last_status != Some(std::mem::discriminant(&status)) {
+                                    last_status = Some(std::mem::discriminant(&status));
+                                    println!("ring file removed; waiting for a writer");
+                                }
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
                     } else if last_status != Some(std::mem::discriminant(&status)) {
                         // Say it once per change, not every check.
                         last_status = Some(std::mem::discriminant(&status));
