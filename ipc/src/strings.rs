@@ -651,7 +651,10 @@ mod tests {
         assert_eq!(std::mem::offset_of!(StringsHeader, bytes_capacity), 40);
         assert_eq!(std::mem::offset_of!(StringsHeader, bytes_offset), 56);
         assert_eq!(STRINGS_MAGIC.to_le_bytes(), *b"IBSSTRS1");
-        assert_eq!(STRINGS_MAGIC, 0x3153_5253_5453_4249, "as documented in the README");
+        assert_eq!(
+            STRINGS_MAGIC, 0x3153_5254_5353_4249,
+            "as documented in the README"
+        );
         let cfg = small(10, 100, 50);
         // 128 header + 80 entry bytes = 208, rounded up to 256; then 100 string bytes.
         assert_eq!(cfg.bytes_offset(), 256);
