@@ -29,7 +29,7 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 use crate::error::IpcError;
 use crate::record::{ConnState, RecordKind, SubState};
-use crate::shm::{ShmOptions, ShmRegion};
+use crate::shm::{ShmOptions, ShmRegion, WriterLock};
 
 /// `"IBSSTAT1"` read as a little-endian `u64`: the first 8 bytes of every status region.
 pub const STATUS_MAGIC: u64 = u64::from_le_bytes(*b"IBSSTAT1");
@@ -467,9 +467,7 @@ fn region_path(region: &ShmRegion) -> std::path::PathBuf {
 }
 
 fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
+    crate::shm::unix_time_ns() as i64
 }
 
 fn new_header(epoch: u64, created_ns: i64) -> StatusHeader {
@@ -606,13 +604,17 @@ impl Region {
 #[derive(Debug)]
 pub struct StatusWriter {
     region: Region,
+    /// Held for the writer's life: a second writer of the same path is refused.
+    _lock: Option<WriterLock>,
     generation: u64,
 }
 
 impl StatusWriter {
     /// Creates the region file at `path` (built under a temporary name, then renamed into
-    /// place) for the engine run of `epoch`.
+    /// place) for the engine run of `epoch`. Holds the path's [`WriterLock`] while it
+    /// lives: a second writer gets [`IpcError::WriterPresent`].
     pub fn create(path: &Path, epoch: u64, opts: &ShmOptions) -> Result<StatusWriter, IpcError> {
+        let lock = WriterLock::acquire(path, opts)?;
         let header = new_header(epoch, now_ns());
         let region = ShmRegion::create(path, STATUS_REGION_LEN, opts, |buf| {
             init_region(buf, &header);
@@ -622,6 +624,7 @@ impl StatusWriter {
                 region: Arc::new(region),
                 header,
             },
+            _lock: Some(lock),
             generation: 0,
         })
     }
@@ -639,6 +642,7 @@ impl StatusWriter {
                 region: Arc::new(region),
                 header,
             },
+            _lock: None,
             generation: 0,
         }
     }
@@ -1053,6 +1057,12 @@ mod tests {
         let mut out = StatusSnapshot::new_boxed();
         assert_eq!(r.read(&mut out), Ok(1));
 
+        assert!(matches!(
+            StatusWriter::create(&path, 12, &opts),
+            Err(IpcError::WriterPresent { .. })
+        ));
+        assert_eq!(r.liveness(created + 2_050, 100), Liveness::Alive);
+        drop(w);
         let _w2 = StatusWriter::create(&path, 12, &opts).unwrap();
         assert_eq!(r.liveness(created + 2_050, 100), Liveness::Replaced);
         let r2 = StatusReader::open(&path).unwrap();

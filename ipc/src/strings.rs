@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::error::IpcError;
-use crate::shm::{ShmOptions, ShmRegion};
+use crate::shm::{ShmOptions, ShmRegion, WriterLock};
 
 /// `"IBSSTRS1"` read as a little-endian `u64`: the first 8 bytes of every string table.
 pub const STRINGS_MAGIC: u64 = u64::from_le_bytes(*b"IBSSTRS1");
@@ -245,9 +245,7 @@ fn region_path(region: &ShmRegion) -> std::path::PathBuf {
 }
 
 fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
+    crate::shm::unix_time_ns() as i64
 }
 
 fn init_region(buf: &mut [u8], layout: &Layout) {
@@ -371,6 +369,8 @@ fn hash_bytes(s: &[u8]) -> u64 {
 #[derive(Debug)]
 pub struct StringTableWriter {
     table: Table,
+    /// Held for the writer's life: a second writer of the same path is refused.
+    _lock: Option<WriterLock>,
     /// Open-addressing index: `hash_hi32 << 32 | id`, 0 = empty slot (id 0 is never
     /// stored). Power-of-two size at least twice `max_entries`, so probes always end.
     index: Box<[u64]>,
@@ -383,7 +383,8 @@ pub struct StringTableWriter {
 impl StringTableWriter {
     /// Creates the table file at `path` (built under a temporary name, then renamed into
     /// place, so a reader never maps a half-initialised table) for the ring writer of
-    /// `epoch`.
+    /// `epoch`. Holds the path's [`WriterLock`] while it lives: a second writer gets
+    /// [`IpcError::WriterPresent`].
     pub fn create(
         path: &Path,
         epoch: u64,
@@ -391,11 +392,12 @@ impl StringTableWriter {
         opts: &ShmOptions,
     ) -> Result<StringTableWriter, IpcError> {
         cfg.check(path)?;
+        let lock = WriterLock::acquire(path, opts)?;
         let layout = Layout::new(cfg, epoch, now_ns());
         let region = ShmRegion::create(path, cfg.region_len(), opts, |buf| {
             init_region(buf, &layout)
         })?;
-        Ok(Self::with_region(region, layout))
+        Ok(Self::with_region(region, layout, Some(lock)))
     }
 
     /// A table in process memory, for tests and single-process use; readers come from
@@ -408,16 +410,21 @@ impl StringTableWriter {
         // shared with anyone yet, so this exclusive slice is the only access to it.
         let buf = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), region.len()) };
         init_region(buf, &layout);
-        Ok(Self::with_region(region, layout))
+        Ok(Self::with_region(region, layout, None))
     }
 
-    fn with_region(region: ShmRegion, layout: Layout) -> StringTableWriter {
+    fn with_region(
+        region: ShmRegion,
+        layout: Layout,
+        lock: Option<WriterLock>,
+    ) -> StringTableWriter {
         let slots = (layout.max_entries() as usize * 2).next_power_of_two();
         StringTableWriter {
             table: Table {
                 region: Arc::new(region),
                 layout,
             },
+            _lock: lock,
             index: vec![0u64; slots].into_boxed_slice(),
             mask: slots - 1,
             count: 1,
@@ -800,6 +807,12 @@ mod tests {
             "appends after open are visible"
         );
         assert!(!r.replaced());
+        match StringTableWriter::create(&path, 43, &small(100, 1000, 100), &opts) {
+            Err(IpcError::WriterPresent { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("a second writer was not refused: {other:?}"),
+        }
+        assert!(!r.replaced(), "a refused writer leaves the file alone");
+        drop(w);
         let _w2 = StringTableWriter::create(&path, 43, &small(100, 1000, 100), &opts).unwrap();
         assert!(r.replaced());
         assert_eq!(r.get(2), Some(&b"NYSE"[..]), "the old mapping stays valid");
