@@ -236,11 +236,12 @@ impl Histogram {
             // A zeroed histogram (fresh from shared memory) has min 0: reset it.
             self.min = u64::MAX;
         }
-        self.count += n;
+        self.count = self.count.saturating_add(n);
         self.sum = self.sum.wrapping_add(v.wrapping_mul(n));
         self.min = self.min.min(v);
         self.max = self.max.max(v);
-        self.buckets[Self::bucket_index(v)] += n;
+        let b = &mut self.buckets[Self::bucket_index(v)];
+        *b = b.saturating_add(n);
     }
 
     /// Adds every value of `other`.
@@ -251,12 +252,13 @@ impl Histogram {
         if self.count == 0 {
             self.min = u64::MAX;
         }
-        self.count += other.count;
+        // Saturating: `other` may come from a corrupt region; a tool must not panic on it.
+        self.count = self.count.saturating_add(other.count);
         self.sum = self.sum.wrapping_add(other.sum);
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
         for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
     }
 
@@ -920,6 +922,25 @@ mod tests {
         assert_eq!(m.max, 80_000_000);
         m.clear();
         assert_eq!(m, Histogram::new());
+    }
+
+    #[test]
+    fn handles_are_thread_safe() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<StatusReader>();
+        send_sync::<StatusWriter>();
+    }
+
+    #[test]
+    fn merging_corrupt_counts_saturates() {
+        let mut a = Histogram::new();
+        a.record(5);
+        let mut b = Histogram::new();
+        b.record(5);
+        b.count = u64::MAX;
+        b.buckets[5] = u64::MAX;
+        a.merge(&b);
+        assert_eq!((a.count, a.buckets[5]), (u64::MAX, u64::MAX));
     }
 
     #[test]

@@ -897,6 +897,13 @@ mod tests {
     }
 
     #[test]
+    fn handles_are_thread_safe() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<StringTableReader>();
+        send_sync::<StringTableWriter>();
+    }
+
+    #[test]
     fn hash_spreads_similar_strings() {
         let mut seen = std::collections::HashSet::new();
         for i in 0..10_000u32 {
