@@ -23,7 +23,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
@@ -493,6 +493,91 @@ fn init_region(buf: &mut [u8], header: &StatusHeader) {
     buf[..LINE].copy_from_slice(header.as_bytes());
 }
 
+/// The publish/read protocol of the status region over any atomic word type.
+///
+/// [`StatusWriter`] and [`StatusReader`] run it over the region's `AtomicU64`s; a model
+/// checker (the `loom` test) runs the same code over its own atomics. Word 0 of every
+/// buffer is the generation of the snapshot in it.
+pub mod protocol {
+    use std::sync::atomic::Ordering;
+
+    use crate::ring::SlotWord;
+
+    /// The result of one read attempt.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Attempt {
+        /// The words handed to the sink form the complete snapshot of this generation.
+        Consistent(u64),
+        /// Nothing was published yet (the sink was not called).
+        NotPublished,
+        /// The buffer changed during the copy (or was being written): discard and retry.
+        Retry,
+    }
+
+    /// Publishes generation `g` (`g >= 1`, one more than the last) into buffer `g % 2`,
+    /// whose sequence word is `seq` and words `buf`: word 0 gets `g`, words 1.. the values
+    /// of `words` (missing values are stored as 0). Then makes `g` the latest.
+    pub fn publish<W: SlotWord>(
+        latest: &W,
+        seq: &W,
+        buf: &[W],
+        g: u64,
+        words: impl IntoIterator<Item = u64>,
+    ) {
+        seq.store(2 * g - 1, Ordering::Relaxed);
+        // Orders the odd seq before the data stores: a reader that sees any new word and
+        // then fences (acquire) sees the seq changed on its re-check.
+        W::fence(Ordering::Release);
+        let mut words = words.into_iter();
+        for (i, w) in buf.iter().enumerate() {
+            let v = if i == 0 { g } else { words.next().unwrap_or(0) };
+            w.store(v, Ordering::Relaxed);
+        }
+        seq.store(2 * g, Ordering::Release);
+        latest.store(g, Ordering::Release);
+    }
+
+    /// One attempt to copy the latest snapshot: hands every word `(index, value)` to
+    /// `sink`, then says whether the copy is consistent.
+    pub fn try_read<W: SlotWord>(
+        latest: &W,
+        seqs: [&W; 2],
+        bufs: [&[W]; 2],
+        mut sink: impl FnMut(usize, u64),
+    ) -> Attempt {
+        let g = latest.load(Ordering::Acquire);
+        if g == 0 {
+            return Attempt::NotPublished;
+        }
+        let b = (g % 2) as usize;
+        let s1 = seqs[b].load(Ordering::Acquire);
+        // Only the generation `latest` names is accepted. The buffer may already hold a
+        // later one (g + 2, while `latest` still says g): taking it would let the next read
+        // return g + 1 from the other buffer, so generations would go back (the loom
+        // model found this).
+        if s1 != 2 * g {
+            return Attempt::Retry;
+        }
+        let mut generation = 0;
+        for (i, w) in bufs[b].iter().enumerate() {
+            let v = w.load(Ordering::Relaxed);
+            if i == 0 {
+                generation = v;
+            }
+            sink(i, v);
+        }
+        // Orders the copy before the re-check: if the seq is unchanged, no word of the
+        // copy came from a later publish.
+        W::fence(Ordering::Acquire);
+        let s2 = seqs[b].load(Ordering::Relaxed);
+        if s1 == s2 && generation == s1 / 2 {
+            Attempt::Consistent(generation)
+        } else {
+            Attempt::Retry
+        }
+    }
+}
+
 /// Shared access to a mapped status region.
 #[derive(Debug)]
 struct Region {
@@ -655,28 +740,23 @@ impl StatusWriter {
     pub fn publish(&mut self, snap: &StatusSnapshot, now_ns: i64) -> u64 {
         let g = self.generation + 1;
         let b = (g % 2) as usize;
-        let seq = self.region.buffer_seq(b);
-        seq.store(2 * g - 1, Ordering::Relaxed);
-        // Orders the odd seq before the data stores: a reader that sees any new word
-        // will then see the seq changed.
-        fence(Ordering::Release);
-        let words = self.region.buffer_words(b);
-        for (i, (w, chunk)) in words
-            .iter()
-            .zip(snap.as_bytes().chunks_exact(8))
+        // Word 0 (the generation) is the protocol's; word 1 is the publish time.
+        let words = snap
+            .as_bytes()
+            .chunks_exact(8)
+            .skip(1)
             .enumerate()
-        {
-            let v = match i {
-                0 => g,
-                1 => now_ns as u64,
-                _ => u64::from_ne_bytes([
-                    chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
-                ]),
-            };
-            w.store(v, Ordering::Relaxed);
-        }
-        seq.store(2 * g, Ordering::Release);
-        self.region.latest().store(g, Ordering::Release);
+            .map(|(i, c)| match i {
+                0 => now_ns as u64,
+                _ => u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
+            });
+        protocol::publish(
+            self.region.latest(),
+            self.region.buffer_seq(b),
+            self.region.buffer_words(b),
+            g,
+            words,
+        );
         self.region
             .heartbeat()
             .store(now_ns as u64, Ordering::Release);
@@ -746,30 +826,18 @@ impl StatusReader {
         attempts: u32,
     ) -> Result<u64, SnapshotError> {
         let attempts = attempts.max(1);
+        let seqs = [self.region.buffer_seq(0), self.region.buffer_seq(1)];
+        let bufs = [self.region.buffer_words(0), self.region.buffer_words(1)];
+        let out = out.as_mut_bytes();
         for _ in 0..attempts {
-            let g = self.region.latest().load(Ordering::Acquire);
-            if g == 0 {
-                return Err(SnapshotError::NotPublished);
+            let attempt = protocol::try_read(self.region.latest(), seqs, bufs, |i, v| {
+                out[i * 8..i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
+            });
+            match attempt {
+                protocol::Attempt::Consistent(g) => return Ok(g),
+                protocol::Attempt::NotPublished => return Err(SnapshotError::NotPublished),
+                protocol::Attempt::Retry => std::hint::spin_loop(),
             }
-            let b = (g % 2) as usize;
-            let seq = self.region.buffer_seq(b);
-            let s1 = seq.load(Ordering::Acquire);
-            if s1 % 2 == 1 || s1 == 0 {
-                std::hint::spin_loop();
-                continue;
-            }
-            let words = self.region.buffer_words(b);
-            for (w, chunk) in words.iter().zip(out.as_mut_bytes().chunks_exact_mut(8)) {
-                chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
-            }
-            // Orders the copy before the re-check: if the seq is unchanged, no word of the
-            // copy came from a later publish.
-            fence(Ordering::Acquire);
-            let s2 = seq.load(Ordering::Relaxed);
-            if s1 == s2 && out.engine.generation == s1 / 2 {
-                return Ok(s1 / 2);
-            }
-            std::hint::spin_loop();
         }
         Err(SnapshotError::Busy { attempts })
     }
