@@ -421,6 +421,24 @@ impl StatusSnapshot {
         Ok(())
     }
 
+    /// The subscription of `kind` to `con_id`, if listed.
+    pub fn find_subscription(&self, con_id: u32, kind: RecordKind) -> Option<&SubStatus> {
+        self.subscriptions()
+            .iter()
+            .find(|s| s.con_id == con_id && s.kind == kind as u8)
+    }
+
+    /// The subscription of `kind` to `con_id`, for updating in place.
+    pub fn find_subscription_mut(
+        &mut self,
+        con_id: u32,
+        kind: RecordKind,
+    ) -> Option<&mut SubStatus> {
+        self.subscriptions_mut()
+            .iter_mut()
+            .find(|s| s.con_id == con_id && s.kind == kind as u8)
+    }
+
     /// Removes the subscription at `index` (the last one takes its place); `None` if
     /// `index` is not a valid subscription.
     pub fn swap_remove_subscription(&mut self, index: usize) -> Option<SubStatus> {
@@ -1039,6 +1057,23 @@ mod tests {
         assert_eq!(s.subscriptions().len(), 255);
         assert_eq!(s.swap_remove_subscription(255), None);
         s.subscriptions_mut()[0].ticks = 5;
+        assert_eq!(
+            s.find_subscription(255, RecordKind::TbtLast)
+                .map(|x| x.ticks),
+            Some(5)
+        );
+        assert!(s.find_subscription(255, RecordKind::TbtBidAsk).is_none());
+        assert!(
+            s.find_subscription(0, RecordKind::TbtLast).is_none(),
+            "removed"
+        );
+        s.find_subscription_mut(7, RecordKind::TbtLast)
+            .unwrap()
+            .state = SubState::Silent as u8;
+        assert_eq!(
+            s.find_subscription(7, RecordKind::TbtLast).unwrap().state(),
+            Some(SubState::Silent)
+        );
         assert_eq!(s.subs[0].ticks, 5);
         assert_eq!(s.subs[0].kind(), Some(RecordKind::TbtLast));
         assert_eq!(s.subs[0].state(), Some(SubState::Active));

@@ -12,7 +12,7 @@
 //! longest string); a full table is a typed [`InternError`], never a reallocation. The
 //! writer finds existing strings through an open-addressing hash index it keeps in its own
 //! memory, sized once at creation, so interning a string that is already in the table
-//! allocates nothing and touches no shared cache line.
+//! allocates nothing and writes no shared memory.
 //!
 //! The header carries the epoch of the ring writer the table belongs to: record ids only
 //! mean something in the table of the same epoch. The byte layout is documented in
