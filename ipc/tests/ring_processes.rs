@@ -216,7 +216,8 @@ fn variant(e: &IpcError) -> &'static str {
 /// (in the final epoch), or after `ms` milliseconds. With `wait=1` it opens in a loop,
 /// printing `missing` once while the file does not exist. With `follow=1` it watches the
 /// writer while idle, prints status changes, and reopens a replaced ring. With `sleep_us` it
-/// sleeps after every record (a slow reader). Ends with one `summary` line.
+/// sleeps after every record (a slow reader). With `spin=1` it busy-polls instead of
+/// yielding when there is nothing to read. Ends with one `summary` line.
 fn role_reader(a: &Args) -> i32 {
     let path = PathBuf::from(a.str("path"));
     let start = match a.str("start").as_str() {
@@ -255,6 +256,7 @@ fn role_reader(a: &Args) -> i32 {
     let until = a.u64("until", u64::MAX);
     let sleep = Duration::from_micros(a.u64("sleep_us", 0));
     let follow = a.flag("follow");
+    let spin = a.flag("spin");
     let restarts_wanted = a.u64("restarts", 0);
     let (mut delivered, mut lost, mut lost_events, mut torn, mut restarts) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
@@ -329,8 +331,11 @@ fn role_reader(a: &Args) -> i32 {
                         }
                     }
                     std::thread::sleep(Duration::from_millis(1));
-                } else {
+                } else if spin {
                     std::hint::spin_loop();
+                } else {
+                    // Give the core back: the machine running the tests is shared.
+                    std::thread::yield_now();
                 }
             }
         }
@@ -771,7 +776,12 @@ fn torn_read_hunt() {
             Proc::spawn(
                 &format!("hunter{i}"),
                 "reader",
-                &[a("path", &p), a("start", "oldest"), a("ms", 2000)],
+                &[
+                    a("path", &p),
+                    a("start", "oldest"),
+                    a("ms", 2000),
+                    a("spin", 1),
+                ],
             )
         })
         .collect();
@@ -962,7 +972,7 @@ fn threads_on_heap_ring() {
                             torn += u64::from(!intact(&x));
                         }
                         ReadOutcome::Lost { count, .. } => lost += count,
-                        ReadOutcome::Empty => std::hint::spin_loop(),
+                        ReadOutcome::Empty => std::thread::yield_now(),
                     }
                 }
                 (got, lost, torn)
