@@ -34,6 +34,10 @@ pub const STRINGS_VERSION: u32 = 1;
 /// Bytes before the entry array: two cache lines (static fields, then the published count).
 pub const STRINGS_HEADER_LEN: usize = 128;
 
+/// Largest accepted `max_entries`: 64 Mi entries already need 512 MiB of entry array and
+/// a 1 GiB writer index, orders of magnitude beyond any session's distinct strings.
+pub const MAX_ENTRIES_LIMIT: u32 = 1 << 26;
+
 /// Offset of the published entry count (`u64`, release-stored by the writer).
 const COUNT_OFFSET: usize = 64;
 /// Offset of the number of string bytes used (`u64`, informational).
@@ -107,6 +111,8 @@ impl StringTableConfig {
     fn check(&self, path: &Path) -> Result<(), IpcError> {
         let problem = if self.max_entries == 0 {
             Some("max_entries must be at least 1 (id 0 is the empty string)")
+        } else if self.max_entries > MAX_ENTRIES_LIMIT {
+            Some("max_entries must not exceed 2^26 (the writer's index would need gigabytes)")
         } else if self.max_len == 0 {
             Some("max_len must be at least 1")
         } else if self.max_len > self.max_bytes {
@@ -363,6 +369,24 @@ fn hash_bytes(s: &[u8]) -> u64 {
     h ^ (h >> 33)
 }
 
+/// The writer's empty lookup index for `cfg`: a power of two of at least twice
+/// `max_entries` slots, allocated once (an error, not an abort, when memory is short).
+fn new_index(cfg: &StringTableConfig, path: &Path) -> Result<Box<[u64]>, IpcError> {
+    let slots = (cfg.max_entries as usize * 2).next_power_of_two();
+    let mut index = Vec::new();
+    index
+        .try_reserve_exact(slots)
+        .map_err(|e| IpcError::InvalidConfig {
+            path: path.to_path_buf(),
+            what: format!(
+                "the writer's index for {} entries ({slots} slots) cannot be allocated: {e}",
+                cfg.max_entries
+            ),
+        })?;
+    index.resize(slots, 0);
+    Ok(index.into_boxed_slice())
+}
+
 /// The single writer of a string table (the engine).
 ///
 /// Interning a string already present allocates nothing and writes no shared memory.
@@ -392,41 +416,44 @@ impl StringTableWriter {
         opts: &ShmOptions,
     ) -> Result<StringTableWriter, IpcError> {
         cfg.check(path)?;
+        let index = new_index(cfg, path)?;
         let lock = WriterLock::acquire(path, opts)?;
         let layout = Layout::new(cfg, epoch, now_ns());
         let region = ShmRegion::create(path, cfg.region_len(), opts, |buf| {
             init_region(buf, &layout)
         })?;
-        Ok(Self::with_region(region, layout, Some(lock)))
+        Ok(Self::with_region(region, layout, index, Some(lock)))
     }
 
     /// A table in process memory, for tests and single-process use; readers come from
     /// [`StringTableWriter::reader`].
     pub fn heap(epoch: u64, cfg: &StringTableConfig) -> Result<StringTableWriter, IpcError> {
-        cfg.check(Path::new("(heap)"))?;
+        let path = Path::new("(heap)");
+        cfg.check(path)?;
+        let index = new_index(cfg, path)?;
         let layout = Layout::new(cfg, epoch, now_ns());
-        let region = ShmRegion::heap(cfg.region_len());
+        let region = ShmRegion::try_heap(cfg.region_len())?;
         // SAFETY: the heap region was just allocated with `region_len` bytes and is not
         // shared with anyone yet, so this exclusive slice is the only access to it.
         let buf = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), region.len()) };
         init_region(buf, &layout);
-        Ok(Self::with_region(region, layout, None))
+        Ok(Self::with_region(region, layout, index, None))
     }
 
     fn with_region(
         region: ShmRegion,
         layout: Layout,
+        index: Box<[u64]>,
         lock: Option<WriterLock>,
     ) -> StringTableWriter {
-        let slots = (layout.max_entries() as usize * 2).next_power_of_two();
         StringTableWriter {
             table: Table {
                 region: Arc::new(region),
                 layout,
             },
             _lock: lock,
-            index: vec![0u64; slots].into_boxed_slice(),
-            mask: slots - 1,
+            mask: index.len() - 1,
+            index,
             count: 1,
             bytes_used: 0,
         }
@@ -738,7 +765,8 @@ mod tests {
 
     #[test]
     fn invalid_configs_are_refused() {
-        for cfg in [small(0, 10, 5), small(10, 10, 0), small(10, 4, 5)] {
+        let huge = small(MAX_ENTRIES_LIMIT + 1, u32::MAX, 4096);
+        for cfg in [small(0, 10, 5), small(10, 10, 0), small(10, 4, 5), huge] {
             let e = StringTableWriter::heap(1, &cfg).unwrap_err();
             assert!(matches!(e, IpcError::InvalidConfig { .. }), "{cfg:?}: {e}");
         }
