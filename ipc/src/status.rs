@@ -10,7 +10,8 @@
 //! `g` (the generation, counted from 1) goes into buffer `g % 2`: the writer stores
 //! `seq = 2g - 1` (odd: being written), the snapshot words, then `seq = 2g`, then
 //! `latest = g`. A reader loads `latest`, copies that buffer and accepts the copy only if
-//! the buffer's `seq` was the same even value before and after. The writer is then always
+//! the buffer's `seq` was `2g` before and after (so successive reads never go back in
+//! generation). The writer is then always
 //! writing the other buffer, so a reader only has to retry when the writer publishes
 //! twice while it copies; after a bounded number of attempts it reports
 //! [`SnapshotError::Busy`]. Every shared word is read and written with atomics, so
@@ -891,6 +892,12 @@ impl StatusReader {
         }
     }
 
+    /// True when the file at the region's path is no longer the one mapped (the writer
+    /// restarted and published a new region, or the file was removed): reopen to follow.
+    pub fn replaced(&self) -> bool {
+        self.region.region.replaced()
+    }
+
     /// The static header.
     pub fn header(&self) -> &StatusHeader {
         &self.region.header
@@ -1187,7 +1194,9 @@ mod tests {
         ));
         assert_eq!(r.liveness(created + 2_050, 100), Liveness::Alive);
         drop(w);
+        assert!(!r.replaced());
         let _w2 = StatusWriter::create(&path, 12, &opts).unwrap();
+        assert!(r.replaced());
         assert_eq!(r.liveness(created + 2_050, 100), Liveness::Replaced);
         let r2 = StatusReader::open(&path).unwrap();
         assert_eq!(r2.epoch(), 12);
