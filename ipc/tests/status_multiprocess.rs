@@ -3,6 +3,10 @@
 //! snapshot they accept is internally consistent and that every string id they meet
 //! resolves to the right bytes.
 //!
+//! Then the writer is restarted: a second writer process publishes new files (new epoch)
+//! over the same paths, and the readers must notice the replacement, reopen, and check the
+//! second run the same way.
+//!
 //! The test binary re-executes itself (`std::env::current_exe()`) with a role in the
 //! environment; the files live in a fresh directory under the system temp dir.
 
@@ -20,15 +24,18 @@ use ib_stream_ipc::{
 const ROLE: &str = "IPC_STATUS_MP_ROLE";
 const DIR: &str = "IPC_STATUS_MP_DIR";
 const TEST_NAME: &str = "writer_and_reader_processes_agree";
-/// Snapshots the writer publishes before its final one.
-const GENERATIONS: u64 = 6_000;
+/// Snapshots each writer run publishes before its final one.
+const GENERATIONS: u64 = 4_000;
+/// Writer runs (the second one is a restart over the same paths).
+const RUNS: usize = 2;
 /// Guards only: a healthy run takes a few seconds even in a debug build on a busy machine.
 const WRITER_MAX_RUN: Duration = Duration::from_secs(60);
 const READER_MAX_RUN: Duration = Duration::from_secs(75);
-const WHOLE_TEST_LIMIT: Duration = Duration::from_secs(90);
+const READER_INDEX: &str = "IPC_STATUS_MP_READER";
+const WHOLE_TEST_LIMIT: Duration = Duration::from_secs(150);
 const READERS: usize = 2;
 /// Distinct strings the writer interns: string `n` gets id `n`.
-const STRINGS: u32 = 10_000;
+const STRINGS: u32 = 6_000;
 
 /// The bytes of string number `n` (id `n`): varied lengths, unique per `n`.
 fn content(n: u32) -> Vec<u8> {
@@ -157,7 +164,7 @@ fn run_writer(dir: &Path) {
     snap.set_conn_state(ConnState::Disconnected);
     status.publish(&snap, k as i64 + 1);
     println!(
-        "writer generations={} strings={newest}",
+        "writer generations={} strings={newest} epoch={epoch}",
         status.generation()
     );
 }
@@ -175,15 +182,43 @@ fn open_retrying<T>(path: &Path, open: impl Fn(&Path) -> Result<T, IpcError>) ->
     }
 }
 
-fn run_reader(dir: &Path) {
-    // The writer creates strings first, so once status exists both are there.
-    let status = open_retrying(&dir.join("status"), StatusReader::open);
-    let strings = open_retrying(&dir.join("strings"), StringTableReader::open);
-    assert_eq!(
-        strings.epoch(),
-        status.epoch(),
-        "the two files come from one writer"
-    );
+fn run_reader(dir: &Path, index: usize) {
+    let mut previous: Option<StatusReader> = None;
+    for run in 0..RUNS {
+        if let Some(old) = &previous {
+            // The writer restarted: the file at the path is a new one.
+            let deadline = Instant::now() + READER_MAX_RUN;
+            while !old.replaced() {
+                assert!(Instant::now() < deadline, "the restart was never noticed");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        // The writer creates strings before status, so once a new status exists both do.
+        let status = open_retrying(&dir.join("status"), StatusReader::open);
+        let strings = open_retrying(&dir.join("strings"), StringTableReader::open);
+        assert_eq!(
+            strings.epoch(),
+            status.epoch(),
+            "the two files come from one writer"
+        );
+        if let Some(old) = &previous {
+            assert_ne!(
+                old.epoch(),
+                status.epoch(),
+                "a restarted writer has a new epoch"
+            );
+        }
+        follow(run, &status, &strings);
+        if run == 0 {
+            // Tells the test that this reader is ready for the restart.
+            std::fs::write(dir.join(format!("reader-{index}.run0")), b"done").unwrap();
+        }
+        previous = Some(status);
+    }
+}
+
+/// Reads one writer run to its final snapshot, checking everything on the way.
+fn follow(run: usize, status: &StatusReader, strings: &StringTableReader) {
     let mut out = StatusSnapshot::new_boxed();
     let started = Instant::now();
     let (mut accepted, mut busy, mut last_gen, mut subs_checked) = (0u64, 0u64, 0u64, 0usize);
@@ -198,7 +233,7 @@ fn run_reader(dir: &Path) {
                     out.engine.updated_ns,
                     out.counters.records_published as i64 + 1
                 );
-                subs_checked += check(&out, &strings);
+                subs_checked += check(&out, strings);
                 accepted += 1;
                 last_gen = g;
                 if out.conn_state() == Some(ConnState::Disconnected) {
@@ -223,17 +258,19 @@ fn run_reader(dir: &Path) {
     }
     assert!(finished, "the writer's final snapshot never arrived");
     println!(
-        "reader accepted={accepted} busy={busy} last_generation={last_gen} \
-         subscriptions_checked={subs_checked} strings_checked={}",
-        strings_checked - 1
+        "reader run={run} accepted={accepted} busy={busy} last_generation={last_gen} \
+         subscriptions_checked={subs_checked} strings_checked={} epoch={}",
+        strings_checked - 1,
+        status.epoch()
     );
 }
 
-fn spawn(role: &str, dir: &Path) -> Child {
+fn spawn(role: &str, dir: &Path, index: usize) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
         .env(ROLE, role)
         .env(DIR, dir)
+        .env(READER_INDEX, index.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -269,6 +306,13 @@ fn wait_all(children: Vec<(String, Child)>, deadline: Instant) -> Vec<(String, b
     results
 }
 
+/// The line of a child's output that contains `tag`.
+fn line<'a>(out: &'a str, tag: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.contains(tag))
+        .unwrap_or_else(|| panic!("no line with {tag:?} in output:\n{out}"))
+}
+
 /// Pulls `key=<u64>` out of a child's report line.
 fn field(out: &str, key: &str) -> u64 {
     out.split_whitespace()
@@ -290,47 +334,74 @@ fn unique_dir() -> PathBuf {
 fn writer_and_reader_processes_agree() {
     if let Ok(role) = std::env::var(ROLE) {
         let dir = PathBuf::from(std::env::var_os(DIR).expect("role without a directory"));
+        let index: usize = std::env::var(READER_INDEX).unwrap().parse().unwrap();
         match role.as_str() {
             "writer" => run_writer(&dir),
-            "reader" => run_reader(&dir),
+            "reader" => run_reader(&dir, index),
             other => panic!("unknown role {other}"),
         }
         return;
     }
     let dir = unique_dir();
-    // Readers first: they wait for the files, so they see the run from its start.
-    let mut children: Vec<(String, Child)> = (0..READERS)
-        .map(|i| (format!("reader {i}"), spawn("reader", &dir)))
+    let deadline = Instant::now() + WHOLE_TEST_LIMIT;
+    // Readers first: they wait for the files, so they see the first run from its start.
+    let readers: Vec<(String, Child)> = (0..READERS)
+        .map(|i| (format!("reader {i}"), spawn("reader", &dir, i)))
         .collect();
-    children.insert(0, ("writer".to_owned(), spawn("writer", &dir)));
-    let results = wait_all(children, Instant::now() + WHOLE_TEST_LIMIT);
+    let mut writers = Vec::new();
+    for run in 0..RUNS {
+        if run > 0 {
+            // Restart only once every reader has finished the previous run, so that each
+            // reader really sees the replacement (not a late first open of the new files).
+            let marks: Vec<PathBuf> = (0..READERS)
+                .map(|i| dir.join(format!("reader-{i}.run0")))
+                .collect();
+            while !marks.iter().all(|m| m.exists()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let w = spawn("writer", &dir, 0);
+        writers.extend(wait_all(vec![(format!("writer {run}"), w)], deadline));
+    }
+    let results: Vec<_> = writers
+        .into_iter()
+        .chain(wait_all(readers, deadline))
+        .collect();
     std::fs::remove_dir_all(&dir).unwrap();
     for (name, ok, out) in &results {
         assert!(ok, "{name} failed:\n{out}");
-        println!(
-            "{name}: {}",
-            out.lines().find(|l| l.contains('=')).unwrap_or("")
-        );
+        for l in out.lines().filter(|l| l.contains('=')) {
+            println!("{name}: {l}");
+        }
     }
-    let writer_out = &results[0].2;
-    let generations = field(writer_out, "generations");
-    let strings = field(writer_out, "strings");
-    assert!(
-        generations > 1000,
-        "writer published only {generations} snapshots"
-    );
-    for (_, _, out) in &results[1..] {
-        assert!(field(out, "accepted") > 0);
+    let mut epochs = Vec::new();
+    for (_, _, out) in &results[..RUNS] {
+        let w = line(out, "writer generations=");
         assert_eq!(
-            field(out, "last_generation"),
-            generations,
-            "reader missed the final snapshot"
+            field(w, "generations"),
+            GENERATIONS + 1,
+            "the writer stopped early"
         );
-        assert_eq!(
-            field(out, "strings_checked"),
-            strings,
-            "reader did not check every string"
-        );
-        assert!(field(out, "subscriptions_checked") > 0);
+        assert_eq!(field(w, "strings"), u64::from(STRINGS));
+        epochs.push(field(w, "epoch"));
+    }
+    assert_ne!(epochs[0], epochs[1], "each writer run has its own epoch");
+    for (_, _, out) in &results[RUNS..] {
+        for (run, epoch) in epochs.iter().enumerate() {
+            let l = line(out, &format!("reader run={run} "));
+            assert_eq!(field(l, "epoch"), *epoch, "reader followed the wrong run");
+            assert!(field(l, "accepted") > 0);
+            assert_eq!(
+                field(l, "last_generation"),
+                GENERATIONS + 1,
+                "reader missed the final snapshot"
+            );
+            assert_eq!(
+                field(l, "strings_checked"),
+                u64::from(STRINGS),
+                "reader did not check every string"
+            );
+            assert!(field(l, "subscriptions_checked") > 0);
+        }
     }
 }
