@@ -1016,15 +1016,36 @@ fn main() {
         ),
         ("threads_on_heap_ring", threads_on_heap_ring),
     ];
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let list = std::env::args().any(|a| a == "--list");
+    // Speak enough of libtest's command line for cargo test and cargo nextest:
+    // `--list --format terse`, `--ignored` (we have none), `--exact`, and name filters.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut filters: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--format" | "--skip" | "--test-threads" | "--color" => i += 1,
+            a if !a.starts_with('-') => filters.push(a.to_string()),
+            _ => {}
+        }
+        i += 1;
+    }
+    let exact = args.iter().any(|a| a == "--exact");
+    let list = args.iter().any(|a| a == "--list");
+    if args.iter().any(|a| a == "--ignored") {
+        // No case is ignored: list and run nothing.
+        return;
+    }
     let mut failed = Vec::new();
     let mut ran = 0;
     for (name, case) in cases {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+        let matches = |f: &String| {
+            if exact {
+                name == f
+            } else {
+                name.contains(f.as_str())
+            }
+        };
+        if !filters.is_empty() && !filters.iter().any(matches) {
             continue;
         }
         if list {
