@@ -111,7 +111,7 @@ pub struct ContractDetails {
     pub contract: Contract,
     /// Market name.
     pub market_name: String,
-    /// Minimum tick (price fixed point).
+    /// Minimum tick (price fixed point; `UNDEF_I64` = unset).
     pub min_tick: i64,
     /// mdSizeMultiplier (text form, 110 <= version < 164 only).
     pub md_size_multiplier: i32,
@@ -176,7 +176,7 @@ impl Default for ContractDetails {
         ContractDetails {
             contract: Contract::default(),
             market_name: String::new(),
-            min_tick: 0,
+            min_tick: UNDEF_I64,
             md_size_multiplier: 0,
             order_types: String::new(),
             valid_exchanges: String::new(),

@@ -63,7 +63,12 @@ impl<'a> Frame<'a> {
             let id = parse_i64(&payload[..end])
                 .and_then(|v| u32::try_from(v).ok())
                 .ok_or(FrameError::BadMsgId)?;
-            let rest = payload.get(end + 1..).unwrap_or(&[]);
+            // Without a NUL the id is the whole payload: the body is empty (still inside it).
+            let rest = if end < payload.len() {
+                &payload[end + 1..]
+            } else {
+                &payload[end..]
+            };
             Ok(Frame {
                 msg_id: id,
                 body: Body::Text(rest),
