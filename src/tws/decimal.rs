@@ -23,7 +23,50 @@ const POW10: [i128; 39] = {
 /// Digits beyond the scale are rounded half away from zero. Returns `None` for anything
 /// that is not a finite decimal in `i64` range (including the empty field, `Infinity`,
 /// `NaN`); [`UNDEF_I64`] itself is never produced.
+#[inline]
 pub fn parse_fixed(s: &[u8], digits: u32) -> Option<i64> {
+    // Fast path for what IB sends almost always: [-]ddd[.ddd], at most 18 digits, no
+    // more decimals than the scale. Plain u64 arithmetic, no overflow possible.
+    let (neg, body) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        _ => (false, s),
+    };
+    let (mut int, mut frac, mut i) = (0u64, 0u64, 0usize);
+    while i < body.len() && body[i].is_ascii_digit() && i < 18 {
+        int = int * 10 + u64::from(body[i] - b'0');
+        i += 1;
+    }
+    let int_len = i;
+    if i < body.len() && body[i] == b'.' {
+        i += 1;
+        while i < body.len() && body[i].is_ascii_digit() && i - 1 < 18 {
+            frac = frac * 10 + u64::from(body[i] - b'0');
+            i += 1;
+        }
+    }
+    let frac_len = i.saturating_sub(int_len + 1) as u32;
+    if i == body.len() && int_len + frac_len as usize > 0 && frac_len <= digits {
+        let v = int
+            .checked_mul(POW10_U64[digits as usize])?
+            .checked_add(frac * POW10_U64[(digits - frac_len) as usize])?;
+        let v = i64::try_from(v).ok()?;
+        return (v != UNDEF_I64).then_some(if neg { -v } else { v });
+    }
+    parse_fixed_slow(s, digits)
+}
+
+const POW10_U64: [u64; 20] = {
+    let mut t = [1u64; 20];
+    let mut i = 1;
+    while i < 20 {
+        t[i] = t[i - 1] * 10;
+        i += 1;
+    }
+    t
+};
+
+/// The general parser: exponents, '+', long mantissas, rounding of extra decimals.
+fn parse_fixed_slow(s: &[u8], digits: u32) -> Option<i64> {
     let mut i = 0;
     let neg = match s.first() {
         Some(b'-') => {
@@ -197,15 +240,31 @@ pub fn write_i64(out: &mut Vec<u8>, v: i64) {
 
 /// Fixed point to the nearest `f64` (for protobuf doubles). `None` for unset.
 pub fn fixed_to_f64(v: i64, digits: u32) -> Option<f64> {
-    (v != UNDEF_I64).then(|| v as f64 / 10f64.powi(digits as i32))
+    (v != UNDEF_I64).then(|| v as f64 / POW10_F64[digits as usize & 15])
 }
 
 /// `f64` to fixed point, rounding to the nearest unit. `None` when not finite or out of range.
+#[inline]
 pub fn f64_to_fixed(x: f64, digits: u32) -> Option<i64> {
-    let y = (x * 10f64.powi(digits as i32)).round();
-    // i64::MAX as f64 rounds up to 2^63, so `<` keeps the cast in range.
-    (y.is_finite() && y >= i64::MIN as f64 && y < i64::MAX as f64).then_some(y as i64)
+    let y = x * POW10_F64[digits as usize & 15];
+    // i64::MAX as f64 rounds up to 2^63, so `<` keeps the cast in range (NaN fails both).
+    if !(y >= i64::MIN as f64 && y < i64::MAX as f64) {
+        return None;
+    }
+    // Round half away from zero without a libm call; from 2^52 on every double is whole.
+    const WHOLE: f64 = 4_503_599_627_370_496.0;
+    Some(if y.abs() >= WHOLE {
+        y as i64
+    } else if y >= 0.0 {
+        (y + 0.5) as i64
+    } else {
+        (y - 0.5) as i64
+    })
 }
+
+const POW10_F64: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
 
 #[cfg(test)]
 mod tests {
@@ -257,11 +316,34 @@ mod tests {
         assert_eq!(w(UNDEF_I64, PRICE_DIGITS), "");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, failure_persistence: None, ..Default::default() })]
+
+        #[test]
+        fn fast_path_agrees_with_the_general_parser(s in "[-+]?[0-9]{0,21}(\\.[0-9]{0,21})?([eE][-+]?[0-9]{1,2})?") {
+            for d in [PRICE_DIGITS, SIZE_DIGITS] {
+                proptest::prop_assert_eq!(parse_fixed(s.as_bytes(), d), parse_fixed_slow(s.as_bytes(), d), "{}", s);
+            }
+        }
+
+        #[test]
+        fn every_value_survives_text(v in proptest::prelude::any::<i64>()) {
+            for d in [PRICE_DIGITS, SIZE_DIGITS] {
+                let t = fixed_to_string(v, d);
+                let back = if v == UNDEF_I64 { parse_fixed_or_unset(t.as_bytes(), d) } else { parse_fixed(t.as_bytes(), d) };
+                proptest::prop_assert_eq!(back, Some(v));
+            }
+        }
+    }
+
     #[test]
     fn doubles_round_to_the_nearest_unit() {
         assert_eq!(f64_to_fixed(189.24, PRICE_DIGITS), Some(189_240_000_000));
         assert_eq!(f64_to_fixed(f64::INFINITY, PRICE_DIGITS), None);
         assert_eq!(f64_to_fixed(1e300, PRICE_DIGITS), None);
+        assert_eq!(f64_to_fixed(f64::NAN, PRICE_DIGITS), None);
+        assert_eq!(f64_to_fixed(-0.0000000015, PRICE_DIGITS), Some(-2));
+        assert_eq!(f64_to_fixed(0.0000000004, PRICE_DIGITS), Some(0));
         assert_eq!(fixed_to_f64(189_250_000_000, PRICE_DIGITS), Some(189.25));
     }
 }

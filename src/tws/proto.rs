@@ -79,6 +79,13 @@ impl<'a> Reader<'a> {
 
     #[inline]
     fn varint(&mut self) -> Result<u64, ProtoError> {
+        // One-byte varints (tags, small ids, bools) are most of the stream.
+        if let Some(&b) = self.buf.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
         let mut v: u64 = 0;
         let start = self.pos;
         for shift in 0..10u32 {
