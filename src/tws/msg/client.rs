@@ -327,7 +327,8 @@ impl ClientMsg {
                     .str(&filter.exchange)
                     .str(&filter.side);
                 if version >= v::PARAMETRIZED_DAYS_OF_EXECUTIONS {
-                    w.opt_i32(filter.last_n_days)
+                    // As ibapi writes it: unset is 2147483647, not the empty field.
+                    w.int(i64::from(filter.last_n_days))
                         .int(filter.specific_dates.len() as i64);
                     for d in &filter.specific_dates {
                         w.int(i64::from(*d));
