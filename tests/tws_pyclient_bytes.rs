@@ -1,4 +1,4 @@
-//! Requests byte for byte as the official Python client (ibapi-latest 10.51.1) writes them.
+//! Requests byte for byte as the Python clients (ibapi-latest 10.51.1, ib_async 2.1.0) write them.
 //!
 //! The frames below were produced by that client's own `EClient` (its `reqMktData`,
 //! `reqTickByTickData`, `reqContractDetails`, `startApi`, the startup sync requests, ...)
@@ -159,4 +159,100 @@ fn python_client_contract_fields_read_as_sent() {
         }
     }
     assert!(seen);
+}
+
+/// (version, frames) written by ib_async 2.1.0's own `Client` (text only, strike "0.0").
+const IB_ASYNC: &[(u32, &[&str])] = &[
+    (
+        157,
+        &[
+            "00000009373100320031310000",
+            "0000000735390031003300",
+            "0000004831003131003500323635353938004141504c0053544b0000302e30000000534d415254004e415344415100555344004141504c004141504c0030003233332c323336003000300000",
+            "00000006320032003500",
+            "000000423937003600323635353938004141504c0053544b0000302e30000000534d415254004e415344415100555344004141504c004141504c0042696441736b0030003000",
+            "000000053938003600",
+            "0000002939003800330030004141504c0053544b0000302e30000000534d415254000055534400000030000000",
+            "000000053439003100",
+            "00000006380031003100",
+            "000000053137003100",
+            "000000053631003100",
+            "0000000435003100",
+            "000000053939003000",
+            "0000001036003200310044553132333435363700",
+            "000000143736003100390044553132333435363700003000",
+            "0000000f370033003130003000000000000000",
+            "0000000731350031003100",
+        ],
+    ),
+    (
+        178,
+        &[
+            "00000009373100320031310000",
+            "0000000735390031003300",
+            "0000004831003131003500323635353938004141504c0053544b0000302e30000000534d415254004e415344415100555344004141504c004141504c0030003233332c323336003000300000",
+            "00000006320032003500",
+            "000000423937003600323635353938004141504c0053544b0000302e30000000534d415254004e415344415100555344004141504c004141504c0042696441736b0030003000",
+            "000000053938003600",
+            "0000002a39003800330030004141504c0053544b0000302e30000000534d41525400005553440000003000000000",
+            "000000053439003100",
+            "00000006380031003100",
+            "000000053137003100",
+            "000000053631003100",
+            "0000000435003100",
+            "000000053939003000",
+            "0000001036003200310044553132333435363700",
+            "000000143736003100390044553132333435363700003000",
+            "0000000f370033003130003000000000000000",
+            "0000000731350031003100",
+        ],
+    ),
+];
+
+/// ib_async writes a zero strike as "0.0"; the codec writes the shortest form "0". Both
+/// mean 0, so the comparison rewrites that one field.
+fn shortest_strike(wire: &[u8]) -> Vec<u8> {
+    let body = &wire[4..];
+    let text = body
+        .split(|&b| b == 0)
+        .map(|f| if f == b"0.0" { &b"0"[..] } else { f })
+        .collect::<Vec<_>>()
+        .join(&0u8);
+    let mut out = (text.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out
+}
+
+#[test]
+fn ib_async_requests_decode_and_re_encode() {
+    for &(ver, frames) in IB_ASYNC {
+        let mut ids = Vec::new();
+        for hex in frames {
+            let wire = unhex(hex);
+            let mut r = FrameReader::new();
+            r.feed(&wire);
+            let frame = r.next_frame(ver).unwrap().expect("whole frame");
+            let m = ClientMsg::decode(&frame, ver).unwrap_or_else(|e| panic!("v{ver} {hex}: {e}"));
+            assert!(!matches!(m, ClientMsg::Unknown { .. }), "v{ver}: {m:?}");
+            if let ClientMsg::ReqMktData {
+                req_id,
+                contract,
+                generic_tick_list,
+                ..
+            } = &m
+            {
+                assert_eq!((*req_id, contract.con_id, contract.strike), (5, 265_598, 0));
+                assert_eq!(generic_tick_list, "233,236");
+            }
+            let mut out = Vec::new();
+            m.encode(ver, &mut out).unwrap();
+            assert_eq!(out, shortest_strike(&wire), "v{ver}: {m:?}");
+            ids.push(m.msg_id());
+        }
+        // startApi, then the requests ib_async's connect and a subscription send.
+        assert_eq!(
+            ids,
+            [71, 59, 1, 2, 97, 98, 9, 49, 8, 17, 61, 5, 99, 6, 76, 7, 15]
+        );
+    }
 }
