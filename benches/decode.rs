@@ -133,6 +133,8 @@ fn measure(kind: Mix, version: u32) -> (f64, f64) {
 }
 
 fn main() {
+    // `cargo bench --bench decode -- <name>` runs only the streams whose name contains it.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let text_v = 178;
     let proto_v = 226;
     println!(
@@ -145,6 +147,9 @@ fn main() {
         ("tbt_last", Mix::Last),
         ("mixed", Mix::All),
     ] {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
         let (t, tb) = measure(kind, text_v);
         let (p, pb) = measure(kind, proto_v);
         println!(

@@ -478,14 +478,17 @@ impl Decoder {
 }
 
 /// A simple growable interner (for tools, tests and benchmarks): id 0 is the empty
-/// string; lookups hash the bytes (FNV-1a), so known strings cost no allocation.
+/// string. Strings of up to 7 bytes (exchange codes, trade conditions) are looked up by
+/// their bytes packed into one integer, longer ones by an FNV-1a hash; known strings cost
+/// no allocation.
 #[derive(Debug, Clone)]
 pub struct VecInterner {
     strings: Vec<Box<[u8]>>,
-    index: HashMap<Box<[u8]>, u32, BuildHasherDefault<Fnv1a>>,
+    short: HashMap<u64, u32, BuildHasherDefault<MixHash>>,
+    long: HashMap<Box<[u8]>, u32, BuildHasherDefault<Fnv1a>>,
 }
 
-/// FNV-1a: short exchange and condition strings hash in a few nanoseconds.
+/// FNV-1a for byte strings.
 #[derive(Debug, Clone, Copy)]
 pub struct Fnv1a(u64);
 
@@ -506,11 +509,44 @@ impl Hasher for Fnv1a {
     }
 }
 
+/// A multiply-rotate mix for integer keys.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MixHash(u64);
+
+impl Hasher for MixHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
+    }
+}
+
+/// Up to 7 bytes packed with their length in the top byte.
+#[inline]
+fn short_key(s: &[u8]) -> Option<u64> {
+    if s.len() > 7 {
+        return None;
+    }
+    let mut b = [0u8; 8];
+    b[..s.len()].copy_from_slice(s);
+    b[7] = s.len() as u8;
+    Some(u64::from_le_bytes(b))
+}
+
 impl Default for VecInterner {
     fn default() -> Self {
         let mut v = VecInterner {
             strings: Vec::new(),
-            index: HashMap::default(),
+            short: HashMap::default(),
+            long: HashMap::default(),
         };
         v.intern(b"");
         v
@@ -537,12 +573,47 @@ impl VecInterner {
 impl Interner for VecInterner {
     #[inline]
     fn intern(&mut self, s: &[u8]) -> u32 {
-        if let Some(&i) = self.index.get(s) {
+        let key = short_key(s);
+        let found = match key {
+            Some(k) => self.short.get(&k).copied(),
+            None => self.long.get(s).copied(),
+        };
+        if let Some(i) = found {
             return i;
         }
         let id = self.strings.len() as u32;
         self.strings.push(s.into());
-        self.index.insert(s.into(), id);
+        match key {
+            Some(k) => {
+                self.short.insert(k, id);
+            }
+            None => {
+                self.long.insert(s.into(), id);
+            }
+        }
         id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interner_ids_are_stable_and_zero_is_empty() {
+        let mut i = VecInterner::default();
+        assert_eq!(i.intern(b""), 0);
+        let a = i.intern(b"NASDAQ");
+        let b = i.intern(b"a longer string than seven");
+        let c = i.intern(b"NASDA");
+        assert_eq!(
+            (i.intern(b"NASDAQ"), i.intern(b"a longer string than seven")),
+            (a, b)
+        );
+        assert!(a != c && b != c && a != 0);
+        // Same prefix, different length: different keys.
+        assert_ne!(i.intern(b"A"), i.intern(b"A\0"));
+        assert_eq!(i.get(b), Some(&b"a longer string than seven"[..]));
+        assert_eq!(i.len(), 6);
     }
 }
