@@ -22,7 +22,9 @@ pub mod version;
 
 pub use contract::{ComboLeg, Contract, ContractDetails, DeltaNeutral, ExecutionFilter};
 pub use error::{DecodeError, EncodeError, FieldProblem, FrameError, HandshakeError, ProtoError};
-pub use frame::{Body, Frame, FrameReader, write_proto_frame, write_raw_frame, write_text_frame};
+pub use frame::{
+    Body, Frame, FrameReader, write_frame, write_proto_frame, write_raw_frame, write_text_frame,
+};
 pub use handshake::{ClientHello, ServerAck};
 pub use msg::{ClientMsg, ServerMsg, TbtQuote, TbtTrade, TickByTickData};
 pub use tick::{DecodeStats, Decoded, Decoder, Interner};

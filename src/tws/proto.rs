@@ -187,6 +187,12 @@ impl<'a> Writer<'a> {
         Writer { out }
     }
 
+    /// Bytes that are already encoded fields, appended as they are.
+    pub fn raw(&mut self, fields: &[u8]) -> &mut Self {
+        self.out.extend_from_slice(fields);
+        self
+    }
+
     /// `int32` field (always written; negative = 10-byte varint as protobuf requires).
     #[inline]
     pub fn i32(&mut self, field: u32, v: i32) -> &mut Self {

@@ -241,6 +241,12 @@ impl<'a> FieldWriter<'a> {
         self
     }
 
+    /// Bytes that are already NUL-terminated fields, appended as they are.
+    pub fn raw(&mut self, fields: &[u8]) -> &mut Self {
+        self.out.extend_from_slice(fields);
+        self
+    }
+
     /// A text field.
     #[inline]
     pub fn str(&mut self, s: &str) -> &mut Self {

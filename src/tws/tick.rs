@@ -101,6 +101,10 @@ fn generic_text(b: &[u8]) -> Option<i64> {
 /// seq, ts_recv and instrument_id from the request id). Returns the request id, or
 /// `Ok(None)` when the frame is not a tick message. Never allocates (the interner may, for
 /// strings it has not seen).
+///
+/// Flags set here come from the frame alone: `DELAYED` for delayed tick ids and the
+/// tick's attributes. What depends on the subscription (`DELAYED`/`FROZEN` from its
+/// marketDataType, `SNAPSHOT`, `STALE`) the caller ORs in.
 #[inline]
 pub fn decode_tick<I: Interner + ?Sized>(
     frame: &Frame<'_>,
