@@ -401,7 +401,7 @@ pub fn read_contract_data(
     version: u32,
 ) -> Result<(i32, ContractDetails), DecodeError> {
     if version < v::SIZE_RULES {
-        f.skip()?; // version field (clients assume 8)
+        f.skip_field()?; // version field (clients assume 8)
     }
     let req_id = f.i32()?;
     let mut c = Contract {

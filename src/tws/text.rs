@@ -92,7 +92,7 @@ impl<'a> Fields<'a> {
     }
 
     /// Skip one field (must exist).
-    pub fn skip(&mut self) -> Result<(), DecodeError> {
+    pub fn skip_field(&mut self) -> Result<(), DecodeError> {
         self.bytes().map(|_| ())
     }
 

@@ -148,7 +148,7 @@ fn text_tick<I: Interner + ?Sized>(
             rec.body = [price, size, 0, 0];
         }
         id::TICK_SIZE => {
-            f.skip()?;
+            f.skip_field()?;
             req_id = f.i32()?;
             let t = f.i32()?;
             let size = f.size()?;
@@ -156,7 +156,7 @@ fn text_tick<I: Interner + ?Sized>(
             rec.body = [size, 0, 0, 0];
         }
         id::TICK_STRING => {
-            f.skip()?;
+            f.skip_field()?;
             req_id = f.i32()?;
             let t = f.i32()?;
             let s = f.bytes()?;
@@ -164,7 +164,7 @@ fn text_tick<I: Interner + ?Sized>(
             rec.body = [i64::from(interner.intern(s)), 0, 0, 0];
         }
         id::TICK_GENERIC => {
-            f.skip()?;
+            f.skip_field()?;
             req_id = f.i32()?;
             let t = f.i32()?;
             let b = f.bytes()?;
@@ -395,6 +395,87 @@ fn proto_tbt<I: Interner + ?Sized>(
     }
     rec.body = body;
     Ok(())
+}
+
+/// An error message borrowed from its frame (no allocation): what the engine needs to
+/// react to farm notices, rejections and connectivity codes on the hot path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorRef<'a> {
+    /// Request id (-1 = none).
+    pub req_id: i32,
+    /// IB error code.
+    pub code: i32,
+    /// Text (raw bytes as sent; ASCII in practice).
+    pub message: &'a [u8],
+    /// Advanced order reject JSON (empty below 166).
+    pub advanced_order_reject_json: &'a [u8],
+    /// Error time in epoch ms (0 below 194).
+    pub error_time_ms: i64,
+}
+
+/// Decode an error frame (either form) without allocating; `Ok(None)` for other messages.
+pub fn decode_error<'a>(
+    frame: &Frame<'a>,
+    version: u32,
+) -> Result<Option<ErrorRef<'a>>, DecodeError> {
+    if frame.msg_id != id::ERR_MSG {
+        return Ok(None);
+    }
+    match frame.body {
+        Body::Text(b) => {
+            let mut f = Fields::new(frame.msg_id, b);
+            let e = if version >= super::version::ERROR_TIME {
+                ErrorRef {
+                    req_id: f.i32()?,
+                    code: f.i32()?,
+                    message: f.bytes()?,
+                    advanced_order_reject_json: f.bytes()?,
+                    error_time_ms: f.i64()?,
+                }
+            } else {
+                f.skip_field()?;
+                let (req_id, code, message) = (f.i32()?, f.i32()?, f.bytes()?);
+                let json = if version >= super::version::ADVANCED_ORDER_REJECT {
+                    f.bytes()?
+                } else {
+                    &[][..]
+                };
+                ErrorRef {
+                    req_id,
+                    code,
+                    message,
+                    advanced_order_reject_json: json,
+                    error_time_ms: 0,
+                }
+            };
+            Ok(Some(e))
+        }
+        Body::Proto(b) => {
+            let mut e = ErrorRef {
+                req_id: 0,
+                code: 0,
+                message: &[],
+                advanced_order_reject_json: &[],
+                error_time_ms: 0,
+            };
+            let mut r = Reader::new(b);
+            let res: Result<(), ProtoProblem> = (|| {
+                while let Some((f, v)) = r.next_field()? {
+                    match f {
+                        1 => e.req_id = v.gi32(f)?,
+                        2 => e.error_time_ms = v.gi64(f)?,
+                        3 => e.code = v.gi32(f)?,
+                        4 => e.message = v.gbytes(f)?,
+                        5 => e.advanced_order_reject_json = v.gbytes(f)?,
+                        _ => {}
+                    }
+                }
+                Ok(())
+            })();
+            res.map_err(|p| p.at(frame.msg_id))?;
+            Ok(Some(e))
+        }
+    }
 }
 
 /// Counters of a [`Decoder`].
