@@ -7,7 +7,8 @@
 # tick with `tws-sim expected` and checks error codes 200/322/300/10190/326.
 # (The Rust `ibapi` 5.5.0 client runs in `cargo test`: tests/conformance_ibapi_rs.rs.)
 #
-# Usage: scripts/conformance.sh            Env: CONFORMANCE_SEED, CONFORMANCE_COUNT
+# Usage: scripts/conformance.sh
+# Env:   CONFORMANCE_SEED, CONFORMANCE_COUNT, TWS_SIM (a prebuilt tws-sim; default: cargo build)
 # Ends with the line `conformance: <checks passed> passed, <checks failed> failed`; exits
 # non-zero when any check or run failed.
 set -euo pipefail
@@ -26,12 +27,17 @@ fail() {
   exit 1
 }
 
-echo "== conformance: building tws-sim"
-cargo build --locked --quiet --bin tws-sim || fail "cargo build --bin tws-sim failed"
-target_dir=$(cargo metadata --format-version 1 --no-deps --locked |
-  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-SIM="$target_dir/debug/tws-sim"
-[[ -x $SIM ]] || fail "no tws-sim binary at $SIM after the build"
+if [[ -n ${TWS_SIM:-} ]]; then
+  SIM=$TWS_SIM # e.g. a release build
+  echo "== conformance: using TWS_SIM=$SIM"
+else
+  echo "== conformance: building tws-sim"
+  cargo build --locked --quiet --bin tws-sim || fail "cargo build --bin tws-sim failed"
+  target_dir=$(cargo metadata --format-version 1 --no-deps --locked |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+  SIM="$target_dir/debug/tws-sim"
+fi
+[[ -x $SIM ]] || fail "no tws-sim binary at $SIM"
 
 echo "== conformance: Python clients (.venv)"
 PY=$(scripts/setup-venv.sh) || fail "scripts/setup-venv.sh failed (see above)"
@@ -57,20 +63,20 @@ trap 'exit 130' INT TERM
 start_sim() {
   local log=$1
   shift
-  "$SIM" --port 0 --seed "$SEED" --rate "$RATE" --max-tick-by-tick "$TBT_CAP" "$@" >"$log" 2>&1 &
+  "$SIM" --port 0 --seed "$SEED" --rate "$RATE" --max-tick-by-tick "$TBT_CAP" "$@" >"$log" 2>"$log.err" &
   sim_pid=$!
   local line="" i
   for ((i = 0; i < 200; i++)); do # up to 10 s for the first line
     line=$(head -n 1 "$log" 2>/dev/null || true)
     [[ $line == listening\ * ]] && break
     kill -0 "$sim_pid" 2>/dev/null || {
-      cat "$log" >&2
+      cat "$log" "$log.err" >&2
       fail "tws-sim $* exited before listening"
     }
     sleep 0.05
   done
   [[ $line =~ ^listening\ 127\.0\.0\.1:([0-9]+)$ ]] || {
-    cat "$log" >&2
+    cat "$log" "$log.err" >&2
     fail "tws-sim's first line is '$line', not 'listening 127.0.0.1:<port>'"
   }
   sim_port=${BASH_REMATCH[1]}
@@ -110,7 +116,7 @@ run() {
   fi
   if [[ $f -ne 0 ]]; then
     echo "---- last lines of the simulator log ($name)"
-    tail -n 20 "$simlog" || true
+    tail -n 20 "$simlog" "$simlog.err" || true
   fi
   total_pass=$((total_pass + p))
   total_fail=$((total_fail + f))

@@ -349,6 +349,13 @@ class Run:
         app.cancelMktData(r)
         self.expect_error("error 300: cancelMktData of an unknown id", r, 300)
 
+        if self.a.tbt_same_secs > 0:
+            # IB's rule: a second tick-by-tick request for the same instrument and kind within
+            # 15 s is refused with 10190. AAPL Last was requested moments ago by the data checks.
+            r = self.rid()
+            app.reqTickByTickData(r, by_con_id(AAPL_CON_ID, "SMART"), "Last", 0, False)
+            self.expect_error(f"error 10190: same instrument and kind again within {self.a.tbt_same_secs}s", r, 10190)
+
         self.tbt_cap()
         self.duplicate_client_id()
 
@@ -450,6 +457,12 @@ def main() -> int:
     ap.add_argument("--sim-bin", required=True, help="tws-sim binary (for `tws-sim expected`)")
     ap.add_argument("--expect-version", type=int, required=True, help="server version the handshake must yield")
     ap.add_argument("--tbt-cap", type=int, required=True, help="tick-by-tick cap tws-sim runs with")
+    ap.add_argument(
+        "--tbt-same-secs",
+        type=int,
+        default=15,
+        help="tws-sim --tbt-same-instrument-secs (0: rule off, its check is skipped)",
+    )
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any one answer")
     args = ap.parse_args()
     # ibapi logs every unhandled callback at INFO; keep the output to the checks.
