@@ -20,7 +20,7 @@ import argparse
 import logging
 import sys
 import threading
-from decimal import Decimal
+from collections import Counter
 from typing import Any
 
 from ibapi.client import EClient
@@ -66,6 +66,35 @@ class App(EWrapper, EClient):
         self.closed = threading.Event()
         # (reqId, size tick type) of the tickSize ibapi synthesises right after a tickPrice.
         self._implied_size: tuple[int, int] | None = None
+        # Messages per family as the application saw them, and how many of those arrived in
+        # protobuf form (ibapi calls <name>ProtoBuf with the raw message first).
+        self.seen: Counter[str] = Counter()
+        self.proto: Counter[str] = Counter()
+
+    # --- wire form: ibapi's protobuf decoders call these before the plain callbacks -----
+    def errorProtoBuf(self, _m) -> None:
+        self.proto["error"] += 1
+
+    def contractDataProtoBuf(self, _m) -> None:
+        self.proto["contractData"] += 1
+
+    def contractDataEndProtoBuf(self, _m) -> None:
+        self.proto["contractDataEnd"] += 1
+
+    def tickPriceProtoBuf(self, _m) -> None:
+        self.proto["tickPrice"] += 1
+
+    def tickSizeProtoBuf(self, _m) -> None:
+        self.proto["tickSize"] += 1
+
+    def tickStringProtoBuf(self, _m) -> None:
+        self.proto["tickString"] += 1
+
+    def tickGenericProtoBuf(self, _m) -> None:
+        self.proto["tickGeneric"] += 1
+
+    def tickByTickDataProtoBuf(self, _m) -> None:
+        self.proto["tickByTick"] += 1
 
     # --- session -------------------------------------------------------------------------
     def nextValidId(self, orderId: int) -> None:
@@ -82,15 +111,18 @@ class App(EWrapper, EClient):
 
     def error(self, reqId, errorTime, errorCode, errorString, advancedOrderRejectJson="") -> None:
         with self.lock:
+            self.seen["error"] += 1
             self.errors.append((reqId, errorCode, errorString))
 
     # --- contracts -----------------------------------------------------------------------
     def contractDetails(self, reqId: int, contractDetails: ContractDetails) -> None:
         with self.lock:
+            self.seen["contractData"] += 1
             self.details.setdefault(reqId, []).append(contractDetails)
 
     def contractDetailsEnd(self, reqId: int) -> None:
         with self.lock:
+            self.seen["contractDataEnd"] += 1
             self.details_end.add(reqId)
 
     # --- tick-by-tick --------------------------------------------------------------------
@@ -128,6 +160,7 @@ class App(EWrapper, EClient):
 
     def _tbt(self, reqId: int, time: int, tick: dict[str, Any]) -> None:
         with self.lock:
+            self.seen["tickByTick"] += 1
             self.tbt.setdefault(reqId, []).append(tick)
             self.tbt_times.setdefault(reqId, []).append(time)
 
@@ -138,6 +171,7 @@ class App(EWrapper, EClient):
     def tickPrice(self, reqId, tickType, price, attrib) -> None:
         mask = (1 if attrib.canAutoExecute else 0) | (2 if attrib.pastLimit else 0) | (4 if attrib.preOpen else 0)
         with self.lock:
+            self.seen["tickPrice"] += 1
             self.mkt.setdefault(reqId, []).append(
                 {"msg": "tickPrice", "tick_type": tickType, "price": price, "size": None, "attr": mask}
             )
@@ -153,16 +187,19 @@ class App(EWrapper, EClient):
                 self.mkt[reqId][-1]["size"] = None if size == UNSET_DECIMAL else size
                 return
             self._implied_size = None
+            self.seen["tickSize"] += 1
             self.mkt.setdefault(reqId, []).append({"msg": "tickSize", "tick_type": tickType, "size": size})
 
     def tickString(self, reqId, tickType, value) -> None:
         with self.lock:
             self._implied_size = None
+            self.seen["tickString"] += 1
             self.mkt.setdefault(reqId, []).append({"msg": "tickString", "tick_type": tickType, "value": value})
 
     def tickGeneric(self, reqId, tickType, value) -> None:
         with self.lock:
             self._implied_size = None
+            self.seen["tickGeneric"] += 1
             self.mkt.setdefault(reqId, []).append({"msg": "tickGeneric", "tick_type": tickType, "value": value})
 
     # --- helpers -------------------------------------------------------------------------
@@ -424,6 +461,26 @@ class Run:
             f"currentTime={self.app.current_time}",
         )
 
+    def wire_form(self) -> None:
+        """Each message family must have arrived in the form the negotiated version implies:
+        all protobuf at 201 and above (as a current gateway sends, and as the protobuf-only
+        Rust client needs), all text at 200 and below."""
+        app = self.app
+        with app.lock:
+            seen, proto = dict(app.seen), dict(app.proto)
+        problems = []
+        for family in ("error", "contractData", "contractDataEnd", "tickPrice", "tickSize", "tickString",
+                       "tickGeneric", "tickByTick"):
+            n, p = seen.get(family, 0), proto.get(family, 0)
+            if n == 0:
+                problems.append(f"{family}: none received, form not checked")
+            elif self.a.expect_version >= 201 and p != n:
+                problems.append(f"{family}: {n - p} of {n} arrived as text at version {self.a.expect_version}")
+            elif self.a.expect_version <= 200 and p != 0:
+                problems.append(f"{family}: {p} of {n} arrived as protobuf at version {self.a.expect_version}")
+        form = "protobuf" if self.a.expect_version >= 201 else "text"
+        self.L.check(f"every message family in {form} form", problems, ", ".join(f"{k} {v}" for k, v in seen.items()))
+
     def unexpected_errors(self) -> None:
         with self.app.lock:
             bad = [
@@ -443,6 +500,7 @@ class Run:
             self.market_data("MNQ", MNQ_CON_ID, "CME")
             self.errors()
             self.unexpected_errors()
+            self.wire_form()
         finally:
             self.app.disconnect()
 
