@@ -3,3 +3,4 @@
 #![deny(unsafe_code)]
 
 pub use ib_stream_ipc as ipc;
+pub mod tws;
