@@ -241,7 +241,8 @@ class Run:
         self.req_id += 1
         return self.req_id
 
-    def wait(self, pred, what: str) -> bool:
+    def wait(self, pred) -> bool:
+        """Poll `pred` for up to --timeout seconds."""
         return wait_until(pred, self.a.timeout)
 
     # --- connect -------------------------------------------------------------------------
@@ -257,7 +258,7 @@ class Run:
             self.L.ok("handshake version", f"negotiated {v}")
         else:
             self.L.fail("handshake version", f"expected server version {self.a.expect_version}, got {v}")
-        if self.wait(lambda: app.next_valid_id is not None and app.accounts is not None, "startup"):
+        if self.wait(lambda: app.next_valid_id is not None and app.accounts is not None):
             self.L.ok("startup", f"nextValidId={app.next_valid_id} managedAccounts={app.accounts!r}")
         else:
             raise ConformanceError(
@@ -271,7 +272,7 @@ class Run:
     def lookup(self, name: str, contract: Contract, want: dict[str, Any]) -> ContractDetails | None:
         app, r = self.app, self.rid()
         app.reqContractDetails(r, contract)
-        if not self.wait(lambda: r in app.details_end or app.errors_for(r), name):
+        if not self.wait(lambda: r in app.details_end or app.errors_for(r)):
             self.L.fail(name, f"no contractDetails/contractDetailsEnd for reqId {r} within {self.a.timeout}s")
             return None
         errs = app.errors_for(r)
@@ -312,7 +313,7 @@ class Run:
             want = expected(self.a.sim_bin, self.a.seed, con_id, kind, n)
             r = self.rid()
             app.reqTickByTickData(r, by_con_id(con_id, exchange), kind, 0, False)
-            got_all = self.wait(lambda: len(app.tbt.get(r, [])) >= n or app.errors_for(r), name)
+            got_all = self.wait(lambda: len(app.tbt.get(r, [])) >= n or app.errors_for(r))
             app.cancelTickByTickData(r)
             with app.lock:
                 got = list(app.tbt.get(r, []))[:n]
@@ -334,8 +335,8 @@ class Run:
         app.reqMktData(r, by_con_id(con_id, exchange), "", False, False, [])
         # Wait for one more callback than needed so the size of the n-th tickPrice (a follow-up
         # tickSize in ibapi) has been folded in, unless the stream stops at n.
-        self.wait(lambda: len(app.mkt.get(r, [])) > n or app.errors_for(r), name)
-        self.wait(lambda: len(app.mkt.get(r, [])) >= n or app.errors_for(r), name)
+        self.wait(lambda: len(app.mkt.get(r, [])) > n or app.errors_for(r))
+        self.wait(lambda: len(app.mkt.get(r, [])) >= n or app.errors_for(r))
         app.cancelMktData(r)
         with app.lock:
             got = list(app.mkt.get(r, []))[:n]
@@ -350,7 +351,7 @@ class Run:
     def expect_error(self, name: str, req_id: int, code: int) -> None:
         app = self.app
         self.expected_error_ids.add(req_id)
-        if not self.wait(lambda: any(e[1] == code for e in app.errors_for(req_id)), name):
+        if not self.wait(lambda: any(e[1] == code for e in app.errors_for(req_id))):
             with app.lock:
                 seen = [e for e in app.errors if e[1] not in NOTICE_CODES]
             self.L.fail(name, f"no error {code} on reqId {req_id} within {self.a.timeout}s; errors seen: {seen}")
@@ -376,7 +377,7 @@ class Run:
 
         r = self.rid()
         app.reqMktData(r, by_con_id(AAPL_CON_ID, "SMART"), "", False, False, [])
-        if not self.wait(lambda: len(app.mkt.get(r, [])) > 0 or app.errors_for(r), "dup"):
+        if not self.wait(lambda: len(app.mkt.get(r, [])) > 0 or app.errors_for(r)):
             self.L.fail("error 322: duplicate ticker id", f"first reqMktData {r} got no data")
         app.reqMktData(r, by_con_id(AAPL_CON_ID, "SMART"), "", False, False, [])
         self.expect_error("error 322: reqMktData reusing a live ticker id", r, 322)
@@ -408,7 +409,7 @@ class Run:
             r = self.rid()
             app.reqTickByTickData(r, by_con_id(con_id, exch), kind, 0, False)
             live.append(r)
-        ok = self.wait(lambda: all(app.tbt.get(r) or app.errors_for(r) for r in live), name)
+        ok = self.wait(lambda: all(app.tbt.get(r) or app.errors_for(r) for r in live))
         bad = [(r, app.errors_for(r)) for r in live if app.errors_for(r) or not app.tbt.get(r)]
         self.L.check(
             f"tick-by-tick: {cap} subscriptions up to the cap all stream",
@@ -423,7 +424,7 @@ class Run:
         again = self.rid()
         con_id, exch, kind = pairs[cap + 1]
         app.reqTickByTickData(again, by_con_id(con_id, exch), kind, 0, False)
-        streamed = self.wait(lambda: app.tbt.get(again) or app.errors_for(again), name)
+        streamed = self.wait(lambda: app.tbt.get(again) or app.errors_for(again))
         app.cancelTickByTickData(again)
         self.L.check(
             "tick-by-tick slot freed by cancel",
@@ -454,7 +455,7 @@ class Run:
         # The first session must be unaffected.
         self.app.current_time = None
         self.app.reqCurrentTime()
-        alive = self.wait(lambda: self.app.current_time is not None, "currentTime")
+        alive = self.wait(lambda: self.app.current_time is not None)
         self.L.check(
             "first connection unaffected by the duplicate",
             [] if alive else [f"no currentTime within {self.a.timeout}s"],
