@@ -348,3 +348,47 @@ fn out_of_range_tick_types_and_times_are_errors() {
         }
     }
 }
+
+#[test]
+fn errors_decode_without_copies_in_every_layout() {
+    use ib_stream::tws::tick::decode_error;
+    let m = ServerMsg::Error {
+        req_id: -1,
+        code: 2104,
+        message: "Market data farm connection is OK:usfarm".into(),
+        advanced_order_reject_json: "{}".into(),
+        error_time_ms: 1_767_277_800_123,
+    };
+    for ver in [157, 166, 178, 194, 200, 201, 226] {
+        let mut wire = Vec::new();
+        m.encode(ver, &mut wire);
+        let (req_id, code, msg, json, time) = one_frame(&wire, ver, |f| {
+            let e = decode_error(f, ver).unwrap().unwrap();
+            (
+                e.req_id,
+                e.code,
+                e.message.to_vec(),
+                e.advanced_order_reject_json.to_vec(),
+                e.error_time_ms,
+            )
+        });
+        assert_eq!((req_id, code), (-1, 2104));
+        assert_eq!(msg, b"Market data farm connection is OK:usfarm");
+        assert_eq!(
+            json,
+            if ver >= 166 { &b"{}"[..] } else { &b""[..] },
+            "{ver}"
+        );
+        assert_eq!(
+            time,
+            if ver >= 194 { 1_767_277_800_123 } else { 0 },
+            "{ver}"
+        );
+        let mut other = Vec::new();
+        ServerMsg::NextValidId { order_id: 1 }.encode(ver, &mut other);
+        assert_eq!(
+            one_frame(&other, ver, |f| decode_error(f, ver).map(|e| e.is_none())),
+            Ok(true)
+        );
+    }
+}

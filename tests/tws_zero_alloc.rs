@@ -6,7 +6,7 @@ mod tws_support;
 
 use ib_stream::ipc::Record;
 use ib_stream::tws::msg::server::{TbtQuote, TbtTrade, TickByTickData};
-use ib_stream::tws::tick::{Interner, VecInterner, decode_tick};
+use ib_stream::tws::tick::{Interner, VecInterner, decode_error, decode_tick};
 use ib_stream::tws::{FrameReader, ServerMsg};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use std::alloc::System;
@@ -85,7 +85,7 @@ fn hot_messages() -> Vec<ServerMsg> {
 }
 
 #[test]
-fn decoding_ticks_allocates_nothing() {
+fn decoding_ticks_and_errors_allocates_nothing() {
     for ver in [157, 178, 200, 226] {
         let msgs = hot_messages();
         let mut wire = Vec::new();
@@ -105,14 +105,39 @@ fn decoding_ticks_allocates_nothing() {
         let mut n = 0u64;
         let mut checksum = 0i64;
 
-        let region = Region::new(GLOBAL);
+        let mut region = Region::new(GLOBAL);
+        let errors: Vec<u8> = {
+            let mut w = Vec::new();
+            for _ in 0..100 {
+                ServerMsg::Error {
+                    req_id: -1,
+                    code: 2104,
+                    message: "Market data farm connection is OK:usfarm".into(),
+                    advanced_order_reject_json: String::new(),
+                    error_time_ms: 1_767_277_800_000,
+                }
+                .encode(ver, &mut w);
+            }
+            w
+        };
+        let mut err_reader = FrameReader::with_capacity(errors.len());
+        err_reader.feed(&errors);
+        let mut codes = 0i64;
+        region.reset();
         while let Some(frame) = reader.next_frame(ver).expect("frame") {
             let id = decode_tick(&frame, &mut strings, &mut rec).expect("tick");
             assert!(id.is_some());
             checksum = checksum.wrapping_add(rec.body[0]);
             n += 1;
         }
+        while let Some(frame) = err_reader.next_frame(ver).expect("frame") {
+            let e = decode_error(&frame, ver)
+                .expect("error")
+                .expect("an error message");
+            codes += i64::from(e.code) + e.message.len() as i64;
+        }
         let stats = region.change();
+        assert_eq!(codes, 100 * (2104 + 40));
 
         assert_eq!(n, 100 * msgs.len() as u64);
         assert_ne!(checksum, 0);

@@ -212,6 +212,10 @@ impl Default for ContractDetails {
 /// Number of FUND-only text fields in contractData from version 179.
 pub const FUND_FIELD_COUNT: usize = 17;
 
+/// Indexes of the boolean FUND fields (fundClosed, fundClosedForNewInvestors,
+/// fundClosedForNewMoney): "1"/"0" in text, bool in protobuf.
+pub const FUND_BOOL_FIELDS: [usize; 3] = [7, 8, 9];
+
 /// An execution filter (reqExecutions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecutionFilter {
@@ -397,7 +401,7 @@ pub fn read_contract_data(
     version: u32,
 ) -> Result<(i32, ContractDetails), DecodeError> {
     if version < v::SIZE_RULES {
-        f.skip()?; // version field (clients assume 8)
+        f.skip_field()?; // version field (clients assume 8)
     }
     let req_id = f.i32()?;
     let mut c = Contract {
@@ -699,8 +703,8 @@ pub fn read_contract_proto(b: &[u8]) -> Result<Contract, ProtoProblem> {
     Ok(c)
 }
 
-/// Write IB's `ContractDetails` protobuf message fields (FUND fields and the text-only
-/// mdSizeMultiplier/sizeMinTick are not part of this form here).
+/// Write IB's `ContractDetails` protobuf message fields (the text-only mdSizeMultiplier
+/// and sizeMinTick are not part of this form).
 pub fn write_details_proto(w: &mut Writer<'_>, d: &ContractDetails) {
     w.str(1, &d.market_name);
     if d.min_tick != UNDEF_I64 {
@@ -736,6 +740,17 @@ pub fn write_details_proto(w: &mut Writer<'_>, d: &ContractDetails) {
     put_size(w, 24, d.min_size);
     put_size(w, 25, d.size_increment);
     put_size(w, 26, d.suggested_size_increment);
+    // FUND fields 27..=43: text, except 34..=36 (fundClosed*) which are booleans.
+    if d.contract.sec_type == "FUND" {
+        for (i, f) in d.fund_fields.iter().take(FUND_FIELD_COUNT).enumerate() {
+            let tag = 27 + i as u32;
+            if FUND_BOOL_FIELDS.contains(&i) {
+                w.bool(tag, matches!(f.as_str(), "1" | "true" | "True"));
+            } else {
+                w.str(tag, f);
+            }
+        }
+    }
     for (id, desc) in &d.ineligibility_reasons {
         w.message(58, |w| {
             w.str(1, id).str(2, desc);
@@ -785,6 +800,17 @@ pub fn read_details_proto(b: &[u8], d: &mut ContractDetails) -> Result<(), Proto
             24 => d.min_size = val.gsize(f)?,
             25 => d.size_increment = val.gsize(f)?,
             26 => d.suggested_size_increment = val.gsize(f)?,
+            27..=43 => {
+                let i = (f - 27) as usize;
+                if d.fund_fields.len() < FUND_FIELD_COUNT {
+                    d.fund_fields.resize(FUND_FIELD_COUNT, String::new());
+                }
+                d.fund_fields[i] = if FUND_BOOL_FIELDS.contains(&i) {
+                    if val.gbool(f)? { "1" } else { "0" }.to_owned()
+                } else {
+                    val.gstr(f)?.to_owned()
+                };
+            }
             58 => {
                 let (mut id, mut desc) = (String::new(), String::new());
                 let mut r2 = Reader::new(val.gbytes(f)?);

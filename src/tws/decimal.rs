@@ -167,13 +167,22 @@ fn parse_fixed_slow(s: &[u8], digits: u32) -> Option<i64> {
     (v != UNDEF_I64).then_some(v)
 }
 
-/// Like [`parse_fixed`] but the empty field means unset ([`UNDEF_I64`]).
+/// IB's "unset" sentinels as they appear in text when a sender does not blank them: Java's
+/// and Python's `Double.MAX_VALUE` and Python ibapi's `UNSET_DECIMAL` (2^127 - 1).
+const UNSET_SENTINELS: [&[u8]; 3] = [
+    b"1.7976931348623157E308",
+    b"1.7976931348623157e+308",
+    b"170141183460469231731687303715884105727",
+];
+
+/// Like [`parse_fixed`] but the empty field, and IB's unset sentinels, mean unset
+/// ([`UNDEF_I64`]).
+#[inline]
 pub fn parse_fixed_or_unset(s: &[u8], digits: u32) -> Option<i64> {
     if s.is_empty() {
-        Some(UNDEF_I64)
-    } else {
-        parse_fixed(s, digits)
+        return Some(UNDEF_I64);
     }
+    parse_fixed(s, digits).or_else(|| UNSET_SENTINELS.contains(&s).then_some(UNDEF_I64))
 }
 
 /// Append the shortest exact decimal of `v` (fixed point with `digits` decimals); nothing
@@ -302,6 +311,16 @@ mod tests {
             assert_eq!(p(bad), None, "{bad:?}");
         }
         assert_eq!(parse_fixed_or_unset(b"", PRICE_DIGITS), Some(UNDEF_I64));
+        assert_eq!(
+            parse_fixed_or_unset(b"1.7976931348623157E308", PRICE_DIGITS),
+            Some(UNDEF_I64)
+        );
+        assert_eq!(
+            parse_fixed_or_unset(b"170141183460469231731687303715884105727", SIZE_DIGITS),
+            Some(UNDEF_I64)
+        );
+        assert_eq!(parse_fixed_or_unset(b"1.8E308", PRICE_DIGITS), None);
+        assert_eq!(parse_fixed(b"1E+2", SIZE_DIGITS), Some(10_000_000_000));
     }
 
     #[test]

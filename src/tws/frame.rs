@@ -265,6 +265,19 @@ pub fn write_proto_frame(out: &mut Vec<u8>, msg_id: u32, f: impl FnOnce(&mut pro
     end_frame(out, s);
 }
 
+/// Write `frame` back out as one whole frame at `version` (proxies, fault injection, tests).
+/// A protobuf frame always gets a binary id: it exists only from version 201.
+pub fn write_frame(out: &mut Vec<u8>, version: u32, frame: &Frame<'_>) {
+    match frame.body {
+        Body::Text(b) => write_text_frame(out, version, frame.msg_id, |w| {
+            w.raw(b);
+        }),
+        Body::Proto(b) => write_proto_frame(out, frame.msg_id, |w| {
+            w.raw(b);
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +365,29 @@ mod tests {
         assert_eq!(f.fields().next(), Some(&b"-1"[..]));
         let f = r.next_frame(226).unwrap().unwrap();
         assert_eq!((f.msg_id, f.proto()), (9, Some(&[8u8, 117][..])));
+    }
+
+    #[test]
+    fn frames_write_back_unchanged() {
+        let mut wire = Vec::new();
+        write_text_frame(&mut wire, 178, 9, |w| {
+            w.int(1).int(117);
+        });
+        write_text_frame(&mut wire, 226, 4, |w| {
+            w.int(-1).int(2104);
+        });
+        write_proto_frame(&mut wire, 9, |w| {
+            w.i32(1, 117);
+        });
+        let (a, rest) = wire.split_at(12);
+        let mut out = Vec::new();
+        write_frame(&mut out, 178, &Frame::parse(&a[4..], 178).unwrap());
+        let mut r = FrameReader::new();
+        r.feed(rest);
+        while let Some(f) = r.next_frame(226).unwrap() {
+            write_frame(&mut out, 226, &f);
+        }
+        assert_eq!(out, wire);
     }
 
     #[test]

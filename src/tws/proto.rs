@@ -108,11 +108,14 @@ impl<'a> Reader<'a> {
             return Ok(None);
         }
         let key = self.varint()?;
-        let field = (key >> 3) as u32;
         let wt = (key & 7) as u8;
-        if field == 0 || key >> 3 > u64::from(u32::MAX >> 3) {
+        if key >> 3 == 0 {
             return Err(ProtoError::ZeroField);
         }
+        if key >> 3 > (1 << 29) - 1 {
+            return Err(ProtoError::FieldTooLarge(key >> 3));
+        }
+        let field = (key >> 3) as u32;
         let v = match wt {
             0 => Value::Varint(self.varint()?),
             1 => {
@@ -185,6 +188,12 @@ impl<'a> Writer<'a> {
     /// A writer appending to `out`.
     pub fn new(out: &'a mut Vec<u8>) -> Self {
         Writer { out }
+    }
+
+    /// Bytes that are already encoded fields, appended as they are.
+    pub fn raw(&mut self, fields: &[u8]) -> &mut Self {
+        self.out.extend_from_slice(fields);
+        self
     }
 
     /// `int32` field (always written; negative = 10-byte varint as protobuf requires).

@@ -92,7 +92,7 @@ impl<'a> Fields<'a> {
     }
 
     /// Skip one field (must exist).
-    pub fn skip(&mut self) -> Result<(), DecodeError> {
+    pub fn skip_field(&mut self) -> Result<(), DecodeError> {
         self.bytes().map(|_| ())
     }
 
@@ -198,12 +198,14 @@ pub fn parse_i64(b: &[u8]) -> Option<i64> {
     Some(if neg { -v } else { v })
 }
 
-/// Parse a float as IB writes it (`Infinity`, `-Infinity`, decimals, exponents); empty = NaN.
+/// Parse a float as IB writes it (`Infinity`, `-Infinity`, `NaN`, decimals, exponents);
+/// empty = NaN.
 pub fn parse_f64(b: &[u8]) -> Option<f64> {
     match b {
         b"" => Some(f64::NAN),
         b"Infinity" | b"inf" => Some(f64::INFINITY),
         b"-Infinity" | b"-inf" => Some(f64::NEG_INFINITY),
+        b"NaN" | b"nan" => Some(f64::NAN),
         _ => {
             let s = std::str::from_utf8(b).ok()?;
             // Rust also accepts "infinity"/"nan" spellings; IB never sends them.
@@ -238,6 +240,12 @@ impl<'a> FieldWriter<'a> {
             self.out.extend_from_slice(b);
         }
         self.out.push(0);
+        self
+    }
+
+    /// Bytes that are already NUL-terminated fields, appended as they are.
+    pub fn raw(&mut self, fields: &[u8]) -> &mut Self {
+        self.out.extend_from_slice(fields);
         self
     }
 
@@ -378,7 +386,9 @@ mod tests {
             .str("a\0b");
         assert_eq!(out, b"-1\x001\x00\x00Infinity\x003\x00\x00ab\x00");
         assert_eq!(parse_f64(b"Infinity"), Some(f64::INFINITY));
-        assert_eq!(parse_f64(b"nan"), None);
+        assert!(parse_f64(b"NaN").unwrap().is_nan());
+        assert_eq!(parse_f64(b"NaNx"), None);
+        assert_eq!(parse_f64(b"infinity"), None);
         assert_eq!(parse_i64(b"-9223372036854775808"), None);
         assert_eq!(parse_i64(b"123"), Some(123));
     }

@@ -101,6 +101,10 @@ fn generic_text(b: &[u8]) -> Option<i64> {
 /// seq, ts_recv and instrument_id from the request id). Returns the request id, or
 /// `Ok(None)` when the frame is not a tick message. Never allocates (the interner may, for
 /// strings it has not seen).
+///
+/// Flags set here come from the frame alone: `DELAYED` for delayed tick ids and the
+/// tick's attributes. What depends on the subscription (`DELAYED`/`FROZEN` from its
+/// marketDataType, `SNAPSHOT`, `STALE`) the caller ORs in.
 #[inline]
 pub fn decode_tick<I: Interner + ?Sized>(
     frame: &Frame<'_>,
@@ -144,7 +148,7 @@ fn text_tick<I: Interner + ?Sized>(
             rec.body = [price, size, 0, 0];
         }
         id::TICK_SIZE => {
-            f.skip()?;
+            f.skip_field()?;
             req_id = f.i32()?;
             let t = f.i32()?;
             let size = f.size()?;
@@ -152,7 +156,7 @@ fn text_tick<I: Interner + ?Sized>(
             rec.body = [size, 0, 0, 0];
         }
         id::TICK_STRING => {
-            f.skip()?;
+            f.skip_field()?;
             req_id = f.i32()?;
             let t = f.i32()?;
             let s = f.bytes()?;
@@ -160,7 +164,7 @@ fn text_tick<I: Interner + ?Sized>(
             rec.body = [i64::from(interner.intern(s)), 0, 0, 0];
         }
         id::TICK_GENERIC => {
-            f.skip()?;
+            f.skip_field()?;
             req_id = f.i32()?;
             let t = f.i32()?;
             let b = f.bytes()?;
@@ -393,6 +397,87 @@ fn proto_tbt<I: Interner + ?Sized>(
     Ok(())
 }
 
+/// An error message borrowed from its frame (no allocation): what the engine needs to
+/// react to farm notices, rejections and connectivity codes on the hot path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorRef<'a> {
+    /// Request id (-1 = none).
+    pub req_id: i32,
+    /// IB error code.
+    pub code: i32,
+    /// Text (raw bytes as sent; ASCII in practice).
+    pub message: &'a [u8],
+    /// Advanced order reject JSON (empty below 166).
+    pub advanced_order_reject_json: &'a [u8],
+    /// Error time in epoch ms (0 below 194).
+    pub error_time_ms: i64,
+}
+
+/// Decode an error frame (either form) without allocating; `Ok(None)` for other messages.
+pub fn decode_error<'a>(
+    frame: &Frame<'a>,
+    version: u32,
+) -> Result<Option<ErrorRef<'a>>, DecodeError> {
+    if frame.msg_id != id::ERR_MSG {
+        return Ok(None);
+    }
+    match frame.body {
+        Body::Text(b) => {
+            let mut f = Fields::new(frame.msg_id, b);
+            let e = if version >= super::version::ERROR_TIME {
+                ErrorRef {
+                    req_id: f.i32()?,
+                    code: f.i32()?,
+                    message: f.bytes()?,
+                    advanced_order_reject_json: f.bytes()?,
+                    error_time_ms: f.i64()?,
+                }
+            } else {
+                f.skip_field()?;
+                let (req_id, code, message) = (f.i32()?, f.i32()?, f.bytes()?);
+                let json = if version >= super::version::ADVANCED_ORDER_REJECT {
+                    f.bytes()?
+                } else {
+                    &[][..]
+                };
+                ErrorRef {
+                    req_id,
+                    code,
+                    message,
+                    advanced_order_reject_json: json,
+                    error_time_ms: 0,
+                }
+            };
+            Ok(Some(e))
+        }
+        Body::Proto(b) => {
+            let mut e = ErrorRef {
+                req_id: 0,
+                code: 0,
+                message: &[],
+                advanced_order_reject_json: &[],
+                error_time_ms: 0,
+            };
+            let mut r = Reader::new(b);
+            let res: Result<(), ProtoProblem> = (|| {
+                while let Some((f, v)) = r.next_field()? {
+                    match f {
+                        1 => e.req_id = v.gi32(f)?,
+                        2 => e.error_time_ms = v.gi64(f)?,
+                        3 => e.code = v.gi32(f)?,
+                        4 => e.message = v.gbytes(f)?,
+                        5 => e.advanced_order_reject_json = v.gbytes(f)?,
+                        _ => {}
+                    }
+                }
+                Ok(())
+            })();
+            res.map_err(|p| p.at(frame.msg_id))?;
+            Ok(Some(e))
+        }
+    }
+}
+
 /// Counters of a [`Decoder`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeStats {
@@ -478,14 +563,17 @@ impl Decoder {
 }
 
 /// A simple growable interner (for tools, tests and benchmarks): id 0 is the empty
-/// string; lookups hash the bytes (FNV-1a), so known strings cost no allocation.
+/// string. Strings of up to 7 bytes (exchange codes, trade conditions) are looked up by
+/// their bytes packed into one integer, longer ones by an FNV-1a hash; known strings cost
+/// no allocation.
 #[derive(Debug, Clone)]
 pub struct VecInterner {
     strings: Vec<Box<[u8]>>,
-    index: HashMap<Box<[u8]>, u32, BuildHasherDefault<Fnv1a>>,
+    short: HashMap<u64, u32, BuildHasherDefault<MixHash>>,
+    long: HashMap<Box<[u8]>, u32, BuildHasherDefault<Fnv1a>>,
 }
 
-/// FNV-1a: short exchange and condition strings hash in a few nanoseconds.
+/// FNV-1a for byte strings.
 #[derive(Debug, Clone, Copy)]
 pub struct Fnv1a(u64);
 
@@ -506,11 +594,44 @@ impl Hasher for Fnv1a {
     }
 }
 
+/// A multiply-rotate mix for integer keys.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MixHash(u64);
+
+impl Hasher for MixHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
+    }
+}
+
+/// Up to 7 bytes packed with their length in the top byte.
+#[inline]
+fn short_key(s: &[u8]) -> Option<u64> {
+    if s.len() > 7 {
+        return None;
+    }
+    let mut b = [0u8; 8];
+    b[..s.len()].copy_from_slice(s);
+    b[7] = s.len() as u8;
+    Some(u64::from_le_bytes(b))
+}
+
 impl Default for VecInterner {
     fn default() -> Self {
         let mut v = VecInterner {
             strings: Vec::new(),
-            index: HashMap::default(),
+            short: HashMap::default(),
+            long: HashMap::default(),
         };
         v.intern(b"");
         v
@@ -537,12 +658,47 @@ impl VecInterner {
 impl Interner for VecInterner {
     #[inline]
     fn intern(&mut self, s: &[u8]) -> u32 {
-        if let Some(&i) = self.index.get(s) {
+        let key = short_key(s);
+        let found = match key {
+            Some(k) => self.short.get(&k).copied(),
+            None => self.long.get(s).copied(),
+        };
+        if let Some(i) = found {
             return i;
         }
         let id = self.strings.len() as u32;
         self.strings.push(s.into());
-        self.index.insert(s.into(), id);
+        match key {
+            Some(k) => {
+                self.short.insert(k, id);
+            }
+            None => {
+                self.long.insert(s.into(), id);
+            }
+        }
         id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interner_ids_are_stable_and_zero_is_empty() {
+        let mut i = VecInterner::default();
+        assert_eq!(i.intern(b""), 0);
+        let a = i.intern(b"NASDAQ");
+        let b = i.intern(b"a longer string than seven");
+        let c = i.intern(b"NASDA");
+        assert_eq!(
+            (i.intern(b"NASDAQ"), i.intern(b"a longer string than seven")),
+            (a, b)
+        );
+        assert!(a != c && b != c && a != 0);
+        // Same prefix, different length: different keys.
+        assert_ne!(i.intern(b"A"), i.intern(b"A\0"));
+        assert_eq!(i.get(b), Some(&b"a longer string than seven"[..]));
+        assert_eq!(i.len(), 6);
     }
 }

@@ -124,7 +124,14 @@ pub fn sample_server() -> Vec<ServerMsg> {
         sec_type: "FUND".into(),
         ..aapl()
     });
-    fund.fund_fields = (0..17).map(|i| format!("f{i}")).collect();
+    // Fields 7..=9 are booleans and 15/16 enum codes in the clients' decoders.
+    fund.fund_fields = (0..17)
+        .map(|i| match i {
+            7..=9 => (i % 2).to_string(),
+            15 | 16 => String::new(),
+            _ => format!("f{i}"),
+        })
+        .collect();
     vec![
         ServerMsg::TickPrice {
             req_id: 7,
@@ -254,7 +261,21 @@ pub fn normalize_server(m: &ServerMsg, version: u32) -> ServerMsg {
             if proto {
                 d.md_size_multiplier = 0;
                 d.size_min_tick = UNDEF_I64;
-                d.fund_fields.clear();
+                if fund {
+                    // Booleans travel as bool: any text other than 1/true reads back as "0".
+                    for i in ib_stream::tws::contract::FUND_BOOL_FIELDS {
+                        if let Some(f) = d.fund_fields.get_mut(i) {
+                            *f = if matches!(f.as_str(), "1" | "true" | "True") {
+                                "1"
+                            } else {
+                                "0"
+                            }
+                            .into();
+                        }
+                    }
+                } else {
+                    d.fund_fields.clear();
+                }
                 return m;
             }
             if version < 182 {

@@ -327,7 +327,8 @@ impl ClientMsg {
                     .str(&filter.exchange)
                     .str(&filter.side);
                 if version >= v::PARAMETRIZED_DAYS_OF_EXECUTIONS {
-                    w.opt_i32(filter.last_n_days)
+                    // As ibapi writes it: unset is 2147483647, not the empty field.
+                    w.int(i64::from(filter.last_n_days))
                         .int(filter.specific_dates.len() as i64);
                     for d in &filter.specific_dates {
                         w.int(i64::from(*d));
@@ -450,7 +451,7 @@ fn decode_text(msg_id: u32, mut f: Fields<'_>, version: u32) -> Result<ClientMsg
     let f = &mut f;
     Ok(match msg_id {
         id::START_API => {
-            f.skip()?;
+            f.skip_field()?;
             let client_id = f.i32()?;
             let optional_capabilities = if f.is_empty() {
                 String::new()
@@ -463,7 +464,7 @@ fn decode_text(msg_id: u32, mut f: Fields<'_>, version: u32) -> Result<ClientMsg
             }
         }
         id::REQ_MKT_DATA => {
-            f.skip()?;
+            f.skip_field()?;
             let req_id = f.i32()?;
             let mut contract = read_contract_fields(f)?;
             if contract.sec_type == "BAG" {
@@ -507,7 +508,7 @@ fn decode_text(msg_id: u32, mut f: Fields<'_>, version: u32) -> Result<ClientMsg
             }
         }
         id::CANCEL_MKT_DATA => {
-            f.skip()?;
+            f.skip_field()?;
             ClientMsg::CancelMktData { req_id: f.i32()? }
         }
         id::REQ_TICK_BY_TICK_DATA => {
@@ -529,13 +530,13 @@ fn decode_text(msg_id: u32, mut f: Fields<'_>, version: u32) -> Result<ClientMsg
         }
         id::CANCEL_TICK_BY_TICK_DATA => ClientMsg::CancelTickByTick { req_id: f.i32()? },
         id::REQ_MARKET_DATA_TYPE => {
-            f.skip()?;
+            f.skip_field()?;
             ClientMsg::ReqMarketDataType {
                 market_data_type: f.i32()?,
             }
         }
         id::REQ_CONTRACT_DATA => {
-            f.skip()?;
+            f.skip_field()?;
             let req_id = f.i32()?;
             let mut contract = read_contract_fields(f)?;
             contract.include_expired = f.bool()?;
@@ -548,7 +549,7 @@ fn decode_text(msg_id: u32, mut f: Fields<'_>, version: u32) -> Result<ClientMsg
         }
         id::REQ_CURRENT_TIME => ClientMsg::ReqCurrentTime,
         id::REQ_IDS => {
-            f.skip()?;
+            f.skip_field()?;
             ClientMsg::ReqIds { num_ids: f.i32()? }
         }
         id::REQ_MANAGED_ACCTS => ClientMsg::ReqManagedAccts,
@@ -558,14 +559,14 @@ fn decode_text(msg_id: u32, mut f: Fields<'_>, version: u32) -> Result<ClientMsg
             api_only: f.bool()?,
         },
         id::REQ_ACCT_DATA => {
-            f.skip()?;
+            f.skip_field()?;
             ClientMsg::ReqAccountUpdates {
                 subscribe: f.bool()?,
                 account: f.string()?,
             }
         }
         id::REQ_ACCOUNT_UPDATES_MULTI => {
-            f.skip()?;
+            f.skip_field()?;
             ClientMsg::ReqAccountUpdatesMulti {
                 req_id: f.i32()?,
                 account: f.string()?,
@@ -574,7 +575,7 @@ fn decode_text(msg_id: u32, mut f: Fields<'_>, version: u32) -> Result<ClientMsg
             }
         }
         id::REQ_EXECUTIONS => {
-            f.skip()?;
+            f.skip_field()?;
             let req_id = f.i32()?;
             let mut filter = ExecutionFilter {
                 client_id: f.i32()?,
@@ -603,7 +604,7 @@ fn decode_text(msg_id: u32, mut f: Fields<'_>, version: u32) -> Result<ClientMsg
             ClientMsg::ReqExecutions { req_id, filter }
         }
         id::REQ_AUTO_OPEN_ORDERS => {
-            f.skip()?;
+            f.skip_field()?;
             ClientMsg::ReqAutoOpenOrders {
                 auto_bind: f.bool()?,
             }

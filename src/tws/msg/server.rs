@@ -581,7 +581,7 @@ fn decode_text(msg_id: u32, mut f: Fields<'_>, version: u32) -> Result<ServerMsg
             }
         }
         id::TICK_SIZE => {
-            f.skip()?;
+            f.skip_field()?;
             ServerMsg::TickSize {
                 req_id: f.i32()?,
                 tick_type: f.i32()?,
@@ -589,7 +589,7 @@ fn decode_text(msg_id: u32, mut f: Fields<'_>, version: u32) -> Result<ServerMsg
             }
         }
         id::TICK_STRING => {
-            f.skip()?;
+            f.skip_field()?;
             ServerMsg::TickString {
                 req_id: f.i32()?,
                 tick_type: f.i32()?,
@@ -597,7 +597,7 @@ fn decode_text(msg_id: u32, mut f: Fields<'_>, version: u32) -> Result<ServerMsg
             }
         }
         id::TICK_GENERIC => {
-            f.skip()?;
+            f.skip_field()?;
             ServerMsg::TickGeneric {
                 req_id: f.i32()?,
                 tick_type: f.i32()?,
@@ -611,11 +611,11 @@ fn decode_text(msg_id: u32, mut f: Fields<'_>, version: u32) -> Result<ServerMsg
             snapshot_permissions: f.i32()?,
         },
         id::TICK_SNAPSHOT_END => {
-            f.skip()?;
+            f.skip_field()?;
             ServerMsg::TickSnapshotEnd { req_id: f.i32()? }
         }
         id::MARKET_DATA_TYPE => {
-            f.skip()?;
+            f.skip_field()?;
             ServerMsg::MarketDataType {
                 req_id: f.i32()?,
                 market_data_type: f.i32()?,
@@ -678,7 +678,7 @@ fn decode_text(msg_id: u32, mut f: Fields<'_>, version: u32) -> Result<ServerMsg
                     error_time_ms: f.i64()?,
                 }
             } else {
-                f.skip()?;
+                f.skip_field()?;
                 let (req_id, code, message) = (f.i32()?, f.i32()?, f.string()?);
                 let json = if version >= v::ADVANCED_ORDER_REJECT {
                     f.string()?
@@ -695,11 +695,11 @@ fn decode_text(msg_id: u32, mut f: Fields<'_>, version: u32) -> Result<ServerMsg
             }
         }
         id::NEXT_VALID_ID => {
-            f.skip()?;
+            f.skip_field()?;
             ServerMsg::NextValidId { order_id: f.i32()? }
         }
         id::MANAGED_ACCTS => {
-            f.skip()?;
+            f.skip_field()?;
             ServerMsg::ManagedAccounts {
                 accounts: f.string()?,
             }
@@ -712,28 +712,28 @@ fn decode_text(msg_id: u32, mut f: Fields<'_>, version: u32) -> Result<ServerMsg
             }
         }
         id::CONTRACT_DATA_END => {
-            f.skip()?;
+            f.skip_field()?;
             ServerMsg::ContractDataEnd { req_id: f.i32()? }
         }
         id::CURRENT_TIME => {
-            f.skip()?;
+            f.skip_field()?;
             ServerMsg::CurrentTime { time: f.i64()? }
         }
         id::POSITION_END => ServerMsg::PositionEnd,
         id::OPEN_ORDER_END => ServerMsg::OpenOrderEnd,
         id::COMPLETED_ORDERS_END => ServerMsg::CompletedOrdersEnd,
         id::ACCT_DOWNLOAD_END => {
-            f.skip()?;
+            f.skip_field()?;
             ServerMsg::AccountDownloadEnd {
                 account: f.string()?,
             }
         }
         id::ACCOUNT_UPDATE_MULTI_END => {
-            f.skip()?;
+            f.skip_field()?;
             ServerMsg::AccountUpdateMultiEnd { req_id: f.i32()? }
         }
         id::EXECUTION_DATA_END => {
-            f.skip()?;
+            f.skip_field()?;
             ServerMsg::ExecDetailsEnd { req_id: f.i32()? }
         }
         _ => {
