@@ -523,6 +523,19 @@ pub fn read_strings(data_path: &Path) -> Result<FileStrings, StorageError> {
     Ok(strings_file::read(&sidecar_path(data_path, "strings"))?.unwrap_or_default())
 }
 
+/// The binary segment at `path` rendered as the JSON Lines the recorder writes for the same
+/// records (strings from its sidecar): byte-identical to the JSONL segment of the same key.
+pub fn segment_as_jsonl(path: &Path) -> Result<Vec<u8>, StorageError> {
+    let seg = BinarySegment::read(path)?;
+    let strings = read_strings(path)?;
+    let mut out = Vec::with_capacity(seg.records.len() * 128);
+    for r in &seg.records {
+        crate::tickjson::encode(r, &strings, &mut out);
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
