@@ -95,7 +95,7 @@ pub fn synth_record(base_ns: i64, seq: u64, ex_ids: &[u32; 3], cond_ids: &[u32; 
                     conditions_id: 0,
                 },
             );
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 r.flags |= flags::PAST_LIMIT;
             }
             r
