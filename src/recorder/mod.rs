@@ -324,11 +324,18 @@ impl Recorder {
                 );
                 tracing::warn!(old_epoch = %ck.epoch, from_seq = ck.last_seq + 1,
                     "ring writer restarted while the recorder was down: recording a gap");
+                // The checkpoint this flush writes says "old epoch done through the gap", so
+                // a crash right after it neither cuts the old history nor repeats the gap.
                 rec.epoch = old;
+                rec.last_seq = ck.last_seq + 1;
+                rec.last_ts = ck.last_ts_ns;
+                rec.epoch_complete = true;
                 rec.push_all(&gap);
                 Window::extend(&mut rec.window, old, ck.last_seq + 1, ck.last_seq + 1, t);
                 rec.flush(Instant::now(), true);
                 rec.epoch = epoch;
+                rec.last_seq = 0;
+                rec.epoch_complete = false;
                 for s in &mut rec.sinks {
                     s.close_other_epochs(epoch, rec.cfg.fsync != FsyncPolicy::Never);
                 }
@@ -509,6 +516,9 @@ impl Recorder {
     /// close its segments and follow the new one from its first record.
     fn follow_new_epoch(&mut self) -> Result<(), IpcError> {
         let now = Instant::now();
+        // Everything of the old ring is read (a replaced ring has no writer any more), so
+        // this checkpoint marks it complete: a crash before the next one adds no gap.
+        self.epoch_complete = true;
         self.flush(now, false);
         let new_epoch = self.reader.reopen(StartAt::Seq(1))?;
         tracing::info!(
