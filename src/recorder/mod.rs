@@ -24,8 +24,8 @@ use ib_stream_ipc::{
 
 use crate::config::{FsyncPolicy, Settings};
 use crate::storage::checkpoint::{CHECKPOINT_VERSION, Checkpoint};
-use crate::storage::layout::{Format, HOUR_NS, hour_dirs, hour_start};
-use crate::storage::{StorageError, now_ns, repair};
+use crate::storage::layout::{Format, hour_start};
+use crate::storage::{StorageError, now_ns, repair, retention};
 use crate::tickjson::StringLookup;
 
 use sink::{Owed, Sink, Window};
@@ -542,32 +542,17 @@ impl Recorder {
         let now = now_ns();
         for s in &self.sinks {
             let days = self.cfg.retention_days(s.format());
-            if days == 0 {
-                continue;
-            }
-            let cutoff = now - i64::from(days) * 24 * HOUR_NS;
             let in_use: Vec<i64> = s.open_hours().collect();
-            let Ok(hours) = hour_dirs(&self.cfg.storage_root, s.format()) else {
-                continue;
-            };
-            for (h, dir) in hours {
-                if h + HOUR_NS > cutoff || in_use.contains(&h) {
-                    continue;
-                }
-                match std::fs::remove_dir_all(&dir) {
-                    Ok(()) => {
+            match retention::expire(&self.cfg.storage_root, s.format(), days, now, &in_use) {
+                Ok((removed, errors)) => {
+                    for dir in removed {
                         tracing::info!(dir = %dir.display(), "retention: removed an expired hour");
-                        // Empty day, month and year directories go too.
-                        let mut p = dir.parent();
-                        for _ in 0..3 {
-                            match p {
-                                Some(d) if std::fs::remove_dir(d).is_ok() => p = d.parent(),
-                                _ => break,
-                            }
-                        }
                     }
-                    Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "retention failed"),
+                    for e in errors {
+                        tracing::warn!(error = %e, "retention failed");
+                    }
                 }
+                Err(e) => tracing::warn!(error = %e, "retention failed"),
             }
         }
     }

@@ -8,6 +8,7 @@
 //! - [`append`]: append-only files with all-or-nothing flush windows (rollback on error).
 //! - [`checkpoint`]: the recorder's atomic checkpoint.
 //! - [`repair`]: torn-tail repair and truncation to a checkpoint.
+//! - [`retention`]: deleting expired hours.
 //! - [`validate`]: integrity and completeness checks (what `storage validate` runs).
 
 pub mod append;
@@ -16,6 +17,7 @@ pub mod checkpoint;
 pub mod jsonl;
 pub mod layout;
 pub mod repair;
+pub mod retention;
 pub mod strings_file;
 pub mod validate;
 
