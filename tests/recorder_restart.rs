@@ -28,7 +28,8 @@ fn new_epochs_are_followed_and_missed_ones_are_gaps() {
     let dir = TestDir::new("restart");
     let pause = Duration::from_millis(1);
     let mut a = SyntheticEngine::start(&dir.shm(), 1 << 15, 20, pause);
-    let child = spawn_recorder(&dir, &[]);
+    // This run syncs every batch (the others never do).
+    let child = spawn_recorder(&dir, &["--set", "IB_STREAM_FSYNC=batch"]);
     std::thread::sleep(Duration::from_millis(300));
     let a_last = a.stop();
     caught_up(&dir, &a, a_last);

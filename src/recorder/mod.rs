@@ -123,6 +123,9 @@ pub enum RecorderError {
     /// Storage could not be prepared (repair, checkpoint).
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    /// Asked to stop before the ring appeared.
+    #[error("stopped while waiting for the ring")]
+    Stopped,
     /// The ring did not appear in time.
     #[error("no ring at {path} after {waited:?}")]
     NoRing {
@@ -210,6 +213,11 @@ impl Recorder {
                         && cfg.ring_wait.is_none_or(|w| waited.elapsed() < w) =>
                 {
                     std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(IpcError::Missing { .. } | IpcError::TooSmall { .. })
+                    if stop.load(Ordering::Relaxed) =>
+                {
+                    return Err(RecorderError::Stopped);
                 }
                 Err(IpcError::Missing { .. }) => {
                     return Err(RecorderError::NoRing {
@@ -682,7 +690,14 @@ pub fn run_cli(settings: &Settings, args: &RecordArgs) -> anyhow::Result<()> {
     if cfg.formats.is_empty() {
         anyhow::bail!("no storage format configured (IB_STREAM_STORAGE_FORMATS)");
     }
-    let rec = Recorder::start(cfg, &stop)?;
+    let rec = match Recorder::start(cfg, &stop) {
+        Ok(r) => r,
+        Err(RecorderError::Stopped) => {
+            tracing::info!("stopped before the ring appeared");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     rec.run(&stop)?;
     Ok(())
 }
