@@ -31,6 +31,22 @@ fn new_epochs_are_followed_and_missed_ones_are_gaps() {
     // This run syncs every batch (the others never do).
     let child = spawn_recorder(&dir, &["--set", "IB_STREAM_FSYNC=batch"]);
     std::thread::sleep(Duration::from_millis(300));
+    // A second recorder on the same storage is refused (and says why).
+    let mut second = spawn_recorder(&dir, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let st = loop {
+        if let Some(st) = second.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "second recorder still running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!st.success());
+    let log = std::fs::read_to_string(dir.root.join("recorder.log")).unwrap();
+    assert!(log.contains("writer"), "{log}");
     let a_last = a.stop();
     caught_up(&dir, &a, a_last);
 

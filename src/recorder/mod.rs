@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ib_stream_ipc::{
-    GapReason, IpcError, Record, RecordKind, RingReader, StartAt, StringTableReader, UNDEF_I64,
-    WriterStatus,
+    GapReason, IpcError, Record, RecordKind, RingReader, ShmOptions, StartAt, StringTableReader,
+    UNDEF_I64, WriterLock, WriterStatus,
 };
 
 use crate::config::{FsyncPolicy, Settings};
@@ -174,6 +174,8 @@ impl StringLookup for RingStrings<'_> {
 /// The recorder's state.
 #[derive(Debug)]
 pub struct Recorder {
+    /// Only one recorder writes a storage root (`<root>/recorder.lock`).
+    _lock: WriterLock,
     cfg: RecorderConfig,
     reader: RingReader,
     strings: Option<StringTableReader>,
@@ -203,6 +205,7 @@ impl Recorder {
     pub fn start(cfg: RecorderConfig, stop: &AtomicBool) -> Result<Recorder, RecorderError> {
         std::fs::create_dir_all(&cfg.storage_root)
             .map_err(|e| StorageError::io(&cfg.storage_root, e))?;
+        let lock = WriterLock::acquire(&cfg.storage_root.join("recorder"), &ShmOptions::default())?;
         let ckpt = Checkpoint::load(&cfg.storage_root)?;
         let waited = Instant::now();
         let mut reader = loop {
@@ -282,6 +285,7 @@ impl Recorder {
 
         let now = Instant::now();
         let mut rec = Recorder {
+            _lock: lock,
             strings: open_strings(&cfg.strings_path, epoch),
             status: RecorderStatus {
                 pid: std::process::id(),
@@ -310,7 +314,9 @@ impl Recorder {
         };
         if rec.reader.info().epoch != epoch {
             // The writer restarted between the two opens: start over on the new ring.
-            return Recorder::start(rec.cfg, stop);
+            let cfg = rec.cfg.clone();
+            drop(rec);
+            return Recorder::start(cfg, stop);
         }
         match &ckpt {
             Some(ck) if ck.epoch() == Some(epoch) => {
