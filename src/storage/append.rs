@@ -23,6 +23,8 @@ pub struct AppendFile {
     staged: Vec<u8>,
     /// Written since the last sync.
     dirty: bool,
+    /// Created by us and its directory entry not yet synced.
+    new_entry: bool,
 }
 
 impl AppendFile {
@@ -54,6 +56,7 @@ impl AppendFile {
                 window_base: len,
                 staged: Vec::with_capacity(if created { 4096 } else { 0 }),
                 dirty: created,
+                new_entry: created,
             },
             created,
         ))
@@ -99,11 +102,19 @@ impl AppendFile {
         Ok(())
     }
 
-    /// `fdatasync` when something was written since the last sync.
+    /// `fdatasync` when something was written since the last sync; for a file this writer
+    /// created, also its directory and the four above it (`HH`, `DD`, `MM`, `YYYY`, the
+    /// format's; any of them may be new), so that the file itself survives a power loss.
     pub fn sync(&mut self) -> std::io::Result<()> {
         if self.dirty {
             self.file.sync_data()?;
             self.dirty = false;
+        }
+        if self.new_entry {
+            for dir in self.path.ancestors().skip(1).take(5) {
+                File::open(dir)?.sync_all()?;
+            }
+            self.new_entry = false;
         }
         Ok(())
     }
