@@ -188,6 +188,8 @@ pub struct Recorder {
     epoch_complete: bool,
     last_flush: Instant,
     last_sync: Instant,
+    /// The last checkpoint stored (an unchanged one is not rewritten).
+    last_ckpt: Option<(Checkpoint, bool)>,
     status: RecorderStatus,
 }
 
@@ -311,6 +313,7 @@ impl Recorder {
             epoch_complete: false,
             last_flush: now,
             last_sync: now,
+            last_ckpt: None,
         };
         if rec.reader.info().epoch != epoch {
             // The writer restarted between the two opens: start over on the new ring.
@@ -488,8 +491,22 @@ impl Recorder {
             writer_pid: std::process::id(),
             written_ns: now_ns(),
         };
+        // Unchanged and already as durable as asked: nothing to write (an idle recorder).
+        let same = self.last_ckpt.as_ref().is_some_and(|(old, old_durable)| {
+            (*old_durable || !durable)
+                && Checkpoint {
+                    written_ns: ck.written_ns,
+                    ..old.clone()
+                } == ck
+        });
+        if same {
+            return;
+        }
         match ck.store(&self.cfg.storage_root, durable) {
-            Ok(()) => self.status.checkpoints += 1,
+            Ok(()) => {
+                self.status.checkpoints += 1;
+                self.last_ckpt = Some((ck, durable));
+            }
             Err(e) => {
                 if self.status.checkpoint_errors == 0 || self.status.checkpoints > 0 {
                     tracing::error!(error = %e, "checkpoint not written");
