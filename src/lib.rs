@@ -9,3 +9,4 @@ pub mod storage;
 pub mod tickjson;
 
 pub use ib_stream_ipc as ipc;
+pub mod tws;

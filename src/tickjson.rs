@@ -14,6 +14,7 @@
 //!
 //! Encoding appends to a caller's buffer and allocates nothing once the buffer has grown.
 
+use crate::tws::decimal;
 use ib_stream_ipc::{
     ConnState, GapReason, PRICE_SCALE, Record, RecordKind, SIZE_SCALE, SubState, UNDEF_I64, flags,
 };
@@ -74,36 +75,10 @@ impl StringIntern for LocalStrings {
     }
 }
 
-/// Writes `v / 10^digits` as the shortest exact decimal (`189.25`, `-0.5`, `3`).
+/// Writes `v` (fixed point at `scale`, a power of ten) as the shortest exact decimal
+/// (`189.25`, `-0.5`, `3`); the same formatter the TWS text encoder uses.
 pub fn write_fixed(out: &mut Vec<u8>, v: i64, scale: i64) {
-    let mut buf = itoa::Buffer::new();
-    let neg = v < 0;
-    let abs = v.unsigned_abs();
-    let scale = scale as u64;
-    let (int, mut frac) = (abs / scale, abs % scale);
-    if neg {
-        out.push(b'-');
-    }
-    out.extend_from_slice(buf.format(int).as_bytes());
-    if frac != 0 {
-        out.push(b'.');
-        let mut digits = [b'0'; 20];
-        let mut width = 0;
-        let mut s = scale;
-        while s > 1 {
-            s /= 10;
-            width += 1;
-        }
-        for i in (0..width).rev() {
-            digits[i] = b'0' + (frac % 10) as u8;
-            frac /= 10;
-        }
-        let end = digits[..width]
-            .iter()
-            .rposition(|&d| d != b'0')
-            .map_or(0, |p| p + 1);
-        out.extend_from_slice(&digits[..end]);
-    }
+    decimal::write_fixed(out, v, scale.ilog10());
 }
 
 /// Parses an exact decimal into fixed point; `None` when it has more fractional digits than
@@ -154,7 +129,7 @@ fn key(out: &mut Vec<u8>, k: &str) {
 
 fn int_field(out: &mut Vec<u8>, k: &str, v: i64) {
     key(out, k);
-    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    decimal::write_i64(out, v);
 }
 
 fn fixed_field(out: &mut Vec<u8>, k: &str, v: i64, scale: i64) {
@@ -218,7 +193,7 @@ fn string_id_field(out: &mut Vec<u8>, k: &str, id: u32, strings: &dyn StringLook
             // rather than inventing a value.
             key(out, k);
             out.extend_from_slice(b"\"#");
-            out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+            decimal::write_u64(out, u64::from(id));
             out.push(b'"');
         }
     }
@@ -271,7 +246,7 @@ pub fn sub_state_name(s: u8) -> &'static str {
 pub fn encode(rec: &Record, strings: &dyn StringLookup, out: &mut Vec<u8>) {
     let (st_us, st_rest) = ns_to_us(rec.ts_recv);
     out.extend_from_slice(b"{\"seq\":");
-    out.extend_from_slice(itoa::Buffer::new().format(rec.seq).as_bytes());
+    decimal::write_u64(out, rec.seq);
     int_field(out, "st", st_us);
     if st_rest != 0 {
         int_field(out, "sn", st_rest);
@@ -290,7 +265,7 @@ pub fn encode(rec: &Record, strings: &dyn StringLookup, out: &mut Vec<u8>) {
         Some(k) => out.extend_from_slice(k.name().as_bytes()),
         None => {
             out.extend_from_slice(b"kind_");
-            out.extend_from_slice(itoa::Buffer::new().format(rec.kind).as_bytes());
+            decimal::write_u64(out, u64::from(rec.kind));
         }
     }
     out.push(b'"');
@@ -382,7 +357,7 @@ pub fn encode(rec: &Record, strings: &dyn StringLookup, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                out.extend_from_slice(itoa::Buffer::new().format(*v).as_bytes());
+                decimal::write_i64(out, *v);
             }
             out.push(b']');
         }
