@@ -250,8 +250,10 @@ impl Recorder {
                 let mut cuts = vec![(ck_epoch, ck.last_seq, ck.scan_from_hour_ns)];
                 for o in owed.iter() {
                     match cuts.iter_mut().find(|c| c.0 == o.epoch) {
-                        Some(c) => c.1 = c.1.min(o.from_seq - 1),
-                        None => cuts.push((o.epoch, o.from_seq - 1, hour_start(o.t0_ns))),
+                        Some(c) => c.1 = c.1.min(o.from_seq.saturating_sub(1)),
+                        None => {
+                            cuts.push((o.epoch, o.from_seq.saturating_sub(1), hour_start(o.t0_ns)))
+                        }
                     }
                 }
                 for (e, keep, from_hour) in cuts {

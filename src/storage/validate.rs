@@ -268,7 +268,8 @@ fn validate_format(root: &Path, format: Format) -> Result<FormatReport, StorageE
         }
         e.gap_seqs = merged
             .iter()
-            .map(|(a, b)| b.min(&e.last_seq).saturating_sub(*a).saturating_add(1))
+            .filter(|(a, _)| *a <= e.last_seq)
+            .map(|(a, b)| (*b).min(e.last_seq) - a + 1)
             .sum();
         s.dedup_by(|a, b| {
             let dup = a == b;
