@@ -145,3 +145,34 @@ fn heartbeats_are_thinned_to_one_a_minute() {
     drop(w);
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn without_a_checkpoint_it_resumes_after_what_is_stored() {
+    let (root, cfg) = setup("nockpt");
+    let opts = ShmOptions {
+        prefault: false,
+        ..ShmOptions::default()
+    };
+    let mut w = RingWriter::create(&cfg.ring_path, 4096, &opts).unwrap();
+    w.publish_batch(&(1..=500).map(mid).collect::<Vec<_>>());
+    let stop = AtomicBool::new(false);
+    let mut rec = Recorder::start(cfg.clone(), &stop).unwrap();
+    assert_eq!(rec.drain_once(), 500);
+    drop(rec);
+    std::fs::remove_file(ib_stream::storage::checkpoint::Checkpoint::path(
+        &cfg.storage_root,
+    ))
+    .unwrap();
+    w.publish_batch(&(501..=800).map(mid).collect::<Vec<_>>());
+    let mut rec = Recorder::start(cfg.clone(), &stop).unwrap();
+    assert_eq!(rec.drain_once(), 300, "only what is not stored yet is read");
+    drop(rec);
+    let report = validate(&cfg.storage_root).unwrap();
+    assert!(report.is_ok(), "{report:#?}");
+    for r in report.formats.values() {
+        let e = r.epochs.values().next().unwrap();
+        assert_eq!((e.records, e.duplicates, e.last_seq), (800, 0, 800));
+    }
+    drop(w);
+    std::fs::remove_dir_all(&root).unwrap();
+}

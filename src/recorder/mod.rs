@@ -159,6 +159,36 @@ pub fn gap_record(reason: GapReason, first: u64, last: i64, t0: i64, t1: i64, no
     }
 }
 
+/// Without a checkpoint (a new storage root, or one whose checkpoint was deleted): if the
+/// formats already hold records of the ring's epoch, resume after the lowest of their highest
+/// sequences, cutting the others back to it, so nothing is written twice.
+fn derive_checkpoint(cfg: &RecorderConfig, epoch: u64) -> Result<Option<Checkpoint>, StorageError> {
+    let mut through: Option<u64> = None;
+    for f in &cfg.formats {
+        if let Some(s) = repair::stored_through(&cfg.storage_root, *f, epoch)? {
+            through = Some(through.map_or(s, |t| t.min(s)));
+        }
+    }
+    Ok(through.map(|last_seq| {
+        tracing::warn!(
+            epoch = format!("{epoch:016x}"),
+            last_seq,
+            "no checkpoint but recorded data of this epoch: resuming after it"
+        );
+        Checkpoint {
+            version: CHECKPOINT_VERSION,
+            epoch: format!("{epoch:016x}"),
+            last_seq,
+            last_ts_ns: 0,
+            scan_from_hour_ns: i64::MIN,
+            epoch_complete: false,
+            owed_gaps: Vec::new(),
+            writer_pid: std::process::id(),
+            written_ns: now_ns(),
+        }
+    }))
+}
+
 /// The ring's string table as a [`StringLookup`].
 struct RingStrings<'a>(Option<&'a StringTableReader>);
 
@@ -234,6 +264,10 @@ impl Recorder {
             }
         };
         let epoch = reader.info().epoch;
+        let ckpt = match ckpt {
+            Some(c) => Some(c),
+            None => derive_checkpoint(&cfg, epoch)?,
+        };
 
         // Repair: cut every format back to what the checkpoint accounts for.
         let mut owed_by_format: Vec<(Format, Vec<Owed>)> =

@@ -61,6 +61,54 @@ pub fn truncate_after(
     Ok(report)
 }
 
+/// The highest sequence of `epoch` stored in `format` (whole records and complete lines
+/// only), or `None` when nothing of that epoch is stored. Used to resume without a checkpoint.
+pub fn stored_through(
+    root: &Path,
+    format: Format,
+    epoch: u64,
+) -> Result<Option<u64>, StorageError> {
+    let mut best: Option<u64> = None;
+    for seg in list_segments(root, format, i64::MIN, i64::MAX)? {
+        if seg.key.epoch != epoch {
+            continue;
+        }
+        let path = &seg.path;
+        let f = std::fs::File::open(path).map_err(io(path))?;
+        let len = f.metadata().map_err(io(path))?.len();
+        let last = match format {
+            Format::Binary => {
+                let n = len.saturating_sub(HEADER_LEN as u64) / RECORD_SIZE as u64;
+                if n == 0 {
+                    None
+                } else {
+                    let mut b = [0u8; RECORD_SIZE];
+                    f.read_exact_at(&mut b, HEADER_LEN as u64 + (n - 1) * RECORD_SIZE as u64)
+                        .map_err(io(path))?;
+                    Some(Record::from_bytes_array(&b).seq)
+                }
+            }
+            Format::Jsonl => {
+                let start = len.saturating_sub(64 * 1024);
+                let mut buf = vec![0u8; (len - start) as usize];
+                f.read_exact_at(&mut buf, start).map_err(io(path))?;
+                let end = buf.iter().rposition(|&b| b == b'\n');
+                end.and_then(|e| {
+                    let ls = buf[..e]
+                        .iter()
+                        .rposition(|&b| b == b'\n')
+                        .map_or(0, |p| p + 1);
+                    line_seq(&buf[ls..e])
+                })
+            }
+        };
+        if let Some(l) = last {
+            best = Some(best.map_or(l, |b| b.max(l)));
+        }
+    }
+    Ok(best)
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
     move |e| StorageError::io(path, e)
 }
@@ -264,6 +312,9 @@ mod tests {
         assert_eq!(js.lines().count(), 300);
         assert_eq!(js.trailing_bytes, 0);
         assert_eq!(line_seq(js.lines().last().unwrap()), Some(300));
+        assert_eq!(stored_through(&root, Format::Binary, 7).unwrap(), Some(300));
+        assert_eq!(stored_through(&root, Format::Jsonl, 7).unwrap(), Some(300));
+        assert_eq!(stored_through(&root, Format::Jsonl, 8).unwrap(), None);
         // Another epoch is untouched; cutting to 0 removes the files.
         assert_eq!(
             truncate_after(&root, Format::Binary, 8, 0, 0)
