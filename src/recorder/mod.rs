@@ -737,6 +737,12 @@ pub fn run_cli(settings: &Settings, args: &RecordArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .try_init();
+    // Every open segment holds one to three files (hundreds of instruments and kinds): lift
+    // the soft limit on open files to the hard one.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(open_files_limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
