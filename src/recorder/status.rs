@@ -82,6 +82,35 @@ impl RecorderStatus {
         }
     }
 
+    /// What `/health` should say about the recorder at `now_ns`: `Ok` when every format
+    /// writes, the checkpoint is current and the status itself is fresher than `max_age_ns`
+    /// (a recorder that died or cannot even write its status goes stale); otherwise why not.
+    pub fn health(&self, now_ns: i64, max_age_ns: i64) -> Result<(), String> {
+        let age = now_ns.saturating_sub(self.updated_ns);
+        if age > max_age_ns {
+            return Err(format!("recorder status is {} ms old", age / 1_000_000));
+        }
+        let failing: Vec<String> = self
+            .formats
+            .iter()
+            .filter(|f| !f.healthy)
+            .map(|f| {
+                format!(
+                    "{}: {}",
+                    f.format,
+                    f.stats.last_error.as_deref().unwrap_or("write error")
+                )
+            })
+            .collect();
+        if !failing.is_empty() {
+            return Err(format!("storage not writing ({})", failing.join("; ")));
+        }
+        if !self.healthy {
+            return Err("recorder checkpoint not written".into());
+        }
+        Ok(())
+    }
+
     /// Writes it under `root` (atomically, not fsynced: it is rewritten constantly).
     pub fn store(&self, root: &Path) -> Result<(), StorageError> {
         let path = Self::path(root);
@@ -93,5 +122,31 @@ impl RecorderStatus {
             &json,
             false,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_says_why() {
+        let mut s = RecorderStatus {
+            updated_ns: 1_000,
+            healthy: true,
+            formats: vec![FormatStatus {
+                format: "binary".into(),
+                healthy: true,
+                ..FormatStatus::default()
+            }],
+            ..RecorderStatus::default()
+        };
+        assert_eq!(s.health(1_500, 1_000), Ok(()));
+        assert!(s.health(3_000_000_000, 1_000).unwrap_err().contains("old"));
+        s.healthy = false;
+        s.formats[0].healthy = false;
+        s.formats[0].stats.last_error = Some("File too large (os error 27)".into());
+        let e = s.health(1_500, 1_000).unwrap_err();
+        assert!(e.contains("binary: File too large"), "{e}");
     }
 }
