@@ -736,6 +736,7 @@ pub fn run_cli(settings: &Settings, args: &RecordArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     // Every open segment holds one to three files (hundreds of instruments and kinds): lift
     // the soft limit on open files to the hard one.
