@@ -32,6 +32,7 @@ fn setup(name: &str) -> (PathBuf, RecorderConfig) {
         ring_wait: Some(Duration::from_secs(1)),
         retry_interval: Duration::from_millis(500),
         max_staged_bytes: 1 << 20,
+        heartbeat_keep_interval: ib_stream::recorder::HEARTBEAT_KEEP_INTERVAL,
     };
     (root, cfg)
 }
@@ -173,6 +174,33 @@ fn without_a_checkpoint_it_resumes_after_what_is_stored() {
         let e = r.epochs.values().next().unwrap();
         assert_eq!((e.records, e.duplicates, e.last_seq), (800, 0, 800));
     }
+    drop(w);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn with_all_heartbeats_every_sequence_is_accounted_for() {
+    let (root, mut cfg) = setup("hball");
+    cfg.heartbeat_keep_interval = Duration::ZERO;
+    let opts = ShmOptions {
+        prefault: false,
+        ..ShmOptions::default()
+    };
+    let mut w = RingWriter::create(&cfg.ring_path, 1024, &opts).unwrap();
+    let batch: Vec<Record> = (0..100i64)
+        .map(|s| {
+            let mut hb = Record::new(RecordKind::Heartbeat);
+            hb.ts_recv = T0 + s * 1_000_000;
+            hb
+        })
+        .collect();
+    w.publish_batch(&batch);
+    let stop = AtomicBool::new(false);
+    let mut rec = Recorder::start(cfg.clone(), &stop).unwrap();
+    assert_eq!(rec.drain_once(), 100);
+    drop(rec);
+    assert_eq!(binary_records(&cfg).len(), 100);
+    assert!(validate(&cfg.storage_root).unwrap().is_ok());
     drop(w);
     std::fs::remove_dir_all(&root).unwrap();
 }

@@ -33,8 +33,8 @@ use status::{FormatStatus, RecorderStatus};
 
 /// The string table's file name in the shm directory (beside `ticks.ring`).
 pub const STRINGS_FILE_NAME: &str = "strings";
-/// Heartbeat records kept: at most one per this interval.
-pub const HEARTBEAT_KEEP_INTERVAL_NS: i64 = 60_000_000_000;
+/// Heartbeat records kept by default: at most one per this interval.
+pub const HEARTBEAT_KEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Flags of `ib-stream record` (everything else comes from the configuration).
 #[derive(Debug, Clone, clap::Args)]
@@ -48,6 +48,10 @@ pub struct RecordArgs {
     /// Stop waiting for the ring to appear after this many seconds (default: wait forever).
     #[arg(long)]
     pub ring_wait_secs: Option<u64>,
+    /// Store every heartbeat record instead of one a minute (history then accounts for every
+    /// sequence, which `storage validate` can check exactly).
+    #[arg(long)]
+    pub all_heartbeats: bool,
 }
 
 /// Everything the recorder needs.
@@ -75,6 +79,8 @@ pub struct RecorderConfig {
     pub retry_interval: Duration,
     /// Flush early when this many bytes are staged.
     pub max_staged_bytes: u64,
+    /// Heartbeat records are stored at most once per this interval (zero: all of them).
+    pub heartbeat_keep_interval: Duration,
 }
 
 impl RecorderConfig {
@@ -103,6 +109,11 @@ impl RecorderConfig {
             ring_wait: args.ring_wait_secs.map(Duration::from_secs),
             retry_interval: Duration::from_millis(500),
             max_staged_bytes: 8 << 20,
+            heartbeat_keep_interval: if args.all_heartbeats {
+                Duration::ZERO
+            } else {
+                HEARTBEAT_KEEP_INTERVAL
+            },
         }
     }
 
@@ -431,7 +442,8 @@ impl Recorder {
                 return;
             }
             Some(RecordKind::Heartbeat) => {
-                if rec.ts_recv.saturating_sub(self.last_hb_kept_ns) < HEARTBEAT_KEEP_INTERVAL_NS {
+                let keep_ns = self.cfg.heartbeat_keep_interval.as_nanos() as i64;
+                if rec.ts_recv.saturating_sub(self.last_hb_kept_ns) < keep_ns {
                     self.status.heartbeats_skipped += 1;
                     return;
                 }
