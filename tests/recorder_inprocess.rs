@@ -204,3 +204,44 @@ fn with_all_heartbeats_every_sequence_is_accounted_for() {
     drop(w);
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn a_damaged_segment_is_set_aside_and_recording_goes_on() {
+    let (root, cfg) = setup("damaged");
+    let opts = ShmOptions {
+        prefault: false,
+        ..ShmOptions::default()
+    };
+    let mut w = RingWriter::create(&cfg.ring_path, 4096, &opts).unwrap();
+    w.publish_batch(&(1..=100).map(mid).collect::<Vec<_>>());
+    let stop = AtomicBool::new(false);
+    let mut rec = Recorder::start(cfg.clone(), &stop).unwrap();
+    assert_eq!(rec.drain_once(), 100);
+    drop(rec);
+    let seg = all_segments(&cfg.storage_root, Format::Binary).unwrap();
+    assert_eq!(seg.len(), 1);
+    let mut bytes = std::fs::read(&seg[0].path).unwrap();
+    bytes[0] ^= 0xff; // the magic
+    std::fs::write(&seg[0].path, &bytes).unwrap();
+
+    w.publish_batch(&(101..=200).map(mid).collect::<Vec<_>>());
+    let mut rec = Recorder::start(cfg.clone(), &stop).unwrap();
+    assert_eq!(rec.drain_once(), 100);
+    drop(rec);
+    let aside: Vec<_> = std::fs::read_dir(seg[0].path.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".bin.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the damaged file is kept aside");
+    let report = validate(&cfg.storage_root).unwrap();
+    let bin = &report.formats[&Format::Binary];
+    assert!(bin.problems.is_empty(), "{:?}", bin.problems);
+    let e = bin.epochs.values().next().unwrap();
+    // What was in the damaged file shows as missing; what came after is all there.
+    assert_eq!(e.uncovered, vec![(1, 100)]);
+    assert_eq!((e.records, e.last_seq), (100, 200));
+    assert!(report.formats[&Format::Jsonl].is_ok());
+    drop(w);
+    std::fs::remove_dir_all(&root).unwrap();
+}

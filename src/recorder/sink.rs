@@ -34,9 +34,26 @@ impl Segment {
     fn open(format: Format, root: &Path, key: SegmentKey) -> Result<Segment, StorageError> {
         Ok(match format {
             Format::Jsonl => Segment::Jsonl(JsonlSegmentWriter::open(root, key)?),
-            Format::Binary => {
-                Segment::Binary(Box::new(BinarySegmentWriter::open(root, key, now_ns())?))
-            }
+            Format::Binary => match BinarySegmentWriter::open(root, key, now_ns()) {
+                Ok(w) => Segment::Binary(Box::new(w)),
+                Err(e @ (StorageError::Corrupt { .. } | StorageError::Version { .. })) => {
+                    // A damaged segment must not stop every later write: set it aside
+                    // (kept for inspection, invisible to readers) and start the hour afresh.
+                    let data = key.path(root, Format::Binary);
+                    let suffix = format!("corrupt-{}", now_ns());
+                    tracing::error!(file = %data.display(), error = %e,
+                        "damaged segment set aside as .{suffix}");
+                    for ext in ["bin", "crc", "strings"] {
+                        let p = data.with_extension(ext);
+                        if p.exists() {
+                            let aside = data.with_extension(format!("{ext}.{suffix}"));
+                            std::fs::rename(&p, &aside).map_err(|e| StorageError::io(&p, e))?;
+                        }
+                    }
+                    Segment::Binary(Box::new(BinarySegmentWriter::open(root, key, now_ns())?))
+                }
+                Err(e) => return Err(e),
+            },
         })
     }
 
