@@ -4,6 +4,8 @@
 
 pub mod config;
 pub mod engine;
+pub mod recorder;
+pub mod storage;
 pub mod tickjson;
 
 pub use ib_stream_ipc as ipc;
