@@ -219,12 +219,18 @@ fn schedule_file_runs_commands_at_their_time() {
     let path = dir.join("faults.txt");
     std::fs::write(
         &path,
-        "# a farm outage\n300 {\"cmd\":\"farm\",\"code\":2103}\n",
+        "# a farm outage\n2000 {\"cmd\":\"farm\",\"code\":2103}\n",
     )
     .unwrap();
-    let sim = Sim::start(&["--faults", path.to_str().unwrap()]);
+    let sim = Sim::start(&[
+        "--faults",
+        path.to_str().unwrap(),
+        "--fault",
+        r#"2300 {"cmd":"farm","code":2105}"#,
+    ]);
     let mut c = Client::ready(&sim.addr, 100, 226, 1);
     assert_eq!(c.next_error().1, 2103);
+    assert_eq!(c.next_error().1, 2105);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
