@@ -533,6 +533,9 @@ impl Writer {
         if self.out.is_empty() {
             return Ok(());
         }
+        // Taken just before the bytes go to the kernel, so a receiver's latency measured
+        // against it is never negative.
+        let sent_at = clock::unix_nanos();
         let split = self.split.as_mut();
         send(
             &mut self.stream,
@@ -545,7 +548,7 @@ impl Writer {
         }
         if !self.log_entries.is_empty() {
             self.shared
-                .log_sends(self.client_id, &self.log_entries, clock::unix_nanos());
+                .log_sends(self.client_id, &self.log_entries, sent_at);
             self.log_entries.clear();
         }
         Ok(())

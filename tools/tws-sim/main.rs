@@ -183,8 +183,9 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     capture: Option<PathBuf>,
     /// Write the send time of every tick: one line per socket write,
-    /// `<client_id> <req_id> <first_k> <count> <unix_ns>`, the ticks k in
-    /// [first_k, first_k+count) of that subscription having left in that write.
+    /// `<client_id> <req_id> <first_k> <count> <unix_ns>`: the ticks k in
+    /// [first_k, first_k+count) of that subscription went out in a write that started at
+    /// unix_ns (taken just before the write, so latency measured against it is >= 0).
     #[arg(long, value_name = "FILE")]
     send_log: Option<PathBuf>,
 }
