@@ -43,7 +43,7 @@ fn split_frames_still_decode_to_the_expected_ticks() {
         let id = n as i32;
         let mut c = Client::ready(&sim.addr, min, max, id);
         let answer = sim.control(&format!(
-            r#"{{"cmd":"split","client":{id},"max_chunk":3,"bytes":20000}}"#
+            r#"{{"cmd":"split","client":{id},"max_chunk":3,"bytes":8000}}"#
         ));
         assert_eq!(answer["clients"], 1);
         let con = [265598, 272093][n];
