@@ -65,11 +65,13 @@ fn split_frames_still_decode_to_the_expected_ticks() {
 
 #[test]
 fn connectivity_lost_then_restored_with_data_lost_drops_subscriptions() {
-    let sim = sim_with_control(&["--tbt-same-instrument-secs", "0"]);
+    // The 15-second rule stays on: a resubscription after 1101 is not refused.
+    let sim = sim_with_control(&[]);
     for (n, (min, max)) in [(157, 178), (100, 226)].into_iter().enumerate() {
         let id = n as i32;
         let mut c = Client::ready(&sim.addr, min, max, id);
-        c.send(&req_tbt(1, 711280073, "BidAsk"));
+        let con = [711280073, 495512563][n];
+        c.send(&req_tbt(1, con, "BidAsk"));
         collect_tbt(&mut c, 1, 5);
         sim.control(&format!(r#"{{"cmd":"lost","client":{id}}}"#));
         assert_eq!(
@@ -93,11 +95,11 @@ fn connectivity_lost_then_restored_with_data_lost_drops_subscriptions() {
         let stats = sim.control(&format!(r#"{{"cmd":"stats","client":{id}}}"#));
         assert_eq!(stats["clients"][0]["subscriptions"], serde_json::json!([]));
         // Resubscribing works and starts again at tick 0.
-        c.send(&req_tbt(2, 711280073, "BidAsk"));
+        c.send(&req_tbt(2, con, "BidAsk"));
         let again = collect_tbt(&mut c, 2, 5);
         let want = expected(&[
             "--con-id",
-            "711280073",
+            &con.to_string(),
             "--tick-type",
             "BidAsk",
             "--count",
@@ -167,6 +169,8 @@ fn malformed_frame_breaks_the_clients_framing() {
 fn restart_closes_everyone_and_listens_again() {
     let sim = sim_with_control(&[]);
     let mut c = Client::ready(&sim.addr, 100, 226, 1);
+    c.send(&req_tbt(1, 265598, "Last"));
+    collect_tbt(&mut c, 1, 3);
     assert_eq!(
         sim.control(r#"{"cmd":"restart","down_ms":200}"#)["ok"],
         true

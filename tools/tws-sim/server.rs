@@ -242,6 +242,7 @@ pub(crate) fn run(
                 info!(?down, "restart: closing the listener and every connection");
                 drop(listener.take());
                 shared.drop_clients(Target::All);
+                shared.account.lock().forget_all_tbt_requests();
                 std::thread::sleep(down);
                 let l = TcpListener::bind(addr)?;
                 l.set_nonblocking(true)?;

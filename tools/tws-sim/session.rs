@@ -543,6 +543,14 @@ impl Session {
         if data_kept {
             out.push(std_error(-1, code::RESTORED_DATA_KEPT));
         } else {
+            {
+                let mut acct = self.account.lock();
+                for sub in &self.subs {
+                    if let Feed::Tbt(g) = &sub.feed {
+                        acct.forget_tbt_request(sub.con_id, g.kind());
+                    }
+                }
+            }
             self.drop_all_subs();
             out.push(std_error(-1, code::RESTORED_DATA_LOST));
         }
