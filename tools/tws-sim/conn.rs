@@ -6,6 +6,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
@@ -181,9 +182,11 @@ fn serve_inner(mut stream: TcpStream, shared: &Arc<Shared>, conn_no: u64) -> Res
     stream.set_read_timeout(None)?;
 
     let (tx, rx) = channel();
+    let dropped = Arc::new(AtomicBool::new(false));
     let handle = ClientHandle {
         tx: tx.clone(),
         stream: stream.try_clone()?,
+        dropped: Arc::clone(&dropped),
     };
     if !shared.register(client_id, conn_no, handle) {
         info!(client_id, "duplicate client id: 326 and close");
@@ -233,6 +236,10 @@ fn serve_inner(mut stream: TcpStream, shared: &Arc<Shared>, conn_no: u64) -> Res
     };
     let result = w.run(&rx);
     let _ = w.stream.shutdown(Shutdown::Both);
+    if dropped.load(Ordering::Relaxed) {
+        // The gateway side cut this connection: the client will reconnect and resubscribe.
+        w.session.forget_tbt_windows();
+    }
     shared.deregister(client_id, conn_no);
     drop(w);
     let _ = reader.join();
