@@ -241,3 +241,25 @@ fn a_universe_file_replaces_the_built_in_one() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn garbage_instead_of_a_handshake_is_closed_and_the_sim_goes_on() {
+    use std::io::{Read, Write};
+    let sim = Sim::start(&[]);
+    let mut s = std::net::TcpStream::connect(&sim.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    // Closed without a byte of answer.
+    assert_eq!(s.read(&mut buf).unwrap_or(0), 0);
+    // A length beyond the protocol's maximum in the hello is refused too.
+    let mut s = std::net::TcpStream::connect(&sim.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"API\0\xff\xff\xff\xffv100..226").unwrap();
+    assert_eq!(s.read(&mut buf).unwrap_or(0), 0);
+    // Others are still served.
+    assert_eq!(
+        Client::handshake(&sim.addr, 100, 226, "").unwrap().version,
+        226
+    );
+}
