@@ -192,3 +192,74 @@ fn requests_in_the_same_write_as_start_api_are_served() {
         );
     }
 }
+
+#[test]
+fn a_universe_file_replaces_the_built_in_one() {
+    let dump = std::process::Command::new(SIM)
+        .arg("--dump-universe")
+        .output()
+        .unwrap();
+    assert!(dump.status.success());
+    let mut specs: Vec<serde_json::Value> = serde_json::from_slice(&dump.stdout).unwrap();
+    assert!(specs.iter().any(|s| s["con_id"] == 711280073));
+    // Keep one instrument under a new conId and symbol.
+    let mut one = specs.swap_remove(0);
+    one["con_id"] = 424242.into();
+    one["symbol"] = "ZZZ".into();
+    one["local_symbol"] = "ZZZZ6".into();
+    let dir = std::env::temp_dir().join(format!("tws-sim-universe-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("u.json");
+    std::fs::write(&path, serde_json::to_string(&vec![one]).unwrap()).unwrap();
+    let sim = Sim::start(&["--universe", path.to_str().unwrap()]);
+    let mut c = Client::ready(&sim.addr, 100, 226, 1);
+    c.send(&ClientMsg::ReqContractDetails {
+        req_id: 1,
+        contract: by_con_id(424242),
+    });
+    match c.recv().unwrap() {
+        ServerMsg::ContractData { details, .. } => assert_eq!(details.contract.symbol, "ZZZ"),
+        other => panic!("expected contractData, got {other:?}"),
+    }
+    assert_eq!(c.recv().unwrap(), ServerMsg::ContractDataEnd { req_id: 1 });
+    c.send(&ClientMsg::ReqContractDetails {
+        req_id: 2,
+        contract: by_con_id(711280073),
+    });
+    assert_eq!(c.next_error().1, 200);
+    // A broken file is refused at start with a clear message.
+    std::fs::write(&path, "[{\"con_id\": 1}]").unwrap();
+    let out = std::process::Command::new(SIM)
+        .args(["--port", "0", "--universe", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("universe file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn garbage_instead_of_a_handshake_is_closed_and_the_sim_goes_on() {
+    use std::io::{Read, Write};
+    let sim = Sim::start(&[]);
+    let mut s = std::net::TcpStream::connect(&sim.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    // Closed without a byte of answer.
+    assert_eq!(s.read(&mut buf).unwrap_or(0), 0);
+    // A length beyond the protocol's maximum in the hello is refused too.
+    let mut s = std::net::TcpStream::connect(&sim.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"API\0\xff\xff\xff\xffv100..226").unwrap();
+    assert_eq!(s.read(&mut buf).unwrap_or(0), 0);
+    // Others are still served.
+    assert_eq!(
+        Client::handshake(&sim.addr, 100, 226, "").unwrap().version,
+        226
+    );
+}

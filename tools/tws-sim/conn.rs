@@ -6,6 +6,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
@@ -90,6 +91,8 @@ const BATCH_BYTES: usize = 256 * 1024;
 /// Ticks one subscription adds to a batch before the next one gets a turn.
 const TICKS_PER_TURN: u64 = 2048;
 const IDLE_WAIT: Duration = Duration::from_millis(250);
+/// The shortest sleep between two batches of a steady or bursty stream.
+const MIN_TURN: Duration = Duration::from_micros(100);
 
 /// Reads until `parse` yields a value, keeping leftover bytes in `buf`.
 fn read_until<T>(
@@ -181,9 +184,11 @@ fn serve_inner(mut stream: TcpStream, shared: &Arc<Shared>, conn_no: u64) -> Res
     stream.set_read_timeout(None)?;
 
     let (tx, rx) = channel();
+    let dropped = Arc::new(AtomicBool::new(false));
     let handle = ClientHandle {
         tx: tx.clone(),
         stream: stream.try_clone()?,
+        dropped: Arc::clone(&dropped),
     };
     if !shared.register(client_id, conn_no, handle) {
         info!(client_id, "duplicate client id: 326 and close");
@@ -233,6 +238,10 @@ fn serve_inner(mut stream: TcpStream, shared: &Arc<Shared>, conn_no: u64) -> Res
     };
     let result = w.run(&rx);
     let _ = w.stream.shutdown(Shutdown::Both);
+    if dropped.load(Ordering::Relaxed) {
+        // The gateway side cut this connection: the client will reconnect and resubscribe.
+        w.session.forget_tbt_windows();
+    }
     shared.deregister(client_id, conn_no);
     drop(w);
     let _ = reader.join();
@@ -364,7 +373,13 @@ impl Writer {
                 }
             }
         }
-        wait
+        if wait.is_zero() {
+            // Ticks left over from a full turn: go on at once.
+            return wait;
+        }
+        // At high rates the next tick is microseconds away: gather a few into one write
+        // instead of one syscall per tick (the send log records the real send time).
+        wait.max(MIN_TURN)
     }
 
     fn on_event(&mut self, ev: Event) -> Result<Flow, ConnError> {
@@ -533,6 +548,14 @@ impl Writer {
         if self.out.is_empty() {
             return Ok(());
         }
+        // Taken just before the bytes go to the kernel, so a receiver's latency measured
+        // against it is never negative; logged before the write, so the log line exists by
+        // the time the client holds the ticks.
+        if !self.log_entries.is_empty() {
+            self.shared
+                .log_sends(self.client_id, &self.log_entries, clock::unix_nanos());
+            self.log_entries.clear();
+        }
         let split = self.split.as_mut();
         send(
             &mut self.stream,
@@ -542,11 +565,6 @@ impl Writer {
         )?;
         if self.split.as_ref().is_some_and(|s| s.bytes_left == 0) {
             self.split = None;
-        }
-        if !self.log_entries.is_empty() {
-            self.shared
-                .log_sends(self.client_id, &self.log_entries, clock::unix_nanos());
-            self.log_entries.clear();
         }
         Ok(())
     }

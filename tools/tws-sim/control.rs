@@ -179,9 +179,10 @@ fn serve_one(stream: TcpStream, exec: &Executor) -> std::io::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let answer = exec.run_line(&line);
-        writeln!(out, "{answer}")?;
-        out.flush()?;
+        // One write per answer, so a reader never sees half a line in one read.
+        let mut answer = exec.run_line(&line).to_string();
+        answer.push('\n');
+        out.write_all(answer.as_bytes())?;
     }
     Ok(())
 }

@@ -49,6 +49,17 @@ impl Account {
         self.tbt_last_request.insert((con_id, kind), now);
         true
     }
+
+    /// Forgets the 15-second window of a subscription that the gateway side dropped (1101):
+    /// the client is expected to resubscribe at once.
+    pub(crate) fn forget_tbt_request(&mut self, con_id: i32, kind: TbtKind) {
+        self.tbt_last_request.remove(&(con_id, kind));
+    }
+
+    /// Forgets every window: a restarted gateway remembers nothing.
+    pub(crate) fn forget_all_tbt_requests(&mut self) {
+        self.tbt_last_request.clear();
+    }
 }
 
 /// Shared handle on the account.

@@ -67,7 +67,8 @@ CONTROL CHANNEL (--control-port): one JSON object a line in, one a line out.
   {\"cmd\":\"stats\"}                               clients, ticks sent per subscription
   Answers: {\"ok\":true,\"clients\":N}, stats as {\"ok\":true,\"clients\":[...]}, or {\"ok\":false,\"error\":...}.
 
-FAULT SCHEDULE (--faults FILE): lines `<ms after start> <command JSON>`; `#` comments.
+FAULT SCHEDULE (--faults FILE, --fault '<ms> <json>'): lines `<ms after start> <command JSON>`;
+`#` comments.
 
 LIMITS AND ERRORS: 326 duplicate client id (then close), 200 unknown contract, 322 duplicate
 ticker id, 300 cancel of an unknown id, 101 market data lines, 10190 tick-by-tick cap and the
@@ -127,7 +128,8 @@ struct ServeArgs {
     /// Ticks per burst in burst mode.
     #[arg(long, default_value_t = 100)]
     burst_size: u64,
-    /// Replace the built-in universe with a JSON array of instruments (see universe.rs).
+    /// Replace the built-in universe with a JSON array of instruments (--dump-universe shows
+    /// the format).
     #[arg(long)]
     universe: Option<PathBuf>,
     /// Print the built-in universe as a JSON file one can edit and pass to --universe, then exit.
@@ -164,21 +166,26 @@ struct ServeArgs {
     /// The first order id sent in nextValidId.
     #[arg(long, default_value_t = 1)]
     next_valid_id: i32,
-    /// Also listen for line-JSON fault and stats commands on this 127.0.0.1 port (0 picks one).
-    /// Commands: {"cmd":"drop"|"stall"|"split"|"malformed"|"lost"|"restored"|"farm"|
-    /// "competing"|"restart"|"stats", "client":<id, omit for all>, ...}; see control.rs.
+    /// Also listen for line-JSON fault and stats commands on this 127.0.0.1 port (0 picks one);
+    /// the commands are listed at the end of --help.
     #[arg(long)]
     control_port: Option<u16>,
     /// A fault schedule: lines `<ms after start> <control command JSON>`; `#` starts a comment.
     #[arg(long, value_name = "FILE")]
     faults: Option<PathBuf>,
-    /// Record every byte sent to each connection: FILE for the first connection, FILE.N for the
-    /// Nth after it. Records are (u64 ns since connect, u32 length, bytes), little endian.
+    /// One scheduled fault on the command line, `<ms after start> <control command JSON>`
+    /// (repeatable; merged with --faults), e.g. --fault '2000 {"cmd":"drop"}'.
+    #[arg(long = "fault", value_name = "MS JSON")]
+    fault: Vec<String>,
+    /// Record every byte sent to each connection: FILE for the first accepted connection,
+    /// FILE.N for the Nth after it (N from 1). Records are (u64 ns since accept, u32 length,
+    /// bytes), little endian; `tws-sim replay` serves them.
     #[arg(long, value_name = "FILE")]
     capture: Option<PathBuf>,
     /// Write the send time of every tick: one line per socket write,
-    /// `<client_id> <req_id> <first_k> <count> <unix_ns>`, the ticks k in
-    /// [first_k, first_k+count) of that subscription having left in that write.
+    /// `<client_id> <req_id> <first_k> <count> <unix_ns>`: the ticks k in
+    /// [first_k, first_k+count) of that subscription went out in a write that started at
+    /// unix_ns (taken just before the write, so latency measured against it is >= 0).
     #[arg(long, value_name = "FILE")]
     send_log: Option<PathBuf>,
 }
@@ -346,10 +353,12 @@ fn run_server(s: &ServeArgs) -> anyhow::Result<()> {
     })?
     .into_iter()
     .collect();
-    let schedule = match &s.faults {
+    let mut schedule = match &s.faults {
         Some(p) => control::load_schedule(p)?,
         None => Vec::new(),
     };
+    schedule.extend(control::parse_schedule(&s.fault.join("\n")).context("--fault")?);
+    schedule.sort_by_key(|(t, _)| *t);
     let cfg = ServerConfig {
         max_version: s.max_version,
         mode: s.mode,

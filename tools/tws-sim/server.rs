@@ -42,6 +42,8 @@ pub(crate) struct ClientHandle {
     /// A clone of the socket: shutting it down ends the connection even when its writer is
     /// blocked on a client that does not read.
     pub(crate) stream: TcpStream,
+    /// Set when the simulator itself closes the connection (drop fault, restart).
+    pub(crate) dropped: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -168,6 +170,10 @@ impl Shared {
         }
     }
 
+    pub(crate) fn client_count(&self) -> usize {
+        lock(&self.registry).clients.len()
+    }
+
     /// Sends a fault to the addressed clients; returns how many got it.
     pub(crate) fn fault(&self, target: Target, fault: &Fault) -> usize {
         if let (Fault::Competing(on), Target::All) = (fault, target) {
@@ -178,7 +184,10 @@ impl Shared {
 
     /// Drops the addressed connections; returns how many.
     pub(crate) fn drop_clients(&self, target: Target) -> usize {
-        self.each(target, |h| h.stream.shutdown(Shutdown::Both).is_ok())
+        self.each(target, |h| {
+            h.dropped.store(true, Ordering::Relaxed);
+            h.stream.shutdown(Shutdown::Both).is_ok()
+        })
     }
 
     /// Collects the stats of the addressed clients.
@@ -242,6 +251,13 @@ pub(crate) fn run(
                 info!(?down, "restart: closing the listener and every connection");
                 drop(listener.take());
                 shared.drop_clients(Target::All);
+                // A restarted gateway knows no old client: wait (bounded) until every closed
+                // session has left the registry, so a reconnect never meets a stale 326.
+                let until = Instant::now() + Duration::from_secs(2);
+                while shared.client_count() > 0 && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                shared.account.lock().forget_all_tbt_requests();
                 std::thread::sleep(down);
                 let l = TcpListener::bind(addr)?;
                 l.set_nonblocking(true)?;

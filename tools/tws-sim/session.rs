@@ -531,6 +531,17 @@ impl Session {
         }
     }
 
+    /// Exempts this session's tick-by-tick subscriptions from the 15-second rule: the gateway
+    /// side dropped them, so the client is expected to request them again at once.
+    pub(crate) fn forget_tbt_windows(&self) {
+        let mut acct = self.account.lock();
+        for sub in &self.subs {
+            if let Feed::Tbt(g) = &sub.feed {
+                acct.forget_tbt_request(sub.con_id, g.kind());
+            }
+        }
+    }
+
     /// Connectivity to IB lost (1100): ticks stop.
     pub(crate) fn connectivity_lost(&mut self, out: &mut Vec<Reply>) {
         self.connectivity_lost = true;
@@ -543,6 +554,7 @@ impl Session {
         if data_kept {
             out.push(std_error(-1, code::RESTORED_DATA_KEPT));
         } else {
+            self.forget_tbt_windows();
             self.drop_all_subs();
             out.push(std_error(-1, code::RESTORED_DATA_LOST));
         }
