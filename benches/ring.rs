@@ -269,7 +269,17 @@ fn parent() -> anyhow::Result<()> {
         plan.rtt_capacity,
         clock.hz() / 1e6
     );
+    println!(
+        "ring bench: timer overhead p50 {} ns (fenced rdtsc pair), clock_gettime(CLOCK_MONOTONIC) \
+         p50 {} ns; every RTT and publish sample includes the first",
+        clock::timer_overhead_ns(clock),
+        clock::mono_overhead_ns()
+    );
     let started = std::time::Instant::now();
+    let stale = shm::RunDir::remove_stale();
+    if stale > 0 {
+        println!("ring bench: removed {stale} files left in /dev/shm by interrupted runs");
+    }
     let dir = shm::RunDir::create()?;
     let mut rounds = Vec::with_capacity(plan.rounds);
     for r in 0..plan.rounds {

@@ -78,6 +78,31 @@ impl TickClock {
     }
 }
 
+/// The cost of the timing itself: p50 ns of two back-to-back fenced tick reads, which every
+/// timed sample includes.
+pub(crate) fn timer_overhead_ns(clock: TickClock) -> u64 {
+    let mut d: Vec<u64> = (0..100_000)
+        .map(|_| {
+            let t0 = ticks();
+            ticks() - t0
+        })
+        .collect();
+    d.sort_unstable();
+    clock.to_ns(d[d.len() / 2])
+}
+
+/// CLOCK_MONOTONIC read cost, p50 ns (the one-way mode reads it on both sides).
+pub(crate) fn mono_overhead_ns() -> u64 {
+    let mut d: Vec<u64> = (0..100_000)
+        .map(|_| {
+            let t0 = mono_ns();
+            mono_ns() - t0
+        })
+        .collect();
+    d.sort_unstable();
+    d[d.len() / 2]
+}
+
 /// Busy-waits for `cond`, giving up with an error after `limit` (a dead peer must not hang the
 /// run). The clock is read only every few thousand spins so the hot loop stays a plain load.
 #[inline(always)]

@@ -30,6 +30,41 @@ impl RunDir {
         Ok(RunDir { path, shm_prefix })
     }
 
+    /// Removes what an interrupted earlier run left in /dev/shm: run directories and iceoryx2
+    /// segments named after a process id that no longer exists. Returns how many were removed.
+    pub(crate) fn remove_stale() -> usize {
+        let Ok(entries) = std::fs::read_dir("/dev/shm") else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = if let Some(rest) = name.strip_prefix("ib-stream-bench-ring-") {
+                rest.split('-').next()
+            } else if let Some(rest) = name.strip_prefix("iox2ibrb") {
+                rest.split('x').next()
+            } else {
+                None
+            };
+            let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            let p = entry.path();
+            let res = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            if res.is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
