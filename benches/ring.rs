@@ -1,8 +1,8 @@
 //! Ring benchmark (issue 2): our shared-memory ring against the physical floor and its peers,
 //! all in one run, between two processes pinned to cores 0 and 1.
 //!
-//! `cargo bench --bench ring` (about two minutes; `-- --long` or `IB_RING_BENCH_LONG=1` for a
-//! longer, steadier run). Every round measures, interleaved:
+//! `cargo bench --bench ring` (35-40 s on two free cores; `-- --long` or
+//! `IB_RING_BENCH_LONG=1` for a longer, steadier run). Every round measures, interleaved:
 //! - the floor: a raw cache-line ping-pong between two processes;
 //! - our ring: ping-pong round trip over two rings, and paced one-way latency with embedded
 //!   CLOCK_MONOTONIC timestamps at 100k and 1M records/s, corrected for coordinated omission

@@ -238,7 +238,10 @@ pub(crate) fn one_way(
         corrected,
         raw,
         lost,
-        writer_late_max_ns: kv.get("late_max_ns").copied().unwrap_or(f64::NAN) as u64,
+        writer_late_max_ns: kv
+            .get("late_max_ns")
+            .copied()
+            .context("paced writer report lacks late_max_ns")? as u64,
     })
 }
 
