@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod serve;
 pub mod tickjson;
 
 pub use ib_stream_ipc as ipc;

@@ -39,6 +39,8 @@ enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Serve ticks over SSE and WebSocket, with health, metrics and a live page.
+    Serve(ib_stream::serve::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +100,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "control socket: {}",
                 loaded.settings.control_socket().display()
             );
+        }
+        Command::Serve(args) => {
+            let loaded = config::load(&sources(&cli.global)?)?;
+            ib_stream::serve::run_blocking(&loaded.settings, &args)?;
         }
         Command::Config(ConfigCommand::Keys) => {
             for (key, aliases, help) in config::known_keys() {

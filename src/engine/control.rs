@@ -269,12 +269,7 @@ impl Default for ControlConn {
 impl ControlConn {
     /// Feeds bytes read from the socket; `handle` answers each well-formed request by
     /// appending its reply line. Returns whether to keep the client.
-    pub fn feed(
-        &mut self,
-        bytes: &[u8],
-        now_ns: u64,
-        handle: &mut Handler<'_>,
-    ) -> Verdict {
+    pub fn feed(&mut self, bytes: &[u8], now_ns: u64, handle: &mut Handler<'_>) -> Verdict {
         if let Some(why) = self.closing {
             return Verdict::Close(why);
         }
