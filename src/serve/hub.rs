@@ -438,6 +438,10 @@ impl Sink {
     }
 
     fn push(&mut self, out: Out, stats: &HubStats, max_pending: usize) -> Verdict {
+        if self.flag.get().is_some() {
+            // Closed earlier in this batch; removal happens after it.
+            return Verdict::Remove;
+        }
         if self.overflowing() {
             return self.overflow(out, stats, max_pending);
         }
