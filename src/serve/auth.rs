@@ -1,6 +1,6 @@
 //! Bearer-token check: with a token configured, every API request needs
 //! `Authorization: Bearer <token>` or `?token=<token>` (EventSource cannot set headers).
-//! The page, its assets and `/health`/`/ready` stay open so that a browser can load the
+//! The page, its assets, `/openapi.json` and `/health`/`/ready` stay open so that a browser can load the
 //! page and a load balancer can probe.
 
 use axum::extract::{Request, State};
@@ -12,7 +12,14 @@ use super::AppState;
 use super::error::ApiError;
 
 /// Paths served without a token.
-pub const OPEN_PATHS: [&str; 5] = ["/", "/page/app.js", "/page/style.css", "/health", "/ready"];
+pub const OPEN_PATHS: [&str; 6] = [
+    "/",
+    "/page/app.js",
+    "/page/style.css",
+    "/openapi.json",
+    "/health",
+    "/ready",
+];
 
 /// Compares without an early exit, so timing does not reveal a prefix.
 pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
