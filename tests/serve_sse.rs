@@ -575,3 +575,84 @@ async fn a_token_guards_the_api_but_not_health_or_the_page() {
     assert_eq!(env.get("/").await.status(), 200);
     assert_ne!(env.get("/health").await.status(), 401);
 }
+
+#[tokio::test]
+async fn engine_gap_and_connection_records_reach_every_stream() {
+    let mut env = Env::new(EnvOpts::default()).await;
+    let mut sse = SseReader::new(
+        env.get(&format!("/v3/stream/{CON}?tick_types=bid_ask"))
+            .await,
+    );
+    sse.expect("info").await;
+    env.wait_sinks(1).await;
+    let mut conn = ib_stream_ipc::Record::new(RecordKind::Connection);
+    conn.tick_type = ib_stream_ipc::ConnState::IbLost as u8;
+    conn.body = [187, 7, 1100, 0];
+    let conn = env.publish(conn);
+    let mut gap = ib_stream_ipc::Record::new(RecordKind::Gap);
+    gap.tick_type = ib_stream_ipc::GapReason::Disconnected as u8;
+    gap.body = [0, 0, 1_000_000_000, 3_000_000_000];
+    let gap = env.publish(gap);
+    // A gap about another contract is not this stream's business.
+    let mut other = gap;
+    other.instrument_id = CON + 1;
+    env.publish(other);
+    let e = sse.expect("info").await;
+    assert_eq!(e.id, Some(conn.seq.to_string()));
+    let v = e.json();
+    assert_eq!(v["status"], "connection");
+    assert_eq!(
+        (v["record"]["state"].as_str(), v["record"]["code"].as_i64()),
+        (Some("ib_lost"), Some(1100))
+    );
+    let e = sse.expect("gap").await;
+    assert_eq!(e.id, Some(gap.seq.to_string()));
+    let v = e.json();
+    assert_eq!(
+        (v["reason"].as_str(), v["count"].as_u64()),
+        (Some("disconnected"), Some(0))
+    );
+    assert_eq!(
+        (v["t0"].as_i64(), v["t1"].as_i64()),
+        (Some(1_000_000), Some(3_000_000))
+    );
+    let q = env.publish(quote(CON, 1));
+    assert_eq!(sse.expect("tick").await.data, env.json_of(&q));
+}
+
+#[tokio::test]
+async fn a_restarted_engine_is_followed_with_a_writer_restart_gap() {
+    let mut env = Env::new(EnvOpts::default()).await;
+    let mut sse = SseReader::new(
+        env.get(&format!("/v3/stream/{CON}?tick_types=bid_ask"))
+            .await,
+    );
+    sse.expect("info").await;
+    env.wait_sinks(1).await;
+    let q = env.publish(quote(CON, 1));
+    assert_eq!(sse.expect("tick").await.id, Some(q.seq.to_string()));
+    let old_epoch = env.writer.info().epoch;
+    // A new writer (new epoch) replaces the ring file; the old one is dropped first, as a
+    // restarted engine process would be gone.
+    let path = env.dir.path().join(ib_stream_ipc::ring::RING_FILE_NAME);
+    let opts = ib_stream_ipc::ShmOptions {
+        prefault: false,
+        ..Default::default()
+    };
+    let old = std::mem::replace(&mut env.writer, ib_stream_ipc::RingWriter::heap(4).unwrap());
+    drop(old);
+    env.writer = ib_stream_ipc::RingWriter::create(&path, 256, &opts).unwrap();
+    env.writer.heartbeat(now_ns() as u64);
+    assert_ne!(env.writer.info().epoch, old_epoch);
+    let q = env.publish(quote(CON, 2));
+    assert_eq!(q.seq, 1, "sequences start again");
+    let g = sse.expect("gap").await.json();
+    assert_eq!(g["reason"], "writer_restart");
+    let e = sse.expect("tick").await;
+    assert_eq!(e.id, Some("1".into()));
+    assert_eq!(e.data, env.json_of(&q));
+    assert_eq!(
+        env.state.hub.stats().epoch.load(Ordering::Relaxed),
+        env.writer.info().epoch
+    );
+}

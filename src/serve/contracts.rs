@@ -215,12 +215,6 @@ pub async fn by_id(
     Path(raw): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    if raw == "lookup" {
-        // `/v3/contracts/lookup` is its own route; this only catches odd methods.
-        return Err(ApiError::bad_parameter(
-            "use GET /v3/contracts/lookup?symbol=...",
-        ));
-    }
     let con_id = params::con_id(&raw)?;
     Params::parse(q.as_deref(), &[])?;
     cached_lookup(

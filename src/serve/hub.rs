@@ -748,7 +748,9 @@ impl Tailer {
                 last_check = Instant::now();
                 self.check_writer();
             }
-            if read == 0 && !catching && self.overflowed.is_empty() {
+            // A stream stuck with overflow is retried every idle tick, not in a busy loop:
+            // a client that stopped reading must not cost a core.
+            if read == 0 && !catching {
                 tokio::select! {
                     cmd = self.cmd_rx.recv() => match cmd {
                         Some(cmd) => if !self.command(cmd) { return },

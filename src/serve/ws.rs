@@ -218,11 +218,11 @@ impl Conn {
                     let _ = self.end_stream(tag, CompleteReason::ServerShutdown).await;
                 }
             }
-            if code != CLOSE_NORMAL {
-                self.st.metrics.ws_limit_closes.fetch_add(
-                    u64::from(code == CLOSE_TOO_BIG || code >= 4000),
-                    Ordering::Relaxed,
-                );
+            if code == CLOSE_TOO_BIG || code >= 4000 {
+                self.st
+                    .metrics
+                    .ws_limit_closes
+                    .fetch_add(1, Ordering::Relaxed);
             }
             let _ = self
                 .socket
