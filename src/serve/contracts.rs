@@ -130,7 +130,13 @@ async fn cached_lookup(st: &AppState, key: &str, fields: Value) -> Result<Json<V
         }
         Err(e) => match cached {
             Some((c, _)) => Ok(answer(&c, "cache", true)),
-            None => Err(ApiError::unavailable("engine_unavailable", e.to_string())),
+            None => {
+                tracing::warn!(error = %e, "contract lookup failed");
+                Err(ApiError::unavailable(
+                    "engine_unavailable",
+                    super::subs::engine_unreachable(&e),
+                ))
+            }
         },
     }
 }

@@ -91,7 +91,19 @@ pub fn control_error(e: &ControlError) -> ApiError {
             err.ib_code = *ib_code;
             err
         }
-        other => ApiError::unavailable("engine_unavailable", other.to_string()),
+        other => ApiError::unavailable("engine_unavailable", engine_unreachable(other)),
+    }
+}
+
+/// What a client is told when the control socket fails (details stay in the log).
+pub fn engine_unreachable(e: &ControlError) -> &'static str {
+    match e {
+        ControlError::Unavailable { .. } => {
+            "the engine is not running (its control socket is absent)"
+        }
+        ControlError::Timeout(_) => "the engine did not answer in time",
+        ControlError::Refused { .. } => "the engine refused the request",
+        ControlError::Io(_) | ControlError::BadReply(_) => "the connection to the engine failed",
     }
 }
 
