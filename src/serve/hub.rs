@@ -466,7 +466,7 @@ impl Sink {
 
     fn overflow(&mut self, out: Out, stats: &HubStats, max_pending: usize) -> Verdict {
         match &out {
-            Out::Tick { kind, seq, .. } => {
+            Out::Tick { kind, .. } => {
                 if let Some(slot) = self
                     .conflated
                     .iter_mut()
@@ -482,7 +482,6 @@ impl Sink {
                     stats.conflated_drops.fetch_add(1, Ordering::Relaxed);
                     *slot = out;
                 } else {
-                    let _ = seq;
                     self.conflated.push(out);
                 }
                 Verdict::Keep
@@ -1240,5 +1239,125 @@ impl Tailer {
                 .store(read - at, Ordering::Relaxed);
             self.rate_window = (Instant::now(), read);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(cap: usize, policy: SlowPolicy) -> (Sink, mpsc::Receiver<Out>) {
+        let (tx, rx) = mpsc::channel(cap);
+        let s = Sink {
+            tag: 0,
+            stream_id: "s".into(),
+            con_id: 1,
+            kinds: KindSet(u64::MAX),
+            policy,
+            tx,
+            flag: Arc::default(),
+            notify: Arc::default(),
+            min_seq: 0,
+            catchup: None,
+            last_ts_ns: 0,
+            conflated: Vec::new(),
+            pending: Vec::new(),
+            dropped: 0,
+            dropped_first: 0,
+            dropped_last: 0,
+        };
+        (s, rx)
+    }
+
+    fn tick(seq: u64, kind: u8) -> Out {
+        Out::Tick {
+            tag: 0,
+            seq,
+            kind,
+            json: Bytes::from(format!("{{\"seq\":{seq}}}")),
+        }
+    }
+
+    fn ctl(seq: u64) -> Out {
+        Out::Control {
+            tag: 0,
+            event: "info",
+            id: Some(seq),
+            json: Bytes::from_static(b"{}"),
+            end: false,
+        }
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Out>) -> Vec<(&'static str, u64)> {
+        let mut v = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            v.push(match o {
+                Out::Tick { seq, .. } => ("tick", seq),
+                Out::Control {
+                    event, id, json, ..
+                } => {
+                    if event == "gap" {
+                        let g: serde_json::Value = serde_json::from_slice(&json).unwrap();
+                        ("gap", g["count"].as_u64().unwrap())
+                    } else {
+                        (event, id.unwrap_or(0))
+                    }
+                }
+            });
+        }
+        v
+    }
+
+    #[test]
+    fn overflow_keeps_the_latest_per_kind_and_control_messages_in_order() {
+        let stats = HubStats::default();
+        let (mut s, mut rx) = sink(2, SlowPolicy::Conflate);
+        for (seq, kind) in [(1, 3), (2, 1), (3, 3), (4, 1), (5, 3), (7, 3)] {
+            assert!(s.push(tick(seq, kind), &stats, 8) == Verdict::Keep);
+        }
+        assert!(s.push(ctl(6), &stats, 8) == Verdict::Keep);
+        assert!(s.push(tick(8, 1), &stats, 8) == Verdict::Keep);
+        // Queue: 1, 2. Kept: kind 3 → 7 (3 and 5 dropped), kind 1 → 8 (4 dropped), info 6.
+        assert_eq!(stats.conflated_drops.load(Ordering::Relaxed), 3);
+        assert_eq!(drain(&mut rx), [("tick", 1), ("tick", 2)]);
+        assert!(s.flush(&stats) == Verdict::Keep);
+        assert_eq!(drain(&mut rx), [("gap", 3), ("info", 6)]);
+        assert!(s.overflowing());
+        assert!(s.flush(&stats) == Verdict::Keep);
+        assert_eq!(drain(&mut rx), [("tick", 7), ("tick", 8)]);
+        assert!(s.flush(&stats) == Verdict::Keep);
+        assert!(!s.overflowing());
+        // Back to the queue directly.
+        assert!(s.push(tick(9, 3), &stats, 8) == Verdict::Keep);
+        assert_eq!(drain(&mut rx), [("tick", 9)]);
+    }
+
+    #[test]
+    fn disconnect_policy_and_control_pile_up_close_the_stream() {
+        let stats = HubStats::default();
+        let (mut s, _rx) = sink(1, SlowPolicy::Disconnect);
+        assert!(s.push(tick(1, 3), &stats, 8) == Verdict::Keep);
+        assert!(s.push(tick(2, 3), &stats, 8) == Verdict::Remove);
+        assert_eq!(s.flag.get(), Some(CloseReason::SlowConsumer));
+        assert!(s.push(tick(3, 3), &stats, 8) == Verdict::Remove);
+        assert_eq!(stats.slow_disconnects.load(Ordering::Relaxed), 1);
+
+        let (mut s, _rx) = sink(1, SlowPolicy::Conflate);
+        assert!(s.push(tick(1, 3), &stats, 2) == Verdict::Keep);
+        assert!(s.push(ctl(2), &stats, 2) == Verdict::Keep);
+        assert!(s.push(ctl(3), &stats, 2) == Verdict::Keep);
+        assert!(
+            s.push(ctl(4), &stats, 2) == Verdict::Remove,
+            "bounded control backlog"
+        );
+        assert_eq!(s.flag.get(), Some(CloseReason::SlowConsumer));
+    }
+
+    #[test]
+    fn a_closed_receiver_removes_the_stream() {
+        let stats = HubStats::default();
+        let (mut s, rx) = sink(4, SlowPolicy::Conflate);
+        drop(rx);
+        assert!(s.push(tick(1, 3), &stats, 8) == Verdict::Remove);
     }
 }
