@@ -362,3 +362,32 @@ async fn unknown_query_parameters_on_the_upgrade_are_400() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn websocket_connections_are_capped() {
+    let env = Env::new(EnvOpts {
+        ws: WsLimits {
+            max_connections: 1,
+            ..WsLimits::default()
+        },
+        ..EnvOpts::default()
+    })
+    .await;
+    let addr = serve(&env).await;
+    let ws = connect(addr).await;
+    match tokio_tungstenite::connect_async(format!("ws://{addr}/v3/ws")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!("a second connection was accepted: {:?}", other.map(|_| ())),
+    }
+    drop(ws);
+    // The slot comes back once the server has seen the first connection go.
+    wait_for(|| {
+        env.state
+            .metrics
+            .ws_open
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+    })
+    .await;
+    let _ = connect(addr).await;
+}

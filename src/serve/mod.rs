@@ -53,6 +53,8 @@ pub struct WsLimits {
     pub max_message_bytes: usize,
     /// Malformed client messages tolerated before the connection is closed (4000).
     pub max_bad_messages: u32,
+    /// WebSocket connections open at once (more: 503 `too_many_connections`).
+    pub max_connections: usize,
 }
 
 impl Default for WsLimits {
@@ -62,6 +64,7 @@ impl Default for WsLimits {
             max_msgs_per_sec: 100,
             max_message_bytes: 16 * 1024,
             max_bad_messages: 8,
+            max_connections: 256,
         }
     }
 }

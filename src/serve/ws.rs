@@ -36,6 +36,16 @@ pub const CLOSE_INVALID_MESSAGE: u16 = 4000;
 /// More client messages per second than allowed.
 pub const CLOSE_RATE_LIMIT: u16 = 4004;
 
+/// One of the `max_connections` WebSocket slots; freed on drop (also when the upgrade
+/// fails and its callback is dropped unrun).
+struct WsSlot(AppState);
+
+impl Drop for WsSlot {
+    fn drop(&mut self) {
+        self.0.metrics.ws_open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// `GET /v3/ws`: upgrades to a WebSocket.
 pub async fn upgrade(
     State(st): State<AppState>,
@@ -44,14 +54,28 @@ pub async fn upgrade(
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref(), &[])?;
     let limits = st.cfg.ws;
+    let max = limits.max_connections;
+    if st
+        .metrics
+        .ws_open
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max as u64).then_some(n + 1)
+        })
+        .is_err()
+    {
+        return Err(ApiError::unavailable(
+            "too_many_connections",
+            format!("all {max} WebSocket connections of this server are in use"),
+        ));
+    }
+    let slot = WsSlot(st.clone());
     Ok(ws
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
         .on_upgrade(move |socket| async move {
             st.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
-            st.metrics.ws_open.fetch_add(1, Ordering::Relaxed);
             Conn::new(st.clone(), socket).run().await;
-            st.metrics.ws_open.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
         }))
 }
 
