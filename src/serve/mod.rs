@@ -480,3 +480,49 @@ pub fn run_blocking(settings: &Settings, args: &ServeArgs) -> Result<(), ServeEr
         .map_err(ServeError::Runtime)?;
     rt.block_on(run(settings, args))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_beyond_loopback_needs_a_token() {
+        assert_eq!(
+            bind_addr("127.0.0.1", 8001, None).unwrap(),
+            SocketAddr::from(([127, 0, 0, 1], 8001))
+        );
+        assert_eq!(
+            bind_addr("localhost", 8101, None).unwrap(),
+            SocketAddr::from(([127, 0, 0, 1], 8101))
+        );
+        assert!(bind_addr("::1", 8201, None).is_ok());
+        assert!(matches!(
+            bind_addr("0.0.0.0", 8001, None),
+            Err(ServeError::TokenRequired(_))
+        ));
+        assert!(matches!(
+            bind_addr("192.168.1.5", 8001, None),
+            Err(ServeError::TokenRequired(_))
+        ));
+        assert!(bind_addr("0.0.0.0", 8001, Some("0123456789abcdef")).is_ok());
+        assert!(matches!(
+            bind_addr("my-host", 8001, Some("t")),
+            Err(ServeError::BadHost(_))
+        ));
+    }
+
+    #[test]
+    fn latency_buckets_are_cumulative() {
+        let b = LatencyBuckets::default();
+        for us in [10, 60, 60, 2000, 1_000_000] {
+            b.record(us);
+        }
+        let (cum, sum) = b.cumulative();
+        assert_eq!(cum.len(), LATENCY_BOUNDS_US.len() + 1);
+        assert_eq!(cum[0], 1); // <= 50
+        assert_eq!(cum[1], 3); // <= 100
+        assert_eq!(cum[5], 4); // <= 2500
+        assert_eq!(*cum.last().unwrap(), 5);
+        assert_eq!(sum, 10 + 60 + 60 + 2000 + 1_000_000);
+    }
+}

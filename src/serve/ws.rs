@@ -15,6 +15,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use bytes::Bytes;
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 
@@ -29,6 +30,8 @@ use super::sse::{self, StreamCounter, StreamHold, StreamOptions};
 pub const CLOSE_NORMAL: u16 = 1000;
 /// The server is going away.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Queued messages written per flush at most.
+const MAX_BURST: usize = 256;
 /// A message larger than the limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Too many malformed messages.
@@ -215,6 +218,24 @@ impl Conn {
         self.socket.send(text(json)).await.map_err(|_| Stop::Gone)
     }
 
+    /// Queues a message without flushing (ticks in a burst: one flush per burst).
+    async fn feed(&mut self, json: &Bytes) -> Result<(), Stop> {
+        self.socket.feed(text(json)).await.map_err(|_| Stop::Gone)
+    }
+
+    /// Handles a message from the queue and whatever else is already waiting (up to a
+    /// bound, so that client requests are still read), then flushes once.
+    async fn on_burst(&mut self, first: Out) -> Result<(), Stop> {
+        self.on_out(first).await?;
+        for _ in 0..MAX_BURST {
+            match self.rx.try_recv() {
+                Ok(out) => self.on_out(out).await?,
+                Err(_) => break,
+            }
+        }
+        self.socket.flush().await.map_err(|_| Stop::Gone)
+    }
+
     async fn run(mut self) {
         let limits = self.st.cfg.ws;
         let hello = messages::info(
@@ -283,7 +304,7 @@ impl Conn {
                     Some(Err(e)) => Err(classify(&e)),
                     Some(Ok(msg)) => self.on_client(msg).await,
                 },
-                Some(out) = self.rx.recv() => self.on_out(out).await,
+                Some(out) = self.rx.recv() => self.on_burst(out).await,
                 _ = heartbeat.tick() => {
                     let head = self.st.hub.stats().ring_head.load(Ordering::Relaxed);
                     self.send(&messages::heartbeat(now_ns(), head)).await
@@ -354,7 +375,7 @@ impl Conn {
                     return Ok(());
                 };
                 let done = s.counter.tick(seq);
-                self.send(&json).await?;
+                self.feed(&json).await?;
                 self.st.metrics.ws_ticks.fetch_add(1, Ordering::Relaxed);
                 sse::record_latency(&self.st, &json);
                 if done {
@@ -365,7 +386,7 @@ impl Conn {
                 if !self.streams.contains_key(&tag) {
                     return Ok(());
                 }
-                self.send(&json).await?;
+                self.feed(&json).await?;
                 if end {
                     self.end_stream(tag, CompleteReason::Error).await?;
                 }
