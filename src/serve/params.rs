@@ -280,6 +280,26 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_query_string_parses_or_is_a_400_never_a_panic(raw in ".{0,300}", bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let lossy = String::from_utf8_lossy(&bytes).into_owned();
+            for q in [raw.as_str(), lossy.as_str()] {
+                match Params::parse(Some(q), &["limit", "tick_types", "slow"]) {
+                    Ok(p) => {
+                        let _ = p.int("limit", 1, 10);
+                        let _ = p.text("slow", 16);
+                        if let Some(t) = p.get("tick_types") {
+                            let _ = tick_types(t);
+                        }
+                    }
+                    Err(e) => proptest::prop_assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST),
+                }
+                let _ = con_id(q);
+            }
+        }
+    }
+
     #[test]
     fn con_ids_are_positive_u32() {
         assert_eq!(con_id("711280073").unwrap(), 711_280_073);

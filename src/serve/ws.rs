@@ -607,3 +607,55 @@ fn classify(e: &axum::Error) -> Stop {
         Stop::Gone
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribe_requests_are_validated() {
+        let (con, o) = subscribe_options(
+            &json!({"type": "subscribe", "contract_id": 5, "tick_types": ["last"], "limit": 3, "after_seq": 9}),
+            SlowPolicy::Conflate,
+        )
+        .unwrap();
+        assert_eq!(
+            (con, o.types, o.limit, o.after),
+            (5, vec![TickType::Last], Some(3), Some(9))
+        );
+        let (_, o) = subscribe_options(&json!({"contract_id": 5}), SlowPolicy::Disconnect).unwrap();
+        assert_eq!(
+            (o.types, o.slow),
+            (DEFAULT_TICK_TYPES.to_vec(), SlowPolicy::Disconnect)
+        );
+        for bad in [
+            json!({"contract_id": 4294967296u64}),
+            json!({"contract_id": -1}),
+            json!({"contract_id": 5, "tick_types": "last"}),
+            json!({"contract_id": 5, "tick_types": [1]}),
+            json!({"contract_id": 5, "tick_types": ["last", "last"]}),
+            json!({"contract_id": 5, "timeout": 0}),
+            json!({"contract_id": 5, "after_seq": "x"}),
+        ] {
+            assert!(
+                subscribe_options(&bad, SlowPolicy::Conflate).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(request_id(&json!({"id": "x".repeat(129)})).is_err());
+        assert!(request_id(&json!({"id": [1]})).is_err());
+        assert_eq!(request_id(&json!({})).unwrap(), Value::Null);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_json_never_panics_the_request_parser(s in ".{0,200}") {
+            if let Ok(v) = serde_json::from_str::<Value>(&s) {
+                let _ = request_id(&v);
+                let _ = subscribe_options(&v, SlowPolicy::Conflate);
+            }
+            let v = json!({"type": "subscribe", "contract_id": 1, "tick_types": [s.clone()], "slow": s});
+            proptest::prop_assert!(subscribe_options(&v, SlowPolicy::Conflate).is_err());
+        }
+    }
+}
