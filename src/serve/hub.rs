@@ -193,7 +193,7 @@ impl HubConfig {
         HubConfig {
             ring_path,
             strings_path,
-            idle_sleep: Duration::from_millis(1),
+            idle_sleep: Duration::from_micros(100),
             check_every: Duration::from_millis(200),
             stale_after: Duration::from_secs(5),
             catchup_budget: 8192,
@@ -289,6 +289,7 @@ impl HubStats {
 }
 
 enum Cmd {
+    Pause(oneshot::Sender<()>, std::sync::mpsc::Receiver<()>),
     Add(Box<SinkSpec>, u64),
     Remove(u64),
     StopContract(u32, oneshot::Sender<usize>),
@@ -309,6 +310,12 @@ impl std::fmt::Debug for Cmd {
     }
 }
 
+/// Keeps the tailer paused while it lives (see [`Hub::pause`]).
+#[derive(Debug)]
+pub struct Paused {
+    _resume: std::sync::mpsc::Sender<()>,
+}
+
 /// Removes its stream from the fan-out when dropped.
 #[derive(Debug)]
 pub struct SinkGuard {
@@ -324,12 +331,21 @@ impl Drop for SinkGuard {
 }
 
 impl Hub {
-    /// Starts the tailer task on the current tokio runtime.
+    /// Starts the tailer on its own thread.
     pub fn start(cfg: HubConfig) -> Hub {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(HubStats::default());
         let tailer = Tailer::new(cfg, rx, Arc::clone(&stats));
-        tokio::spawn(tailer.run());
+        // Its own thread: the ring has no wake-up, so the tailer polls, and a short OS sleep
+        // (100 µs) wakes it far sooner than the async runtime's 1 ms timer would.
+        let spawned = std::thread::Builder::new()
+            .name("ib-stream-tailer".into())
+            .spawn(move || tailer.run());
+        if let Err(e) = spawned {
+            // Without the thread every stream ends at once (the queue senders are gone)
+            // and /health and /ready say the tailer is not running.
+            tracing::error!(error = %e, "cannot start the ring tailer thread");
+        }
         Hub {
             cmd: tx,
             stats,
@@ -354,6 +370,18 @@ impl Hub {
             return 0;
         }
         rx.await.unwrap_or(0)
+    }
+
+    /// Stops the tailer reading the ring until the returned guard is dropped (for tests and
+    /// maintenance). Records published meanwhile are delivered afterwards, or reported as a
+    /// `reader_overrun` gap if the writer laps the tailer.
+    pub async fn pause(&self) -> Paused {
+        let (ack_tx, ack_rx) = oneshot::channel();
+        let (resume_tx, resume_rx) = std::sync::mpsc::channel();
+        if self.cmd.send(Cmd::Pause(ack_tx, resume_rx)).is_ok() {
+            let _ = ack_rx.await;
+        }
+        Paused { _resume: resume_tx }
     }
 
     /// Closes every stream (reason `server_shutdown`) and stops the tailer.
@@ -719,7 +747,7 @@ impl Tailer {
         }
     }
 
-    async fn run(mut self) {
+    fn run(mut self) {
         let mut last_check = Instant::now() - self.cfg.check_every;
         loop {
             loop {
@@ -739,8 +767,7 @@ impl Tailer {
             self.apply_removals();
             self.tick_stats();
             if read == self.batch.len() {
-                // More is waiting: let other tasks run, then go on at once.
-                tokio::task::yield_now().await;
+                // More is waiting: go on at once.
                 continue;
             }
             if last_check.elapsed() >= self.cfg.check_every {
@@ -750,15 +777,7 @@ impl Tailer {
             // A stream stuck with overflow is retried every idle tick, not in a busy loop:
             // a client that stopped reading must not cost a core.
             if read == 0 && !catching {
-                tokio::select! {
-                    cmd = self.cmd_rx.recv() => match cmd {
-                        Some(cmd) => if !self.command(cmd) { return },
-                        None => return self.shutdown(),
-                    },
-                    _ = tokio::time::sleep(self.cfg.idle_sleep) => {}
-                }
-            } else {
-                tokio::task::yield_now().await;
+                std::thread::sleep(self.cfg.idle_sleep);
             }
         }
     }
@@ -795,6 +814,11 @@ impl Tailer {
             Cmd::Shutdown => {
                 self.shutdown();
                 return false;
+            }
+            Cmd::Pause(ack, resume) => {
+                let _ = ack.send(());
+                // Blocks until the `Paused` guard is dropped (its sender disconnects).
+                let _ = resume.recv();
             }
         }
         true

@@ -3,7 +3,6 @@
 //! (parsed by the engine's own `parse_request`), and helpers to read SSE bodies.
 #![allow(dead_code, unreachable_pub)]
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -95,8 +94,7 @@ impl EngineLog {
 }
 
 /// Answers the control protocol on a Unix socket until the test ends.
-pub async fn fake_engine(path: PathBuf, log: Arc<EngineLog>) {
-    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+pub async fn fake_engine(listener: tokio::net::UnixListener, log: Arc<EngineLog>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             return;
@@ -260,10 +258,9 @@ impl Env {
         .unwrap();
         let log = Arc::new(EngineLog::default());
         if o.engine {
-            tokio::spawn(fake_engine(
-                dir.path().join("control.sock"),
-                Arc::clone(&log),
-            ));
+            // Bound before the server starts, so that no request finds the socket missing.
+            let listener = tokio::net::UnixListener::bind(dir.path().join("control.sock")).unwrap();
+            tokio::spawn(fake_engine(listener, Arc::clone(&log)));
         }
         let state = AppState::new(config(dir.path(), &o), o.history.clone());
         let app = app(state.clone());
