@@ -653,3 +653,78 @@ async fn a_restarted_engine_is_followed_with_a_writer_restart_gap() {
         env.writer.info().epoch
     );
 }
+
+/// A history source that has every published tick (as the recorder would).
+#[derive(Debug, Default)]
+struct Recorded {
+    ticks: std::sync::Mutex<Vec<(u64, u32, String)>>,
+    asked: std::sync::Mutex<Vec<(u64, u64)>>,
+}
+
+impl ib_stream::serve::HistorySource for Recorded {
+    fn query(
+        &self,
+        _q: &ib_stream::serve::HistoryQuery,
+    ) -> Result<ib_stream::serve::HistoryPage, ib_stream::serve::HistoryError> {
+        Err(ib_stream::serve::HistoryError::Storage(
+            "not used here".into(),
+        ))
+    }
+
+    fn by_seq(
+        &self,
+        q: &ib_stream::serve::history::SeqQuery,
+    ) -> Result<Option<Vec<(u64, bytes::Bytes)>>, ib_stream::serve::HistoryError> {
+        self.asked.lock().unwrap().push((q.first_seq, q.last_seq));
+        Ok(Some(
+            self.ticks
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(s, c, _)| *c == q.con_id && (q.first_seq..=q.last_seq).contains(s))
+                .take(q.limit)
+                .map(|(s, _, j)| (*s, bytes::Bytes::from(j.clone())))
+                .collect(),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_resume_older_than_the_ring_is_filled_from_history_without_a_seam() {
+    let recorded = std::sync::Arc::new(Recorded::default());
+    let mut env = Env::new(EnvOpts {
+        ring_capacity: 64,
+        history: Some(recorded.clone()),
+        ..EnvOpts::default()
+    })
+    .await;
+    let mut all = Vec::new();
+    for i in 0..210 {
+        let q = env.publish(quote(CON, i));
+        recorded
+            .ticks
+            .lock()
+            .unwrap()
+            .push((q.seq, CON, env.json_of(&q)));
+        all.push(q);
+    }
+    env.wait(|| env.state.hub.stats().next_seq.load(Ordering::Relaxed) == 211)
+        .await;
+    let req = Request::get(format!("/v3/stream/{CON}?tick_types=bid_ask"))
+        .header("Last-Event-ID", "5")
+        .body(Body::empty())
+        .unwrap();
+    let mut sse = SseReader::new(env.request(req).await);
+    assert_eq!(sse.expect("info").await.json()["resume_after"], 5);
+    // 6..=210: the old part from history, the rest from the ring, each once, in order.
+    for q in &all[5..] {
+        let e = sse.expect("tick").await;
+        assert_eq!(e.id, Some(q.seq.to_string()));
+        assert_eq!(e.data, env.json_of(q));
+    }
+    let (first, last) = recorded.asked.lock().unwrap()[0];
+    assert_eq!(first, 6);
+    assert!(last >= 147 && last <= 210, "history covered up to {last}");
+    let live = env.publish(quote(CON, 1000));
+    assert_eq!(sse.expect("tick").await.id, Some(live.seq.to_string()));
+}

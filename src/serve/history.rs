@@ -53,11 +53,40 @@ pub enum HistoryError {
     Storage(String),
 }
 
+/// A resume query: the ticks a client missed, by ring sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeqQuery {
+    /// The ring epoch the sequences belong to.
+    pub epoch: u64,
+    /// conId.
+    pub con_id: u32,
+    /// Tick types.
+    pub tick_types: Vec<TickType>,
+    /// First sequence wanted.
+    pub first_seq: u64,
+    /// Last sequence wanted.
+    pub last_seq: u64,
+    /// Most ticks to return.
+    pub limit: usize,
+}
+
 /// A source of stored ticks (implemented by the storage query library).
 pub trait HistorySource: Send + Sync + std::fmt::Debug + 'static {
     /// Answers one query. Called on a blocking thread: it may read files.
     fn query(&self, q: &HistoryQuery) -> Result<HistoryPage, HistoryError>;
+
+    /// The stored ticks of `q.con_id` and `q.tick_types` with sequences in
+    /// `q.first_seq..=q.last_seq` of epoch `q.epoch`, in sequence order, at most `q.limit`,
+    /// each with its sequence; `Ok(None)` when this source cannot answer by sequence. Used to
+    /// resume a stream whose `Last-Event-ID` the ring no longer holds.
+    fn by_seq(&self, q: &SeqQuery) -> Result<Option<Vec<(u64, Bytes)>>, HistoryError> {
+        let _ = q;
+        Ok(None)
+    }
 }
+
+/// Most ticks a resume takes from history before the ring.
+pub const MAX_RESUME_FROM_HISTORY: usize = 100_000;
 
 /// `GET /v3/history/{conId}?tick_types=&start=&end=&limit=&cursor=`.
 pub async fn query(

@@ -370,6 +370,57 @@ pub async fn open_stream(
     ))
 }
 
+/// For a resume point the ring no longer holds, the missed ticks from history (when a
+/// source is configured and answers by sequence) and the sequence to resume the ring after.
+/// What history cannot give is left to the ring reader, which reports it as a gap.
+pub async fn resume_from_history(
+    st: &AppState,
+    con_id: u32,
+    opts: &StreamOptions,
+) -> (Vec<(u64, Bytes)>, Option<u64>) {
+    let (Some(after), Some(source)) = (opts.after, st.history.clone()) else {
+        return (Vec::new(), opts.after);
+    };
+    let stats = st.hub.stats();
+    let head = stats.ring_head.load(Ordering::Relaxed);
+    let capacity = stats.capacity.load(Ordering::Relaxed);
+    let oldest = (head + 1).saturating_sub(capacity).max(1);
+    if capacity == 0 || after + 1 >= oldest || after >= head {
+        return (Vec::new(), opts.after);
+    }
+    // Cover a margin into the ring too: it moves on while storage is read.
+    let last = (oldest + capacity / 8).min(head);
+    let q = super::history::SeqQuery {
+        epoch: stats.epoch.load(Ordering::Relaxed),
+        con_id,
+        tick_types: opts.types.clone(),
+        first_seq: after + 1,
+        last_seq: last,
+        limit: super::history::MAX_RESUME_FROM_HISTORY,
+    };
+    let answer = tokio::task::spawn_blocking(move || source.by_seq(&q)).await;
+    match answer {
+        Ok(Ok(Some(ticks))) => {
+            let truncated = ticks.len() >= super::history::MAX_RESUME_FROM_HISTORY;
+            let resume = if truncated {
+                ticks.last().map_or(after, |t| t.0)
+            } else {
+                last
+            };
+            (ticks, Some(resume))
+        }
+        Ok(Ok(None)) => (Vec::new(), opts.after),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "history could not fill a resume; the ring reports the gap");
+            (Vec::new(), opts.after)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "history task failed");
+            (Vec::new(), opts.after)
+        }
+    }
+}
+
 /// The `info{stream_start}` message.
 pub fn stream_start(st: &AppState, stream_id: &str, con_id: u32, opts: &StreamOptions) -> Bytes {
     messages::info(
@@ -396,7 +447,10 @@ pub async fn stream(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let con_id = params::con_id(&raw_con)?;
-    let opts = parse_options(query.as_deref(), &headers, st.cfg.default_slow)?;
+    let mut opts = parse_options(query.as_deref(), &headers, st.cfg.default_slow)?;
+    let requested_after = opts.after;
+    let (from_history, ring_after) = resume_from_history(&st, con_id, &opts).await;
+    opts.after = ring_after;
     let stream_id: Arc<str> = st.new_stream_id("sse").into();
     let (tx, rx) = mpsc::channel(st.cfg.queue_capacity);
     let notify = Arc::new(Notify::new());
@@ -411,8 +465,16 @@ pub async fn stream(
     let period = st.cfg.heartbeat;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let first = stream_start(&st, &stream_id, con_id, &opts);
-    let state = SseState {
+    let first = stream_start(
+        &st,
+        &stream_id,
+        con_id,
+        &StreamOptions {
+            after: requested_after,
+            ..opts.clone()
+        },
+    );
+    let mut state = SseState {
         st: st.clone(),
         rx,
         flag,
@@ -423,6 +485,17 @@ pub async fn stream(
         done: false,
         _hold: hold,
     };
+    for (seq, json) in from_history {
+        if state.done {
+            break;
+        }
+        state.on_out(Out::Tick {
+            tag: 0,
+            seq,
+            kind: 0,
+            json,
+        });
+    }
     let body = futures_util::stream::unfold(state, next_event);
     let mut resp = Sse::new(body).into_response();
     let h = resp.headers_mut();

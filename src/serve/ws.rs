@@ -514,7 +514,7 @@ impl Conn {
     }
 
     async fn subscribe(&mut self, id: &Value, v: &Value) -> Result<(), Stop> {
-        let (con_id, opts) = match subscribe_options(v, self.st.cfg.default_slow) {
+        let (con_id, mut opts) = match subscribe_options(v, self.st.cfg.default_slow) {
             Ok(x) => x,
             Err(m) => {
                 let e = reply_error(id, "bad_parameter", &m, None);
@@ -542,6 +542,9 @@ impl Conn {
                 .send(&reply_error(id, "duplicate_subscription", m, None))
                 .await;
         }
+        let requested_after = opts.after;
+        let (from_history, ring_after) = sse::resume_from_history(&self.st, con_id, &opts).await;
+        opts.after = ring_after;
         let tag = self.next_tag;
         self.next_tag += 1;
         let stream_id: Arc<str> = format!("ws-{}-{tag}", self.conn_no).into();
@@ -592,8 +595,28 @@ impl Conn {
             },
         );
         self.send(&Bytes::from(ack.to_string())).await?;
-        let start = sse::stream_start(&self.st, &stream_id, con_id, &opts);
-        self.send(&start).await
+        let start = sse::stream_start(
+            &self.st,
+            &stream_id,
+            con_id,
+            &StreamOptions {
+                after: requested_after,
+                ..opts.clone()
+            },
+        );
+        self.send(&start).await?;
+        // Ticks the ring no longer held, from history, before anything live.
+        for (seq, json) in from_history {
+            let Some(s) = self.streams.get_mut(&tag) else {
+                break;
+            };
+            let done = s.counter.tick(seq);
+            self.feed(&json).await?;
+            if done {
+                return self.end_stream(tag, CompleteReason::LimitReached).await;
+            }
+        }
+        self.socket.flush().await.map_err(|_| Stop::Gone)
     }
 }
 
