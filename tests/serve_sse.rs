@@ -724,7 +724,7 @@ async fn a_resume_older_than_the_ring_is_filled_from_history_without_a_seam() {
     }
     let (first, last) = recorded.asked.lock().unwrap()[0];
     assert_eq!(first, 6);
-    assert!(last >= 147 && last <= 210, "history covered up to {last}");
+    assert!((147..=210).contains(&last), "history covered up to {last}");
     let live = env.publish(quote(CON, 1000));
     assert_eq!(sse.expect("tick").await.id, Some(live.seq.to_string()));
 }
