@@ -169,12 +169,11 @@ async fn wait_sinks(st: &AppState, n: u64) {
     }
 }
 
-fn p99(mut v: Vec<u32>) -> u32 {
+fn quantile(v: &[u32], q: f64) -> u32 {
     if v.is_empty() {
         return 0;
     }
-    v.sort_unstable();
-    v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
+    v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
 async fn run(a: &Args) -> String {
@@ -265,7 +264,15 @@ async fn run(a: &Args) -> String {
     for c in clients {
         lat.extend(c.await.unwrap());
     }
-    let p99_us = p99(lat);
+    lat.sort_unstable();
+    let p99_us = quantile(&lat, 0.99);
+    println!(
+        "paced latency over {} deliveries: p50_us={} p90_us={} p99_us={p99_us} max_us={}",
+        lat.len(),
+        quantile(&lat, 0.5),
+        quantile(&lat, 0.9),
+        lat.last().copied().unwrap_or(0)
+    );
 
     // (4) The Python peer.
     let py_mps = if a.py { py_peer(a).await } else { None };
