@@ -391,3 +391,31 @@ async fn websocket_connections_are_capped() {
     .await;
     let _ = connect(addr).await;
 }
+
+#[tokio::test]
+async fn shutdown_completes_streams_and_closes_with_1001() {
+    let env = Env::new(EnvOpts::default()).await;
+    let addr = serve(&env).await;
+    let mut ws = connect(addr).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": 1, "contract_id": TRACKED_CON}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "subscribed");
+    recv(&mut ws).await;
+    let mut sse = SseReader::new(env.get(&format!("/v3/stream/{TRACKED_CON}")).await);
+    sse.expect("info").await;
+    env.wait_sinks(2).await;
+    env.state.hub.shutdown();
+    let c = sse.expect("complete").await.json();
+    assert_eq!(c["reason"], "server_shutdown");
+    assert!(sse.next().await.is_none());
+    let c = recv(&mut ws).await;
+    assert_eq!(
+        (c["type"].as_str(), c["reason"].as_str()),
+        (Some("complete"), Some("server_shutdown"))
+    );
+    assert_eq!(closed_with(&mut ws).await, Some(1001));
+    wait_for(|| !env.state.hub.is_running()).await;
+}
