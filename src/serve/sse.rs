@@ -3,17 +3,16 @@
 //! Every tick is an `event: tick` with `id: <seq>`; a reconnect with `Last-Event-ID` (or
 //! `?last_event_id=` for clients that cannot set headers) resumes right after it.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue};
-use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 
@@ -194,25 +193,34 @@ struct SseState {
     notify: Arc<Notify>,
     counter: StreamCounter,
     heartbeat: tokio::time::Interval,
-    queue: VecDeque<Event>,
+    /// Events formatted and not yet handed to the connection.
+    out: BytesMut,
     done: bool,
     _hold: StreamHold,
 }
 
-fn event(name: &'static str, id: Option<u64>, json: &Bytes) -> Event {
-    // Every message is JSON from our own encoders: valid UTF-8 without newlines.
-    let text = std::str::from_utf8(json).unwrap_or("{}");
-    let ev = Event::default().event(name).data(text);
-    match id {
-        Some(id) => ev.id(id.to_string()),
-        None => ev,
+/// Messages taken from the queue into one body frame at most: a burst goes out in a few
+/// writes instead of one per event.
+const MAX_EVENTS_PER_FRAME: usize = 256;
+
+/// Appends one SSE event. Every message is single-line JSON from our own encoders (tickjson
+/// and serde_json escape newlines), so one `data:` line carries it.
+fn event(out: &mut BytesMut, name: &str, id: Option<u64>, json: &[u8]) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    if let Some(id) = id {
+        out.extend_from_slice(b"\nid: ");
+        out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
     }
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(json);
+    out.extend_from_slice(b"\n\n");
 }
 
 impl SseState {
     fn finish(&mut self, msgs: Vec<(&'static str, Bytes)>) {
         for (name, json) in msgs {
-            self.queue.push_back(event(name, None, &json));
+            event(&mut self.out, name, None, &json);
         }
         self.done = true;
     }
@@ -225,7 +233,7 @@ impl SseState {
     fn on_out(&mut self, out: Out) {
         match out {
             Out::Tick { seq, json, .. } => {
-                self.queue.push_back(event("tick", Some(seq), &json));
+                event(&mut self.out, "tick", Some(seq), &json);
                 self.st.metrics.sse_ticks.fetch_add(1, Ordering::Relaxed);
                 record_latency(&self.st, &json);
                 if self.counter.tick(seq) {
@@ -239,7 +247,7 @@ impl SseState {
                 end,
                 ..
             } => {
-                self.queue.push_back(event(name, id, &json));
+                event(&mut self.out, name, id, &json);
                 if end {
                     self.complete(CompleteReason::Error);
                 }
@@ -266,10 +274,11 @@ pub fn record_latency(st: &AppState, json: &[u8]) {
     }
 }
 
-async fn next_event(mut s: SseState) -> Option<(Result<Event, Infallible>, SseState)> {
+async fn next_frame(mut s: SseState) -> Option<(Result<Bytes, Infallible>, SseState)> {
     loop {
-        if let Some(ev) = s.queue.pop_front() {
-            return Some((Ok(ev), s));
+        if !s.out.is_empty() {
+            let frame = s.out.split().freeze();
+            return Some((Ok(frame), s));
         }
         if s.done {
             return None;
@@ -288,7 +297,19 @@ async fn next_event(mut s: SseState) -> Option<(Result<Event, Infallible>, SseSt
             biased;
             _ = notify.notified() => {}
             m = s.rx.recv() => match m {
-                Some(out) => s.on_out(out),
+                Some(out) => {
+                    s.on_out(out);
+                    // Whatever else is already queued goes into the same frame.
+                    for _ in 1..MAX_EVENTS_PER_FRAME {
+                        if s.done || s.flag.get().is_some() {
+                            break;
+                        }
+                        match s.rx.try_recv() {
+                            Ok(out) => s.on_out(out),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 None => {
                     // The tailer dropped the stream: its flag says why (shutdown if none).
                     let why = s.flag.get().unwrap_or(CloseReason::ServerShutdown);
@@ -298,7 +319,7 @@ async fn next_event(mut s: SseState) -> Option<(Result<Event, Infallible>, SseSt
             },
             _ = s.heartbeat.tick() => {
                 let head = s.st.hub.stats().ring_head.load(Ordering::Relaxed);
-                s.queue.push_back(event("heartbeat", None, &messages::heartbeat(now_ns(), head)));
+                event(&mut s.out, "heartbeat", None, &messages::heartbeat(now_ns(), head));
             }
             _ = async {
                 match deadline {
@@ -481,10 +502,11 @@ pub async fn stream(
         notify,
         counter: StreamCounter::new(Arc::clone(&stream_id), opts.limit, opts.timeout_s),
         heartbeat,
-        queue: VecDeque::from([event("info", None, &first)]),
+        out: BytesMut::with_capacity(4096),
         done: false,
         _hold: hold,
     };
+    event(&mut state.out, "info", None, &first);
     for (seq, json) in from_history {
         if state.done {
             break;
@@ -496,9 +518,13 @@ pub async fn stream(
             json,
         });
     }
-    let body = futures_util::stream::unfold(state, next_event);
-    let mut resp = Sse::new(body).into_response();
+    let body = futures_util::stream::unfold(state, next_frame);
+    let mut resp = Body::from_stream(body).into_response();
     let h = resp.headers_mut();
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert("x-stream-protocol", HeaderValue::from_static("v3"));
     h.insert("cache-control", HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
