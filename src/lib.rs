@@ -4,7 +4,10 @@
 
 pub mod config;
 pub mod engine;
+pub mod recorder;
 pub mod serve;
+pub mod storage;
 pub mod tickjson;
 
 pub use ib_stream_ipc as ipc;
+pub mod tws;

@@ -39,6 +39,8 @@ enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Record the ring to storage (the recorder sidecar).
+    Record(ib_stream::recorder::RecordArgs),
     /// Serve ticks over SSE and WebSocket, with health, metrics and a live page.
     Serve(ib_stream::serve::ServeArgs),
 }
@@ -81,6 +83,10 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Record(args) => {
+            let loaded = config::load(&sources(&cli.global)?)?;
+            ib_stream::recorder::run_cli(&loaded.settings, &args)?;
+        }
         Command::Config(ConfigCommand::Check) => {
             let loaded = config::load(&sources(&cli.global)?)?;
             let rows = loaded.table();

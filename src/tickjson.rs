@@ -7,13 +7,15 @@
 //! from `last`, delayed/frozen marks and the L1 and system kinds. The full key table is in
 //! `docs/STORAGE.md`.
 //!
-//! Times are integers in microseconds since the Unix epoch (JavaScript reads them exactly;
-//! nanoseconds would not fit a double), with the sub-microsecond rest of the receive time
-//! in `sn` when it is not zero, so nothing of the record is lost. Prices and sizes are exact
-//! decimals written from the fixed-point values.
+//! Times are integers in microseconds since the Unix epoch, as the original wrote them and as
+//! JavaScript reads them exactly (nanoseconds would not fit a double). The engine's receive
+//! time is kept to the nanosecond in the ring and in the binary format; JSON carries it to
+//! the microsecond, which keeps a line no larger than the original's. Prices and sizes are
+//! exact decimals written from the fixed-point values.
 //!
 //! Encoding appends to a caller's buffer and allocates nothing once the buffer has grown.
 
+use crate::tws::decimal;
 use ib_stream_ipc::{
     ConnState, GapReason, PRICE_SCALE, Record, RecordKind, SIZE_SCALE, SubState, UNDEF_I64, flags,
 };
@@ -74,36 +76,10 @@ impl StringIntern for LocalStrings {
     }
 }
 
-/// Writes `v / 10^digits` as the shortest exact decimal (`189.25`, `-0.5`, `3`).
+/// Writes `v` (fixed point at `scale`, a power of ten) as the shortest exact decimal
+/// (`189.25`, `-0.5`, `3`); the same formatter the TWS text encoder uses.
 pub fn write_fixed(out: &mut Vec<u8>, v: i64, scale: i64) {
-    let mut buf = itoa::Buffer::new();
-    let neg = v < 0;
-    let abs = v.unsigned_abs();
-    let scale = scale as u64;
-    let (int, mut frac) = (abs / scale, abs % scale);
-    if neg {
-        out.push(b'-');
-    }
-    out.extend_from_slice(buf.format(int).as_bytes());
-    if frac != 0 {
-        out.push(b'.');
-        let mut digits = [b'0'; 20];
-        let mut width = 0;
-        let mut s = scale;
-        while s > 1 {
-            s /= 10;
-            width += 1;
-        }
-        for i in (0..width).rev() {
-            digits[i] = b'0' + (frac % 10) as u8;
-            frac /= 10;
-        }
-        let end = digits[..width]
-            .iter()
-            .rposition(|&d| d != b'0')
-            .map_or(0, |p| p + 1);
-        out.extend_from_slice(&digits[..end]);
-    }
+    decimal::write_fixed(out, v, scale.ilog10());
 }
 
 /// Parses an exact decimal into fixed point; `None` when it has more fractional digits than
@@ -154,7 +130,7 @@ fn key(out: &mut Vec<u8>, k: &str) {
 
 fn int_field(out: &mut Vec<u8>, k: &str, v: i64) {
     key(out, k);
-    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    decimal::write_i64(out, v);
 }
 
 fn fixed_field(out: &mut Vec<u8>, k: &str, v: i64, scale: i64) {
@@ -218,7 +194,7 @@ fn string_id_field(out: &mut Vec<u8>, k: &str, id: u32, strings: &dyn StringLook
             // rather than inventing a value.
             key(out, k);
             out.extend_from_slice(b"\"#");
-            out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+            decimal::write_u64(out, u64::from(id));
             out.push(b'"');
         }
     }
@@ -269,13 +245,10 @@ pub fn sub_state_name(s: u8) -> &'static str {
 /// Appends one record as a JSON object (no newline). Unknown kinds are written with their
 /// raw body so nothing is lost.
 pub fn encode(rec: &Record, strings: &dyn StringLookup, out: &mut Vec<u8>) {
-    let (st_us, st_rest) = ns_to_us(rec.ts_recv);
+    let (st_us, _) = ns_to_us(rec.ts_recv);
     out.extend_from_slice(b"{\"seq\":");
-    out.extend_from_slice(itoa::Buffer::new().format(rec.seq).as_bytes());
+    decimal::write_u64(out, rec.seq);
     int_field(out, "st", st_us);
-    if st_rest != 0 {
-        int_field(out, "sn", st_rest);
-    }
     if rec.ts_event != UNDEF_I64 {
         let (ts_us, ts_rest) = ns_to_us(rec.ts_event);
         int_field(out, "ts", ts_us);
@@ -290,7 +263,7 @@ pub fn encode(rec: &Record, strings: &dyn StringLookup, out: &mut Vec<u8>) {
         Some(k) => out.extend_from_slice(k.name().as_bytes()),
         None => {
             out.extend_from_slice(b"kind_");
-            out.extend_from_slice(itoa::Buffer::new().format(rec.kind).as_bytes());
+            decimal::write_u64(out, u64::from(rec.kind));
         }
     }
     out.push(b'"');
@@ -382,7 +355,7 @@ pub fn encode(rec: &Record, strings: &dyn StringLookup, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                out.extend_from_slice(itoa::Buffer::new().format(*v).as_bytes());
+                decimal::write_i64(out, *v);
             }
             out.push(b']');
         }
@@ -619,6 +592,7 @@ pub fn decode(line: &[u8], strings: &mut dyn StringIntern) -> Result<Record, Dec
     rec.seq = seq;
     rec.ts_recv = int("st")?
         .checked_mul(1000)
+        // Lines written before `sn` was dropped may still carry the ns rest.
         .and_then(|v| v.checked_add(opt_int("sn").ok().flatten().unwrap_or(0)))
         .ok_or(DecodeError::Field("st"))?;
     if let Some(ts) = opt_int("ts")? {
@@ -790,7 +764,7 @@ mod tests {
         r.flags = flags::PAST_LIMIT;
         assert_eq!(
             enc(&r, &strings),
-            r#"{"seq":42,"st":1767277800123456,"sn":789,"ts":1767277800000000,"cid":265598,"tt":"last","p":189.25,"s":100,"x":"NASDAQ","c":" T","pl":true}"#
+            r#"{"seq":42,"st":1767277800123456,"ts":1767277800000000,"cid":265598,"tt":"last","p":189.25,"s":100,"x":"NASDAQ","c":" T","pl":true}"#
         );
     }
 
@@ -940,7 +914,10 @@ mod tests {
                 back_strings.intern(s);
             }
             let back = decode(&line, &mut back_strings).unwrap();
-            prop_assert_eq!(back, rec, "{}", String::from_utf8_lossy(&line));
+            // Everything survives exactly but the receive time's sub-microsecond rest.
+            let mut want = rec;
+            want.ts_recv -= want.ts_recv.rem_euclid(1000);
+            prop_assert_eq!(back, want, "{}", String::from_utf8_lossy(&line));
         }
 
         #[test]

@@ -254,7 +254,7 @@ impl SubState {
 /// One tick or system event: 64 bytes, `repr(C)`, no padding, no pointers.
 ///
 /// Fields are public so that a strategy reads them with no call at all; the typed views
-/// ([`Record::kind`], [`Record::last`], ...) interpret `body` by kind.
+/// ([`Record::kind`], [`Record::as_trade`], ...) interpret `body` by kind.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct Record {

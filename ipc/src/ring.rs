@@ -584,11 +584,12 @@ impl RingWriter {
     }
 
     /// A writer over a fresh heap ring of `capacity` slots, for in-process use; readers come
-    /// from [`RingWriter::reader`].
+    /// from [`RingWriter::reader`]. Fails with [`IpcError::InvalidConfig`] for a bad capacity
+    /// and [`IpcError::Io`] when the memory cannot be allocated.
     pub fn heap(capacity: u64) -> Result<RingWriter, IpcError> {
         let path = Path::new("(heap ring)");
         let len = check_capacity(path, capacity)?;
-        let region = ShmRegion::heap(len);
+        let region = ShmRegion::try_heap(len)?;
         // SAFETY: the heap block is `len` bytes, zeroed, owned by `region` and not shared yet.
         let bytes = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), len) };
         write_header(bytes, capacity, random_u64(), unix_time_ns(), len);
@@ -889,6 +890,33 @@ mod tests {
             ReadOutcome::Record(x) => x,
             other => panic!("expected a record, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn header_and_slot_bytes_are_pinned() {
+        // Other languages read these offsets (ipc/README.md): change only with a version bump.
+        let mut w = RingWriter::heap(16).unwrap();
+        w.publish(&rec(1));
+        w.heartbeat(0x1122_3344_5566_7788);
+        let base = w.mem.region.as_ptr();
+        // SAFETY: the heap ring is 4096 + 16 * 64 bytes; this test is its only user.
+        let b = unsafe { std::slice::from_raw_parts(base, w.mem.region.len()) };
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        assert_eq!(&b[0..8], b"IBSRING\0");
+        assert_eq!(u64_at(0), 0x0047_4e49_5253_4249);
+        assert_eq!(u32_at(8), 1);
+        assert_eq!(u32_at(12), 64);
+        assert_eq!(u64_at(16), 16);
+        assert_eq!(u64_at(24), 4096);
+        assert_eq!(u64_at(32), w.info().epoch);
+        assert_eq!(u32_at(48), std::process::id());
+        assert_eq!(u64_at(56), 4096 + 16 * 64);
+        assert_eq!(u64_at(64), 1);
+        assert_eq!(u64_at(128), 0x1122_3344_5566_7788);
+        assert_eq!(u64_at(136), WRITER_RUNNING);
+        // Slot 0 is the record itself, seq included.
+        assert_eq!(&b[4096..4160], Record { seq: 1, ..rec(1) }.as_bytes_ref());
     }
 
     #[test]

@@ -137,6 +137,7 @@ impl ShmRegion {
         }
         let (dir, name) = split_path(path)?;
         create_dirs(dir, opts)?;
+        remove_orphan_tmp_files(dir, name);
         let tmp = dir.join(format!(
             ".{name}.tmp-{}-{}",
             std::process::id(),
@@ -253,23 +254,38 @@ impl ShmRegion {
     }
 
     /// A zeroed, page-aligned heap block of `len` bytes that stands in for a file (in-process
-    /// tests, models, a writer and readers in one program).
+    /// tests, models, a writer and readers in one program). Aborts like `Vec` when memory runs
+    /// out; [`ShmRegion::try_heap`] returns an error instead.
     pub fn heap(len: usize) -> ShmRegion {
-        let size = len.max(1).next_multiple_of(PAGE_SIZE);
-        let layout = match Layout::from_size_align(size, PAGE_SIZE) {
-            Ok(l) => l,
-            Err(_) => std::alloc::handle_alloc_error(Layout::new::<u8>()),
+        match Self::try_heap(len) {
+            Ok(r) => r,
+            Err(_) => std::alloc::handle_alloc_error(
+                Layout::from_size_align(len.max(1), PAGE_SIZE).unwrap_or(Layout::new::<u8>()),
+            ),
+        }
+    }
+
+    /// Like [`ShmRegion::heap`], but an allocation that fails (or a length that cannot be
+    /// allocated at all) is an [`IpcError::Io`] with `op = "allocate"`.
+    pub fn try_heap(len: usize) -> Result<ShmRegion, IpcError> {
+        let failed = |what: &str| IpcError::Io {
+            path: PathBuf::from("(heap region)"),
+            op: "allocate",
+            source: io::Error::new(io::ErrorKind::OutOfMemory, format!("{len} bytes: {what}")),
         };
+        let size = len
+            .max(1)
+            .checked_next_multiple_of(PAGE_SIZE)
+            .ok_or_else(|| failed("too large"))?;
+        let layout = Layout::from_size_align(size, PAGE_SIZE).map_err(|_| failed("too large"))?;
         // SAFETY: `layout` has a non-zero size.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
-        let Some(ptr) = NonNull::new(raw) else {
-            std::alloc::handle_alloc_error(layout)
-        };
-        ShmRegion {
+        let ptr = NonNull::new(raw).ok_or_else(|| failed("out of memory"))?;
+        Ok(ShmRegion {
             ptr,
             len,
             backing: Backing::Heap { layout },
-        }
+        })
     }
 
     fn with_path(mut self, final_path: PathBuf) -> ShmRegion {
@@ -479,6 +495,27 @@ fn unique_counter() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Removes temporary files of `name` left by creators that died before renaming them (their
+/// pid no longer exists). Best effort: a file that cannot be removed is left for next time.
+fn remove_orphan_tmp_files(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && process_alive(pid) == Some(false)
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn split_path(path: &Path) -> Result<(&Path, &str), IpcError> {
     let name = path.file_name().and_then(|n| n.to_str());
     match (path.parent(), name) {
@@ -624,6 +661,23 @@ mod tests {
     }
 
     #[test]
+    fn orphan_tmp_files_of_dead_creators_are_removed() {
+        let dir = tmpdir("orphan");
+        let path = dir.join("ring");
+        // A pid that cannot exist (above the kernel's pid_max limit of 2^22) and our own pid.
+        let dead = dir.join(".ring.tmp-4294967-0");
+        let alive = dir.join(format!(".ring.tmp-{}-999", std::process::id()));
+        let other = dir.join(".other.tmp-4294967-0");
+        for f in [&dead, &alive, &other] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        let _r = ShmRegion::create(&path, 4096, &ShmOptions::default(), |_| {}).unwrap();
+        assert!(!dead.exists());
+        assert!(alive.exists() && other.exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn open_errors_are_typed() {
         let dir = tmpdir("errors");
         let e = ShmRegion::open(&dir.join("nope"), false).unwrap_err();
@@ -657,6 +711,8 @@ mod tests {
         // SAFETY: the heap block is at least `len` bytes and owned by this test alone.
         let b = unsafe { std::slice::from_raw_parts(r.as_ptr(), r.len()) };
         assert!(b.iter().all(|&x| x == 0));
+        let e = ShmRegion::try_heap(usize::MAX).unwrap_err();
+        assert!(matches!(e, IpcError::Io { op: "allocate", .. }), "{e}");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! `g` (the generation, counted from 1) goes into buffer `g % 2`: the writer stores
 //! `seq = 2g - 1` (odd: being written), the snapshot words, then `seq = 2g`, then
 //! `latest = g`. A reader loads `latest`, copies that buffer and accepts the copy only if
-//! the buffer's `seq` was the same even value before and after. The writer is then always
+//! the buffer's `seq` was `2g` before and after (so successive reads never go back in
+//! generation). The writer is then always
 //! writing the other buffer, so a reader only has to retry when the writer publishes
 //! twice while it copies; after a bounded number of attempts it reports
 //! [`SnapshotError::Busy`]. Every shared word is read and written with atomics, so
@@ -23,13 +24,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 use crate::error::IpcError;
 use crate::record::{ConnState, RecordKind, SubState};
-use crate::shm::{ShmOptions, ShmRegion};
+use crate::shm::{ShmOptions, ShmRegion, WriterLock};
 
 /// `"IBSSTAT1"` read as a little-endian `u64`: the first 8 bytes of every status region.
 pub const STATUS_MAGIC: u64 = u64::from_le_bytes(*b"IBSSTAT1");
@@ -236,11 +237,12 @@ impl Histogram {
             // A zeroed histogram (fresh from shared memory) has min 0: reset it.
             self.min = u64::MAX;
         }
-        self.count += n;
+        self.count = self.count.saturating_add(n);
         self.sum = self.sum.wrapping_add(v.wrapping_mul(n));
         self.min = self.min.min(v);
         self.max = self.max.max(v);
-        self.buckets[Self::bucket_index(v)] += n;
+        let b = &mut self.buckets[Self::bucket_index(v)];
+        *b = b.saturating_add(n);
     }
 
     /// Adds every value of `other`.
@@ -251,12 +253,13 @@ impl Histogram {
         if self.count == 0 {
             self.min = u64::MAX;
         }
-        self.count += other.count;
+        // Saturating: `other` may come from a corrupt region; a tool must not panic on it.
+        self.count = self.count.saturating_add(other.count);
         self.sum = self.sum.wrapping_add(other.sum);
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
         for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
     }
 
@@ -419,6 +422,24 @@ impl StatusSnapshot {
         Ok(())
     }
 
+    /// The subscription of `kind` to `con_id`, if listed.
+    pub fn find_subscription(&self, con_id: u32, kind: RecordKind) -> Option<&SubStatus> {
+        self.subscriptions()
+            .iter()
+            .find(|s| s.con_id == con_id && s.kind == kind as u8)
+    }
+
+    /// The subscription of `kind` to `con_id`, for updating in place.
+    pub fn find_subscription_mut(
+        &mut self,
+        con_id: u32,
+        kind: RecordKind,
+    ) -> Option<&mut SubStatus> {
+        self.subscriptions_mut()
+            .iter_mut()
+            .find(|s| s.con_id == con_id && s.kind == kind as u8)
+    }
+
     /// Removes the subscription at `index` (the last one takes its place); `None` if
     /// `index` is not a valid subscription.
     pub fn swap_remove_subscription(&mut self, index: usize) -> Option<SubStatus> {
@@ -467,9 +488,7 @@ fn region_path(region: &ShmRegion) -> std::path::PathBuf {
 }
 
 fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
+    crate::shm::unix_time_ns() as i64
 }
 
 fn new_header(epoch: u64, created_ns: i64) -> StatusHeader {
@@ -491,6 +510,91 @@ fn new_header(epoch: u64, created_ns: i64) -> StatusHeader {
 fn init_region(buf: &mut [u8], header: &StatusHeader) {
     buf.fill(0);
     buf[..LINE].copy_from_slice(header.as_bytes());
+}
+
+/// The publish/read protocol of the status region over any atomic word type.
+///
+/// [`StatusWriter`] and [`StatusReader`] run it over the region's `AtomicU64`s; a model
+/// checker (the `loom` test) runs the same code over its own atomics. Word 0 of every
+/// buffer is the generation of the snapshot in it.
+pub mod protocol {
+    use std::sync::atomic::Ordering;
+
+    use crate::ring::SlotWord;
+
+    /// The result of one read attempt.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Attempt {
+        /// The words handed to the sink form the complete snapshot of this generation.
+        Consistent(u64),
+        /// Nothing was published yet (the sink was not called).
+        NotPublished,
+        /// The buffer changed during the copy (or was being written): discard and retry.
+        Retry,
+    }
+
+    /// Publishes generation `g` (`g >= 1`, one more than the last) into buffer `g % 2`,
+    /// whose sequence word is `seq` and words `buf`: word 0 gets `g`, words 1.. the values
+    /// of `words` (missing values are stored as 0). Then makes `g` the latest.
+    pub fn publish<W: SlotWord>(
+        latest: &W,
+        seq: &W,
+        buf: &[W],
+        g: u64,
+        words: impl IntoIterator<Item = u64>,
+    ) {
+        seq.store(2 * g - 1, Ordering::Relaxed);
+        // Orders the odd seq before the data stores: a reader that sees any new word and
+        // then fences (acquire) sees the seq changed on its re-check.
+        W::fence(Ordering::Release);
+        let mut words = words.into_iter();
+        for (i, w) in buf.iter().enumerate() {
+            let v = if i == 0 { g } else { words.next().unwrap_or(0) };
+            w.store(v, Ordering::Relaxed);
+        }
+        seq.store(2 * g, Ordering::Release);
+        latest.store(g, Ordering::Release);
+    }
+
+    /// One attempt to copy the latest snapshot: hands every word `(index, value)` to
+    /// `sink`, then says whether the copy is consistent.
+    pub fn try_read<W: SlotWord>(
+        latest: &W,
+        seqs: [&W; 2],
+        bufs: [&[W]; 2],
+        mut sink: impl FnMut(usize, u64),
+    ) -> Attempt {
+        let g = latest.load(Ordering::Acquire);
+        if g == 0 {
+            return Attempt::NotPublished;
+        }
+        let b = (g % 2) as usize;
+        let s1 = seqs[b].load(Ordering::Acquire);
+        // Only the generation `latest` names is accepted. The buffer may already hold a
+        // later one (g + 2, while `latest` still says g): taking it would let the next read
+        // return g + 1 from the other buffer, so generations would go back (the loom
+        // model found this).
+        if s1 != 2 * g {
+            return Attempt::Retry;
+        }
+        let mut generation = 0;
+        for (i, w) in bufs[b].iter().enumerate() {
+            let v = w.load(Ordering::Relaxed);
+            if i == 0 {
+                generation = v;
+            }
+            sink(i, v);
+        }
+        // Orders the copy before the re-check: if the seq is unchanged, no word of the
+        // copy came from a later publish.
+        W::fence(Ordering::Acquire);
+        let s2 = seqs[b].load(Ordering::Relaxed);
+        if s1 == s2 && generation == s1 / 2 {
+            Attempt::Consistent(generation)
+        } else {
+            Attempt::Retry
+        }
+    }
 }
 
 /// Shared access to a mapped status region.
@@ -606,13 +710,17 @@ impl Region {
 #[derive(Debug)]
 pub struct StatusWriter {
     region: Region,
+    /// Held for the writer's life: a second writer of the same path is refused.
+    _lock: Option<WriterLock>,
     generation: u64,
 }
 
 impl StatusWriter {
     /// Creates the region file at `path` (built under a temporary name, then renamed into
-    /// place) for the engine run of `epoch`.
+    /// place) for the engine run of `epoch`. Holds the path's [`WriterLock`] while it
+    /// lives: a second writer gets [`IpcError::WriterPresent`].
     pub fn create(path: &Path, epoch: u64, opts: &ShmOptions) -> Result<StatusWriter, IpcError> {
+        let lock = WriterLock::acquire(path, opts)?;
         let header = new_header(epoch, now_ns());
         let region = ShmRegion::create(path, STATUS_REGION_LEN, opts, |buf| {
             init_region(buf, &header);
@@ -622,6 +730,7 @@ impl StatusWriter {
                 region: Arc::new(region),
                 header,
             },
+            _lock: Some(lock),
             generation: 0,
         })
     }
@@ -639,6 +748,7 @@ impl StatusWriter {
                 region: Arc::new(region),
                 header,
             },
+            _lock: None,
             generation: 0,
         }
     }
@@ -649,28 +759,23 @@ impl StatusWriter {
     pub fn publish(&mut self, snap: &StatusSnapshot, now_ns: i64) -> u64 {
         let g = self.generation + 1;
         let b = (g % 2) as usize;
-        let seq = self.region.buffer_seq(b);
-        seq.store(2 * g - 1, Ordering::Relaxed);
-        // Orders the odd seq before the data stores: a reader that sees any new word
-        // will then see the seq changed.
-        fence(Ordering::Release);
-        let words = self.region.buffer_words(b);
-        for (i, (w, chunk)) in words
-            .iter()
-            .zip(snap.as_bytes().chunks_exact(8))
+        // Word 0 (the generation) is the protocol's; word 1 is the publish time.
+        let words = snap
+            .as_bytes()
+            .chunks_exact(8)
+            .skip(1)
             .enumerate()
-        {
-            let v = match i {
-                0 => g,
-                1 => now_ns as u64,
-                _ => u64::from_ne_bytes([
-                    chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
-                ]),
-            };
-            w.store(v, Ordering::Relaxed);
-        }
-        seq.store(2 * g, Ordering::Release);
-        self.region.latest().store(g, Ordering::Release);
+            .map(|(i, c)| match i {
+                0 => now_ns as u64,
+                _ => u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
+            });
+        protocol::publish(
+            self.region.latest(),
+            self.region.buffer_seq(b),
+            self.region.buffer_words(b),
+            g,
+            words,
+        );
         self.region
             .heartbeat()
             .store(now_ns as u64, Ordering::Release);
@@ -740,30 +845,18 @@ impl StatusReader {
         attempts: u32,
     ) -> Result<u64, SnapshotError> {
         let attempts = attempts.max(1);
+        let seqs = [self.region.buffer_seq(0), self.region.buffer_seq(1)];
+        let bufs = [self.region.buffer_words(0), self.region.buffer_words(1)];
+        let out = out.as_mut_bytes();
         for _ in 0..attempts {
-            let g = self.region.latest().load(Ordering::Acquire);
-            if g == 0 {
-                return Err(SnapshotError::NotPublished);
+            let attempt = protocol::try_read(self.region.latest(), seqs, bufs, |i, v| {
+                out[i * 8..i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
+            });
+            match attempt {
+                protocol::Attempt::Consistent(g) => return Ok(g),
+                protocol::Attempt::NotPublished => return Err(SnapshotError::NotPublished),
+                protocol::Attempt::Retry => std::hint::spin_loop(),
             }
-            let b = (g % 2) as usize;
-            let seq = self.region.buffer_seq(b);
-            let s1 = seq.load(Ordering::Acquire);
-            if s1 % 2 == 1 || s1 == 0 {
-                std::hint::spin_loop();
-                continue;
-            }
-            let words = self.region.buffer_words(b);
-            for (w, chunk) in words.iter().zip(out.as_mut_bytes().chunks_exact_mut(8)) {
-                chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
-            }
-            // Orders the copy before the re-check: if the seq is unchanged, no word of the
-            // copy came from a later publish.
-            fence(Ordering::Acquire);
-            let s2 = seq.load(Ordering::Relaxed);
-            if s1 == s2 && out.engine.generation == s1 / 2 {
-                return Ok(s1 / 2);
-            }
-            std::hint::spin_loop();
         }
         Err(SnapshotError::Busy { attempts })
     }
@@ -797,6 +890,12 @@ impl StatusReader {
         } else {
             Liveness::Alive
         }
+    }
+
+    /// True when the file at the region's path is no longer the one mapped (the writer
+    /// restarted and published a new region, or the file was removed): reopen to follow.
+    pub fn replaced(&self) -> bool {
+        self.region.region.replaced()
     }
 
     /// The static header.
@@ -919,6 +1018,25 @@ mod tests {
     }
 
     #[test]
+    fn handles_are_thread_safe() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<StatusReader>();
+        send_sync::<StatusWriter>();
+    }
+
+    #[test]
+    fn merging_corrupt_counts_saturates() {
+        let mut a = Histogram::new();
+        a.record(5);
+        let mut b = Histogram::new();
+        b.record(5);
+        b.count = u64::MAX;
+        b.buckets[5] = u64::MAX;
+        a.merge(&b);
+        assert_eq!((a.count, a.buckets[5]), (u64::MAX, u64::MAX));
+    }
+
+    #[test]
     fn percentile_of_corrupt_counts_is_none() {
         let mut h = Histogram::new();
         h.record(10);
@@ -946,6 +1064,23 @@ mod tests {
         assert_eq!(s.subscriptions().len(), 255);
         assert_eq!(s.swap_remove_subscription(255), None);
         s.subscriptions_mut()[0].ticks = 5;
+        assert_eq!(
+            s.find_subscription(255, RecordKind::TbtLast)
+                .map(|x| x.ticks),
+            Some(5)
+        );
+        assert!(s.find_subscription(255, RecordKind::TbtBidAsk).is_none());
+        assert!(
+            s.find_subscription(0, RecordKind::TbtLast).is_none(),
+            "removed"
+        );
+        s.find_subscription_mut(7, RecordKind::TbtLast)
+            .unwrap()
+            .state = SubState::Silent as u8;
+        assert_eq!(
+            s.find_subscription(7, RecordKind::TbtLast).unwrap().state(),
+            Some(SubState::Silent)
+        );
         assert_eq!(s.subs[0].ticks, 5);
         assert_eq!(s.subs[0].kind(), Some(RecordKind::TbtLast));
         assert_eq!(s.subs[0].state(), Some(SubState::Active));
@@ -1053,7 +1188,15 @@ mod tests {
         let mut out = StatusSnapshot::new_boxed();
         assert_eq!(r.read(&mut out), Ok(1));
 
+        assert!(matches!(
+            StatusWriter::create(&path, 12, &opts),
+            Err(IpcError::WriterPresent { .. })
+        ));
+        assert_eq!(r.liveness(created + 2_050, 100), Liveness::Alive);
+        drop(w);
+        assert!(!r.replaced());
         let _w2 = StatusWriter::create(&path, 12, &opts).unwrap();
+        assert!(r.replaced());
         assert_eq!(r.liveness(created + 2_050, 100), Liveness::Replaced);
         let r2 = StatusReader::open(&path).unwrap();
         assert_eq!(r2.epoch(), 12);

@@ -12,7 +12,7 @@
 //! longest string); a full table is a typed [`InternError`], never a reallocation. The
 //! writer finds existing strings through an open-addressing hash index it keeps in its own
 //! memory, sized once at creation, so interning a string that is already in the table
-//! allocates nothing and touches no shared cache line.
+//! allocates nothing and writes no shared memory.
 //!
 //! The header carries the epoch of the ring writer the table belongs to: record ids only
 //! mean something in the table of the same epoch. The byte layout is documented in
@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::error::IpcError;
-use crate::shm::{ShmOptions, ShmRegion};
+use crate::shm::{ShmOptions, ShmRegion, WriterLock};
 
 /// `"IBSSTRS1"` read as a little-endian `u64`: the first 8 bytes of every string table.
 pub const STRINGS_MAGIC: u64 = u64::from_le_bytes(*b"IBSSTRS1");
@@ -33,6 +33,10 @@ pub const STRINGS_MAGIC: u64 = u64::from_le_bytes(*b"IBSSTRS1");
 pub const STRINGS_VERSION: u32 = 1;
 /// Bytes before the entry array: two cache lines (static fields, then the published count).
 pub const STRINGS_HEADER_LEN: usize = 128;
+
+/// Largest accepted `max_entries`: 64 Mi entries already need 512 MiB of entry array and
+/// a 1 GiB writer index, orders of magnitude beyond any session's distinct strings.
+pub const MAX_ENTRIES_LIMIT: u32 = 1 << 26;
 
 /// Offset of the published entry count (`u64`, release-stored by the writer).
 const COUNT_OFFSET: usize = 64;
@@ -107,6 +111,8 @@ impl StringTableConfig {
     fn check(&self, path: &Path) -> Result<(), IpcError> {
         let problem = if self.max_entries == 0 {
             Some("max_entries must be at least 1 (id 0 is the empty string)")
+        } else if self.max_entries > MAX_ENTRIES_LIMIT {
+            Some("max_entries must not exceed 2^26 (the writer's index would need gigabytes)")
         } else if self.max_len == 0 {
             Some("max_len must be at least 1")
         } else if self.max_len > self.max_bytes {
@@ -245,9 +251,7 @@ fn region_path(region: &ShmRegion) -> std::path::PathBuf {
 }
 
 fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
+    crate::shm::unix_time_ns() as i64
 }
 
 fn init_region(buf: &mut [u8], layout: &Layout) {
@@ -342,27 +346,77 @@ fn unpack_entry(e: u64) -> (usize, usize) {
     ((e & 0xffff_ffff) as usize, (e >> 32) as usize)
 }
 
-/// A 64-bit hash of a short byte string: word-at-a-time multiply-rotate with a final
-/// avalanche. Not DoS-resistant; the table only holds what IB sends.
+/// 1 to 8 bytes as one `u64`, without a copy: two overlapping 4-byte reads (4..=8 bytes)
+/// or the first, middle and last byte (1..=3). Injective among strings of one length.
+#[inline(always)]
+fn small_word(s: &[u8]) -> u64 {
+    let n = s.len();
+    debug_assert!((1..=8).contains(&n));
+    if n >= 4 {
+        let a = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+        let b = u32::from_le_bytes([s[n - 4], s[n - 3], s[n - 2], s[n - 1]]);
+        u64::from(a) | (u64::from(b) << 32)
+    } else {
+        (u64::from(s[0]) << 16) | (u64::from(s[n / 2]) << 8) | u64::from(s[n - 1])
+    }
+}
+
+/// Multiply to 128 bits and fold: the mixing step of wyhash.
+#[inline(always)]
+fn mum(a: u64, b: u64) -> u64 {
+    let r = u128::from(a) * u128::from(b);
+    (r as u64) ^ ((r >> 64) as u64)
+}
+
+/// A 64-bit hash of a byte string in the style of wyhash (one 128-bit multiply per 8
+/// bytes, the tail read without a copy). Not DoS-resistant; the table only holds what IB
+/// sends.
+#[inline]
 fn hash_bytes(s: &[u8]) -> u64 {
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut h = (s.len() as u64).wrapping_mul(K);
+    const P0: u64 = 0xa076_1d64_78bd_642f;
+    const P1: u64 = 0xe703_7ed1_a0b4_28db;
+    const P2: u64 = 0x8ebc_6af0_9c88_c6e3;
+    let n = s.len() as u64;
+    let mut h = P0 ^ n;
     let mut chunks = s.chunks_exact(8);
     for c in &mut chunks {
         let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        h = (h ^ w).wrapping_mul(K).rotate_left(29);
+        h = mum(h ^ w, P1);
     }
     let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut tail = [0u8; 8];
-        tail[..rest.len()].copy_from_slice(rest);
-        h = (h ^ u64::from_le_bytes(tail))
-            .wrapping_mul(K)
-            .rotate_left(29);
+    let t = if rest.is_empty() { 0 } else { small_word(rest) };
+    mum(h ^ t ^ P2, P1 ^ n)
+}
+
+/// Byte-string equality with no library call for the short strings IB sends.
+#[inline(always)]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
     }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
-    h ^ (h >> 33)
+    match a.len() {
+        0 => true,
+        1..=8 => small_word(a) == small_word(b),
+        _ => a == b,
+    }
+}
+
+/// The writer's empty lookup index for `cfg`: a power of two of at least twice
+/// `max_entries` slots, allocated once (an error, not an abort, when memory is short).
+fn new_index(cfg: &StringTableConfig, path: &Path) -> Result<Box<[u64]>, IpcError> {
+    let slots = (cfg.max_entries as usize * 2).next_power_of_two();
+    let mut index = Vec::new();
+    index
+        .try_reserve_exact(slots)
+        .map_err(|e| IpcError::InvalidConfig {
+            path: path.to_path_buf(),
+            what: format!(
+                "the writer's index for {} entries ({slots} slots) cannot be allocated: {e}",
+                cfg.max_entries
+            ),
+        })?;
+    index.resize(slots, 0);
+    Ok(index.into_boxed_slice())
 }
 
 /// The single writer of a string table (the engine).
@@ -371,6 +425,8 @@ fn hash_bytes(s: &[u8]) -> u64 {
 #[derive(Debug)]
 pub struct StringTableWriter {
     table: Table,
+    /// Held for the writer's life: a second writer of the same path is refused.
+    _lock: Option<WriterLock>,
     /// Open-addressing index: `hash_hi32 << 32 | id`, 0 = empty slot (id 0 is never
     /// stored). Power-of-two size at least twice `max_entries`, so probes always end.
     index: Box<[u64]>,
@@ -383,7 +439,8 @@ pub struct StringTableWriter {
 impl StringTableWriter {
     /// Creates the table file at `path` (built under a temporary name, then renamed into
     /// place, so a reader never maps a half-initialised table) for the ring writer of
-    /// `epoch`.
+    /// `epoch`. Holds the path's [`WriterLock`] while it lives: a second writer gets
+    /// [`IpcError::WriterPresent`].
     pub fn create(
         path: &Path,
         epoch: u64,
@@ -391,35 +448,44 @@ impl StringTableWriter {
         opts: &ShmOptions,
     ) -> Result<StringTableWriter, IpcError> {
         cfg.check(path)?;
+        let index = new_index(cfg, path)?;
+        let lock = WriterLock::acquire(path, opts)?;
         let layout = Layout::new(cfg, epoch, now_ns());
         let region = ShmRegion::create(path, cfg.region_len(), opts, |buf| {
             init_region(buf, &layout)
         })?;
-        Ok(Self::with_region(region, layout))
+        Ok(Self::with_region(region, layout, index, Some(lock)))
     }
 
     /// A table in process memory, for tests and single-process use; readers come from
     /// [`StringTableWriter::reader`].
     pub fn heap(epoch: u64, cfg: &StringTableConfig) -> Result<StringTableWriter, IpcError> {
-        cfg.check(Path::new("(heap)"))?;
+        let path = Path::new("(heap)");
+        cfg.check(path)?;
+        let index = new_index(cfg, path)?;
         let layout = Layout::new(cfg, epoch, now_ns());
-        let region = ShmRegion::heap(cfg.region_len());
+        let region = ShmRegion::try_heap(cfg.region_len())?;
         // SAFETY: the heap region was just allocated with `region_len` bytes and is not
         // shared with anyone yet, so this exclusive slice is the only access to it.
         let buf = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), region.len()) };
         init_region(buf, &layout);
-        Ok(Self::with_region(region, layout))
+        Ok(Self::with_region(region, layout, index, None))
     }
 
-    fn with_region(region: ShmRegion, layout: Layout) -> StringTableWriter {
-        let slots = (layout.max_entries() as usize * 2).next_power_of_two();
+    fn with_region(
+        region: ShmRegion,
+        layout: Layout,
+        index: Box<[u64]>,
+        lock: Option<WriterLock>,
+    ) -> StringTableWriter {
         StringTableWriter {
             table: Table {
                 region: Arc::new(region),
                 layout,
             },
-            index: vec![0u64; slots].into_boxed_slice(),
-            mask: slots - 1,
+            _lock: lock,
+            mask: index.len() - 1,
+            index,
             count: 1,
             bytes_used: 0,
         }
@@ -451,7 +517,7 @@ impl StringTableWriter {
             if v >> 32 == tag {
                 let id = v as u32;
                 let entry = self.table.entry(id).load(Ordering::Relaxed);
-                if self.table.bytes_of(entry) == Some(s) {
+                if self.table.bytes_of(entry).is_some_and(|b| same_bytes(b, s)) {
                     return Ok(id);
                 }
             }
@@ -651,6 +717,10 @@ mod tests {
         assert_eq!(std::mem::offset_of!(StringsHeader, bytes_capacity), 40);
         assert_eq!(std::mem::offset_of!(StringsHeader, bytes_offset), 56);
         assert_eq!(STRINGS_MAGIC.to_le_bytes(), *b"IBSSTRS1");
+        assert_eq!(
+            STRINGS_MAGIC, 0x3153_5254_5353_4249,
+            "as documented in the README"
+        );
         let cfg = small(10, 100, 50);
         // 128 header + 80 entry bytes = 208, rounded up to 256; then 100 string bytes.
         assert_eq!(cfg.bytes_offset(), 256);
@@ -727,7 +797,8 @@ mod tests {
 
     #[test]
     fn invalid_configs_are_refused() {
-        for cfg in [small(0, 10, 5), small(10, 10, 0), small(10, 4, 5)] {
+        let huge = small(MAX_ENTRIES_LIMIT + 1, u32::MAX, 4096);
+        for cfg in [small(0, 10, 5), small(10, 10, 0), small(10, 4, 5), huge] {
             let e = StringTableWriter::heap(1, &cfg).unwrap_err();
             assert!(matches!(e, IpcError::InvalidConfig { .. }), "{cfg:?}: {e}");
         }
@@ -796,6 +867,12 @@ mod tests {
             "appends after open are visible"
         );
         assert!(!r.replaced());
+        match StringTableWriter::create(&path, 43, &small(100, 1000, 100), &opts) {
+            Err(IpcError::WriterPresent { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("a second writer was not refused: {other:?}"),
+        }
+        assert!(!r.replaced(), "a refused writer leaves the file alone");
+        drop(w);
         let _w2 = StringTableWriter::create(&path, 43, &small(100, 1000, 100), &opts).unwrap();
         assert!(r.replaced());
         assert_eq!(r.get(2), Some(&b"NYSE"[..]), "the old mapping stays valid");
@@ -877,6 +954,56 @@ mod tests {
         r.table.count().store(u64::MAX, Ordering::Release);
         assert_eq!(r.len(), 4, "count clamped to capacity");
         assert_eq!(r.get(4), None);
+    }
+
+    #[test]
+    fn handles_are_thread_safe() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<StringTableReader>();
+        send_sync::<StringTableWriter>();
+    }
+
+    #[test]
+    fn small_words_tell_strings_of_one_length_apart() {
+        let alphabet = [0u8, 1, b'a', 0xff];
+        for n in 1..=8usize {
+            let mut seen = std::collections::HashSet::new();
+            // Every string of length n over the alphabet (4^8 = 65 536 at most).
+            for code in 0..4usize.pow(n as u32) {
+                let s: Vec<u8> = (0..n).map(|i| alphabet[(code >> (2 * i)) & 3]).collect();
+                assert!(
+                    seen.insert(small_word(&s)),
+                    "collision at length {n}: {s:?}"
+                );
+                assert!(same_bytes(&s, &s.clone()));
+            }
+        }
+        assert!(!same_bytes(b"abc", b"abd"));
+        assert!(!same_bytes(b"abc", b"abcd"));
+        assert!(!same_bytes(b"0123456789", b"0123456788"));
+        assert!(same_bytes(b"", b""));
+    }
+
+    #[test]
+    fn probe_chains_stay_short_for_similar_strings() {
+        // Linear probing as the writer does it, 100k look-alike names in 2^18 slots (load
+        // 0.38): a hash with weak low bits would build long chains here.
+        let mask = (1usize << 18) - 1;
+        let mut used = vec![false; mask + 1];
+        let (mut total, mut worst) = (0usize, 0usize);
+        for i in 0..100_000 {
+            let mut slot = hash_bytes(format!("EXCH{i}").as_bytes()) as usize & mask;
+            let mut probes = 1;
+            while used[slot] {
+                slot = (slot + 1) & mask;
+                probes += 1;
+            }
+            used[slot] = true;
+            total += probes;
+            worst = worst.max(probes);
+        }
+        let mean = total as f64 / 100_000.0;
+        assert!(mean < 1.6 && worst < 40, "mean {mean:.2}, worst {worst}");
     }
 
     #[test]
