@@ -41,6 +41,8 @@ enum Command {
     Config(ConfigCommand),
     /// Record the ring to storage (the recorder sidecar).
     Record(ib_stream::recorder::RecordArgs),
+    /// Serve ticks over SSE and WebSocket, with health, metrics and a live page.
+    Serve(ib_stream::serve::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +106,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "control socket: {}",
                 loaded.settings.control_socket().display()
             );
+        }
+        Command::Serve(args) => {
+            let loaded = config::load(&sources(&cli.global)?)?;
+            ib_stream::serve::run_blocking(&loaded.settings, &args)?;
         }
         Command::Config(ConfigCommand::Keys) => {
             for (key, aliases, help) in config::known_keys() {
