@@ -41,7 +41,7 @@ use params::TickType;
 /// the same file).
 pub const STRINGS_FILE_NAME: &str = crate::recorder::STRINGS_FILE_NAME;
 /// The status region's file name in the shm directory.
-pub const STATUS_FILE_NAME: &str = "status.region";
+pub const STATUS_FILE_NAME: &str = ib_stream_ipc::STATUS_FILE_NAME;
 
 /// WebSocket limits per connection.
 #[derive(Clone, Copy, Debug)]
