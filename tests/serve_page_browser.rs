@@ -188,6 +188,18 @@ async fn the_page_streams_ticks_into_its_table_chart_and_counters() {
         matches!(seen["first"].as_str(), Some("bid_ask" | "last")),
         "{seen}"
     );
+    // Keep a picture of the page as a user saw it (target/page-screenshot.png).
+    let shot = cdp
+        .call("Page.captureScreenshot", json!({"format": "png"}))
+        .await;
+    let png = base64_decode(shot["data"].as_str().expect("screenshot data"));
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("page-screenshot.png");
+    std::fs::write(&out, &png).expect("write the screenshot");
+    eprintln!("screenshot: {}", out.display());
     cdp.eval("document.getElementById('stop').click()").await;
     assert_eq!(
         cdp.eval("document.getElementById('conn').dataset.state")
@@ -198,4 +210,27 @@ async fn the_page_streams_ticks_into_its_table_chart_and_counters() {
     let env = publisher.await.unwrap();
     env.wait_sinks(0).await;
     let _ = chrome.kill().await;
+}
+
+/// Standard base64 (the DevTools screenshot encoding), without a dependency.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for v in s.bytes().filter_map(val) {
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
 }
