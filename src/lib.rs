@@ -7,3 +7,4 @@ pub mod engine;
 pub mod tickjson;
 
 pub use ib_stream_ipc as ipc;
+pub mod tws;
