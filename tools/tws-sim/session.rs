@@ -1,0 +1,583 @@
+//! One client's session, sans-IO: requests in, replies and subscriptions out. The connection
+//! thread owns the socket and the clock and passes `now` in.
+//!
+//! The session applies IB's rules: duplicate ticker ids (322), unknown cancels (300), market
+//! data lines (101), the tick-by-tick cap and 15-second rule (10190), entitlements (354, 10089,
+//! 10189, delayed data with 10167), competing sessions (10197), connectivity loss (1100, 1101
+//! drops the subscriptions, 1102 keeps them).
+
+use std::time::Instant;
+
+use crate::generator::{L1Gen, L1Tick, TbtGen, TbtKind};
+use crate::limits::{LimitConfig, SharedAccount};
+use crate::universe::{ContractQuery, Entitlement, Resolve, Universe};
+
+/// A decoded client request, in the simulator's terms.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Request {
+    MktData {
+        req_id: i32,
+        contract: ContractQuery,
+        snapshot: bool,
+    },
+    CancelMktData {
+        req_id: i32,
+    },
+    TickByTick {
+        req_id: i32,
+        contract: ContractQuery,
+        tick_type: String,
+    },
+    CancelTickByTick {
+        req_id: i32,
+    },
+    MarketDataType(i32),
+    ContractDetails {
+        req_id: i32,
+        contract: ContractQuery,
+    },
+    CurrentTime,
+    Ids,
+    ManagedAccts,
+    Positions,
+    OpenOrders,
+    AutoOpenOrders,
+    CompletedOrders,
+    AccountUpdates {
+        subscribe: bool,
+        account: String,
+    },
+    AccountUpdatesMulti {
+        req_id: i32,
+    },
+    Executions {
+        req_id: i32,
+    },
+    /// A request the simulator does not serve (logged, no reply).
+    Other,
+}
+
+/// A reply the session wants sent, in the simulator's terms.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Reply {
+    Error {
+        req_id: i32,
+        code: i32,
+        msg: String,
+    },
+    NextValidId(i32),
+    ManagedAccounts(String),
+    CurrentTime(i64),
+    PositionEnd,
+    OpenOrderEnd,
+    CompletedOrdersEnd,
+    AccountDownloadEnd(String),
+    AccountUpdateMultiEnd(i32),
+    ExecDetailsEnd(i32),
+    /// contractData for the universe's instrument at this index.
+    ContractData {
+        req_id: i32,
+        instrument: usize,
+    },
+    ContractDataEnd(i32),
+    TickReqParams {
+        req_id: i32,
+        instrument: usize,
+    },
+    MarketDataType {
+        req_id: i32,
+        data_type: i32,
+    },
+    TickSnapshotEnd(i32),
+    /// An L1 message outside the tick stream (a snapshot's ticks).
+    L1 {
+        req_id: i32,
+        tick: L1Tick,
+    },
+}
+
+/// IB's error codes and texts.
+pub(crate) mod code {
+    pub(crate) const PACING: i32 = 100;
+    pub(crate) const MAX_TICKERS: i32 = 101;
+    pub(crate) const NO_SECURITY: i32 = 200;
+    pub(crate) const CANT_FIND_EID: i32 = 300;
+    pub(crate) const INVALID_REQUEST: i32 = 321;
+    pub(crate) const DUPLICATE_TICKER: i32 = 322;
+    pub(crate) const CLIENT_ID_IN_USE: i32 = 326;
+    pub(crate) const NOT_SUBSCRIBED: i32 = 354;
+    pub(crate) const CONNECTIVITY_LOST: i32 = 1100;
+    pub(crate) const RESTORED_DATA_LOST: i32 = 1101;
+    pub(crate) const RESTORED_DATA_KEPT: i32 = 1102;
+    pub(crate) const NEEDS_API_SUBSCRIPTION: i32 = 10089;
+    pub(crate) const DISPLAYING_DELAYED: i32 = 10167;
+    pub(crate) const TBT_NO_PERMISSION: i32 = 10189;
+    pub(crate) const TBT_CAP: i32 = 10190;
+    pub(crate) const COMPETING_SESSION: i32 = 10197;
+
+    /// The text IB sends with a code (reqId-independent part).
+    pub(crate) fn text(code: i32) -> &'static str {
+        match code {
+            PACING => "Max rate of messages per second has been exceeded.",
+            MAX_TICKERS => "Max number of tickers has been reached.",
+            NO_SECURITY => "No security definition has been found for the request",
+            CLIENT_ID_IN_USE => {
+                "Unable to connect as the client id is already in use. Retry with a unique client id."
+            }
+            CONNECTIVITY_LOST => "Connectivity between IB and Trader Workstation has been lost.",
+            RESTORED_DATA_LOST => {
+                "Connectivity between IB and Trader Workstation has been restored - data lost."
+            }
+            RESTORED_DATA_KEPT => {
+                "Connectivity between IB and Trader Workstation has been restored - data maintained."
+            }
+            DISPLAYING_DELAYED => {
+                "Requested market data is not subscribed. Displaying delayed market data."
+            }
+            TBT_CAP => "Max number of tick-by-tick requests has been reached.",
+            COMPETING_SESSION => "No market data during competing live session",
+            2103 => "Market data farm connection is broken:usfarm",
+            2104 => "Market data farm connection is OK:usfarm",
+            2105 => "HMDS data farm connection is broken:ushmds",
+            2106 => "HMDS data farm connection is OK:ushmds",
+            2157 => "Sec-def data farm connection is broken:secdefnj",
+            2158 => "Sec-def data farm connection is OK:secdefnj",
+            _ => "",
+        }
+    }
+
+    /// Whether a code is one of the farm notices the control channel can send.
+    pub(crate) fn is_farm_notice(code: i32) -> bool {
+        matches!(code, 2103..=2106 | 2157 | 2158)
+    }
+}
+
+fn error(req_id: i32, code: i32, msg: impl Into<String>) -> Reply {
+    Reply::Error {
+        req_id,
+        code,
+        msg: msg.into(),
+    }
+}
+
+fn std_error(req_id: i32, c: i32) -> Reply {
+    error(req_id, c, code::text(c))
+}
+
+/// The data a subscription streams.
+#[derive(Debug, Clone)]
+pub(crate) enum Feed {
+    Tbt(TbtGen),
+    L1(L1Gen),
+}
+
+/// One live subscription.
+#[derive(Debug, Clone)]
+pub(crate) struct Sub {
+    pub(crate) req_id: i32,
+    pub(crate) instrument: usize,
+    pub(crate) con_id: i32,
+    pub(crate) feed: Feed,
+    /// Ticks sent so far (the generator's k).
+    pub(crate) sent: u64,
+    /// When the subscription started, for rate scheduling.
+    pub(crate) started: Instant,
+}
+
+impl Sub {
+    pub(crate) fn kind_name(&self) -> &'static str {
+        match &self.feed {
+            Feed::Tbt(g) => g.kind().name(),
+            Feed::L1(_) => "mktdata",
+        }
+    }
+}
+
+/// Session settings shared by every client.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionConfig {
+    pub(crate) seed: u64,
+    pub(crate) account: String,
+    pub(crate) next_valid_id: i32,
+    pub(crate) limits: LimitConfig,
+}
+
+/// Messages a snapshot reqMktData carries before tickSnapshotEnd.
+pub(crate) const SNAPSHOT_TICKS: u64 = 10;
+
+/// One client's state.
+#[derive(Debug)]
+pub(crate) struct Session {
+    cfg: SessionConfig,
+    account: SharedAccount,
+    next_id: i32,
+    market_data_type: i32,
+    /// 1100 received and not yet restored: no ticks flow.
+    connectivity_lost: bool,
+    competing: bool,
+    subs: Vec<Sub>,
+}
+
+impl Session {
+    pub(crate) fn new(cfg: SessionConfig, account: SharedAccount, competing: bool) -> Self {
+        let next_id = cfg.next_valid_id;
+        Self {
+            cfg,
+            account,
+            next_id,
+            market_data_type: 1,
+            connectivity_lost: false,
+            competing,
+            subs: Vec::new(),
+        }
+    }
+
+    /// What follows START_API: managed accounts, the next order id and the farm notices.
+    pub(crate) fn welcome(&self, out: &mut Vec<Reply>) {
+        out.push(Reply::ManagedAccounts(self.cfg.account.clone()));
+        out.push(Reply::NextValidId(self.next_id));
+        for c in [2104, 2106, 2158] {
+            out.push(std_error(-1, c));
+        }
+    }
+
+    /// Whether ticks may flow now.
+    pub(crate) fn streaming(&self) -> bool {
+        !self.connectivity_lost && !self.competing
+    }
+
+    pub(crate) fn subs(&self) -> &[Sub] {
+        &self.subs
+    }
+
+    pub(crate) fn subs_mut(&mut self) -> &mut [Sub] {
+        &mut self.subs
+    }
+
+    fn active(&self, req_id: i32) -> Option<usize> {
+        self.subs.iter().position(|s| s.req_id == req_id)
+    }
+
+    /// Handles one request. `epoch_secs` is the wall clock for reqCurrentTime.
+    pub(crate) fn handle(
+        &mut self,
+        req: Request,
+        universe: &Universe,
+        now: Instant,
+        epoch_secs: i64,
+        out: &mut Vec<Reply>,
+    ) {
+        match req {
+            Request::MktData {
+                req_id,
+                contract,
+                snapshot,
+            } => self.mkt_data(req_id, &contract, snapshot, universe, now, out),
+            Request::TickByTick {
+                req_id,
+                contract,
+                tick_type,
+            } => self.tick_by_tick(req_id, &contract, &tick_type, universe, now, out),
+            Request::CancelMktData { req_id } => self.cancel(req_id, false, out),
+            Request::CancelTickByTick { req_id } => self.cancel(req_id, true, out),
+            Request::MarketDataType(t) => {
+                if (1..=4).contains(&t) {
+                    self.market_data_type = t;
+                } else {
+                    out.push(error(
+                        -1,
+                        code::INVALID_REQUEST,
+                        format!("Invalid market data type {t}"),
+                    ));
+                }
+            }
+            Request::ContractDetails { req_id, contract } => {
+                let found = universe.matches(&contract);
+                if found.is_empty() {
+                    out.push(std_error(req_id, code::NO_SECURITY));
+                } else {
+                    out.extend(
+                        found
+                            .into_iter()
+                            .map(|instrument| Reply::ContractData { req_id, instrument }),
+                    );
+                    out.push(Reply::ContractDataEnd(req_id));
+                }
+            }
+            Request::CurrentTime => out.push(Reply::CurrentTime(epoch_secs)),
+            Request::Ids => out.push(Reply::NextValidId(self.next_id)),
+            Request::ManagedAccts => out.push(Reply::ManagedAccounts(self.cfg.account.clone())),
+            Request::Positions => out.push(Reply::PositionEnd),
+            Request::OpenOrders => out.push(Reply::OpenOrderEnd),
+            Request::CompletedOrders => out.push(Reply::CompletedOrdersEnd),
+            Request::AccountUpdates { subscribe, account } => {
+                if subscribe {
+                    let acct = if account.is_empty() {
+                        self.cfg.account.clone()
+                    } else {
+                        account
+                    };
+                    out.push(Reply::AccountDownloadEnd(acct));
+                }
+            }
+            Request::AccountUpdatesMulti { req_id } => {
+                out.push(Reply::AccountUpdateMultiEnd(req_id))
+            }
+            Request::Executions { req_id } => out.push(Reply::ExecDetailsEnd(req_id)),
+            // TWS only binds future orders: nothing to answer.
+            Request::AutoOpenOrders | Request::Other => {}
+        }
+    }
+
+    fn common_checks(
+        &self,
+        req_id: i32,
+        contract: &ContractQuery,
+        universe: &Universe,
+        out: &mut Vec<Reply>,
+    ) -> Option<usize> {
+        if self.active(req_id).is_some() {
+            out.push(error(
+                req_id,
+                code::DUPLICATE_TICKER,
+                "Error processing request.-'bW' : cause - Duplicate ticker id",
+            ));
+            return None;
+        }
+        let inst = match universe.resolve(contract) {
+            Resolve::Found(i) => i,
+            Resolve::NotFound => {
+                out.push(std_error(req_id, code::NO_SECURITY));
+                return None;
+            }
+            Resolve::Ambiguous => {
+                out.push(error(
+                    req_id,
+                    code::NO_SECURITY,
+                    format!(
+                        "The contract description specified for {} is ambiguous.",
+                        contract.describe()
+                    ),
+                ));
+                return None;
+            }
+        };
+        if self.competing {
+            out.push(std_error(req_id, code::COMPETING_SESSION));
+            return None;
+        }
+        Some(inst)
+    }
+
+    fn mkt_data(
+        &mut self,
+        req_id: i32,
+        contract: &ContractQuery,
+        snapshot: bool,
+        universe: &Universe,
+        now: Instant,
+        out: &mut Vec<Reply>,
+    ) {
+        let Some(index) = self.common_checks(req_id, contract, universe, out) else {
+            return;
+        };
+        let inst = universe.get(index);
+        let wants_delayed = matches!(self.market_data_type, 3 | 4);
+        let delayed = match inst.spec.entitlement {
+            Entitlement::Live => false,
+            _ if wants_delayed => true,
+            Entitlement::Delayed => {
+                let msg = format!(
+                    "Requested market data is not subscribed. Check API status by selecting the Account menu then under Management choose Market Data Subscription Manager and/or availability of delayed data.Delayed market data is available.{} {}/TOP/ALL",
+                    inst.spec.symbol,
+                    listing(inst)
+                );
+                out.push(error(req_id, code::NOT_SUBSCRIBED, msg));
+                return;
+            }
+            Entitlement::ApiDelayed => {
+                let msg = format!(
+                    "Requested market data requires additional subscription for API. See link in 'Market Data Connections' dialog for more details.Delayed market data is available.{} {}/TOP/ALL",
+                    inst.spec.symbol,
+                    listing(inst)
+                );
+                out.push(error(req_id, code::NEEDS_API_SUBSCRIPTION, msg));
+                return;
+            }
+        };
+        if !snapshot {
+            let mut acct = self.account.lock();
+            if acct.mkt_lines >= self.cfg.limits.max_mkt_lines {
+                out.push(std_error(req_id, code::MAX_TICKERS));
+                return;
+            }
+            acct.mkt_lines += 1;
+        }
+        if delayed {
+            out.push(std_error(req_id, code::DISPLAYING_DELAYED));
+        }
+        out.push(Reply::TickReqParams {
+            req_id,
+            instrument: index,
+        });
+        out.push(Reply::MarketDataType {
+            req_id,
+            data_type: if delayed { 3 } else { 1 },
+        });
+        let mut generator = L1Gen::new(self.cfg.seed, inst, delayed);
+        if snapshot {
+            // A snapshot is the opening of the stream, then its end marker; no line stays open.
+            out.extend(
+                generator
+                    .by_ref()
+                    .take(SNAPSHOT_TICKS as usize)
+                    .map(|tick| Reply::L1 { req_id, tick }),
+            );
+            out.push(Reply::TickSnapshotEnd(req_id));
+            return;
+        }
+        let feed = Feed::L1(generator);
+        self.subs.push(Sub {
+            req_id,
+            instrument: index,
+            con_id: inst.con_id(),
+            feed,
+            sent: 0,
+            started: now,
+        });
+    }
+
+    fn tick_by_tick(
+        &mut self,
+        req_id: i32,
+        contract: &ContractQuery,
+        tick_type: &str,
+        universe: &Universe,
+        now: Instant,
+        out: &mut Vec<Reply>,
+    ) {
+        let Some(index) = self.common_checks(req_id, contract, universe, out) else {
+            return;
+        };
+        let inst = universe.get(index);
+        let Some(kind) = TbtKind::parse(tick_type) else {
+            out.push(error(
+                req_id,
+                code::INVALID_REQUEST,
+                format!("Error validating request.-'bX' : cause - Invalid tick type {tick_type:?}"),
+            ));
+            return;
+        };
+        if !inst.spec.tick_by_tick || inst.spec.entitlement != Entitlement::Live {
+            let msg = format!(
+                "Failed to request tick-by-tick data. No market data permissions for {} {}",
+                listing(inst),
+                inst.spec.sec_type
+            );
+            out.push(error(req_id, code::TBT_NO_PERMISSION, msg));
+            return;
+        }
+        {
+            let mut acct = self.account.lock();
+            let limits = &self.cfg.limits;
+            if acct.tbt_active >= limits.max_tbt
+                || !acct.tbt_request_allowed(inst.con_id(), kind, limits.tbt_same_instrument, now)
+            {
+                out.push(std_error(req_id, code::TBT_CAP));
+                return;
+            }
+            acct.tbt_active += 1;
+        }
+        let feed = Feed::Tbt(TbtGen::new(self.cfg.seed, inst, kind));
+        self.subs.push(Sub {
+            req_id,
+            instrument: index,
+            con_id: inst.con_id(),
+            feed,
+            sent: 0,
+            started: now,
+        });
+    }
+
+    fn cancel(&mut self, req_id: i32, tbt: bool, out: &mut Vec<Reply>) {
+        let pos = self
+            .subs
+            .iter()
+            .position(|s| s.req_id == req_id && matches!(s.feed, Feed::Tbt(_)) == tbt);
+        match pos {
+            Some(p) => {
+                let sub = self.subs.remove(p);
+                self.release(&sub);
+            }
+            None => out.push(error(
+                req_id,
+                code::CANT_FIND_EID,
+                format!("Can't find EId with tickerId:{req_id}"),
+            )),
+        }
+    }
+
+    fn release(&self, sub: &Sub) {
+        let mut acct = self.account.lock();
+        match sub.feed {
+            Feed::Tbt(_) => acct.tbt_active = acct.tbt_active.saturating_sub(1),
+            Feed::L1(_) => acct.mkt_lines = acct.mkt_lines.saturating_sub(1),
+        }
+    }
+
+    fn drop_all_subs(&mut self) {
+        for sub in std::mem::take(&mut self.subs) {
+            self.release(&sub);
+        }
+    }
+
+    /// Connectivity to IB lost (1100): ticks stop.
+    pub(crate) fn connectivity_lost(&mut self, out: &mut Vec<Reply>) {
+        self.connectivity_lost = true;
+        out.push(std_error(-1, code::CONNECTIVITY_LOST));
+    }
+
+    /// Connectivity restored: 1101 drops every subscription, 1102 resumes them.
+    pub(crate) fn connectivity_restored(&mut self, data_kept: bool, out: &mut Vec<Reply>) {
+        self.connectivity_lost = false;
+        if data_kept {
+            out.push(std_error(-1, code::RESTORED_DATA_KEPT));
+        } else {
+            self.drop_all_subs();
+            out.push(std_error(-1, code::RESTORED_DATA_LOST));
+        }
+    }
+
+    /// A competing live session starts (10197 for every subscription, data stops) or ends.
+    pub(crate) fn set_competing(&mut self, on: bool, out: &mut Vec<Reply>) {
+        if on && !self.competing {
+            out.extend(
+                self.subs
+                    .iter()
+                    .map(|s| std_error(s.req_id, code::COMPETING_SESSION)),
+            );
+        }
+        self.competing = on;
+    }
+
+    /// A farm notice (2103..2106, 2157, 2158).
+    pub(crate) fn farm_notice(&self, c: i32, out: &mut Vec<Reply>) {
+        out.push(std_error(-1, c));
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.drop_all_subs();
+    }
+}
+
+/// "EXCHANGE.LISTING" as IB names a data line in entitlement errors.
+fn listing(inst: &crate::universe::Instrument) -> String {
+    let s = &inst.spec;
+    if s.primary_exchange.is_empty() {
+        s.exchange.clone()
+    } else {
+        s.primary_exchange.clone()
+    }
+}
