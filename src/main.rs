@@ -39,6 +39,8 @@ enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the engine: IB session to the shared-memory ring, plus the control socket.
+    Engine(ib_stream::engine::EngineOptions),
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +100,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "control socket: {}",
                 loaded.settings.control_socket().display()
             );
+        }
+        Command::Engine(opts) => {
+            let loaded = config::load(&sources(&cli.global)?)?;
+            ib_stream::engine::run(loaded.settings, opts)?;
         }
         Command::Config(ConfigCommand::Keys) => {
             for (key, aliases, help) in config::known_keys() {
