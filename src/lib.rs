@@ -5,6 +5,7 @@
 pub mod config;
 pub mod engine;
 pub mod tickjson;
+pub mod tools;
 
 pub use ib_stream_ipc as ipc;
 pub mod tws;
