@@ -390,6 +390,7 @@ impl Engine {
                 Err(e) => return Err(io_err("poll")(e)),
             }
             let had_events = !events.is_empty();
+            let work_start = self.now();
             for ev in events.iter() {
                 match ev.token() {
                     IB => self.on_ib_event(ev.is_readable(), ev.is_writable()),
@@ -400,7 +401,7 @@ impl Engine {
             let snap = &mut self.ingest.publisher.snap;
             snap.counters.loop_iterations += 1;
             if had_events {
-                let spent = self.start.elapsed().as_nanos() as u64 - iter_start;
+                let spent = self.now().saturating_sub(work_start);
                 self.ingest
                     .publisher
                     .snap
@@ -926,10 +927,13 @@ impl Engine {
     fn on_ib_error(&mut self, req_id: i32, code: i32, message: &str, now: u64) {
         let ts = unix_ns();
         {
+            // Notices (farm status 2104/2106/2158, ...) are counted, not shown as errors.
             let snap = &mut self.ingest.publisher.snap;
             snap.counters.ib_errors += 1;
-            snap.engine.last_error_code = code;
-            snap.engine.last_error_ns = ts;
+            if !codes::is_warning(code) {
+                snap.engine.last_error_code = code;
+                snap.engine.last_error_ns = ts;
+            }
         }
         self.status_dirty = true;
         let (version, client_id) = self
@@ -1008,7 +1012,16 @@ impl Engine {
                     }
                 }
             },
-            // Farm notices (2103..2108, 2157/2158) and other session-wide messages.
+            // A data farm down: data for its contracts stops until the matching "OK".
+            codes::MARKET_DATA_FARM_BROKEN
+            | codes::HMDS_FARM_BROKEN
+            | codes::SECDEF_FARM_BROKEN => {
+                let snap = &mut self.ingest.publisher.snap;
+                snap.engine.last_error_code = code;
+                snap.engine.last_error_ns = ts;
+                warn!(code, "IB farm down: {message}");
+            }
+            // Farm OK notices (2104, 2106, 2158, 2108) and other session-wide messages.
             _ => {
                 if codes::is_warning(code) {
                     info!(code, "IB notice: {message}");

@@ -138,7 +138,9 @@ pub fn run(dir: &Path, args: &TailArgs, w: &mut dyn Write) -> Result<(), TailErr
         kinds: args.kinds.clone(),
     };
     let started = Instant::now();
-    let deadline = args.seconds.map(|s| started + Duration::from_secs_f64(s.max(0.0)));
+    let deadline = args
+        .seconds
+        .map(|s| started + Duration::from_secs_f64(s.max(0.0)));
     let mut printed = 0u64;
     let mut out = Vec::with_capacity(64 * 1024);
     let mut idle_polls = 0u32;

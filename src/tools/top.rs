@@ -160,8 +160,16 @@ pub fn render(
         c.control_requests
     );
     let _ = writeln!(s, "latency");
-    let _ = writeln!(s, "{}", hist_line("recv->publish", &snap.latencies.recv_to_publish));
-    let _ = writeln!(s, "{}", hist_line("loop iteration", &snap.latencies.loop_iteration));
+    let _ = writeln!(
+        s,
+        "{}",
+        hist_line("recv->publish", &snap.latencies.recv_to_publish)
+    );
+    let _ = writeln!(
+        s,
+        "{}",
+        hist_line("loop iteration", &snap.latencies.loop_iteration)
+    );
     let _ = writeln!(
         s,
         "readers: the ring keeps no reader registry; each reader knows its own lag (RingReader::lag)"
@@ -176,14 +184,18 @@ pub fn render(
     for sub in subs {
         let kind = sub.kind().map_or("?", |k| k.name());
         let state = sub_state_name(sub.state);
-        let delayed = if matches!(sub.market_data_type, 3 | 4) || sub.state() == Some(SubState::Delayed) {
-            " (delayed)"
-        } else {
-            ""
-        };
+        let delayed =
+            if matches!(sub.market_data_type, 3 | 4) || sub.state() == Some(SubState::Delayed) {
+                " (delayed)"
+            } else {
+                ""
+            };
         let r = match prev {
             Some((p, secs)) if secs > 0.0 => p
-                .find_subscription(sub.con_id, sub.kind().unwrap_or(crate::ipc::RecordKind::Gap))
+                .find_subscription(
+                    sub.con_id,
+                    sub.kind().unwrap_or(crate::ipc::RecordKind::Gap),
+                )
                 .map_or("-".into(), |o| {
                     format!("{:.0}/s", sub.ticks.saturating_sub(o.ticks) as f64 / secs)
                 }),
@@ -207,14 +219,23 @@ pub fn render(
 
 /// Runs top on the status region in `dir`.
 pub fn run(dir: &Path, args: &TopArgs, w: &mut dyn Write) -> Result<(), TopError> {
-    let reader = open_status(&dir.join("status"), Duration::from_secs_f64(args.wait.max(0.0)))?;
+    let reader = open_status(
+        &dir.join("status"),
+        Duration::from_secs_f64(args.wait.max(0.0)),
+    )?;
     let ring = RingReader::open(&dir.join("ticks.ring"), StartAt::Newest).ok();
     let mut snap = StatusSnapshot::new_boxed();
     let mut prev = StatusSnapshot::new_boxed();
     read_snapshot(&reader, &mut snap)?;
     if args.once {
         let now = crate::ipc::shm::unix_time_ns() as i64;
-        let frame = render(&snap, None, reader.epoch(), ring.as_ref().map(|r| r.head()), now);
+        let frame = render(
+            &snap,
+            None,
+            reader.epoch(),
+            ring.as_ref().map(|r| r.head()),
+            now,
+        );
         w.write_all(frame.as_bytes())?;
         return Ok(());
     }
