@@ -41,6 +41,8 @@ pub const FIRST_SUB_REQ_ID: i32 = 1000;
 pub const FIRST_LOOKUP_REQ_ID: i32 = 1 << 30;
 const LOOKUP_TIMEOUT_NS: u64 = 15_000_000_000;
 const SECOND: u64 = 1_000_000_000;
+/// The outbound budget's window: IB's one second plus a margin for arrival jitter.
+pub const PACING_WINDOW_NS: u64 = SECOND + 50_000_000;
 /// A connection that stayed up this long resets the reconnect backoff.
 const STABLE_NS: u64 = 10 * SECOND;
 
@@ -283,7 +285,9 @@ impl Engine {
                 opts.backoff_cap_ms.saturating_mul(1_000_000),
                 seed,
             ),
-            pacer: Pacer::new(settings.max_msgs_per_sec.max(1)),
+            // A window a little over a second: IB counts arrivals, and bytes written together
+            // can arrive closer together than they were sent.
+            pacer: Pacer::with_window(settings.max_msgs_per_sec.max(1), PACING_WINDOW_NS),
             settings,
             opts,
             poll,
@@ -1081,7 +1085,9 @@ impl Engine {
                 self.pacing_blocked = false;
                 break;
             }
-            if !self.pacer.can_send(now) {
+            // The clock now, not the loop's: a stale time would let the window slide early.
+            let t = self.now();
+            if !self.pacer.can_send(t) {
                 if !self.pacing_blocked {
                     self.pacing_blocked = true;
                     self.ingest.publisher.snap.counters.pacing_delays += 1;
@@ -1100,7 +1106,7 @@ impl Engine {
                 warn!("cannot encode {msg:?}: {e}");
                 continue;
             }
-            self.pacer.try_send(now);
+            self.pacer.try_send(t);
             self.ingest.publisher.snap.counters.messages_sent += 1;
             sent = true;
         }

@@ -564,13 +564,19 @@ impl SubscriptionManager {
         {
             r.delayed = delayed;
         }
+        let mut changed = false;
         if let Some(s) = self.subs.get_mut(&key) {
+            changed = s.market_data_type != market_data_type;
             s.market_data_type = market_data_type;
-            if delayed {
+            if delayed && s.state != SubState::Delayed {
                 s.state = SubState::Delayed;
+                changed = true;
             }
         }
-        self.emit(key);
+        // A notice that repeats what we know (live data, as asked) is no state change.
+        if changed {
+            self.emit(key);
+        }
     }
 
     /// Routes an IB error with a request id to its subscription and acts on it.
