@@ -21,3 +21,11 @@ cargo test --workspace --locked --doc
 
 echo "== loom models of the shared-memory protocols (ring seqlock, status region)"
 cargo test -p ib-stream-ipc --features loom --release --locked --test loom_ring --test status_loom
+
+# ---- conformance (issue 3): tws-sim against the real Python TWS clients -------------------
+# Builds tws-sim, installs the pinned clients into .venv (scripts/setup-venv.sh) and runs
+# ibapi-latest at 226 and 200 and ib_async at 178 (the Rust ibapi client ran above in the
+# cargo tests: tests/conformance_ibapi_rs.rs). Ends with "conformance: N passed, M failed".
+echo "== conformance"
+scripts/conformance.sh
+# ---- end conformance -----------------------------------------------------------------------

@@ -170,3 +170,25 @@ fn contract_details_by_symbol_and_con_id_and_200_for_unknown() {
         assert_eq!((req_id, code), (13, 200));
     }
 }
+
+#[test]
+fn requests_in_the_same_write_as_start_api_are_served() {
+    let sim = Sim::start(&[]);
+    for (n, (min, max)) in RANGES.into_iter().enumerate() {
+        let mut c = Client::handshake(&sim.addr, min, max, "").unwrap();
+        let mut bytes = Vec::new();
+        let v = c.version;
+        ClientMsg::StartApi {
+            client_id: 20 + n as i32,
+            optional_capabilities: String::new(),
+        }
+        .encode(v, &mut bytes)
+        .unwrap();
+        ClientMsg::ReqPositions.encode(v, &mut bytes).unwrap();
+        std::io::Write::write_all(&mut c.stream, &bytes).unwrap();
+        assert_eq!(
+            c.recv_matching(|m| matches!(m, ServerMsg::PositionEnd)),
+            ServerMsg::PositionEnd
+        );
+    }
+}

@@ -769,3 +769,84 @@ proptest! {
         chew(ver, &split(&wire, &cuts))?;
     }
 }
+
+proptest! {
+    #![proptest_config(cfg(300))]
+
+    #[test]
+    fn handshakes_round_trip(min in 0u32..1000, max in 0u32..1000, options in "[ -~]{0,20}", time in "[ -~]{0,30}") {
+        let hello = ib_stream::tws::ClientHello { min, max, options: options.trim_start().to_owned() };
+        let mut wire = Vec::new();
+        hello.encode(&mut wire);
+        let got = ib_stream::tws::ClientHello::parse(&wire).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        let (h, used) = got.expect("complete");
+        prop_assert_eq!(used, wire.len());
+        prop_assert_eq!((h.min, h.max), (min, max));
+        prop_assert_eq!(h.options.as_str(), hello.options.as_str());
+
+        let ack = ib_stream::tws::ServerAck { version: max, time };
+        let mut wire = Vec::new();
+        ack.encode(&mut wire);
+        prop_assert_eq!(ib_stream::tws::ServerAck::parse(&wire), Ok(Some((ack, wire.len()))));
+    }
+
+    #[test]
+    fn handshake_parsers_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64), api_prefix in any::<bool>()) {
+        let mut wire = if api_prefix { b"API\0".to_vec() } else { Vec::new() };
+        wire.extend_from_slice(&bytes);
+        if let Ok(Some((_, used))) = ib_stream::tws::ClientHello::parse(&wire) {
+            prop_assert!(used <= wire.len());
+        }
+        if let Ok(Some((_, used))) = ib_stream::tws::ServerAck::parse(&bytes) {
+            prop_assert!(used <= bytes.len());
+        }
+    }
+
+    #[test]
+    fn hot_path_matches_the_typed_decoder((ver, m) in version_and_server()) {
+        use ib_stream::tws::tick::{decode_tick, live_tick_type};
+        let mut wire = Vec::new();
+        m.encode(ver, &mut wire);
+        let mut strings = VecInterner::default();
+        let mut rec = Record::ZERO;
+        let (hot, typed) = one_frame(&wire, ver, |f| (decode_tick(f, &mut strings, &mut rec), ServerMsg::decode(f, ver)));
+        let typed = typed.map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        let tt_ok = |t: i32| (0..=255).contains(&live_tick_type(t).0);
+        match (&typed, hot) {
+            (ServerMsg::TickPrice { req_id, tick_type, price, size, attr_mask }, r) if tt_ok(*tick_type) => {
+                prop_assert_eq!(r, Ok(Some(*req_id)));
+                prop_assert_eq!((rec.tick_type as i32, rec.body), (live_tick_type(*tick_type).0, [*price, *size, 0, 0]));
+                prop_assert_eq!(rec.flags >> 8, (*attr_mask & 7) as u16);
+            }
+            (ServerMsg::TickSize { req_id, tick_type, size }, r) if tt_ok(*tick_type) => {
+                prop_assert_eq!(r, Ok(Some(*req_id)));
+                prop_assert_eq!(rec.body[0], *size);
+            }
+            (ServerMsg::TickString { req_id, tick_type, value }, r) if tt_ok(*tick_type) => {
+                prop_assert_eq!(r, Ok(Some(*req_id)));
+                prop_assert_eq!(strings.get(rec.body[0] as u32), Some(value.as_bytes()));
+            }
+            (ServerMsg::TickGeneric { req_id, tick_type, value }, r) if tt_ok(*tick_type) => {
+                prop_assert_eq!(r, Ok(Some(*req_id)));
+                let want = ib_stream::tws::decimal::f64_to_fixed(*value, 9).unwrap_or(UNDEF_I64);
+                // Text is exact decimal, protobuf a rounded double: equal within one unit.
+                prop_assert!(rec.body[0] == want || (rec.body[0] != UNDEF_I64 && want != UNDEF_I64 && (rec.body[0] - want).abs() <= 1),
+                    "{} vs {}", rec.body[0], want);
+            }
+            (ServerMsg::TickByTick { req_id, time, .. }, r) => {
+                match time.checked_mul(1_000_000_000) {
+                    Some(ns) => {
+                        prop_assert_eq!(r, Ok(Some(*req_id)));
+                        prop_assert_eq!(rec.ts_event, ns);
+                    }
+                    None => prop_assert!(r.is_err()),
+                }
+            }
+            (ServerMsg::TickPrice { .. } | ServerMsg::TickSize { .. } | ServerMsg::TickString { .. } | ServerMsg::TickGeneric { .. }, r) => {
+                // Tick types beyond a byte are typed errors, never truncated.
+                prop_assert!(r.is_err());
+            }
+            (_, r) => prop_assert_eq!(r, Ok(None)),
+        }
+    }
+}

@@ -41,6 +41,9 @@ pub enum ProtoError {
     /// Field number 0 is reserved.
     #[error("protobuf field number 0")]
     ZeroField,
+    /// A field number above protobuf's maximum (2^29 - 1).
+    #[error("protobuf field number {0} too large")]
+    FieldTooLarge(u64),
 }
 
 /// Errors while cutting the byte stream into frames. A bad length means the stream is

@@ -119,6 +119,13 @@ impl ServerAck {
         let Some((payload, used)) = framed(buf, 2)? else {
             return Ok(None);
         };
+        Ok(Some((Self::from_payload(payload)?, used)))
+    }
+
+    /// The answer from one frame's payload, e.g. the first
+    /// [`FrameReader::next_payload`](super::frame::FrameReader::next_payload) of a client
+    /// that reads everything through one `FrameReader`.
+    pub fn from_payload(payload: &[u8]) -> Result<ServerAck, HandshakeError> {
         let body = payload.strip_suffix(b"\0").unwrap_or(payload);
         let mut it = body.split(|&b| b == 0);
         let (Some(v), Some(t), None) = (it.next(), it.next(), it.next()) else {
@@ -130,7 +137,7 @@ impl ServerAck {
         let time = std::str::from_utf8(t)
             .map_err(|_| HandshakeError::BadServerAck)?
             .to_owned();
-        Ok(Some((ServerAck { version, time }, used)))
+        Ok(ServerAck { version, time })
     }
 }
 
@@ -201,6 +208,11 @@ mod tests {
         assert_eq!(out, want);
         assert_eq!(ServerAck::parse(&out), Ok(Some((ack, out.len()))));
         assert_eq!(ServerAck::parse(&out[..10]), Ok(None));
+        // Through a FrameReader, as a client reading one socket does.
+        let mut r = crate::tws::FrameReader::new();
+        r.feed(&out);
+        let p = r.next_payload(0).unwrap().unwrap();
+        assert_eq!(ServerAck::from_payload(p).unwrap().version, 222);
         let mut three = Vec::new();
         write_raw_frame(&mut three, b"1\x002\x003\x00");
         assert_eq!(ServerAck::parse(&three), Err(HandshakeError::BadServerAck));

@@ -108,11 +108,14 @@ impl<'a> Reader<'a> {
             return Ok(None);
         }
         let key = self.varint()?;
-        let field = (key >> 3) as u32;
         let wt = (key & 7) as u8;
-        if field == 0 || key >> 3 > u64::from(u32::MAX >> 3) {
+        if key >> 3 == 0 {
             return Err(ProtoError::ZeroField);
         }
+        if key >> 3 > (1 << 29) - 1 {
+            return Err(ProtoError::FieldTooLarge(key >> 3));
+        }
+        let field = (key >> 3) as u32;
         let v = match wt {
             0 => Value::Varint(self.varint()?),
             1 => {

@@ -243,13 +243,8 @@ fn serve_inner(mut stream: TcpStream, shared: &Arc<Shared>, conn_no: u64) -> Res
 /// The reader thread: frames in, requests to the writer, pacing applied.
 fn read_loop(mut stream: TcpStream, mut inbound: Inbound, mut pacer: Pacer, tx: Sender<Event>) {
     let mut chunk = vec![0u8; 64 * 1024];
-    let end = loop {
-        match stream.read(&mut chunk) {
-            Ok(0) => break None,
-            Ok(n) => inbound.feed(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => break Some(e.to_string()),
-        }
+    loop {
+        // Frames that arrived with START_API are already buffered: serve them before reading.
         loop {
             match inbound.next() {
                 Ok(Some(Incoming::Request(req))) => {
@@ -277,8 +272,17 @@ fn read_loop(mut stream: TcpStream, mut inbound: Inbound, mut pacer: Pacer, tx: 
                 }
             }
         }
-    };
-    let _ = tx.send(Event::ReaderDone(end));
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => inbound.feed(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                let _ = tx.send(Event::ReaderDone(Some(e.to_string())));
+                return;
+            }
+        }
+    }
+    let _ = tx.send(Event::ReaderDone(None));
 }
 
 /// The state of the split-frames fault.

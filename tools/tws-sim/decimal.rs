@@ -1,53 +1,27 @@
 //! Exact fixed-point values and their shortest decimal text.
 //!
 //! Prices are `i64` with scale 1e-9 and sizes `i64` with scale 1e-8 (the `ipc` record's
-//! scales), so the generator never touches a float and `expected` can print exactly the
-//! digits the text protocol carries.
+//! scales), so the generator never touches a float and `expected` prints exactly the digits
+//! the text protocol carries.
 
-use std::fmt::Write as _;
+use ib_stream::tws::decimal::{PRICE_DIGITS, SIZE_DIGITS, fixed_to_string};
 
 pub(crate) use ib_stream::ipc::{PRICE_SCALE, SIZE_SCALE};
 
-/// Writes `value / scale` as the shortest exact decimal (no exponent, no trailing zeros).
-/// `scale` must be a power of ten.
-pub(crate) fn write_fixed(out: &mut String, value: i64, scale: i64) {
-    let neg = value < 0;
-    let abs = value.unsigned_abs();
-    let scale = scale.unsigned_abs();
-    let int = abs / scale;
-    let mut frac = abs % scale;
-    if neg {
-        out.push('-');
-    }
-    // Writing into a String cannot fail.
-    let _ = write!(out, "{int}");
-    if frac == 0 {
-        return;
-    }
-    let mut digits = scale.ilog10() as usize;
-    while frac.is_multiple_of(10) {
-        frac /= 10;
-        digits -= 1;
-    }
-    let _ = write!(out, ".{frac:0digits$}");
-}
-
-/// A price as text.
+/// A price as the text encoding writes it (the codec's formatter, so `expected` and the wire
+/// can never disagree).
 pub(crate) fn price_str(value: i64) -> String {
-    let mut s = String::new();
-    write_fixed(&mut s, value, PRICE_SCALE);
-    s
+    fixed_to_string(value, PRICE_DIGITS)
 }
 
-/// A size as text.
+/// A size as the text encoding writes it.
 pub(crate) fn size_str(value: i64) -> String {
-    let mut s = String::new();
-    write_fixed(&mut s, value, SIZE_SCALE);
-    s
+    fixed_to_string(value, SIZE_DIGITS)
 }
 
 /// Parses a decimal string (e.g. "189.25", "0.00005", "-3") into fixed point with `scale`.
-/// Returns `None` for anything else or when the value has more digits than the scale holds.
+/// Strict, for configuration: `None` for exponents or more digits than the scale holds
+/// (the codec's parser rounds those, which would silently change a universe file's tick).
 pub(crate) fn parse_fixed(text: &str, scale: i64) -> Option<i64> {
     let (neg, body) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),

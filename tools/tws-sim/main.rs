@@ -13,6 +13,7 @@ mod decimal;
 mod expected;
 mod generator;
 mod limits;
+mod load;
 mod schedule;
 mod server;
 mod session;
@@ -42,7 +43,7 @@ use crate::universe::{Entitlement, Universe};
 /// The first stdout line is `listening 127.0.0.1:<port>`; with --control-port the second is
 /// `control 127.0.0.1:<port>`.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
+#[command(version, about, long_about, args_conflicts_with_subcommands = true, after_long_help = CONTROL_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -50,11 +51,41 @@ struct Cli {
     serve: ServeArgs,
 }
 
+const CONTROL_HELP: &str = "\
+CONTROL CHANNEL (--control-port): one JSON object a line in, one a line out.
+  \"client\": <id> addresses one client; without it a command goes to every client.
+  {\"cmd\":\"drop\"}                                close the connection
+  {\"cmd\":\"stall\",\"ms\":500}                     send nothing for that long
+  {\"cmd\":\"split\",\"max_chunk\":3,\"bytes\":65536}  cut the next bytes into 1..=max_chunk writes
+  {\"cmd\":\"malformed\"}                           send a frame with an impossible length
+  {\"cmd\":\"lost\"}                                1100, ticks stop
+  {\"cmd\":\"restored\",\"kept\":false}              1101, every subscription dropped
+  {\"cmd\":\"restored\",\"kept\":true}               1102, ticks resume
+  {\"cmd\":\"farm\",\"code\":2103}                   farm notice 2103/2104, 2105/2106, 2157/2158
+  {\"cmd\":\"competing\",\"on\":true}                10197 and no data until off
+  {\"cmd\":\"restart\",\"down_ms\":500}              close listener and clients, listen again
+  {\"cmd\":\"stats\"}                               clients, ticks sent per subscription
+  Answers: {\"ok\":true,\"clients\":N}, stats as {\"ok\":true,\"clients\":[...]}, or {\"ok\":false,\"error\":...}.
+
+FAULT SCHEDULE (--faults FILE): lines `<ms after start> <command JSON>`; `#` comments.
+
+LIMITS AND ERRORS: 326 duplicate client id (then close), 200 unknown contract, 322 duplicate
+ticker id, 300 cancel of an unknown id, 101 market data lines, 10190 tick-by-tick cap and the
+15-second rule, 354/10089 not entitled (live), 10167 + delayed ticks after reqMarketDataType 3/4,
+10189 tick-by-tick not permitted, 100 pacing (then disconnect, unless +PACEAPI), 10197.
+
+STARTUP: after START_API: managedAccounts, nextValidId, farm notices 2104/2106/2158; positions,
+open orders, completed orders, account updates (multi), executions, current time and ids are
+answered with their end/values.";
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print, one JSON object a line, exactly what a subscription's first N ticks carry
     /// (prices and sizes as the wire's decimal strings; no times).
     Expected(ExpectedArgs),
+    /// A reading client for throughput figures: connects --clients clients to a running
+    /// simulator, subscribes tick-by-tick, reads for --seconds and prints ticks/s.
+    Load(LoadArgs),
     /// Serve a capture file to one client: the recorded bytes, at the original pace or as fast
     /// as the client reads.
     Replay(ReplayArgs),
@@ -172,6 +203,30 @@ struct ExpectedArgs {
     /// The universe file the simulator runs with, if not the built-in one.
     #[arg(long)]
     universe: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// The simulator's address.
+    #[arg(long, default_value = "127.0.0.1:4002")]
+    addr: String,
+    /// Client connections.
+    #[arg(long, default_value_t = 2)]
+    clients: usize,
+    /// Tick-by-tick subscriptions per connection (conIds taken in turn from the universe).
+    #[arg(long, default_value_t = 2)]
+    subs_per_client: usize,
+    /// Last, AllLast, BidAsk or MidPoint.
+    #[arg(long, default_value = "BidAsk")]
+    kind: String,
+    /// How long to read.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// The client's version range (100..226 gets protobuf from a current simulator; 157..178 text).
+    #[arg(long, default_value_t = 100)]
+    min_version: u32,
+    #[arg(long, default_value_t = 226)]
+    max_version: u32,
 }
 
 #[derive(Debug, Args)]
@@ -358,6 +413,18 @@ fn main() -> anyhow::Result<()> {
     match &cli.command {
         Some(Command::Expected(a)) => run_expected(a),
         Some(Command::Replay(a)) => run_replay(a),
+        Some(Command::Load(a)) => load::run(
+            &load::LoadPlan {
+                addr: a.addr.clone(),
+                clients: a.clients,
+                subs_per_client: a.subs_per_client,
+                kind: a.kind.clone(),
+                seconds: a.seconds,
+                min_version: a.min_version,
+                max_version: a.max_version,
+            },
+            &Universe::builtin(),
+        ),
         None => run_server(&cli.serve),
     }
 }

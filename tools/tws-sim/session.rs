@@ -581,3 +581,112 @@ fn listing(inst: &crate::universe::Instrument) -> String {
         s.primary_exchange.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn cfg(lines: usize, tbt: usize) -> SessionConfig {
+        SessionConfig {
+            seed: 1,
+            account: "DU1".into(),
+            next_valid_id: 5,
+            limits: LimitConfig {
+                max_mkt_lines: lines,
+                max_tbt: tbt,
+                tbt_same_instrument: Duration::from_secs(15),
+                max_msgs_per_sec: 50,
+            },
+        }
+    }
+
+    fn mkt(req_id: i32, con_id: i32) -> Request {
+        Request::MktData {
+            req_id,
+            contract: ContractQuery {
+                con_id,
+                ..Default::default()
+            },
+            snapshot: false,
+        }
+    }
+
+    fn codes(out: &[Reply]) -> Vec<i32> {
+        out.iter()
+            .filter_map(|r| {
+                if let Reply::Error { code, .. } = r {
+                    Some(*code)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn welcome_is_accounts_id_then_farm_notices() {
+        let s = Session::new(cfg(1, 1), SharedAccount::default(), false);
+        let mut out = Vec::new();
+        s.welcome(&mut out);
+        assert_eq!(out[0], Reply::ManagedAccounts("DU1".into()));
+        assert_eq!(out[1], Reply::NextValidId(5));
+        assert_eq!(codes(&out), [2104, 2106, 2158]);
+    }
+
+    #[test]
+    fn lines_are_shared_by_the_account_and_freed_by_cancel_drop_and_1101() {
+        let u = Universe::builtin();
+        let acct = SharedAccount::default();
+        let now = Instant::now();
+        let mut a = Session::new(cfg(2, 1), acct.clone(), false);
+        let mut b = Session::new(cfg(2, 1), acct.clone(), false);
+        let mut out = Vec::new();
+        a.handle(mkt(1, 265598), &u, now, 0, &mut out);
+        assert!(matches!(
+            out[..],
+            [
+                Reply::TickReqParams { req_id: 1, .. },
+                Reply::MarketDataType {
+                    req_id: 1,
+                    data_type: 1
+                }
+            ]
+        ));
+        b.handle(mkt(1, 265598), &u, now, 0, &mut out);
+        out.clear();
+        b.handle(mkt(2, 272093), &u, now, 0, &mut out);
+        assert_eq!(codes(&out), [code::MAX_TICKERS]);
+        drop(a);
+        assert_eq!(acct.lock().mkt_lines, 1);
+        out.clear();
+        b.handle(mkt(2, 272093), &u, now, 0, &mut out);
+        assert!(codes(&out).is_empty());
+        b.connectivity_lost(&mut out);
+        b.connectivity_restored(false, &mut out);
+        assert!(b.subs().is_empty());
+        assert_eq!(acct.lock().mkt_lines, 0);
+    }
+
+    #[test]
+    fn competing_session_stops_data_and_reports_each_subscription() {
+        let u = Universe::builtin();
+        let mut s = Session::new(cfg(5, 5), SharedAccount::default(), false);
+        let mut out = Vec::new();
+        s.handle(mkt(1, 265598), &u, Instant::now(), 0, &mut out);
+        out.clear();
+        s.set_competing(true, &mut out);
+        assert_eq!(
+            out,
+            [Reply::Error {
+                req_id: 1,
+                code: code::COMPETING_SESSION,
+                msg: code::text(code::COMPETING_SESSION).into()
+            }]
+        );
+        assert!(!s.streaming());
+        s.set_competing(false, &mut out);
+        assert!(s.streaming());
+    }
+}

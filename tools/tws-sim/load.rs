@@ -1,0 +1,133 @@
+//! `tws-sim load`: a reading client for throughput measurement. It opens several client
+//! connections to a simulator, subscribes tick-by-tick on each, reads as fast as it can for a
+//! while and reports the tick frames received per second (aggregate and per connection).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ib_stream::tws::{ClientHello, ClientMsg, Contract, FrameReader, ServerAck};
+
+use crate::universe::Universe;
+
+/// What one load run does.
+#[derive(Debug, Clone)]
+pub(crate) struct LoadPlan {
+    pub(crate) addr: String,
+    pub(crate) clients: usize,
+    pub(crate) subs_per_client: usize,
+    pub(crate) kind: String,
+    pub(crate) seconds: f64,
+    pub(crate) min_version: u32,
+    pub(crate) max_version: u32,
+}
+
+/// tickByTick, tickPrice, tickSize, tickString, tickGeneric: the frames that count as ticks.
+fn is_tick(msg_id: u32) -> bool {
+    matches!(msg_id, 99 | 1 | 2 | 46 | 45)
+}
+
+fn one_client(plan: &LoadPlan, n: usize, con_ids: &[i32]) -> anyhow::Result<(u64, u64, Duration)> {
+    let mut s = TcpStream::connect(&plan.addr).with_context(|| format!("connect {}", plan.addr))?;
+    s.set_nodelay(true)?;
+    let mut out = Vec::new();
+    ClientHello {
+        min: plan.min_version,
+        max: plan.max_version,
+        options: String::new(),
+    }
+    .encode(&mut out);
+    s.write_all(&out)?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (version, used) = loop {
+        if let Some((ack, used)) = ServerAck::parse(&buf)? {
+            break (ack.version, used);
+        }
+        let got = s.read(&mut chunk)?;
+        if got == 0 {
+            bail!("closed during the handshake");
+        }
+        buf.extend_from_slice(&chunk[..got]);
+    };
+    let mut reader = FrameReader::with_capacity(1 << 20);
+    reader.feed(&buf[used..]);
+    out.clear();
+    let client_id = 9000 + n as i32;
+    ClientMsg::StartApi {
+        client_id,
+        optional_capabilities: String::new(),
+    }
+    .encode(version, &mut out)?;
+    for (i, con_id) in con_ids.iter().enumerate() {
+        ClientMsg::ReqTickByTick {
+            req_id: i as i32 + 1,
+            contract: Contract {
+                con_id: *con_id,
+                ..Contract::default()
+            },
+            tick_type: plan.kind.clone(),
+            number_of_ticks: 0,
+            ignore_size: false,
+        }
+        .encode(version, &mut out)?;
+    }
+    s.write_all(&out)?;
+    // A simulator that stops sending ends the run with an error instead of a hang.
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let start = Instant::now();
+    let until = start + Duration::from_secs_f64(plan.seconds);
+    let (mut ticks, mut bytes) = (0u64, 0u64);
+    while Instant::now() < until {
+        let spare = reader.spare(256 * 1024);
+        let got = s.read(spare).context("reading ticks (none for 5 s?)")?;
+        if got == 0 {
+            bail!("the simulator closed the connection");
+        }
+        reader.commit(got);
+        bytes += got as u64;
+        while let Some(frame) = reader.next_frame(version)? {
+            if is_tick(frame.msg_id) {
+                ticks += 1;
+            }
+        }
+    }
+    Ok((ticks, bytes, start.elapsed()))
+}
+
+/// Runs the plan and prints the figures.
+pub(crate) fn run(plan: &LoadPlan, universe: &Universe) -> anyhow::Result<()> {
+    let con_ids: Vec<i32> = universe.iter().map(|i| i.con_id()).collect();
+    let threads: Vec<_> = (0..plan.clients)
+        .map(|n| {
+            let plan = plan.clone();
+            let mine: Vec<i32> = (0..plan.subs_per_client)
+                .map(|k| con_ids[(n * plan.subs_per_client + k) % con_ids.len()])
+                .collect();
+            std::thread::spawn(move || one_client(&plan, n, &mine))
+        })
+        .collect();
+    let (mut ticks, mut bytes, mut secs) = (0u64, 0u64, 0f64);
+    for (n, t) in threads.into_iter().enumerate() {
+        let (t_ticks, t_bytes, took) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        println!(
+            "client {n}: {t_ticks} ticks in {:.2} s = {:.0} ticks/s, {:.1} MB/s",
+            took.as_secs_f64(),
+            t_ticks as f64 / took.as_secs_f64(),
+            t_bytes as f64 / took.as_secs_f64() / 1e6
+        );
+        ticks += t_ticks;
+        bytes += t_bytes;
+        secs = secs.max(took.as_secs_f64());
+    }
+    println!(
+        "total: {ticks} ticks in {secs:.2} s = {:.0} ticks/s aggregate, {:.1} MB/s, {:.1} bytes/tick",
+        ticks as f64 / secs,
+        bytes as f64 / secs / 1e6,
+        bytes as f64 / ticks.max(1) as f64
+    );
+    Ok(())
+}
