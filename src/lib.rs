@@ -7,6 +7,7 @@ pub mod engine;
 pub mod recorder;
 pub mod storage;
 pub mod tickjson;
+pub mod tools;
 
 pub use ib_stream_ipc as ipc;
 pub mod tws;

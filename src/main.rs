@@ -41,6 +41,12 @@ enum Command {
     Config(ConfigCommand),
     /// Record the ring to storage (the recorder sidecar).
     Record(ib_stream::recorder::RecordArgs),
+    /// Run the engine: IB session to the shared-memory ring, plus the control socket.
+    Engine(ib_stream::engine::EngineOptions),
+    /// Print records from the ring as JSON lines.
+    Tail(ib_stream::tools::tail::TailArgs),
+    /// A live view of the engine's status region.
+    Top(ib_stream::tools::top::TopArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +110,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "control socket: {}",
                 loaded.settings.control_socket().display()
             );
+        }
+        Command::Engine(opts) => {
+            let loaded = config::load(&sources(&cli.global)?)?;
+            ib_stream::engine::run(loaded.settings, opts)?;
+        }
+        Command::Tail(args) => {
+            let loaded = config::load(&sources(&cli.global)?)?;
+            ib_stream::tools::tail::run(&loaded.settings.shm_dir, &args, &mut std::io::stdout())?;
+        }
+        Command::Top(args) => {
+            let loaded = config::load(&sources(&cli.global)?)?;
+            ib_stream::tools::top::run(&loaded.settings.shm_dir, &args, &mut std::io::stdout())?;
         }
         Command::Config(ConfigCommand::Keys) => {
             for (key, aliases, help) in config::known_keys() {
