@@ -47,6 +47,8 @@ enum Command {
     Tail(ib_stream::tools::tail::TailArgs),
     /// A live view of the engine's status region.
     Top(ib_stream::tools::top::TopArgs),
+    /// Serve ticks over SSE and WebSocket, with health, metrics and a live page.
+    Serve(ib_stream::serve::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +124,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Top(args) => {
             let loaded = config::load(&sources(&cli.global)?)?;
             ib_stream::tools::top::run(&loaded.settings.shm_dir, &args, &mut std::io::stdout())?;
+        }
+        Command::Serve(args) => {
+            let loaded = config::load(&sources(&cli.global)?)?;
+            ib_stream::serve::run_blocking(&loaded.settings, &args)?;
         }
         Command::Config(ConfigCommand::Keys) => {
             for (key, aliases, help) in config::known_keys() {
