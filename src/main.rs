@@ -49,6 +49,10 @@ enum Command {
     Top(ib_stream::tools::top::TopArgs),
     /// Serve ticks over SSE and WebSocket, with health, metrics and a live page.
     Serve(ib_stream::serve::ServeArgs),
+    /// Run one environment: tws-sim (when simulating), engine, recorder and web server.
+    Up(ib_stream::up::UpArgs),
+    /// Summarise a running environment (exit code 1 when not healthy).
+    Status(ib_stream::up::status::StatusArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +77,14 @@ fn sources(g: &GlobalArgs) -> anyhow::Result<ConfigSources> {
         env_vars: std::env::vars().collect(),
         flags,
     })
+}
+
+fn up_flags(g: &GlobalArgs) -> ib_stream::up::GlobalFlags {
+    ib_stream::up::GlobalFlags {
+        env: g.env,
+        env_file: g.env_file.clone(),
+        sets: g.set.clone(),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -129,6 +141,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let loaded = config::load(&sources(&cli.global)?)?;
             ib_stream::serve::run_blocking(&loaded.settings, &args)?;
         }
+        Command::Up(args) => ib_stream::up::run(&up_flags(&cli.global), &args)?,
+        Command::Status(args) => ib_stream::up::status::run(&up_flags(&cli.global), &args)?,
         Command::Config(ConfigCommand::Keys) => {
             for (key, aliases, help) in config::known_keys() {
                 let aka = if aliases.is_empty() {
