@@ -516,3 +516,32 @@ fn refused_live_data_falls_back_to_delayed_and_says_so() {
     );
     let _ = Duration::ZERO;
 }
+
+/// A frame no client accepts (impossible length) ends that connection, never the engine:
+/// it reconnects, resubscribes and records the gap.
+#[test]
+fn a_malformed_frame_ends_the_connection_not_the_engine() {
+    let dir = TempDir::new("malformed");
+    let sim = Sim::start(&["--rate", "100", "--tbt-same-instrument-secs", "0"]);
+    let eng = Engine::start(
+        dir.path(),
+        sim.port,
+        &["IB_STREAM_TRACKED_CONTRACTS=265598:AAPL:bid_ask"],
+        &["--tbt-same-instrument-ms", "0", "--backoff-base-ms", "50"],
+    );
+    let mut ring = eng.ring();
+    let mut seen = Vec::new();
+    read_until(&mut ring, 30, &mut seen, |s| {
+        count_kind(s, RecordKind::TbtBidAsk, AAPL) >= 5
+    });
+    sim.control(r#"{"cmd":"malformed"}"#);
+    let mark = seen.len();
+    read_until(&mut ring, 30, &mut seen, |s| {
+        let after = &s[mark..];
+        after
+            .iter()
+            .any(|r| is_kind(r, RecordKind::Gap) && r.tick_type == GapReason::Disconnected as u8)
+            && count_kind(after, RecordKind::TbtBidAsk, AAPL) >= 5
+    });
+    assert!(eng.log().contains("bad frame"), "{}", eng.log());
+}
