@@ -37,8 +37,9 @@ pub use history::{HistoryError, HistoryPage, HistoryQuery, HistorySource};
 use hub::{Hub, HubConfig, SlowPolicy};
 use params::TickType;
 
-/// The string table's file name in the shm directory (next to the ring).
-pub const STRINGS_FILE_NAME: &str = "strings.table";
+/// The string table's file name in the shm directory (next to the ring; the recorder reads
+/// the same file).
+pub const STRINGS_FILE_NAME: &str = crate::recorder::STRINGS_FILE_NAME;
 /// The status region's file name in the shm directory.
 pub const STATUS_FILE_NAME: &str = "status.region";
 
