@@ -357,3 +357,26 @@ fn two_environments_run_side_by_side() {
     let _ = std::fs::remove_dir_all(&dev.dir);
     let _ = std::fs::remove_dir_all(&stg.dir);
 }
+
+#[test]
+fn an_engine_left_running_outside_up_is_named_instead_of_fought() {
+    let env = Env::new("staging", "orphan");
+    let mut engine = env.command("engine").stderr(Stdio::null()).spawn().unwrap();
+    // The engine creates its ring before it connects (nothing listens on its port).
+    let ring = env.dir.join("shm").join("ticks.ring");
+    let until = Instant::now() + READY_WITHIN;
+    while !ring.exists() {
+        assert!(Instant::now() < until, "engine made no ring");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = env.command("up").arg("--simulate").output().unwrap();
+    let _ = engine.kill();
+    let _ = engine.wait();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("an engine (pid {}) not started by", engine.id())),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&env.dir);
+}

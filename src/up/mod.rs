@@ -71,6 +71,17 @@ pub enum UpError {
         /// The lock file.
         lock: PathBuf,
     },
+    /// An engine not started by this `up` writes the environment's ring (for example one left
+    /// behind by an `up` that was killed with SIGKILL).
+    #[error(
+        "an engine (pid {pid}) not started by `ib-stream up` is writing {ring}; stop it first (kill {pid})"
+    )]
+    ForeignEngine {
+        /// Its pid.
+        pid: u32,
+        /// The ring file.
+        ring: PathBuf,
+    },
     /// Shared memory or the lock could not be set up.
     #[error("lock: {0}")]
     Lock(#[source] IpcError),
@@ -163,6 +174,13 @@ pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
         }
         Err(e) => return Err(UpError::Lock(e)),
     };
+
+    if let Some(pid) = ready::live_ring_writer(&plan) {
+        return Err(UpError::ForeignEngine {
+            pid,
+            ring: plan.settings.shm_dir.join(crate::ipc::ring::RING_FILE_NAME),
+        });
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [

@@ -54,6 +54,17 @@ pub fn engine_ring_live(pid: u32, plan: &Plan) -> bool {
         )
 }
 
+/// The pid of a live writer of the environment's ring, if any.
+pub fn live_ring_writer(plan: &Plan) -> Option<u32> {
+    let reader =
+        RingReader::open(&plan.settings.shm_dir.join(RING_FILE_NAME), StartAt::Newest).ok()?;
+    matches!(
+        reader.writer_status(crate::ipc::shm::unix_time_ns(), STALE_NS),
+        WriterStatus::Alive { .. }
+    )
+    .then(|| reader.info().pid)
+}
+
 /// The engine's latest status snapshot and the pid that wrote it.
 pub fn engine_snapshot(plan: &Plan) -> Option<(u32, Box<StatusSnapshot>)> {
     let r = StatusReader::open(&plan.settings.shm_dir.join(STATUS_REGION)).ok()?;
