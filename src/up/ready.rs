@@ -134,8 +134,14 @@ pub fn not_ready_hint(kind: ChildKind, plan: &Plan) -> String {
                 })
                 .unwrap_or_default();
             format!(
-                "{last}not connected to IB at {}:{:?}. Is IB Gateway/TWS running with the API enabled on that port, 127.0.0.1 a trusted IP, and client id {} free? (docs/OPERATIONS.md, troubleshooting)",
-                s.ib_host, s.ib_ports, s.client_id
+                "{last}not connected to IB at {}:{}. Is IB Gateway/TWS running with the API enabled on that port, 127.0.0.1 a trusted IP, and client id {} free? (docs/OPERATIONS.md, troubleshooting)",
+                s.ib_host,
+                s.ib_ports
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                s.client_id
             )
         }
         ChildKind::Recorder => format!(
