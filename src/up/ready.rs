@@ -15,7 +15,7 @@ use super::http;
 use super::plan::{ChildKind, Plan};
 
 /// The engine's status region in the shm dir.
-pub const STATUS_REGION: &str = "status";
+pub const STATUS_REGION: &str = ib_stream_ipc::STATUS_FILE_NAME;
 /// A ring heartbeat older than this is not live.
 const STALE_NS: u64 = 5_000_000_000;
 

@@ -169,6 +169,25 @@ fn answer(log: &EngineLog, id: Option<Value>, req: ControlRequest, out: &mut Vec
                 );
             }
         }
+        ControlRequest::SubscribeContract {
+            client,
+            query,
+            kind,
+        } => {
+            // Serve subscribes by conId only; record the call so a test would notice it.
+            log.lines.lock().unwrap().push(format!(
+                "subscribe_contract:{query:?}:{}:{client}",
+                kind.name()
+            ));
+            error_reply(
+                &RequestError {
+                    id,
+                    code: "not_found",
+                    message: "the test engine resolves no contract descriptions".into(),
+                },
+                out,
+            );
+        }
         ControlRequest::Ping => ok_reply(&id, json!({}), out),
         ControlRequest::List | ControlRequest::Status => ok_reply(&id, json!({}), out),
     }
