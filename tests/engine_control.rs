@@ -216,7 +216,9 @@ fn full_tick_by_tick_budget_rejects_clearly_and_same_instrument_requests_queue()
     });
     let t1 = sub_records(&seen, AAPL, RecordKind::TbtBidAsk, SubState::Requested)[0].ts_recv;
     let t2 = sub_records(&seen, AAPL, RecordKind::TbtLast, SubState::Requested)[0].ts_recv;
-    assert!(t2 - t1 >= 1_500_000_000, "spacing {} ns", t2 - t1);
+    // The records are written just after each request is sent (a loaded machine may delay
+    // the first record a little after its send: 100 ms of slack).
+    assert!(t2 - t1 >= 1_400_000_000, "spacing {} ns", t2 - t1);
     assert!(
         !eng.log().contains("10190"),
         "IB never had to refuse: {}",

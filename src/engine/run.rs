@@ -1122,7 +1122,8 @@ impl Engine {
             }
             let msg = match self.extra.pop_front() {
                 Some(m) => m,
-                None => match self.ingest.subs.next_request(now) {
+                // The send time, not the loop's: the 15-second rule is kept from it.
+                None => match self.ingest.subs.next_request(t) {
                     Some(r) => self.request_msg(r),
                     None => break,
                 },
