@@ -7,8 +7,8 @@
 //! - `ib_async` counting ticks delivered to the ticker (the simulator at version 178, the
 //!   newest ib_async speaks).
 //!
-//! Each client reads for `INGEST_SECONDS` (default 5) after a 1 s warm-up; the simulator is
-//! pinned to core 1. The Python clients run from `.venv` (scripts/setup-venv.sh); when it is
+//! Each client reads for `INGEST_SECONDS` (default 5) after a 1 s warm-up, on core 0; the
+//! simulator is pinned to core 1. The Python clients run from `.venv` (scripts/setup-venv.sh); when it is
 //! missing their figures are reported as 0 with a note.
 //!
 //! `cargo bench --bench ingest`. Last line:
@@ -126,7 +126,7 @@ fn ours(seconds: f64, dir: &Path) -> (f64, f64, f64) {
     (records / secs, rss_mb, records / (c1 - c0).max(0.01))
 }
 
-fn ibapi_rs(seconds: f64) -> f64 {
+fn ibapi_rs(seconds: f64) -> (f64, f64) {
     use ibapi::client::blocking::Client;
     use ibapi::contracts::{Contract, Exchange};
     use ibapi::market_data::IgnoreSize;
@@ -161,9 +161,13 @@ fn ibapi_rs(seconds: f64) -> f64 {
         n
     };
     count(WARMUP);
-    let t0 = Instant::now();
+    let (t0, c0) = (Instant::now(), cpu_secs(std::process::id()));
     let n = count(Duration::from_secs_f64(seconds));
-    n as f64 / t0.elapsed().as_secs_f64()
+    let (secs, cpu) = (
+        t0.elapsed().as_secs_f64(),
+        cpu_secs(std::process::id()) - c0,
+    );
+    (n as f64 / secs, n as f64 / cpu.max(0.01))
 }
 
 const PY_IBAPI: &str = r#"
@@ -190,10 +194,10 @@ app.ready.wait(20)
 c = Contract(); c.conId = 265598; c.exchange = "SMART"
 app.reqTickByTickData(1, c, "BidAsk", 0, False)
 time.sleep(1.0)
-n0, t0 = app.n, time.time()
+n0, t0, c0 = app.n, time.time(), time.process_time()
 time.sleep(secs)
-n1, t1 = app.n, time.time()
-print(int((n1 - n0) / (t1 - t0)))
+n1, t1, c1 = app.n, time.time(), time.process_time()
+print(int((n1 - n0) / (t1 - t0)), int((n1 - n0) / max(c1 - c0, 0.01)))
 sys.stdout.flush()
 app.disconnect()
 "#;
@@ -210,15 +214,22 @@ def on_update(ticker):
     n[0] += len(ticker.tickByTicks)
 t.updateEvent += on_update
 ib.sleep(1.0)
-n0, t0 = n[0], time.time()
+n0, t0, c0 = n[0], time.time(), time.process_time()
 ib.sleep(secs)
-n1, t1 = n[0], time.time()
-print(int((n1 - n0) / (t1 - t0)))
+n1, t1, c1 = n[0], time.time(), time.process_time()
+print(int((n1 - n0) / (t1 - t0)), int((n1 - n0) / max(c1 - c0, 0.01)))
 sys.stdout.flush()
 ib.disconnect()
 "#;
 
-fn python(script: &str, sim_args: &[&str], seconds: f64, dir: &Path, venv: &Path) -> Option<f64> {
+/// (ticks/s, ticks per CPU-second) printed by a Python client.
+fn python(
+    script: &str,
+    sim_args: &[&str],
+    seconds: f64,
+    dir: &Path,
+    venv: &Path,
+) -> Option<(f64, f64)> {
     let py = venv.join("bin/python");
     if !py.exists() {
         return None;
@@ -234,12 +245,9 @@ fn python(script: &str, sim_args: &[&str], seconds: f64, dir: &Path, venv: &Path
         .stderr(Stdio::null())
         .output()
         .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .lines()
-        .last()?
-        .parse()
-        .ok()
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut f = text.trim().lines().last()?.split_whitespace();
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
 }
 
 fn main() {
@@ -251,30 +259,43 @@ fn main() {
         std::env::temp_dir().join(format!("ib-stream-ingest-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv");
-    let _ = core_affinity::set_for_current(core_affinity::CoreId { id: 1 });
+    // Every client gets core 0 (ours is pinned there by its setting; the peers inherit this
+    // thread's affinity: the ibapi crate's threads and the Python processes), the simulator
+    // core 1.
+    let _ = core_affinity::set_for_current(core_affinity::CoreId { id: 0 });
 
     let (ours_tps, rss, per_cpu) = ours(seconds, &dir);
     println!(
         "ours: {ours_tps:.0} ticks/s (engine RSS {rss:.1} MB; {per_cpu:.0} ticks per engine CPU-second)"
     );
-    let rs = ibapi_rs(seconds);
-    println!("ibapi (Rust crate 5.5.0): {rs:.0} ticks/s");
+    let (rs, rs_cpu) = ibapi_rs(seconds);
+    println!("ibapi (Rust crate 5.5.0): {rs:.0} ticks/s ({rs_cpu:.0} per CPU-second)");
+    let not_run = "not run (no .venv; scripts/setup-venv.sh)";
+    let show = |x: Option<(f64, f64)>| {
+        x.map_or(not_run.to_string(), |(v, c)| {
+            format!("{v:.0} ticks/s ({c:.0} per CPU-second)")
+        })
+    };
     let py = python(PY_IBAPI, &[], seconds, &dir, &venv);
-    println!(
-        "ibapi (Python): {}",
-        py.map_or(
-            "not run (no .venv; scripts/setup-venv.sh)".into(),
-            |v| format!("{v:.0} ticks/s")
-        )
-    );
+    println!("ibapi (Python): {}", show(py));
     let ia = python(PY_IB_ASYNC, &["--max-version", "178"], seconds, &dir, &venv);
+    println!("ib_async: {}", show(ia));
+    let per_cpu_ratio = |x: Option<f64>| {
+        x.filter(|v| *v > 0.0)
+            .map_or("n/a".to_string(), |v| format!("{:.1}", per_cpu / v))
+    };
+    // Per CPU-second: what each client costs, independent of how much of a core the
+    // machine's other load left it.
     println!(
-        "ib_async: {}",
-        ia.map_or(
-            "not run (no .venv; scripts/setup-venv.sh)".into(),
-            |v| format!("{v:.0} ticks/s")
-        )
+        "per_cpu ours={per_cpu:.0} ibapi_rs={rs_cpu:.0} py_ibapi={:.0} ib_async={:.0} vs_ibapi_rs={} vs_py_ibapi={} vs_ib_async={}",
+        py.map_or(0.0, |p| p.1),
+        ia.map_or(0.0, |p| p.1),
+        per_cpu_ratio(Some(rs_cpu)),
+        per_cpu_ratio(py.map(|p| p.1)),
+        per_cpu_ratio(ia.map(|p| p.1)),
     );
+    let py = py.map(|p| p.0);
+    let ia = ia.map(|p| p.0);
     let _ = std::fs::remove_dir_all(&dir);
     let ratio = |x: Option<f64>| {
         x.filter(|v| *v > 0.0)

@@ -2,9 +2,9 @@
 //! Unix ns) to the moment a reader of the engine's ring sees the record (Unix ns, same
 //! clock), for tick-by-tick streams at several aggregate rates. Real processes: tws-sim
 //! (pinned to core 1), `ib-stream engine` (busy-poll, pinned to core 0) and this reader
-//! (core 1, yielding when the ring is empty so the simulator keeps its core).
-//! Percentiles are coordinated-omission corrected (hdrhistogram `record_correct` with the
-//! stream's expected interval). A rate is lossless when every tick sent before the end
+//! (core 1, yielding when the ring is empty; `W2R_SPIN=1` spins). Percentiles are coordinated-omission corrected: each tick's latency
+//! is counted from when the simulator's steady schedule said it was due (`raw_*` from when
+//! it was actually written). A rate is lossless when every tick sent before the end
 //! reached the reader, no reader lap happened, and at least 90 % of the rate was achieved.
 //!
 //! `cargo bench --bench wire_to_ring` (env: `W2R_SECONDS` per rate, default 3;
@@ -142,6 +142,7 @@ fn run_rate(rate: u64, seconds: f64, dir: &Path) -> RunResult {
     let warmup = Duration::from_millis(700);
     let mut first_tick: Option<Instant> = None;
     let mut measure_from_ns = i64::MAX;
+    let spin = std::env::var("W2R_SPIN").is_ok_and(|v| v == "1");
     let give_up = Instant::now() + Duration::from_secs(30);
     let (measure_to_ns, rss) = loop {
         match ring.try_read() {
@@ -168,6 +169,9 @@ fn run_rate(rate: u64, seconds: f64, dir: &Path) -> RunResult {
                 }
             }
             ReadOutcome::Lost { count, .. } => lapped += count,
+            // The reader shares core 1 with the simulator: yield so it keeps producing
+            // (W2R_SPIN=1 spins instead, for a machine with a core to spare).
+            ReadOutcome::Empty if spin => std::hint::spin_loop(),
             ReadOutcome::Empty => std::thread::yield_now(),
         }
         if let Some(t0) = first_tick {
@@ -186,7 +190,6 @@ fn run_rate(rate: u64, seconds: f64, dir: &Path) -> RunResult {
     drop(engine);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
     let mut raw = hist.clone();
-    let interval = (1e9 / rate as f64).max(1.0) as u64;
     let mut missing = 0u64;
     let mut in_window = 0u64;
     let mut text = String::new();
@@ -194,6 +197,8 @@ fn run_rate(rate: u64, seconds: f64, dir: &Path) -> RunResult {
         .unwrap()
         .read_to_string(&mut text)
         .unwrap();
+    // (kind, k, send time) of every tick the simulator wrote to our connection.
+    let mut sent: Vec<(usize, usize, i64)> = Vec::new();
     for l in text.lines() {
         let f: Vec<i64> = l
             .split_whitespace()
@@ -206,19 +211,29 @@ fn run_rate(rate: u64, seconds: f64, dir: &Path) -> RunResult {
             continue;
         };
         let (first_k, count, at) = (f[2] as usize, f[3] as usize, f[4]);
-        for k in first_k..first_k + count {
-            match seen[kind].get(k) {
-                Some(&t) if at >= measure_from_ns && t <= measure_to_ns => {
-                    in_window += 1;
-                    let lat = (t - at).max(1) as u64;
-                    hist.record_correct(lat, interval).unwrap();
-                    raw.record(lat).unwrap();
-                }
-                Some(_) => {}
-                // Sent well before the reader stopped and never seen: lost.
-                None if at < measure_to_ns - 200_000_000 => missing += 1,
-                None => {}
+        sent.extend((first_k..first_k + count).map(|k| (kind, k, at)));
+    }
+    // Coordinated omission: tick k of a stream is due at start + k * interval (the
+    // simulator's steady schedule). The start is estimated as the earliest `at - k * interval`
+    // (the moment the simulator was exactly on schedule); a tick written late because the
+    // simulator or the socket was held up is then charged from when it was due.
+    let interval_sub = 1e9 / per_sub;
+    let mut start = [f64::MAX; 4];
+    for &(kind, k, at) in &sent {
+        start[kind] = start[kind].min(at as f64 - k as f64 * interval_sub);
+    }
+    for &(kind, k, at) in &sent {
+        match seen[kind].get(k) {
+            Some(&t) if at >= measure_from_ns && t <= measure_to_ns => {
+                in_window += 1;
+                raw.record((t - at).max(1) as u64).unwrap();
+                let due = start[kind] + k as f64 * interval_sub;
+                hist.record((t as f64 - due).max(1.0) as u64).unwrap();
             }
+            Some(_) => {}
+            // Sent well before the reader stopped and never seen: lost.
+            None if at < measure_to_ns - 200_000_000 => missing += 1,
+            None => {}
         }
     }
     let span = (measure_to_ns - measure_from_ns) as f64 / 1e9;

@@ -216,7 +216,9 @@ fn full_tick_by_tick_budget_rejects_clearly_and_same_instrument_requests_queue()
     });
     let t1 = sub_records(&seen, AAPL, RecordKind::TbtBidAsk, SubState::Requested)[0].ts_recv;
     let t2 = sub_records(&seen, AAPL, RecordKind::TbtLast, SubState::Requested)[0].ts_recv;
-    assert!(t2 - t1 >= 1_500_000_000, "spacing {} ns", t2 - t1);
+    // The records are written just after each request is sent (a loaded machine may delay
+    // the first record a little after its send: 100 ms of slack).
+    assert!(t2 - t1 >= 1_400_000_000, "spacing {} ns", t2 - t1);
     assert!(
         !eng.log().contains("10190"),
         "IB never had to refuse: {}",
@@ -495,5 +497,49 @@ fn the_watchdog_probes_a_silent_subscription_and_says_so() {
         eng.log().contains("probing IB with reqCurrentTime"),
         "{}",
         eng.log()
+    );
+}
+
+/// A stream as fast as the engine can read (the simulator's asap mode) must not starve the
+/// loop: control requests are answered and the status region keeps being published.
+#[test]
+fn a_flood_of_ticks_does_not_starve_control_or_status() {
+    let dir = TempDir::new("flood");
+    let sim = Sim::start(&["--mode", "asap", "--tbt-same-instrument-secs", "0"]);
+    let eng = Engine::start(
+        dir.path(),
+        sim.port,
+        &["IB_STREAM_TRACKED_CONTRACTS=265598:AAPL:bid_ask"],
+        &["--tbt-same-instrument-ms", "0"],
+    );
+    let mut ring = eng.ring();
+    let mut seen = Vec::new();
+    read_until(&mut ring, 30, &mut seen, |s| {
+        count_kind(s, RecordKind::TbtBidAsk, AAPL) >= 1000
+    });
+    let status = ib_stream::ipc::StatusReader::open(&dir.path().join("status")).unwrap();
+    let mut ctl = eng.control();
+    let g0 = status.latest_generation();
+    for i in 0..5 {
+        let t = std::time::Instant::now();
+        let r = ctl.call(&format!(r#"{{"id":{i},"op":"status"}}"#));
+        assert_eq!(r["conn_state"], "connected", "{r}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "a reply took {:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        status.latest_generation() > g0,
+        "the status region is still published"
+    );
+    let mut snap = ib_stream::ipc::StatusSnapshot::new_boxed();
+    status.read(&mut snap).unwrap();
+    assert!(snap.counters.records_published > 1000);
+    assert!(
+        snap.find_subscription(AAPL, RecordKind::TbtBidAsk)
+            .is_some_and(|s| s.ticks > 1000)
     );
 }

@@ -40,6 +40,9 @@ pub const FIRST_SUB_REQ_ID: i32 = 1000;
 /// First request id of contract lookups (clear of subscriptions).
 pub const FIRST_LOOKUP_REQ_ID: i32 = 1 << 30;
 const LOOKUP_TIMEOUT_NS: u64 = 15_000_000_000;
+/// Socket reads in one turn of the loop before timers and control clients get theirs
+/// (16 x 64 KiB: about 20 000 ticks).
+pub const MAX_READS_PER_TURN: usize = 16;
 const SECOND: u64 = 1_000_000_000;
 /// The outbound budget's window: IB's one second plus a margin for arrival jitter.
 pub const PACING_WINDOW_NS: u64 = SECOND + 50_000_000;
@@ -176,6 +179,8 @@ pub struct Engine {
     next_connect: Option<u64>,
     pacer: Pacer,
     pacing_blocked: bool,
+    /// The IB socket may hold more bytes (the last read turn stopped at its limit).
+    ib_pending: bool,
     extra: VecDeque<ClientMsg>,
     /// Unix ns since which data may be missing (a Ready connection dropped).
     down_since: Option<i64>,
@@ -298,6 +303,7 @@ impl Engine {
             client_id_offset: 0,
             next_connect: Some(0),
             pacing_blocked: false,
+            ib_pending: false,
             extra: VecDeque::new(),
             down_since: None,
             last_rx: 0,
@@ -382,7 +388,7 @@ impl Engine {
             let iter_start = self.now();
             self.timers(iter_start, status_every);
             self.pump(iter_start);
-            let timeout = if self.settings.busy_poll {
+            let timeout = if self.settings.busy_poll || self.ib_pending {
                 Duration::ZERO
             } else {
                 let deadline = self.next_deadline(iter_start);
@@ -393,14 +399,23 @@ impl Engine {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(io_err("poll")(e)),
             }
-            let had_events = !events.is_empty();
+            let had_events = !events.is_empty() || self.ib_pending;
             let work_start = self.now();
+            let mut ib_seen = false;
             for ev in events.iter() {
                 match ev.token() {
-                    IB => self.on_ib_event(ev.is_readable(), ev.is_writable()),
+                    IB => {
+                        ib_seen = true;
+                        self.on_ib_event(ev.is_readable(), ev.is_writable());
+                    }
                     LISTENER => self.accept_clients(),
                     t => self.on_client_event(t, ev.is_readable()),
                 }
+            }
+            // Edge-triggered: bytes left unread last turn raise no new event.
+            if self.ib_pending && !ib_seen {
+                let now = self.now();
+                self.read_ib(now);
             }
             let snap = &mut self.ingest.publisher.snap;
             snap.counters.loop_iterations += 1;
@@ -627,6 +642,7 @@ impl Engine {
             return;
         };
         let _ = self.poll.registry().deregister(&mut c.stream);
+        self.ib_pending = false;
         let was_ready = c.phase == Phase::Ready;
         warn!(
             port = c.port,
@@ -732,8 +748,18 @@ impl Engine {
         }
     }
 
+    /// Reads until the socket is drained or [`MAX_READS_PER_TURN`] reads were made; in the
+    /// latter case the loop comes back at once (`ib_pending`), after its timers and the
+    /// control clients had their turn: a stream faster than we read must not starve them.
     fn read_ib(&mut self, now: u64) {
+        self.ib_pending = false;
+        let mut reads = 0;
         loop {
+            if reads == MAX_READS_PER_TURN {
+                self.ib_pending = true;
+                return;
+            }
+            reads += 1;
             let Some(c) = self.conn.as_mut() else { return };
             let res = if c.phase == Phase::Ack {
                 let mut buf = [0u8; 512];
@@ -1096,7 +1122,8 @@ impl Engine {
             }
             let msg = match self.extra.pop_front() {
                 Some(m) => m,
-                None => match self.ingest.subs.next_request(now) {
+                // The send time, not the loop's: the 15-second rule is kept from it.
+                None => match self.ingest.subs.next_request(t) {
                     Some(r) => self.request_msg(r),
                     None => break,
                 },

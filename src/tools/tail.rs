@@ -204,3 +204,74 @@ fn flush(w: &mut dyn Write, out: &mut Vec<u8>) -> Result<bool, TailError> {
         Err(e) => Err(e.into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(kind: RecordKind, con: u32) -> Record {
+        Record {
+            instrument_id: con,
+            ..Record::new(kind)
+        }
+    }
+
+    #[test]
+    fn filter_by_contract_and_kind() {
+        let all = Filter::default();
+        assert!(all.pass(&rec(RecordKind::TbtLast, 5)));
+        let f = Filter {
+            con_ids: vec![5],
+            kinds: vec![RecordKind::TbtLast, RecordKind::Gap],
+        };
+        assert!(f.pass(&rec(RecordKind::TbtLast, 5)));
+        assert!(!f.pass(&rec(RecordKind::TbtLast, 6)));
+        assert!(!f.pass(&rec(RecordKind::TbtBidAsk, 5)));
+        // Records about no instrument pass the contract filter, not the kind filter.
+        assert!(f.pass(&rec(RecordKind::Gap, 0)));
+        assert!(!f.pass(&rec(RecordKind::Heartbeat, 0)));
+    }
+
+    #[test]
+    fn tails_a_ring_from_the_oldest_with_filters() {
+        let dir = std::env::temp_dir().join(format!("ib-stream-tail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut w = crate::ipc::RingWriter::create(
+            &dir.join("ticks.ring"),
+            64,
+            &crate::ipc::ShmOptions::default(),
+        )
+        .unwrap();
+        for i in 0..10 {
+            let kind = if i % 2 == 0 {
+                RecordKind::TbtMidPoint
+            } else {
+                RecordKind::TbtBidAsk
+            };
+            let mut r = rec(kind, 7);
+            r.body[0] = i * crate::ipc::PRICE_SCALE;
+            w.publish(&r);
+        }
+        let args = TailArgs {
+            con_ids: vec![7],
+            kinds: vec![RecordKind::TbtMidPoint],
+            oldest: true,
+            count: Some(5),
+            seconds: Some(5.0),
+            wait: 1.0,
+        };
+        let mut out = Vec::new();
+        run(&dir, &args, &mut out).unwrap();
+        let lines: Vec<serde_json::Value> = out
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 5);
+        let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, [1, 3, 5, 7, 9]);
+        assert!(lines.iter().all(|l| l["tt"] == "mid_point"));
+        drop(w);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

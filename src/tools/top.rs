@@ -264,3 +264,38 @@ pub fn run(dir: &Path, args: &TopArgs, w: &mut dyn Write) -> Result<(), TopError
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::{ConnState, RecordKind, SubStatus};
+
+    #[test]
+    fn a_frame_shows_connection_rates_latency_and_subscriptions() {
+        let mut prev = StatusSnapshot::new_boxed();
+        let mut snap = StatusSnapshot::new_boxed();
+        snap.set_conn_state(ConnState::Connected);
+        snap.engine.server_version = 226;
+        snap.engine.client_id = 20;
+        snap.counters.records_published = 2_000;
+        prev.counters.records_published = 1_000;
+        for v in [1_000u64, 2_000, 3_000] {
+            snap.latencies.recv_to_publish.record(v);
+        }
+        let mut s = SubStatus::new(265_598, RecordKind::TbtBidAsk, SubState::Active, 1000);
+        s.ticks = 500;
+        snap.push_subscription(s).unwrap();
+        let mut p = s;
+        p.ticks = 300;
+        prev.push_subscription(p).unwrap();
+        let frame = render(&snap, Some((&prev, 2.0)), 0xabc, Some(2_000), 1);
+        assert!(frame.contains("state connected"), "{frame}");
+        assert!(frame.contains("server v226"), "{frame}");
+        assert!(frame.contains("records 2000 (500/s)"), "{frame}");
+        assert!(
+            frame.contains("265598") && frame.contains("bid_ask") && frame.contains("100/s"),
+            "{frame}"
+        );
+        assert!(frame.contains("p50="), "{frame}");
+    }
+}
