@@ -82,11 +82,15 @@ impl Publisher {
             path: dir.to_path_buf(),
             source: e,
         })?;
-        let ring = RingWriter::create(&dir.join("ticks.ring"), capacity, opts)?;
+        let ring = RingWriter::create(&dir.join(ib_stream_ipc::RING_FILE_NAME), capacity, opts)?;
         let epoch = ring.info().epoch;
-        let table =
-            StringTableWriter::create(&dir.join("strings"), epoch, &strings_config(), opts)?;
-        let status = StatusWriter::create(&dir.join("status"), epoch, opts)?;
+        let table = StringTableWriter::create(
+            &dir.join(ib_stream_ipc::STRINGS_FILE_NAME),
+            epoch,
+            &strings_config(),
+            opts,
+        )?;
+        let status = StatusWriter::create(&dir.join(ib_stream_ipc::STATUS_FILE_NAME), epoch, opts)?;
         Ok(Publisher::from_parts(ring, table, status))
     }
 

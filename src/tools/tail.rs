@@ -76,7 +76,7 @@ impl StringLookup for TableLookup {
 
 fn open_strings(dir: &Path, epoch: u64) -> TableLookup {
     TableLookup(
-        StringTableReader::open(&dir.join("strings"))
+        StringTableReader::open(&dir.join(ib_stream_ipc::STRINGS_FILE_NAME))
             .ok()
             .filter(|t| t.belongs_to(epoch)),
     )
@@ -116,7 +116,7 @@ fn gap_line(reason: GapReason, first: u64, last: u64, out: &mut Vec<u8>) {
 
 /// Runs tail on the ring in `dir`, writing JSON lines to `w`.
 pub fn run(dir: &Path, args: &TailArgs, w: &mut dyn Write) -> Result<(), TailError> {
-    let path = dir.join("ticks.ring");
+    let path = dir.join(ib_stream_ipc::RING_FILE_NAME);
     let start = if args.oldest {
         StartAt::Oldest
     } else {
@@ -237,7 +237,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ib-stream-tail-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut w = crate::ipc::RingWriter::create(
-            &dir.join("ticks.ring"),
+            &dir.join(ib_stream_ipc::RING_FILE_NAME),
             64,
             &crate::ipc::ShmOptions::default(),
         )

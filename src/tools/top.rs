@@ -220,10 +220,10 @@ pub fn render(
 /// Runs top on the status region in `dir`.
 pub fn run(dir: &Path, args: &TopArgs, w: &mut dyn Write) -> Result<(), TopError> {
     let reader = open_status(
-        &dir.join("status"),
+        &dir.join(ib_stream_ipc::STATUS_FILE_NAME),
         Duration::from_secs_f64(args.wait.max(0.0)),
     )?;
-    let ring = RingReader::open(&dir.join("ticks.ring"), StartAt::Newest).ok();
+    let ring = RingReader::open(&dir.join(ib_stream_ipc::RING_FILE_NAME), StartAt::Newest).ok();
     let mut snap = StatusSnapshot::new_boxed();
     let mut prev = StatusSnapshot::new_boxed();
     read_snapshot(&reader, &mut snap)?;

@@ -323,7 +323,10 @@ fn run_server(s: &ServeArgs) -> anyhow::Result<()> {
     let universe = load_universe(s.universe.as_ref())?;
     if s.dump_universe {
         let specs: Vec<_> = universe.iter().map(|i| i.spec.clone()).collect();
-        println!("{}", serde_json::to_string_pretty(&specs)?);
+        // A closed pipe (`| head`) is an error to report, not a panic.
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", serde_json::to_string_pretty(&specs)?)?;
+        out.flush()?;
         return Ok(());
     }
     let mut specs: Vec<_> = universe.iter().map(|i| i.spec.clone()).collect();
