@@ -41,6 +41,8 @@ enum Command {
     Config(ConfigCommand),
     /// Record the ring to storage (the recorder sidecar).
     Record(ib_stream::recorder::RecordArgs),
+    /// Inspect, check, export and import recorded history.
+    Storage(ib_stream::storage::cli::StorageArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,6 +86,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Record(args) => {
             let loaded = config::load(&sources(&cli.global)?)?;
             ib_stream::recorder::run_cli(&loaded.settings, &args)?;
+        }
+        Command::Storage(args) => {
+            let loaded = config::load(&sources(&cli.global)?)?;
+            ib_stream::storage::cli::run(&args, &loaded.settings.storage_path)?;
         }
         Command::Config(ConfigCommand::Check) => {
             let loaded = config::load(&sources(&cli.global)?)?;
