@@ -25,7 +25,7 @@ use ib_stream_ipc::{RECORD_SIZE, Record, RecordKind};
 
 use super::StorageError;
 use super::binary::{BinaryHeader, HEADER_LEN, read_strings};
-use super::layout::{Format, Stream, hour_start, list_segments};
+use super::layout::{Format, HOUR_NS, Stream, list_segments};
 use crate::tickjson::{self, LocalStrings, StringIntern};
 
 /// Records read per `pread` from a binary segment (128 KiB).
@@ -403,6 +403,9 @@ pub struct QueryIter {
     stats: QueryStats,
     last: Option<Cursor>,
     started: bool,
+    /// The source whose head was returned last: advanced on the next call, so that a query
+    /// stopping at its limit reads nothing more.
+    pending: Option<usize>,
 }
 
 impl QueryIter {
@@ -433,8 +436,10 @@ impl QueryIter {
         };
         let mut sources: Vec<Source> = Vec::new();
         if filter.start_us < filter.end_us {
-            let first_hour = hour_start(filter.start_us.saturating_mul(1000));
-            let last_hour = hour_start(filter.end_us.saturating_mul(1000).saturating_sub(1));
+            // Saturating: open-ended ranges use i64::MIN / i64::MAX.
+            let hour_of = |ns: i64| ns.div_euclid(HOUR_NS).saturating_mul(HOUR_NS);
+            let first_hour = hour_of(filter.start_us.saturating_mul(1000));
+            let last_hour = hour_of(filter.end_us.saturating_mul(1000).saturating_sub(1));
             let want_system = kinds.iter().any(|k| !k.is_market_data());
             for seg in list_segments(root, format, first_hour, last_hour)? {
                 let wanted = match seg.key.stream {
@@ -475,6 +480,7 @@ impl QueryIter {
             stats: QueryStats::default(),
             last: None,
             started: false,
+            pending: None,
         })
     }
 
@@ -510,6 +516,9 @@ impl QueryIter {
                 self.advance(i)?;
             }
         }
+        if let Some(i) = self.pending.take() {
+            self.advance(i)?;
+        }
         let mut best: Option<usize> = None;
         for (i, s) in self.sources.iter().enumerate() {
             if let Some((k, _)) = &s.head
@@ -521,11 +530,10 @@ impl QueryIter {
         let Some(i) = best else {
             return Ok(None);
         };
-        let (key, rec) = self.sources[i]
-            .head
-            .take()
-            .expect("chosen source has a head");
-        self.advance(i)?;
+        let Some((key, rec)) = self.sources[i].head.take() else {
+            return Ok(None);
+        };
+        self.pending = Some(i);
         self.last = Some(key);
         self.stats.records_returned += 1;
         if let Some(r) = self.remaining.as_mut() {
