@@ -23,7 +23,11 @@ fn expected(all: &[(u64, Record)], strings: &LocalStrings, q: &Query) -> Vec<Vec
     } else {
         q.kinds.clone()
     };
-    let (s, e) = (q.start_ns.div_euclid(1000), q.end_ns.div_euclid(1000));
+    // The record's microsecond overlaps [start, end).
+    let (s, e) = (
+        q.start_ns.div_euclid(1000),
+        q.end_ns.div_euclid(1000) + i64::from(q.end_ns.rem_euclid(1000) != 0),
+    );
     let mut v: Vec<(Cursor, &Record)> = all
         .iter()
         .filter(|(_, r)| {
@@ -254,4 +258,61 @@ fn bad_cursors_and_empty_roots_are_clear() {
     let root = TempRoot::new("empty");
     let q = Query::new(CID, i64::MIN, i64::MAX);
     assert_eq!(run(&root.0, &q), Vec::<Vec<u8>>::new());
+}
+
+#[test]
+fn system_records_written_out_of_time_order_still_page_exactly() {
+    let root = TempRoot::new("system");
+    let strings = LocalStrings::default();
+    // A recorder gap record carries the time it was written: later than records after it.
+    let mut recs = Vec::new();
+    let mut gap = Record::new(RecordKind::Gap);
+    gap.seq = 50;
+    gap.ts_recv = T0 + 100_000_000_000;
+    gap.tick_type = ib_stream_ipc::GapReason::ReaderOverrun as u8;
+    gap.body = [50, 59, T0, T0 + 1];
+    recs.push(gap);
+    for (seq, s) in [(60u64, 10i64), (70, 20), (80, 200)] {
+        let mut c = Record::new(RecordKind::Connection);
+        c.seq = seq;
+        c.ts_recv = T0 + s * 1_000_000_000 + 17;
+        c.tick_type = ib_stream_ipc::ConnState::Connected as u8;
+        c.body = [200, 7, 0, 0];
+        recs.push(c);
+    }
+    write_store(&root.0, EPOCH_A, &recs, &strings);
+    let all: Vec<(u64, Record)> = recs.iter().map(|r| (EPOCH_A, *r)).collect();
+    let base = Query {
+        kinds: vec![RecordKind::Gap, RecordKind::Connection],
+        ..Query::new(CID, i64::MIN, i64::MAX)
+    };
+    let full = both(&root.0, &base);
+    assert_eq!(full, expected(&all, &strings, &base));
+    let seqs: Vec<u64> = query_all(&root.0, &base)
+        .unwrap()
+        .0
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs, vec![60, 70, 50, 80], "by receive time");
+    for format in Format::ALL {
+        let mut after = None;
+        let mut pages = Vec::new();
+        loop {
+            let q = Query {
+                limit: Some(1),
+                after,
+                format: Some(format),
+                ..base.clone()
+            };
+            let mut it = QueryIter::new(&root.0, &q).unwrap();
+            let mut line = Vec::new();
+            if it.next_json(&mut line).unwrap().is_none() {
+                break;
+            }
+            pages.push(line);
+            after = it.cursor();
+        }
+        assert_eq!(pages, full, "{format:?}");
+    }
 }

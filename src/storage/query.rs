@@ -40,9 +40,6 @@ pub enum QueryError {
     /// A cursor token that is not one this module wrote.
     #[error("bad cursor {0:?} (expected <µs>-<epoch hex>-<seq>)")]
     BadCursor(String),
-    /// The query asks for nothing sensible.
-    #[error("bad query: {0}")]
-    BadQuery(String),
 }
 
 /// A position in a query's order: the record with this key and everything before it have been
@@ -102,9 +99,10 @@ pub struct Query {
     /// or of none (conId 0: recorder gaps, connection changes). Empty means every
     /// market-data kind.
     pub kinds: Vec<RecordKind>,
-    /// First receive time, ns since the Unix epoch (inclusive, compared to the µs).
+    /// First receive time, ns since the Unix epoch (inclusive). Times are compared to the
+    /// microsecond: a record is in range when its microsecond overlaps `[start_ns, end_ns)`.
     pub start_ns: i64,
-    /// End receive time, ns (exclusive, compared to the µs).
+    /// End receive time, ns (exclusive).
     pub end_ns: i64,
     /// At most this many records.
     pub limit: Option<u64>,
@@ -376,6 +374,8 @@ impl JsonlReader {
 enum SegmentReader {
     Binary(BinaryReader),
     Jsonl(JsonlReader),
+    /// A system file read whole and sorted by key (see [`QueryIter::advance`]).
+    Sorted(std::vec::IntoIter<Record>),
 }
 
 /// The files of one stream of one epoch, oldest hour first, read one at a time.
@@ -430,7 +430,8 @@ impl QueryIter {
         };
         let filter = Filter {
             start_us: start_ns.div_euclid(1000),
-            end_us: q.end_ns.div_euclid(1000),
+            // Ceiling: a record is in range when its microsecond overlaps [start, end).
+            end_us: q.end_ns.div_euclid(1000) + i64::from(q.end_ns.rem_euclid(1000) != 0),
             con_id: q.con_id,
             kinds: mask,
         };
@@ -577,10 +578,35 @@ impl QueryIter {
                         sorted,
                     )?),
                 });
+                if s.system {
+                    // A recorder gap record has the receive time of when it was written,
+                    // which can be later than records after it in the file. System files
+                    // are small (events, not ticks): sort the wanted records by key so the
+                    // merge order, and with it cursor paging, stays exact.
+                    let mut keep = Vec::new();
+                    loop {
+                        let next = match s.current.as_mut() {
+                            Some(SegmentReader::Binary(r)) => {
+                                r.next(&mut self.strings, &mut self.stats)?
+                            }
+                            Some(SegmentReader::Jsonl(r)) => {
+                                r.next(&mut self.strings, &mut self.stats)?
+                            }
+                            _ => None,
+                        };
+                        let Some(rec) = next else { break };
+                        if self.filter.accepts(&rec, true) {
+                            keep.push(rec);
+                        }
+                    }
+                    keep.sort_by_key(|r| (r.ts_recv.div_euclid(1000), r.seq));
+                    s.current = Some(SegmentReader::Sorted(keep.into_iter()));
+                }
             }
             let next = match s.current.as_mut() {
                 Some(SegmentReader::Binary(r)) => r.next(&mut self.strings, &mut self.stats)?,
                 Some(SegmentReader::Jsonl(r)) => r.next(&mut self.strings, &mut self.stats)?,
+                Some(SegmentReader::Sorted(v)) => v.next(),
                 None => None,
             };
             let Some(rec) = next else {

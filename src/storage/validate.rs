@@ -220,8 +220,8 @@ struct Checked {
 
 fn check_segment(seg: &SegmentFile, problems: &mut Vec<Problem>) -> Option<Checked> {
     let bytes = std::fs::metadata(&seg.path).map_or(0, |m| m.len());
-    // (record index, location text, record)
-    let records: Vec<(String, Record)> = match seg.format {
+    // Each record with where it is (text made only for a problem).
+    let records: Vec<(Loc, Record)> = match seg.format {
         Format::Binary => {
             let s = match BinarySegment::read(&seg.path) {
                 Ok(s) => s,
@@ -321,7 +321,7 @@ fn check_segment(seg: &SegmentFile, problems: &mut Vec<Problem>) -> Option<Check
             s.records
                 .into_iter()
                 .enumerate()
-                .map(|(i, r)| (record_at(i), r))
+                .map(|(i, r)| (Loc::Record(i), r))
                 .collect()
         }
         Format::Jsonl => {
@@ -345,7 +345,7 @@ fn check_segment(seg: &SegmentFile, problems: &mut Vec<Problem>) -> Option<Check
             let mut bad = 0usize;
             for (i, line) in s.lines().enumerate() {
                 match tickjson::decode(line, &mut strings) {
-                    Ok(r) => out.push((format!("line {} (byte {offset})", i + 1), r)),
+                    Ok(r) => out.push((Loc::Line(i + 1, offset), r)),
                     Err(e) => {
                         bad += 1;
                         if bad <= MAX_RECORD_PROBLEMS {
@@ -374,26 +374,23 @@ fn check_segment(seg: &SegmentFile, problems: &mut Vec<Problem>) -> Option<Check
     let mut gaps = Vec::new();
     for (at, r) in &records {
         if r.seq <= prev {
-            bad.push((
-                at.clone(),
-                format!("seq {} after {prev}: not increasing", r.seq),
-            ));
+            bad.push((*at, format!("seq {} after {prev}: not increasing", r.seq)));
         }
         prev = r.seq;
         if !seg.key.stream.accepts(r) {
             bad.push((
-                at.clone(),
+                *at,
                 format!("seq {}: kind {} does not belong here", r.seq, r.kind),
             ));
         } else if seg.key.stream != Stream::System && r.instrument_id != seg.key.instrument_id {
             bad.push((
-                at.clone(),
+                *at,
                 format!("seq {}: conId {} in the wrong file", r.seq, r.instrument_id),
             ));
         }
         if hour_start(r.ts_recv) != seg.key.hour_start_ns {
             bad.push((
-                at.clone(),
+                *at,
                 format!(
                     "seq {}: ts_recv {} outside the file's hour",
                     r.seq, r.ts_recv
@@ -411,7 +408,7 @@ fn check_segment(seg: &SegmentFile, problems: &mut Vec<Problem>) -> Option<Check
     }
     let more = bad.len().saturating_sub(MAX_RECORD_PROBLEMS);
     for (at, what) in bad.into_iter().take(MAX_RECORD_PROBLEMS) {
-        problems.push(problem(seg, at, what));
+        problems.push(problem(seg, at.to_string(), what));
     }
     if more > 0 {
         problems.push(problem(seg, "", format!("{more} more record problems")));
@@ -421,6 +418,24 @@ fn check_segment(seg: &SegmentFile, problems: &mut Vec<Problem>) -> Option<Check
         gaps,
         bytes,
     })
+}
+
+/// Where a record is in its file.
+#[derive(Clone, Copy)]
+enum Loc {
+    /// Binary record index.
+    Record(usize),
+    /// JSON line number (from 1) and its byte offset.
+    Line(usize, usize),
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Loc::Record(i) => f.write_str(&record_at(*i)),
+            Loc::Line(n, off) => write!(f, "line {n} (byte {off})"),
+        }
+    }
 }
 
 fn record_at(i: usize) -> String {
