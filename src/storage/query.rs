@@ -16,7 +16,7 @@ pub mod time;
 
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Seek};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -321,19 +321,74 @@ struct JsonlReader {
     path: PathBuf,
     reader: BufReader<File>,
     line: Vec<u8>,
-    line_no: u64,
+    /// Byte offset of the next line.
+    offset: u64,
     /// Lines with `st` below this are skipped undecoded (only for time-sorted files).
     skip_below_us: Option<i64>,
 }
 
+/// Below this many bytes left to search, [`seek_start`] stops and lines are skipped one by one.
+const JSONL_SEEK_WINDOW: u64 = 64 * 1024;
+
+/// The start of the first line (after byte `from`, strictly inside `..to`) and its `st`.
+fn line_after(file: &File, from: u64, to: u64) -> std::io::Result<Option<(u64, Option<i64>)>> {
+    let mut buf = vec![0u8; 4096];
+    let mut at = from;
+    // Find the end of the line holding `from`.
+    let start = loop {
+        if at >= to {
+            return Ok(None);
+        }
+        let n = file.read_at(&mut buf, at)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if let Some(p) = buf[..n].iter().position(|&b| b == b'\n') {
+            break at + p as u64 + 1;
+        }
+        at += n as u64;
+    };
+    if start >= to {
+        return Ok(None);
+    }
+    let n = file.read_at(&mut buf[..64], start)?;
+    Ok(Some((start, line_st_us(&buf[..n]))))
+}
+
+/// A line start in a time-sorted JSON Lines file at or before the first line with
+/// `st >= start_us`, found by bisecting byte offsets (a few `pread`s instead of reading the
+/// file up to the start time).
+fn seek_start(file: &File, len: u64, start_us: i64) -> std::io::Result<u64> {
+    // Invariant: `lo` is a line start and every line before it has `st < start_us` (the
+    // reader then skips lines from `lo` on by their prefix). `hi` only narrows the search.
+    let (mut lo, mut hi) = (0u64, len);
+    while hi - lo > JSONL_SEEK_WINDOW {
+        let mid = lo + (hi - lo) / 2;
+        match line_after(file, mid, hi)? {
+            Some((pos, Some(st))) if st < start_us => lo = pos,
+            _ => hi = mid + 1,
+        }
+    }
+    Ok(lo)
+}
+
 impl JsonlReader {
     fn open(path: &Path, start_us: i64, sorted: bool) -> Result<JsonlReader, StorageError> {
-        let file = File::open(path).map_err(|e| StorageError::io(path, e))?;
+        let io = |e| StorageError::io(path, e);
+        let file = File::open(path).map_err(io)?;
+        let offset = if sorted {
+            let len = file.metadata().map_err(io)?.len();
+            seek_start(&file, len, start_us).map_err(io)?
+        } else {
+            0
+        };
+        let mut reader = BufReader::with_capacity(128 * 1024, file);
+        reader.seek(std::io::SeekFrom::Start(offset)).map_err(io)?;
         Ok(JsonlReader {
             path: path.to_path_buf(),
-            reader: BufReader::with_capacity(128 * 1024, file),
+            reader,
             line: Vec::with_capacity(256),
-            line_no: 0,
+            offset,
             skip_below_us: sorted.then_some(start_us),
         })
     }
@@ -353,7 +408,8 @@ impl JsonlReader {
             if n == 0 || self.line.last() != Some(&b'\n') {
                 return Ok(None);
             }
-            self.line_no += 1;
+            let at = self.offset;
+            self.offset += n as u64;
             let line = &self.line[..self.line.len() - 1];
             if let Some(min) = self.skip_below_us {
                 match line_st_us(line) {
@@ -363,7 +419,7 @@ impl JsonlReader {
             }
             stats.records_decoded += 1;
             let rec = tickjson::decode(line, strings).map_err(|e| {
-                StorageError::corrupt(&self.path, format!("line {}: {e}", self.line_no))
+                StorageError::corrupt(&self.path, format!("line at byte {at}: {e}"))
             })?;
             return Ok(Some(rec));
         }
@@ -703,6 +759,49 @@ mod tests {
         for bad in ["", "1-2-3", "x-0000000000000001-3", "1-000000000000000g-3"] {
             assert!(bad.parse::<Cursor>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn seek_start_lands_on_a_line_start_before_the_first_wanted_line() {
+        let path = std::env::temp_dir().join(format!("ibs-seek-{}.jsonl", std::process::id()));
+        let mut bytes = Vec::new();
+        let mut starts = Vec::new();
+        for i in 0..20_000i64 {
+            starts.push((bytes.len() as u64, 1000 + i * 3));
+            // Lines of varying length, like real ones.
+            let pad = "x".repeat((i % 37) as usize);
+            bytes.extend_from_slice(
+                format!(
+                    "{{\"seq\":{},\"st\":{},\"p\":\"{pad}\"}}\n",
+                    i + 1,
+                    1000 + i * 3
+                )
+                .as_bytes(),
+            );
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let f = File::open(&path).unwrap();
+        for start in [
+            0, 1000, 1001, 1003, 30_000, 45_001, 59_997, 59_998, 1_000_000,
+        ] {
+            let at = seek_start(&f, bytes.len() as u64, start).unwrap();
+            let i = starts
+                .iter()
+                .position(|(o, _)| *o == at)
+                .expect("a line start");
+            assert!(starts[..i].iter().all(|(_, st)| *st < start), "{start}");
+            // And it skipped most of the file.
+            let want = starts
+                .iter()
+                .position(|(_, st)| *st >= start)
+                .unwrap_or(starts.len());
+            let want_off = starts.get(want).map_or(bytes.len() as u64, |(o, _)| *o);
+            assert!(
+                want_off - at <= 2 * JSONL_SEEK_WINDOW,
+                "{start}: {at} vs {want_off}"
+            );
+        }
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
