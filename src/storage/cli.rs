@@ -14,8 +14,7 @@ use super::binary::{BinarySegment, HEADER_LEN, sidecar_path};
 use super::import::{self, ImportError, ImportOptions, SourceFormat};
 use super::jsonl::JsonlSegment;
 use super::layout::{Format, Stream, all_segments};
-use super::query::time::{self, TimeError};
-use super::query::{Cursor, Query, QueryError, QueryIter, line_st_us};
+use super::query::{Query, QueryError, QueryIter, QueryText, line_st_us};
 use super::validate::{self, ValidateOptions};
 use crate::tickjson::{self, LocalStrings, StringLookup, write_fixed};
 
@@ -122,9 +121,6 @@ pub enum CliError {
     /// An import.
     #[error(transparent)]
     Import(#[from] ImportError),
-    /// A time or duration argument.
-    #[error(transparent)]
-    Time(#[from] TimeError),
     /// Writing the output.
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
@@ -542,31 +538,19 @@ fn export(root: &Path, a: &ExportArgs, out: &mut impl Write) -> Result<(), CliEr
             )));
         }
     };
-    let tz = time::zone(&a.tz)?;
-    let (start_ns, end_ns) = time::resolve_range(
-        a.start.as_deref(),
-        a.end.as_deref(),
-        a.duration.as_deref(),
-        &tz,
-        super::now_ns(),
-    )?;
-    let kinds = a
-        .kinds
-        .iter()
-        .map(|k| {
-            RecordKind::from_name(k.trim())
-                .ok_or_else(|| CliError::Usage(format!("--kinds: unknown kind {k:?}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let after = a.after.as_deref().map(str::parse::<Cursor>).transpose()?;
-    let q = Query {
-        con_id: a.con_id,
-        kinds,
-        start_ns,
-        end_ns,
+    let kinds = a.kinds.join(",");
+    let text = QueryText {
+        kinds: Some(&kinds),
+        start: a.start.as_deref(),
+        end: a.end.as_deref(),
+        duration: a.duration.as_deref(),
+        tz: Some(&a.tz),
         limit: a.limit,
-        after,
+        after: a.after.as_deref(),
+    };
+    let q = Query {
         format: a.from,
+        ..Query::from_text(a.con_id, &text, super::now_ns())?
     };
     let mut it = QueryIter::new(root, &q)?;
     let mut buf = Vec::with_capacity(64 * 1024);

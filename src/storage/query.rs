@@ -40,6 +40,12 @@ pub enum QueryError {
     /// A cursor token that is not one this module wrote.
     #[error("bad cursor {0:?} (expected <µs>-<epoch hex>-<seq>)")]
     BadCursor(String),
+    /// A time, duration or time zone that does not parse, or an empty range.
+    #[error(transparent)]
+    Time(#[from] time::TimeError),
+    /// A kind name this build does not know.
+    #[error("unknown kind {0:?}")]
+    BadKind(String),
 }
 
 /// A position in a query's order: the record with this key and everything before it have been
@@ -124,6 +130,50 @@ impl Query {
             after: None,
             format: None,
         }
+    }
+}
+
+/// A query as text, the way HTTP parameters and command lines give it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueryText<'a> {
+    /// Kind names, comma-separated (`bid_ask,last`); `None` or empty: every market-data kind.
+    pub kinds: Option<&'a str>,
+    /// Start time ([`time::parse_time`]).
+    pub start: Option<&'a str>,
+    /// End time (exclusive).
+    pub end: Option<&'a str>,
+    /// Duration ([`time::parse_duration`]); any two of start, end and duration.
+    pub duration: Option<&'a str>,
+    /// Zone of civil times (IANA name); `None`: UTC.
+    pub tz: Option<&'a str>,
+    /// At most this many records.
+    pub limit: Option<u64>,
+    /// A cursor token from a previous page.
+    pub after: Option<&'a str>,
+}
+
+impl Query {
+    /// Builds a query from text; `now_ns` resolves `now` and open ends.
+    pub fn from_text(con_id: u32, t: &QueryText<'_>, now_ns: i64) -> Result<Query, QueryError> {
+        let tz = time::zone(t.tz.unwrap_or("UTC"))?;
+        let (start_ns, end_ns) = time::resolve_range(t.start, t.end, t.duration, &tz, now_ns)?;
+        let kinds = t
+            .kinds
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| RecordKind::from_name(k).ok_or_else(|| QueryError::BadKind(k.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Query {
+            con_id,
+            kinds,
+            start_ns,
+            end_ns,
+            limit: t.limit,
+            after: t.after.map(str::parse).transpose()?,
+            format: None,
+        })
     }
 }
 
@@ -802,6 +852,48 @@ mod tests {
             );
         }
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn queries_from_text() {
+        let now = 1_763_800_000_000_000_000;
+        let q = Query::from_text(
+            5,
+            &QueryText {
+                kinds: Some("bid_ask, last"),
+                duration: Some("1h"),
+                limit: Some(10),
+                after: Some("1-0000000000000002-3"),
+                ..QueryText::default()
+            },
+            now,
+        )
+        .unwrap();
+        assert_eq!(q.kinds, vec![RecordKind::TbtBidAsk, RecordKind::TbtLast]);
+        assert_eq!((q.start_ns, q.end_ns), (now - 3_600_000_000_000, now));
+        assert_eq!(q.after.map(|c| c.seq), Some(3));
+        let bad = |t: QueryText<'_>| Query::from_text(5, &t, now).unwrap_err().to_string();
+        assert!(
+            bad(QueryText {
+                kinds: Some("quotes"),
+                ..QueryText::default()
+            })
+            .contains("quotes")
+        );
+        assert!(
+            bad(QueryText {
+                tz: Some("Nowhere/City"),
+                ..QueryText::default()
+            })
+            .contains("Nowhere")
+        );
+        assert!(
+            bad(QueryText {
+                after: Some("x"),
+                ..QueryText::default()
+            })
+            .contains("cursor")
+        );
     }
 
     #[test]
