@@ -307,7 +307,6 @@ fn parse_proto(msg: &[u8]) -> Result<V3Tick, String> {
 
 /// The ticks of one source file with their positions, and the rejected ones.
 fn parse_source(
-    path: &Path,
     bytes: &[u8],
     fmt: SourceFormat,
     mut reject: impl FnMut(String, String),
@@ -355,7 +354,6 @@ fn parse_source(
             }
         }
     }
-    let _ = path;
     out
 }
 
@@ -398,7 +396,7 @@ pub fn import(
             report.already_imported.push(path.clone());
             continue;
         }
-        let mut records = parse_source(path, &bytes, fmt, |at, what| {
+        let mut records = parse_source(&bytes, fmt, |at, what| {
             report.rejected += 1;
             if report.rejected_examples.len() < 100 {
                 report.rejected_examples.push(Rejected {

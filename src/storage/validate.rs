@@ -370,32 +370,49 @@ fn check_segment(seg: &SegmentFile, problems: &mut Vec<Problem>) -> Option<Check
         }
     };
     let mut prev = 0u64;
-    let mut bad = Vec::new();
+    let mut bad: Vec<(Loc, String)> = Vec::new();
+    let mut bad_count = 0usize;
     let mut gaps = Vec::new();
     for (at, r) in &records {
         if r.seq <= prev {
-            bad.push((*at, format!("seq {} after {prev}: not increasing", r.seq)));
+            note(
+                &mut bad,
+                &mut bad_count,
+                (*at, format!("seq {} after {prev}: not increasing", r.seq)),
+            );
         }
         prev = r.seq;
         if !seg.key.stream.accepts(r) {
-            bad.push((
-                *at,
-                format!("seq {}: kind {} does not belong here", r.seq, r.kind),
-            ));
+            note(
+                &mut bad,
+                &mut bad_count,
+                (
+                    *at,
+                    format!("seq {}: kind {} does not belong here", r.seq, r.kind),
+                ),
+            );
         } else if seg.key.stream != Stream::System && r.instrument_id != seg.key.instrument_id {
-            bad.push((
-                *at,
-                format!("seq {}: conId {} in the wrong file", r.seq, r.instrument_id),
-            ));
+            note(
+                &mut bad,
+                &mut bad_count,
+                (
+                    *at,
+                    format!("seq {}: conId {} in the wrong file", r.seq, r.instrument_id),
+                ),
+            );
         }
         if hour_start(r.ts_recv) != seg.key.hour_start_ns {
-            bad.push((
-                *at,
-                format!(
-                    "seq {}: ts_recv {} outside the file's hour",
-                    r.seq, r.ts_recv
+            note(
+                &mut bad,
+                &mut bad_count,
+                (
+                    *at,
+                    format!(
+                        "seq {}: ts_recv {} outside the file's hour",
+                        r.seq, r.ts_recv
+                    ),
                 ),
-            ));
+            );
         }
         if r.kind() == Some(RecordKind::Gap) && r.body[0] > 0 {
             let to = if r.body[1] == UNDEF_I64 {
@@ -406,7 +423,7 @@ fn check_segment(seg: &SegmentFile, problems: &mut Vec<Problem>) -> Option<Check
             gaps.push((r.body[0] as u64, to));
         }
     }
-    let more = bad.len().saturating_sub(MAX_RECORD_PROBLEMS);
+    let more = bad_count.saturating_sub(MAX_RECORD_PROBLEMS);
     for (at, what) in bad.into_iter().take(MAX_RECORD_PROBLEMS) {
         problems.push(problem(seg, at.to_string(), what));
     }
@@ -418,6 +435,15 @@ fn check_segment(seg: &SegmentFile, problems: &mut Vec<Problem>) -> Option<Check
         gaps,
         bytes,
     })
+}
+
+/// Keeps the first few record problems of a file and counts the rest (a file that is wrong
+/// throughout must not turn into one message per record).
+fn note(bad: &mut Vec<(Loc, String)>, count: &mut usize, p: (Loc, String)) {
+    *count += 1;
+    if bad.len() < MAX_RECORD_PROBLEMS {
+        bad.push(p);
+    }
 }
 
 /// Where a record is in its file.
