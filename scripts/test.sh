@@ -19,6 +19,10 @@ else
 fi
 cargo test --workspace --locked --doc
 
+echo "== the web page in headless Chromium (Debian's chromium, installed by the script)"
+scripts/install-chromium.sh
+cargo test --locked --test serve_page_browser -- --ignored
+
 echo "== loom models of the shared-memory protocols (ring seqlock, status region)"
 cargo test -p ib-stream-ipc --features loom --release --locked --test loom_ring --test status_loom
 

@@ -5,8 +5,11 @@
 pub mod config;
 pub mod engine;
 pub mod recorder;
+pub mod serve;
 pub mod storage;
 pub mod tickjson;
+pub mod tools;
+pub mod up;
 
 pub use ib_stream_ipc as ipc;
 pub mod tws;

@@ -41,6 +41,18 @@ enum Command {
     Config(ConfigCommand),
     /// Record the ring to storage (the recorder sidecar).
     Record(ib_stream::recorder::RecordArgs),
+    /// Run the engine: IB session to the shared-memory ring, plus the control socket.
+    Engine(ib_stream::engine::EngineOptions),
+    /// Print records from the ring as JSON lines.
+    Tail(ib_stream::tools::tail::TailArgs),
+    /// A live view of the engine's status region.
+    Top(ib_stream::tools::top::TopArgs),
+    /// Serve ticks over SSE and WebSocket, with health, metrics and a live page.
+    Serve(ib_stream::serve::ServeArgs),
+    /// Run one environment: tws-sim (when simulating), engine, recorder and web server.
+    Up(ib_stream::up::UpArgs),
+    /// Summarise a running environment (exit code 1 when not healthy).
+    Status(ib_stream::up::status::StatusArgs),
     /// Inspect, check, export and import recorded history.
     Storage(ib_stream::storage::cli::StorageArgs),
 }
@@ -67,6 +79,14 @@ fn sources(g: &GlobalArgs) -> anyhow::Result<ConfigSources> {
         env_vars: std::env::vars().collect(),
         flags,
     })
+}
+
+fn up_flags(g: &GlobalArgs) -> ib_stream::up::GlobalFlags {
+    ib_stream::up::GlobalFlags {
+        env: g.env,
+        env_file: g.env_file.clone(),
+        sets: g.set.clone(),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -111,6 +131,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 loaded.settings.control_socket().display()
             );
         }
+        Command::Engine(opts) => {
+            let loaded = config::load(&sources(&cli.global)?)?;
+            ib_stream::engine::run(loaded.settings, opts)?;
+        }
+        Command::Tail(args) => {
+            let loaded = config::load(&sources(&cli.global)?)?;
+            ib_stream::tools::tail::run(&loaded.settings.shm_dir, &args, &mut std::io::stdout())?;
+        }
+        Command::Top(args) => {
+            let loaded = config::load(&sources(&cli.global)?)?;
+            ib_stream::tools::top::run(&loaded.settings.shm_dir, &args, &mut std::io::stdout())?;
+        }
+        Command::Serve(args) => {
+            let loaded = config::load(&sources(&cli.global)?)?;
+            ib_stream::serve::run_blocking(&loaded.settings, &args)?;
+        }
+        Command::Up(args) => ib_stream::up::run(&up_flags(&cli.global), &args)?,
+        Command::Status(args) => ib_stream::up::status::run(&up_flags(&cli.global), &args)?,
         Command::Config(ConfigCommand::Keys) => {
             for (key, aliases, help) in config::known_keys() {
                 let aka = if aliases.is_empty() {

@@ -16,10 +16,13 @@ pub use record::{
     ConnState, GapReason, PRICE_SCALE, Quote, RECORD_SIZE, Record, RecordKind, SIZE_SCALE,
     SubState, Trade, UNDEF_I64, flags,
 };
+pub use ring::RING_FILE_NAME;
 pub use ring::{LapPolicy, ReadOutcome, RingReader, RingWriter, StartAt, WriterStatus};
 pub use shm::{ShmOptions, ShmRegion, WriterLock, default_dir};
+pub use status::STATUS_FILE_NAME;
 pub use status::{
     Counters, EngineStatus, Histogram, Latencies, Liveness, MAX_SUBSCRIPTIONS, SnapshotError,
     StatusReader, StatusSnapshot, StatusWriter, SubStatus,
 };
+pub use strings::STRINGS_FILE_NAME;
 pub use strings::{InternError, StringTableConfig, StringTableReader, StringTableWriter};

@@ -34,6 +34,9 @@ use crate::shm::{ShmOptions, ShmRegion, WriterLock};
 
 /// `"IBSSTAT1"` read as a little-endian `u64`: the first 8 bytes of every status region.
 pub const STATUS_MAGIC: u64 = u64::from_le_bytes(*b"IBSSTAT1");
+/// The status region's file name in an environment's shared-memory directory.
+pub const STATUS_FILE_NAME: &str = "status";
+
 /// Layout version of the status region; bumped on any incompatible change.
 pub const STATUS_VERSION: u32 = 1;
 /// Subscriptions a snapshot can describe.

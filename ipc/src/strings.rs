@@ -29,6 +29,9 @@ use crate::shm::{ShmOptions, ShmRegion, WriterLock};
 
 /// `"IBSSTRS1"` read as a little-endian `u64`: the first 8 bytes of every string table.
 pub const STRINGS_MAGIC: u64 = u64::from_le_bytes(*b"IBSSTRS1");
+/// The string table's file name in an environment's shared-memory directory.
+pub const STRINGS_FILE_NAME: &str = "strings";
+
 /// Layout version of the string table; bumped on any incompatible change.
 pub const STRINGS_VERSION: u32 = 1;
 /// Bytes before the entry array: two cache lines (static fields, then the published count).

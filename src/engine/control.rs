@@ -9,6 +9,7 @@
 //! ```text
 //! {"id":1,"op":"ping"}
 //! {"id":2,"op":"subscribe","client":"web","con_id":711280073,"kind":"bid_ask"}
+//! {"id":8,"op":"subscribe","client":"web","symbol":"AAPL","sec_type":"STK","exchange":"SMART","currency":"USD","kind":"last"}
 //! {"id":3,"op":"unsubscribe","client":"web","con_id":711280073,"kind":"bid_ask"}
 //! {"id":4,"op":"list"}
 //! {"id":5,"op":"status"}
@@ -63,6 +64,16 @@ pub enum ControlRequest {
         /// What to subscribe.
         key: SubKey,
     },
+    /// Hold a subscription for `client` to a contract named by its description; the
+    /// engine resolves it with reqContractDetails first (exactly one match is required).
+    SubscribeContract {
+        /// The holder's identity.
+        client: String,
+        /// The contract's description (symbol, sec_type, exchange, currency).
+        query: ContractQuery,
+        /// What to subscribe.
+        kind: SubKind,
+    },
     /// Release a subscription held by `client`.
     Unsubscribe {
         /// The holder's identity.
@@ -78,7 +89,7 @@ pub enum ControlRequest {
     Lookup(ContractQuery),
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct Wire {
     #[serde(default)]
@@ -168,6 +179,26 @@ pub fn parse_request(
         "ping" => ControlRequest::Ping,
         "list" => ControlRequest::List,
         "status" => ControlRequest::Status,
+        "subscribe" if wire.con_id.is_none() && wire.symbol.is_some() => {
+            let client = client(&wire)?;
+            // Reuse the conId path's kind check with a placeholder conId.
+            let kind = key(&Wire {
+                con_id: Some(1),
+                ..wire.clone()
+            })?
+            .kind;
+            ControlRequest::SubscribeContract {
+                client,
+                query: ContractQuery {
+                    con_id: None,
+                    symbol: wire.symbol.clone(),
+                    sec_type: wire.sec_type.clone(),
+                    exchange: wire.exchange.clone(),
+                    currency: wire.currency.clone(),
+                },
+                kind,
+            }
+        }
         "subscribe" => ControlRequest::Subscribe {
             client: client(&wire)?,
             key: key(&wire)?,

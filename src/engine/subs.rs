@@ -243,6 +243,7 @@ pub enum Escalation {
 struct Route {
     key: SubKey,
     last_tick_ns: u64,
+    ticks: u64,
     delayed: bool,
     /// The subscription is already Active/Delayed: a tick needs no state change.
     live: bool,
@@ -476,6 +477,7 @@ impl SubscriptionManager {
                 self.routes.push(Some(Route {
                     key,
                     last_tick_ns: now,
+                    ticks: 0,
                     delayed: false,
                     live: false,
                 }));
@@ -528,6 +530,7 @@ impl SubscriptionManager {
         let i = self.route_index(req_id)?;
         let route = self.routes.get_mut(i)?.as_mut()?;
         route.last_tick_ns = now;
+        route.ticks += 1;
         let out = (route.key.con_id, route.delayed);
         if route.live {
             return Some(out);
@@ -561,13 +564,19 @@ impl SubscriptionManager {
         {
             r.delayed = delayed;
         }
+        let mut changed = false;
         if let Some(s) = self.subs.get_mut(&key) {
+            changed = s.market_data_type != market_data_type;
             s.market_data_type = market_data_type;
-            if delayed {
+            if delayed && s.state != SubState::Delayed {
                 s.state = SubState::Delayed;
+                changed = true;
             }
         }
-        self.emit(key);
+        // A notice that repeats what we know (live data, as asked) is no state change.
+        if changed {
+            self.emit(key);
+        }
     }
 
     /// Routes an IB error with a request id to its subscription and acts on it.
@@ -775,6 +784,23 @@ impl SubscriptionManager {
         });
         self.pending.push_back(Pending::Subscribe(key));
         self.emit(key);
+    }
+
+    /// True when state changes wait in [`SubscriptionManager::poll_event`].
+    #[inline]
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// Ticks received under each subscription's current request and the (monotonic) time of
+    /// the last one, for the status region.
+    pub fn tick_stats(&self) -> impl Iterator<Item = (SubKey, u64, u64)> + '_ {
+        self.subs.iter().filter_map(|(k, s)| {
+            let id = s.req_id?;
+            let i = self.route_index(id)?;
+            let r = self.routes.get(i).copied().flatten()?;
+            Some((*k, r.ticks, r.last_tick_ns))
+        })
     }
 
     /// The next state change, oldest first.

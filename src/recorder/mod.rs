@@ -32,7 +32,7 @@ use sink::{Owed, Sink, Window};
 use status::{FormatStatus, RecorderStatus};
 
 /// The string table's file name in the shm directory (beside `ticks.ring`).
-pub const STRINGS_FILE_NAME: &str = "strings";
+pub const STRINGS_FILE_NAME: &str = ib_stream_ipc::STRINGS_FILE_NAME;
 /// Heartbeat records kept by default: at most one per this interval.
 pub const HEARTBEAT_KEEP_INTERVAL: Duration = Duration::from_secs(60);
 

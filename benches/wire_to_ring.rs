@@ -1,0 +1,295 @@
+//! Wire-to-ring latency: from the moment tws-sim writes a tick to its socket (its send log,
+//! Unix ns) to the moment a reader of the engine's ring sees the record (Unix ns, same
+//! clock), for tick-by-tick streams at several aggregate rates. Real processes: tws-sim
+//! (pinned to core 1), `ib-stream engine` (busy-poll, pinned to core 0) and this reader
+//! (core 1, yielding when the ring is empty so the simulator keeps its core).
+//! Percentiles are coordinated-omission corrected (hdrhistogram `record_correct` with the
+//! stream's expected interval). A rate is lossless when every tick sent before the end
+//! reached the reader, no reader lap happened, and at least 90 % of the rate was achieved.
+//!
+//! `cargo bench --bench wire_to_ring` (env: `W2R_SECONDS` per rate, default 3;
+//! `W2R_RATES` comma list, default 10000,100000,250000,500000,1000000,2000000).
+//! Last line: `bench=wire_to_ring rate=100000 p50_ns= p99_ns= p999_ns= max_lossless_tps= engine_rss_mb=`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use ib_stream::ipc::{ReadOutcome, RecordKind, RingReader, StartAt};
+
+const SIM: &str = env!("CARGO_BIN_EXE_tws-sim");
+const ENGINE: &str = env!("CARGO_BIN_EXE_ib-stream");
+const AAPL: u32 = 265_598;
+const CLIENT_ID: i32 = 77;
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn unix_ns() -> i64 {
+    ib_stream::ipc::shm::unix_time_ns() as i64
+}
+
+fn pinned(core: usize, exe: &str) -> Command {
+    if Path::new("/usr/bin/taskset").exists() {
+        let mut c = Command::new("/usr/bin/taskset");
+        c.args(["-c", &core.to_string(), exe]);
+        c
+    } else {
+        Command::new(exe)
+    }
+}
+
+fn rss_of(pid: u32) -> HashMap<String, f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            if !matches!(k, "VmRSS" | "RssAnon" | "RssFile" | "RssShmem" | "VmHWM") {
+                return None;
+            }
+            let kb: f64 = v.trim().trim_end_matches(" kB").trim().parse().ok()?;
+            Some((k.to_string(), kb / 1024.0))
+        })
+        .collect()
+}
+
+struct RunResult {
+    rate: u64,
+    achieved: f64,
+    hist: Histogram<u64>,
+    raw: Histogram<u64>,
+    missing: u64,
+    lapped: u64,
+    rss: HashMap<String, f64>,
+}
+
+impl RunResult {
+    fn lossless(&self) -> bool {
+        self.missing == 0 && self.lapped == 0 && self.achieved >= 0.9 * self.rate as f64
+    }
+}
+
+fn run_rate(rate: u64, seconds: f64, dir: &Path) -> RunResult {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let send_log = dir.join("send.log");
+    let per_sub = rate as f64 / 4.0;
+    let mut sim = Kill(
+        pinned(1, SIM)
+            .args([
+                "--port",
+                "0",
+                "--tbt-same-instrument-secs",
+                "0",
+                "--mode",
+                "steady",
+            ])
+            .args(["--rate", &per_sub.to_string()])
+            .arg("--send-log")
+            .arg(&send_log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tws-sim"),
+    );
+    let mut line = String::new();
+    BufReader::new(sim.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+    let shm = dir.join("shm");
+    let engine = Kill(
+        Command::new(ENGINE)
+            .arg("--set")
+            .arg(format!("IB_STREAM_SHM_DIR={}", shm.display()))
+            .args(["--set", &format!("IB_STREAM_PORTS={port}")])
+            .args(["--set", "IB_STREAM_RING_CAPACITY=262144"])
+            .args(["--set", "IB_STREAM_ENGINE_CORE=0"])
+            .args(["--set", "IB_STREAM_BUSY_POLL=true"])
+            .args(["--set", &format!("IB_STREAM_CLIENT_ID={CLIENT_ID}")])
+            .args(["--set", "IB_STREAM_LOG_LEVEL=warn"])
+            .args([
+                "--set",
+                "IB_STREAM_TRACKED_CONTRACTS=265598:AAPL:bid_ask;last;all_last;mid_point",
+            ])
+            .args(["engine", "--tbt-same-instrument-ms", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ib-stream engine"),
+    );
+    let _ = core_affinity::set_for_current(core_affinity::CoreId { id: 1 });
+    let mut ring = RingReader::open_wait(
+        &shm.join("ticks.ring"),
+        StartAt::Oldest,
+        Duration::from_secs(20),
+        Duration::from_millis(5),
+    )
+    .expect("ring");
+    // seen[kind][k] = when the reader saw tick k of that kind.
+    let cap = (per_sub * (seconds + 3.0)) as usize + 1024;
+    let mut seen: Vec<Vec<i64>> = (0..4).map(|_| Vec::with_capacity(cap)).collect();
+    let mut req_kind: HashMap<i64, usize> = HashMap::new();
+    let mut lapped = 0u64;
+    let warmup = Duration::from_millis(700);
+    let mut first_tick: Option<Instant> = None;
+    let mut measure_from_ns = i64::MAX;
+    let give_up = Instant::now() + Duration::from_secs(30);
+    let (measure_to_ns, rss) = loop {
+        match ring.try_read() {
+            ReadOutcome::Record(r) => {
+                let now = unix_ns();
+                match r.kind() {
+                    Some(
+                        k @ (RecordKind::TbtLast
+                        | RecordKind::TbtAllLast
+                        | RecordKind::TbtBidAsk
+                        | RecordKind::TbtMidPoint),
+                    ) if r.instrument_id == AAPL => {
+                        seen[k as usize - 1].push(now);
+                        if first_tick.is_none() {
+                            first_tick = Some(Instant::now());
+                        }
+                    }
+                    Some(RecordKind::Subscription)
+                        if r.tick_type == ib_stream::ipc::SubState::Requested as u8 =>
+                    {
+                        req_kind.insert(r.body[2], (r.body[0] - 1) as usize);
+                    }
+                    _ => {}
+                }
+            }
+            ReadOutcome::Lost { count, .. } => lapped += count,
+            ReadOutcome::Empty => std::thread::yield_now(),
+        }
+        if let Some(t0) = first_tick {
+            let el = t0.elapsed();
+            if measure_from_ns == i64::MAX && el >= warmup {
+                measure_from_ns = unix_ns();
+            }
+            if el >= warmup + Duration::from_secs_f64(seconds) {
+                break (unix_ns(), rss_of(engine.0.id()));
+            }
+        } else if Instant::now() > give_up {
+            panic!("no tick in 30 s at rate {rate}");
+        }
+    };
+    drop(sim);
+    drop(engine);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    let mut raw = hist.clone();
+    let interval = (1e9 / rate as f64).max(1.0) as u64;
+    let mut missing = 0u64;
+    let mut in_window = 0u64;
+    let mut text = String::new();
+    std::fs::File::open(&send_log)
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    for l in text.lines() {
+        let f: Vec<i64> = l
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if f.len() != 5 || f[0] != i64::from(CLIENT_ID) {
+            continue;
+        }
+        let Some(&kind) = req_kind.get(&f[1]) else {
+            continue;
+        };
+        let (first_k, count, at) = (f[2] as usize, f[3] as usize, f[4]);
+        for k in first_k..first_k + count {
+            match seen[kind].get(k) {
+                Some(&t) if at >= measure_from_ns && t <= measure_to_ns => {
+                    in_window += 1;
+                    let lat = (t - at).max(1) as u64;
+                    hist.record_correct(lat, interval).unwrap();
+                    raw.record(lat).unwrap();
+                }
+                Some(_) => {}
+                // Sent well before the reader stopped and never seen: lost.
+                None if at < measure_to_ns - 200_000_000 => missing += 1,
+                None => {}
+            }
+        }
+    }
+    let span = (measure_to_ns - measure_from_ns) as f64 / 1e9;
+    RunResult {
+        rate,
+        achieved: in_window as f64 / span,
+        hist,
+        raw,
+        missing,
+        lapped,
+        rss,
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; no other arguments are taken.
+    let seconds: f64 = std::env::var("W2R_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let rates: Vec<u64> = std::env::var("W2R_RATES")
+        .unwrap_or_else(|_| "10000,100000,250000,500000,1000000,2000000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let dir: PathBuf = std::env::temp_dir().join(format!("ib-stream-w2r-{}", std::process::id()));
+    let mut results = Vec::new();
+    for &rate in &rates {
+        let r = run_rate(rate, seconds, &dir);
+        let h = &r.hist;
+        println!(
+            "rate={} achieved_tps={:.0} p50_ns={} p99_ns={} p999_ns={} max_ns={} raw_p50_ns={} raw_p99_ns={} raw_p999_ns={} ticks={} missing={} lapped={} lossless={} engine_rss_mb={:.1} (anon {:.1}, shm {:.1}, file {:.1})",
+            r.rate,
+            r.achieved,
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max(),
+            r.raw.value_at_quantile(0.5),
+            r.raw.value_at_quantile(0.99),
+            r.raw.value_at_quantile(0.999),
+            r.raw.len(),
+            r.missing,
+            r.lapped,
+            r.lossless(),
+            r.rss.get("VmRSS").copied().unwrap_or(0.0),
+            r.rss.get("RssAnon").copied().unwrap_or(0.0),
+            r.rss.get("RssShmem").copied().unwrap_or(0.0),
+            r.rss.get("RssFile").copied().unwrap_or(0.0),
+        );
+        results.push(r);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let max_lossless = results
+        .iter()
+        .filter(|r| r.lossless())
+        .map(|r| r.achieved.round() as u64)
+        .max()
+        .unwrap_or(0);
+    let at_100k = results
+        .iter()
+        .find(|r| r.rate == 100_000)
+        .unwrap_or(&results[0]);
+    let h = &at_100k.hist;
+    println!(
+        "bench=wire_to_ring rate={} p50_ns={} p99_ns={} p999_ns={} max_lossless_tps={} engine_rss_mb={:.1}",
+        at_100k.rate,
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        max_lossless,
+        at_100k.rss.get("VmRSS").copied().unwrap_or(0.0),
+    );
+}

@@ -1,0 +1,535 @@
+//! `GET /v3/stream/{conId}`: live ticks over Server-Sent Events.
+//!
+//! Every tick is an `event: tick` with `id: <seq>`; a reconnect with `Last-Event-ID` (or
+//! `?last_event_id=` for clients that cannot set headers) resumes right after it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use serde_json::json;
+use tokio::sync::{Notify, mpsc};
+
+use super::error::ApiError;
+use super::hub::{CloseReason, Out, SinkFlag, SinkGuard, SinkSpec, SlowPolicy, Start};
+use super::messages::{self, CompleteReason, now_ns};
+use super::params::{self, DEFAULT_TICK_TYPES, Params, TickType};
+use super::subs::{ClientInfo, Lease, Registered};
+use super::{AppState, StreamSlot};
+
+/// Largest `limit`.
+pub const MAX_LIMIT: u64 = 100_000_000;
+/// Largest `timeout`, seconds.
+pub const MAX_TIMEOUT_S: u64 = 7 * 86_400;
+
+/// The options of a stream request, validated.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// Tick types.
+    pub types: Vec<TickType>,
+    /// Ticks to deliver before `complete{limit_reached}`.
+    pub limit: Option<u64>,
+    /// Seconds before `complete{timeout}`.
+    pub timeout_s: Option<u64>,
+    /// Slow-client policy.
+    pub slow: SlowPolicy,
+    /// Resume after this sequence.
+    pub after: Option<u64>,
+}
+
+fn slow_policy(raw: Option<&str>, default: SlowPolicy) -> Result<SlowPolicy, ApiError> {
+    match raw {
+        None => Ok(default),
+        Some(s) => SlowPolicy::from_name(s).ok_or_else(|| {
+            ApiError::bad_parameter(format!(
+                "`slow` must be conflate or disconnect, got `{}`",
+                params::truncate(s)
+            ))
+        }),
+    }
+}
+
+fn parse_seq(raw: &str, what: &str) -> Result<u64, ApiError> {
+    raw.trim().parse::<u64>().map_err(|_| {
+        ApiError::bad_parameter(format!(
+            "{what} must be a ring sequence number, got `{}`",
+            params::truncate(raw)
+        ))
+    })
+}
+
+/// Parses the query string and the `Last-Event-ID` header.
+pub fn parse_options(
+    raw_query: Option<&str>,
+    headers: &HeaderMap,
+    default_slow: SlowPolicy,
+) -> Result<StreamOptions, ApiError> {
+    let p = Params::parse(
+        raw_query,
+        &["tick_types", "limit", "timeout", "slow", "last_event_id"],
+    )?;
+    let types = match p.get("tick_types") {
+        Some(t) => params::tick_types(t)?,
+        None => DEFAULT_TICK_TYPES.to_vec(),
+    };
+    let header = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::bad_parameter("Last-Event-ID is not text"))
+                .and_then(|s| parse_seq(s, "Last-Event-ID"))?,
+        ),
+        None => None,
+    };
+    let query = p
+        .get("last_event_id")
+        .map(|s| parse_seq(s, "`last_event_id`"))
+        .transpose()?;
+    Ok(StreamOptions {
+        types,
+        limit: p.int("limit", 1, MAX_LIMIT)?,
+        timeout_s: p.int("timeout", 1, MAX_TIMEOUT_S)?,
+        slow: slow_policy(p.get("slow"), default_slow)?,
+        // The header is what a reconnecting EventSource sends: it wins.
+        after: header.or(query),
+    })
+}
+
+/// Counts a stream's ticks and says when it is done (shared with the WebSocket side).
+#[derive(Debug)]
+pub struct StreamCounter {
+    /// The stream id.
+    pub stream_id: Arc<str>,
+    /// Ticks delivered.
+    pub count: u64,
+    /// The limit.
+    pub limit: Option<u64>,
+    /// The last sequence delivered.
+    pub last_seq: u64,
+    /// When it started.
+    pub started: Instant,
+    /// When it times out.
+    pub deadline: Option<tokio::time::Instant>,
+}
+
+impl StreamCounter {
+    /// A counter for a stream starting now.
+    pub fn new(stream_id: Arc<str>, limit: Option<u64>, timeout_s: Option<u64>) -> StreamCounter {
+        StreamCounter {
+            stream_id,
+            count: 0,
+            limit,
+            last_seq: 0,
+            started: Instant::now(),
+            deadline: timeout_s
+                .map(|s| tokio::time::Instant::now() + std::time::Duration::from_secs(s)),
+        }
+    }
+
+    /// Counts a tick; true when the limit is reached with it.
+    pub fn tick(&mut self, seq: u64) -> bool {
+        self.count += 1;
+        self.last_seq = seq;
+        self.limit.is_some_and(|l| self.count >= l)
+    }
+
+    /// The `complete` message.
+    pub fn complete(&self, reason: CompleteReason) -> Bytes {
+        messages::complete(
+            Some(&self.stream_id),
+            reason,
+            self.count,
+            self.started.elapsed().as_millis() as u64,
+            self.last_seq,
+        )
+    }
+
+    /// The messages that end a stream the tailer closed.
+    pub fn closed(&self, why: CloseReason) -> Vec<(&'static str, Bytes)> {
+        match why {
+            CloseReason::SlowConsumer => vec![
+                (
+                    "error",
+                    messages::error(
+                        Some(&self.stream_id),
+                        "slow_consumer",
+                        "the client did not keep up and its stream's policy is disconnect",
+                        true,
+                        None,
+                    ),
+                ),
+                ("complete", self.complete(CompleteReason::Error)),
+            ],
+            CloseReason::Stopped => vec![("complete", self.complete(CompleteReason::Stopped))],
+            CloseReason::ServerShutdown => {
+                vec![("complete", self.complete(CompleteReason::ServerShutdown))]
+            }
+        }
+    }
+}
+
+/// What keeps a stream alive: dropped together when the client goes.
+#[derive(Debug)]
+pub struct StreamHold {
+    /// Removes the stream from the fan-out.
+    pub sink: SinkGuard,
+    /// Shares of engine subscriptions.
+    pub leases: Vec<Lease>,
+    /// The registry entry.
+    pub registered: Registered,
+    /// The `max_streams` slot.
+    pub slot: StreamSlot,
+}
+
+struct SseState {
+    st: AppState,
+    rx: mpsc::Receiver<Out>,
+    flag: Arc<SinkFlag>,
+    notify: Arc<Notify>,
+    counter: StreamCounter,
+    heartbeat: tokio::time::Interval,
+    /// Events formatted and not yet handed to the connection.
+    out: BytesMut,
+    done: bool,
+    _hold: StreamHold,
+}
+
+/// Messages taken from the queue into one body frame at most: a burst goes out in a few
+/// writes instead of one per event.
+const MAX_EVENTS_PER_FRAME: usize = 256;
+
+/// Appends one SSE event. Every message is single-line JSON from our own encoders (tickjson
+/// and serde_json escape newlines), so one `data:` line carries it.
+fn event(out: &mut BytesMut, name: &str, id: Option<u64>, json: &[u8]) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    if let Some(id) = id {
+        out.extend_from_slice(b"\nid: ");
+        out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+    }
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(json);
+    out.extend_from_slice(b"\n\n");
+}
+
+impl SseState {
+    fn finish(&mut self, msgs: Vec<(&'static str, Bytes)>) {
+        for (name, json) in msgs {
+            event(&mut self.out, name, None, &json);
+        }
+        self.done = true;
+    }
+
+    fn complete(&mut self, reason: CompleteReason) {
+        let c = self.counter.complete(reason);
+        self.finish(vec![("complete", c)]);
+    }
+
+    fn on_out(&mut self, out: Out) {
+        match out {
+            Out::Tick { seq, json, .. } => {
+                event(&mut self.out, "tick", Some(seq), &json);
+                self.st.metrics.sse_ticks.fetch_add(1, Ordering::Relaxed);
+                record_latency(&self.st, &json);
+                if self.counter.tick(seq) {
+                    self.complete(CompleteReason::LimitReached);
+                }
+            }
+            Out::Control {
+                event: name,
+                id,
+                json,
+                end,
+                ..
+            } => {
+                event(&mut self.out, name, id, &json);
+                if end {
+                    self.complete(CompleteReason::Error);
+                }
+            }
+        }
+    }
+}
+
+/// Records ring-receive-to-delivery latency from a tick's `st` (µs) field.
+pub fn record_latency(st: &AppState, json: &[u8]) {
+    // `{"seq":N,"st":US,...`: find the value after `"st":` without a full parse.
+    let Some(pos) = json.windows(5).position(|w| w == b"\"st\":") else {
+        return;
+    };
+    let digits = json[pos + 5..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .fold(0i64, |acc, b| {
+            acc.saturating_mul(10).saturating_add(i64::from(b - b'0'))
+        });
+    let now_us = now_ns() / 1000;
+    if digits > 0 && now_us >= digits {
+        st.metrics.delivery_us.record((now_us - digits) as u64);
+    }
+}
+
+async fn next_frame(mut s: SseState) -> Option<(Result<Bytes, Infallible>, SseState)> {
+    loop {
+        if !s.out.is_empty() {
+            let frame = s.out.split().freeze();
+            return Some((Ok(frame), s));
+        }
+        if s.done {
+            return None;
+        }
+        if let Some(why) = s.flag.get() {
+            if why == CloseReason::SlowConsumer {
+                s.st.metrics.slow_closes.fetch_add(1, Ordering::Relaxed);
+            }
+            let msgs = s.counter.closed(why);
+            s.finish(msgs);
+            continue;
+        }
+        let notify = Arc::clone(&s.notify);
+        let deadline = s.counter.deadline;
+        tokio::select! {
+            biased;
+            _ = notify.notified() => {}
+            m = s.rx.recv() => match m {
+                Some(out) => {
+                    s.on_out(out);
+                    // Whatever else is already queued goes into the same frame.
+                    for _ in 1..MAX_EVENTS_PER_FRAME {
+                        if s.done || s.flag.get().is_some() {
+                            break;
+                        }
+                        match s.rx.try_recv() {
+                            Ok(out) => s.on_out(out),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => {
+                    // The tailer dropped the stream: its flag says why (shutdown if none).
+                    let why = s.flag.get().unwrap_or(CloseReason::ServerShutdown);
+                    let msgs = s.counter.closed(why);
+                    s.finish(msgs);
+                }
+            },
+            _ = s.heartbeat.tick() => {
+                let head = s.st.hub.stats().ring_head.load(Ordering::Relaxed);
+                event(&mut s.out, "heartbeat", None, &messages::heartbeat(now_ns(), head));
+            }
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => s.complete(CompleteReason::Timeout),
+        }
+    }
+}
+
+/// Where a stream's messages go: a consumer's queue, the stream's tag in it, its waker.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    /// `sse` or `ws`.
+    pub transport: &'static str,
+    /// The stream within the consumer.
+    pub tag: u32,
+    /// The consumer's queue.
+    pub tx: mpsc::Sender<Out>,
+    /// Woken when the tailer closes one of its streams.
+    pub notify: Arc<Notify>,
+}
+
+/// Opens a stream: subscriptions, fan-out registration, registry; shared by SSE and WS.
+pub async fn open_stream(
+    st: &AppState,
+    stream_id: Arc<str>,
+    con_id: u32,
+    opts: &StreamOptions,
+    consumer: Consumer,
+) -> Result<(StreamHold, Arc<SinkFlag>), ApiError> {
+    let Consumer {
+        transport,
+        tag,
+        tx,
+        notify,
+    } = consumer;
+    let slot = st.reserve_stream()?;
+    let leases = st.subs.acquire_all(con_id, &opts.types).await?;
+    let flag = Arc::new(SinkFlag::default());
+    let sink = st.hub.add(SinkSpec {
+        tag,
+        stream_id: Arc::clone(&stream_id),
+        con_id,
+        kinds: params::kind_set(&opts.types),
+        policy: opts.slow,
+        start: opts.after.map_or(Start::Live, Start::After),
+        tx,
+        flag: Arc::clone(&flag),
+        notify,
+    });
+    let registered = st.registry.register(ClientInfo {
+        stream_id: stream_id.to_string(),
+        transport,
+        con_id,
+        tick_types: opts.types.iter().map(|t| t.name()).collect(),
+        slow: opts.slow.name(),
+        since: now_ns() / 1000,
+    });
+    Ok((
+        StreamHold {
+            sink,
+            leases,
+            registered,
+            slot,
+        },
+        flag,
+    ))
+}
+
+/// For a resume point the ring no longer holds, the missed ticks from history (when a
+/// source is configured and answers by sequence) and the sequence to resume the ring after.
+/// What history cannot give is left to the ring reader, which reports it as a gap.
+pub async fn resume_from_history(
+    st: &AppState,
+    con_id: u32,
+    opts: &StreamOptions,
+) -> (Vec<(u64, Bytes)>, Option<u64>) {
+    let (Some(after), Some(source)) = (opts.after, st.history.clone()) else {
+        return (Vec::new(), opts.after);
+    };
+    let stats = st.hub.stats();
+    let head = stats.ring_head.load(Ordering::Relaxed);
+    let capacity = stats.capacity.load(Ordering::Relaxed);
+    let oldest = (head + 1).saturating_sub(capacity).max(1);
+    if capacity == 0 || after + 1 >= oldest || after >= head {
+        return (Vec::new(), opts.after);
+    }
+    // Cover a margin into the ring too: it moves on while storage is read.
+    let last = (oldest + capacity / 8).min(head);
+    let q = super::history::SeqQuery {
+        epoch: stats.epoch.load(Ordering::Relaxed),
+        con_id,
+        tick_types: opts.types.clone(),
+        first_seq: after + 1,
+        last_seq: last,
+        limit: super::history::MAX_RESUME_FROM_HISTORY,
+    };
+    let answer = tokio::task::spawn_blocking(move || source.by_seq(&q)).await;
+    match answer {
+        Ok(Ok(Some(ticks))) => {
+            let truncated = ticks.len() >= super::history::MAX_RESUME_FROM_HISTORY;
+            let resume = if truncated {
+                ticks.last().map_or(after, |t| t.0)
+            } else {
+                last
+            };
+            (ticks, Some(resume))
+        }
+        Ok(Ok(None)) => (Vec::new(), opts.after),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "history could not fill a resume; the ring reports the gap");
+            (Vec::new(), opts.after)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "history task failed");
+            (Vec::new(), opts.after)
+        }
+    }
+}
+
+/// The `info{stream_start}` message.
+pub fn stream_start(st: &AppState, stream_id: &str, con_id: u32, opts: &StreamOptions) -> Bytes {
+    messages::info(
+        Some(stream_id),
+        "stream_start",
+        json!({
+            "contract_id": con_id,
+            "tick_types": opts.types.iter().map(|t| t.name()).collect::<Vec<_>>(),
+            "slow": opts.slow.name(),
+            "limit": opts.limit,
+            "timeout": opts.timeout_s,
+            "resume_after": opts.after,
+            "ring_head": st.hub.stats().ring_head.load(Ordering::Relaxed),
+            "tracked": opts.types.iter().all(|t| st.subs.is_tracked((con_id, *t))),
+        }),
+    )
+}
+
+/// `GET /v3/stream/{conId}`.
+pub async fn stream(
+    State(st): State<AppState>,
+    Path(raw_con): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let con_id = params::con_id(&raw_con)?;
+    let mut opts = parse_options(query.as_deref(), &headers, st.cfg.default_slow)?;
+    let requested_after = opts.after;
+    let (from_history, ring_after) = resume_from_history(&st, con_id, &opts).await;
+    opts.after = ring_after;
+    let stream_id: Arc<str> = st.new_stream_id("sse").into();
+    let (tx, rx) = mpsc::channel(st.cfg.queue_capacity);
+    let notify = Arc::new(Notify::new());
+    let consumer = Consumer {
+        transport: "sse",
+        tag: 0,
+        tx,
+        notify: Arc::clone(&notify),
+    };
+    let (hold, flag) = open_stream(&st, Arc::clone(&stream_id), con_id, &opts, consumer).await?;
+    st.metrics.sse_opened.fetch_add(1, Ordering::Relaxed);
+    let period = st.cfg.heartbeat;
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let first = stream_start(
+        &st,
+        &stream_id,
+        con_id,
+        &StreamOptions {
+            after: requested_after,
+            ..opts.clone()
+        },
+    );
+    let mut state = SseState {
+        st: st.clone(),
+        rx,
+        flag,
+        notify,
+        counter: StreamCounter::new(Arc::clone(&stream_id), opts.limit, opts.timeout_s),
+        heartbeat,
+        out: BytesMut::with_capacity(4096),
+        done: false,
+        _hold: hold,
+    };
+    event(&mut state.out, "info", None, &first);
+    for (seq, json) in from_history {
+        if state.done {
+            break;
+        }
+        state.on_out(Out::Tick {
+            tag: 0,
+            seq,
+            kind: 0,
+            json,
+        });
+    }
+    let body = futures_util::stream::unfold(state, next_frame);
+    let mut resp = Body::from_stream(body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert("x-stream-protocol", HeaderValue::from_static("v3"));
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Ok(v) = HeaderValue::from_str(&stream_id) {
+        h.insert("x-stream-id", v);
+    }
+    Ok(resp)
+}

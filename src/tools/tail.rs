@@ -1,0 +1,206 @@
+//! `ib-stream tail`: records from the ring as JSON lines (the compact tick JSON of
+//! [`crate::tickjson`]), filtered by contract and kind, from the newest or the oldest record.
+//! A lapped reader prints a `reader_overrun` gap with the lost sequence range; a restarted
+//! engine prints a `writer_restart` gap and the tool follows the new epoch.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::ipc::{
+    GapReason, ReadOutcome, Record, RecordKind, RingReader, StartAt, StringTableReader,
+    WriterStatus,
+};
+use crate::tickjson::{self, StringLookup};
+
+/// Options of `ib-stream tail`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TailArgs {
+    /// Only records of these conIds (repeatable; system records without a contract always pass
+    /// unless --kind excludes them).
+    #[arg(long = "con-id")]
+    pub con_ids: Vec<u32>,
+    /// Only these kinds (repeatable): last, all_last, bid_ask, mid_point, l1_price, l1_size,
+    /// l1_generic, l1_string, gap, connection, subscription, heartbeat.
+    #[arg(long = "kind", value_parser = parse_kind)]
+    pub kinds: Vec<RecordKind>,
+    /// Start from the oldest record still in the ring instead of the next one published.
+    #[arg(long)]
+    pub oldest: bool,
+    /// Stop after printing this many records.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Wait this long for the ring to appear, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub wait: f64,
+}
+
+fn parse_kind(s: &str) -> Result<RecordKind, String> {
+    RecordKind::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = RecordKind::ALL.iter().map(|k| k.name()).collect();
+        format!("`{s}` is not a record kind ({})", names.join(", "))
+    })
+}
+
+/// Why tail stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    /// The ring could not be opened.
+    #[error("open {path}: {source}")]
+    Open {
+        /// The ring file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::ipc::IpcError,
+    },
+    /// Writing to the output failed (a closed pipe ends tail quietly instead).
+    #[error("write: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+/// The string table as the JSON encoder's lookup (missing table: ids print as `#id`).
+struct TableLookup(Option<StringTableReader>);
+
+impl StringLookup for TableLookup {
+    fn lookup(&self, id: u32) -> Option<&[u8]> {
+        if id == 0 {
+            return Some(&[]);
+        }
+        self.0.as_ref()?.get(id)
+    }
+}
+
+fn open_strings(dir: &Path, epoch: u64) -> TableLookup {
+    TableLookup(
+        StringTableReader::open(&dir.join("strings"))
+            .ok()
+            .filter(|t| t.belongs_to(epoch)),
+    )
+}
+
+/// The filter of a tail.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// conIds (empty: all).
+    pub con_ids: Vec<u32>,
+    /// Kinds (empty: all).
+    pub kinds: Vec<RecordKind>,
+}
+
+impl Filter {
+    /// True when `rec` passes.
+    pub fn pass(&self, rec: &Record) -> bool {
+        let kind_ok = self.kinds.is_empty() || rec.kind().is_some_and(|k| self.kinds.contains(&k));
+        let con_ok = self.con_ids.is_empty()
+            || rec.instrument_id == 0
+            || self.con_ids.contains(&rec.instrument_id);
+        kind_ok && con_ok
+    }
+}
+
+fn gap_line(reason: GapReason, first: u64, last: u64, out: &mut Vec<u8>) {
+    let now = crate::ipc::shm::unix_time_ns() as i64;
+    let rec = Record {
+        ts_recv: now,
+        tick_type: reason as u8,
+        body: [first as i64, last as i64, 0, 0],
+        ..Record::new(RecordKind::Gap)
+    };
+    tickjson::encode(&rec, &crate::tickjson::NoStrings, out);
+    out.push(b'\n');
+}
+
+/// Runs tail on the ring in `dir`, writing JSON lines to `w`.
+pub fn run(dir: &Path, args: &TailArgs, w: &mut dyn Write) -> Result<(), TailError> {
+    let path = dir.join("ticks.ring");
+    let start = if args.oldest {
+        StartAt::Oldest
+    } else {
+        StartAt::Newest
+    };
+    let mut reader = RingReader::open_wait(
+        &path,
+        start,
+        Duration::from_secs_f64(args.wait.max(0.0)),
+        Duration::from_millis(20),
+    )
+    .map_err(|source| TailError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    let mut strings = open_strings(dir, reader.info().epoch);
+    let filter = Filter {
+        con_ids: args.con_ids.clone(),
+        kinds: args.kinds.clone(),
+    };
+    let started = Instant::now();
+    let deadline = args
+        .seconds
+        .map(|s| started + Duration::from_secs_f64(s.max(0.0)));
+    let mut printed = 0u64;
+    let mut out = Vec::with_capacity(64 * 1024);
+    let mut idle_polls = 0u32;
+    loop {
+        if args.count.is_some_and(|c| printed >= c) || deadline.is_some_and(|d| Instant::now() >= d)
+        {
+            break;
+        }
+        match reader.try_read() {
+            ReadOutcome::Record(rec) => {
+                idle_polls = 0;
+                if filter.pass(&rec) {
+                    // Strings interned after we opened the table are visible at once (the
+                    // table is shared); reopen only when it belongs to another epoch.
+                    if strings.0.is_none() {
+                        strings = open_strings(dir, reader.info().epoch);
+                    }
+                    tickjson::encode(&rec, &strings, &mut out);
+                    out.push(b'\n');
+                    printed += 1;
+                }
+            }
+            ReadOutcome::Lost {
+                first_seq,
+                last_seq,
+                ..
+            } => {
+                gap_line(GapReason::ReaderOverrun, first_seq, last_seq, &mut out);
+            }
+            ReadOutcome::Empty => {
+                if !out.is_empty() && flush(w, &mut out)? {
+                    return Ok(());
+                }
+                idle_polls += 1;
+                if idle_polls.is_multiple_of(50) {
+                    let now = crate::ipc::shm::unix_time_ns();
+                    if let WriterStatus::Replaced = reader.writer_status(now, 5_000_000_000)
+                        && reader.reopen(StartAt::Oldest).is_ok()
+                    {
+                        gap_line(GapReason::WriterRestart, 0, 0, &mut out);
+                        strings = open_strings(dir, reader.info().epoch);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        if out.len() > 32 * 1024 && flush(w, &mut out)? {
+            return Ok(());
+        }
+    }
+    flush(w, &mut out).map(|_| ())
+}
+
+/// Writes what is buffered; `Ok(true)` when the reader of our output went away.
+fn flush(w: &mut dyn Write, out: &mut Vec<u8>) -> Result<bool, TailError> {
+    let res = w.write_all(out).and_then(|()| w.flush());
+    out.clear();
+    match res {
+        Ok(()) => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}

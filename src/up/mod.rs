@@ -1,0 +1,437 @@
+//! `ib-stream up`: runs one environment as separate processes (tws-sim when simulating, the
+//! engine, the recorder, the web server), starts them in order of readiness, restarts a
+//! crashed one with backoff, and stops them in reverse order on Ctrl-C or SIGTERM.
+//!
+//! `ib-stream status` ([`status`]) summarises a running environment.
+
+pub mod child;
+pub mod http;
+pub mod plan;
+pub mod ready;
+pub mod status;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::{self, ConfigError, ConfigSources, Loaded};
+use crate::engine::Backoff;
+use crate::ipc::{IpcError, ShmOptions, WriterLock};
+
+use child::{Running, describe_exit, log_path};
+use plan::{ChildKind, ChildSpec, Plan};
+pub use plan::{GlobalFlags, PlanError};
+
+/// Options of `ib-stream up`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct UpArgs {
+    /// Run the simulated gateway (tws-sim) and point the engine at it. The default when no
+    /// gateway is configured (neither IB_STREAM_HOST nor IB_STREAM_PORTS set).
+    #[arg(long)]
+    pub simulate: bool,
+    /// Echo every child's output to this terminal as `[child] line` (the default when stdout
+    /// is a terminal); the log files get it either way.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Directory of the child logs (default: `<storage>/../logs/<env>`, e.g.
+    /// `storage/logs/development`).
+    #[arg(long, value_name = "DIR")]
+    pub logs: Option<PathBuf>,
+    /// Seconds a child may take to become ready before `up` says what to check.
+    #[arg(long, default_value_t = 60)]
+    pub ready_timeout_secs: u64,
+    /// Seconds each child gets to stop after SIGTERM before it is killed.
+    #[arg(long, default_value_t = 10)]
+    pub stop_timeout_secs: u64,
+}
+
+/// Why `up` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// A `--set` is not `KEY=VALUE`.
+    #[error("--set {0}: expected KEY=VALUE")]
+    BadSet(String),
+    /// The configuration does not load.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No plan (e.g. tws-sim missing).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The same environment already runs.
+    #[error(
+        "the {env} environment is already running under `ib-stream up`{pid} (lock {lock}); stop it first or choose another --env"
+    )]
+    AlreadyRunning {
+        /// The environment.
+        env: String,
+        /// ` (pid N)` when known.
+        pid: String,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// An engine not started by this `up` writes the environment's ring (for example one left
+    /// behind by an `up` that was killed with SIGKILL).
+    #[error(
+        "an engine (pid {pid}) not started by `ib-stream up` is writing {ring}; stop it first (kill {pid})"
+    )]
+    ForeignEngine {
+        /// Its pid.
+        pid: u32,
+        /// The ring file.
+        ring: PathBuf,
+    },
+    /// Shared memory or the lock could not be set up.
+    #[error("lock: {0}")]
+    Lock(#[source] IpcError),
+    /// The running executable could not be found.
+    #[error("cannot find the ib-stream executable: {0}")]
+    Exe(#[source] std::io::Error),
+    /// Signal handlers could not be installed.
+    #[error("signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+    /// A child could not be started at all.
+    #[error(transparent)]
+    Spawn(#[from] child::SpawnError),
+}
+
+/// The configuration sources for `flags` plus the process environment.
+pub fn sources(g: &GlobalFlags) -> Result<ConfigSources, UpError> {
+    let mut flags = Vec::new();
+    for kv in &g.sets {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| UpError::BadSet(kv.clone()))?;
+        flags.push(("--set".to_string(), k.trim().to_string(), v.to_string()));
+    }
+    Ok(ConfigSources {
+        environment: g.env,
+        env_file: g.env_file.clone(),
+        env_vars: std::env::vars().collect(),
+        flags,
+    })
+}
+
+fn load(g: &GlobalFlags) -> Result<Loaded, UpError> {
+    Ok(config::load(&sources(g)?)?)
+}
+
+/// The lock file that makes `up` exclusive per environment (in its shm namespace).
+pub fn lock_target(shm_dir: &std::path::Path) -> PathBuf {
+    shm_dir.join("up")
+}
+
+/// One supervised child and its restart state.
+#[derive(Debug)]
+struct Slot {
+    spec: ChildSpec,
+    running: Option<Running>,
+    started: Instant,
+    started_ns: i64,
+    ready: bool,
+    ever_ready: bool,
+    ready_since: Option<Instant>,
+    warned_slow: bool,
+    backoff: Backoff,
+    restart_at: Option<Instant>,
+    last_exit: Option<String>,
+    restarts: u32,
+}
+
+/// A stable run this long forgives earlier crashes (the next crash waits the first delay).
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(100);
+
+/// `ib-stream up`.
+pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
+    let mut flags = flags.clone();
+    if let Some(f) = &flags.env_file {
+        let cwd = std::env::current_dir().map_err(UpError::Exe)?;
+        flags.env_file = Some(config::absolutize(&cwd, f));
+    }
+    let loaded = load(&flags)?;
+    let exe = std::env::current_exe().map_err(UpError::Exe)?;
+    let plan = plan::make_plan(
+        &loaded,
+        &flags,
+        args.simulate,
+        &exe,
+        args.logs.clone(),
+        |g| config::load(&sources(g).map_err(|e| ConfigError::Inconsistent(e.to_string()))?),
+    )?;
+    let env = plan.environment.name();
+
+    let lock_at = lock_target(&plan.settings.shm_dir);
+    let _lock = match WriterLock::acquire(&lock_at, &ShmOptions::default()) {
+        Ok(l) => l,
+        Err(IpcError::WriterPresent { pid, .. }) => {
+            return Err(UpError::AlreadyRunning {
+                env: env.to_string(),
+                pid: pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                lock: WriterLock::lock_path(&lock_at),
+            });
+        }
+        Err(e) => return Err(UpError::Lock(e)),
+    };
+
+    if let Some(pid) = ready::live_ring_writer(&plan) {
+        return Err(UpError::ForeignEngine {
+            pid,
+            ring: plan.settings.shm_dir.join(crate::ipc::ring::RING_FILE_NAME),
+        });
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGQUIT,
+    ] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(UpError::Signal)?;
+    }
+
+    let echo = args.foreground || std::io::stdout().is_terminal();
+    print_intro(&plan);
+    let t0 = Instant::now();
+    let mut slots: Vec<Slot> = plan
+        .children
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| Slot {
+            spec: spec.clone(),
+            running: None,
+            started: t0,
+            started_ns: 0,
+            ready: false,
+            ever_ready: false,
+            ready_since: None,
+            warned_slow: false,
+            backoff: Backoff::new(
+                500_000_000,
+                30_000_000_000,
+                u64::from(std::process::id()) ^ (i as u64) << 32,
+            ),
+            restart_at: None,
+            last_exit: None,
+            restarts: 0,
+        })
+        .collect();
+    let mut announced = false;
+    let ready_timeout = Duration::from_secs(args.ready_timeout_secs);
+
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        for i in 0..slots.len() {
+            let predecessors_up = slots[..i]
+                .iter()
+                .all(|s| s.ever_ready || gate_open(s, &plan));
+            let slot = &mut slots[i];
+            // Exited?
+            if let Some(r) = &mut slot.running
+                && let Ok(Some(st)) = r.child.try_wait()
+            {
+                let how = describe_exit(st);
+                let delay = Duration::from_nanos(slot.backoff.next_delay());
+                println!(
+                    "up: {} (pid {}) exited with {how}; restarting in {} ms (log {})",
+                    slot.spec.kind.name(),
+                    r.pid,
+                    delay.as_millis(),
+                    log_path(&plan.log_dir, slot.spec.kind.name()).display()
+                );
+                slot.running = None;
+                slot.ready = false;
+                slot.ready_since = None;
+                slot.restart_at = Some(now + delay);
+                slot.last_exit = Some(how);
+            }
+            // Start or restart.
+            if slot.running.is_none() {
+                let due = match slot.restart_at {
+                    Some(at) => now >= at,
+                    None => predecessors_up,
+                };
+                if due {
+                    start(slot, &plan, echo)?;
+                }
+            }
+            // Ready?
+            if let Some(r) = &slot.running {
+                if !slot.ready && ready::is_ready(slot.spec.kind, r, slot.started_ns, &plan) {
+                    slot.ready = true;
+                    slot.ever_ready = true;
+                    slot.ready_since = Some(now);
+                    println!(
+                        "up: {} ready (pid {}) after {:.1} s{}",
+                        slot.spec.kind.name(),
+                        r.pid,
+                        slot.started.elapsed().as_secs_f64(),
+                        ready::detail(slot.spec.kind, r, &plan)
+                    );
+                } else if !slot.ready
+                    && !slot.warned_slow
+                    && slot.started.elapsed() >= ready_timeout
+                {
+                    slot.warned_slow = true;
+                    println!(
+                        "up: {} is not ready after {} s: {}\n    log: {}",
+                        slot.spec.kind.name(),
+                        ready_timeout.as_secs(),
+                        ready::not_ready_hint(slot.spec.kind, &plan),
+                        log_path(&plan.log_dir, slot.spec.kind.name()).display()
+                    );
+                }
+            }
+            if slot
+                .ready_since
+                .is_some_and(|t| now.duration_since(t) >= STABLE_AFTER)
+            {
+                slot.backoff.reset();
+            }
+        }
+        if !announced && slots.iter().all(|s| s.ready) {
+            announced = true;
+            print_banner(&plan, &flags, t0.elapsed());
+        }
+        std::thread::sleep(POLL);
+    }
+
+    println!("up: stopping {env} (children in reverse order)");
+    let grace = Duration::from_secs(args.stop_timeout_secs);
+    for slot in slots.iter_mut().rev() {
+        if let Some(r) = slot.running.take() {
+            stop_child(slot.spec.kind, r, grace);
+        }
+    }
+    println!("up: {env} stopped");
+    Ok(())
+}
+
+/// Whether the children after this one may start: it is ready, or (for the engine) its ring is
+/// live even though IB is not connected yet, so the web server can report what is wrong.
+fn gate_open(s: &Slot, plan: &Plan) -> bool {
+    s.ready
+        || (s.spec.kind == ChildKind::Engine
+            && s.running
+                .as_ref()
+                .is_some_and(|r| ready::engine_ring_live(r.pid, plan)))
+}
+
+fn start(slot: &mut Slot, plan: &Plan, echo: bool) -> Result<(), UpError> {
+    let name = slot.spec.kind.name();
+    let r = child::spawn(&slot.spec, &plan.log_dir, echo)?;
+    if let Some(how) = slot.last_exit.take() {
+        slot.restarts += 1;
+        println!(
+            "up: restarted {name} after {how} (attempt {}), pid {}",
+            slot.restarts, r.pid
+        );
+    } else {
+        println!("up: started {name} (pid {})", r.pid);
+    }
+    slot.started = Instant::now();
+    slot.started_ns = crate::ipc::shm::unix_time_ns() as i64;
+    slot.warned_slow = false;
+    slot.restart_at = None;
+    slot.running = Some(r);
+    Ok(())
+}
+
+fn stop_child(kind: ChildKind, mut r: Running, grace: Duration) {
+    let name = kind.name();
+    if let Ok(Some(st)) = r.child.try_wait() {
+        println!("up: {name} had already exited ({})", describe_exit(st));
+        return;
+    }
+    if let Err(e) = child::terminate(r.pid) {
+        println!("up: cannot signal {name} (pid {}): {e}", r.pid);
+    }
+    let until = Instant::now() + grace;
+    loop {
+        match r.child.try_wait() {
+            Ok(Some(st)) => {
+                println!("up: {name} stopped ({})", describe_exit(st));
+                return;
+            }
+            Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
+            _ => break,
+        }
+    }
+    println!(
+        "up: {name} (pid {}) did not stop within {} s; killing it",
+        r.pid,
+        grace.as_secs()
+    );
+    let _ = r.child.kill();
+    let _ = r.child.wait();
+}
+
+fn print_intro(plan: &Plan) {
+    let s = &plan.settings;
+    let env = plan.environment.name();
+    match plan.sim_port {
+        Some(p) => println!(
+            "up: {env}: simulating an IB Gateway (tws-sim on 127.0.0.1:{p}), client id {}",
+            s.client_id
+        ),
+        None => println!(
+            "up: {env}: IB at {}:{}, client id {}",
+            s.ib_host,
+            s.ib_ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            s.client_id
+        ),
+    }
+    println!(
+        "up: shm {}, storage {}, logs {}",
+        s.shm_dir.display(),
+        s.storage_path.display(),
+        abs(&plan.log_dir).display()
+    );
+}
+
+fn abs(p: &std::path::Path) -> PathBuf {
+    std::env::current_dir()
+        .map(|c| config::absolutize(&c, p))
+        .unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn shell_word(a: &str) -> String {
+    if a.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_=./:,@".contains(c))
+    {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
+fn print_banner(plan: &Plan, flags: &GlobalFlags, took: Duration) {
+    let s = &plan.settings;
+    let base = format!("http://{}:{}", s.serve_host, s.serve_port);
+    println!(
+        "up: {} ready in {:.1} s",
+        plan.environment.name(),
+        took.as_secs_f64()
+    );
+    println!("    page:   {base}/");
+    if let Some(t) = s.tracked_contracts.first() {
+        let kind = t.kinds.first().map(|k| k.name()).unwrap_or("bid_ask");
+        println!(
+            "    stream: {base}/v3/stream/{}?tick_types={kind}  ({})",
+            t.con_id, t.symbol
+        );
+    }
+    println!("    logs:   {}", abs(&plan.log_dir).display());
+    let status_args: Vec<String> = plan::global_args(flags, plan.environment)
+        .iter()
+        .map(|a| shell_word(a))
+        .collect();
+    println!("    status: ib-stream status {}", status_args.join(" "));
+    println!("    stop:   Ctrl-C");
+}

@@ -1,0 +1,260 @@
+//! `ib-stream status`: a short summary of a running environment from shared memory (the `up`
+//! lock, the ring writer, the engine's status region), the recorder's status file and the web
+//! server's `/health`. Healthy only when the engine is connected with a live ring and `/health`
+//! answers 200.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::Settings;
+use crate::ipc::{
+    ConnState, Liveness, RingReader, StartAt, StatusReader, StatusSnapshot, SubState, WriterStatus,
+    ring::RING_FILE_NAME,
+};
+use crate::recorder::status::RecorderStatus;
+
+use super::ready::STATUS_REGION;
+use super::{GlobalFlags, UpError, http, load, lock_target};
+
+/// Options of `ib-stream status`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct StatusArgs {
+    /// How long to wait for `/health`, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
+}
+
+/// Why `status` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The configuration does not load.
+    #[error(transparent)]
+    Config(#[from] UpError),
+    /// The environment is not healthy (the summary was printed).
+    #[error("{env} is not healthy: {reasons}")]
+    Unhealthy {
+        /// The environment.
+        env: String,
+        /// Why, `; `-separated.
+        reasons: String,
+    },
+}
+
+/// The summary and whether it is healthy (`Err` holds the reasons).
+pub fn summarise(settings: &Settings, timeout: Duration) -> (String, Result<(), Vec<String>>) {
+    let mut out = String::new();
+    let mut bad = Vec::new();
+    let now = crate::ipc::shm::unix_time_ns();
+    let env = settings.environment.name();
+    let _ = writeln!(
+        out,
+        "environment {env} (shm {})",
+        settings.shm_dir.display()
+    );
+
+    let lock = crate::ipc::WriterLock::lock_path(&lock_target(&settings.shm_dir));
+    let up_pid = std::fs::read_to_string(&lock)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|p| crate::ipc::shm::process_alive(*p) == Some(true));
+    match up_pid {
+        Some(p) => {
+            let _ = writeln!(out, "up:       running (pid {p})");
+        }
+        None => {
+            let _ = writeln!(out, "up:       not running");
+        }
+    }
+
+    match RingReader::open(&settings.shm_dir.join(RING_FILE_NAME), StartAt::Newest) {
+        Ok(r) => {
+            let info = r.info();
+            let st = r.writer_status(now, 5_000_000_000);
+            let _ = writeln!(
+                out,
+                "ring:     epoch {:016x}, writer pid {}, {}",
+                info.epoch,
+                info.pid,
+                describe_writer(&st)
+            );
+            if !matches!(st, WriterStatus::Alive { .. }) {
+                bad.push(format!("ring writer {}", describe_writer(&st)));
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(out, "ring:     none ({e})");
+            bad.push("no ring: the engine is not running".into());
+        }
+    }
+
+    engine_section(&settings.shm_dir, now as i64, &mut out, &mut bad);
+
+    if settings.enable_storage {
+        match RecorderStatus::load(&settings.storage_path) {
+            Ok(Some(s)) => {
+                let health = s.health(now as i64, 5_000_000_000);
+                let _ = writeln!(
+                    out,
+                    "recorder: pid {}, {} records read, {} lost, last seq {}, {}",
+                    s.pid,
+                    s.records_read,
+                    s.records_lost,
+                    s.last_seq,
+                    match &health {
+                        Ok(()) => "healthy".to_string(),
+                        Err(why) => why.clone(),
+                    }
+                );
+                if let Err(why) = health {
+                    bad.push(format!("recorder: {why}"));
+                }
+            }
+            Ok(None) => {
+                let _ = writeln!(out, "recorder: no status file yet");
+                bad.push("recorder has not written a status".into());
+            }
+            Err(e) => {
+                let _ = writeln!(out, "recorder: {e}");
+                bad.push(format!("recorder: {e}"));
+            }
+        }
+    }
+
+    let base = format!("http://{}:{}", settings.serve_host, settings.serve_port);
+    match http::get(
+        &settings.serve_host,
+        settings.serve_port,
+        "/health",
+        settings.token.as_deref(),
+        timeout,
+    ) {
+        Ok(a) => {
+            let brief = health_brief(&a.body);
+            let _ = writeln!(out, "web:      {base}/ /health {} {brief}", a.status);
+            if a.status != 200 {
+                bad.push(format!("/health answered {}: {brief}", a.status));
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(out, "web:      {base}/ not answering ({e})");
+            bad.push("the web server does not answer".into());
+        }
+    }
+    let _ = writeln!(
+        out,
+        "health:   {}",
+        if bad.is_empty() { "ok" } else { "NOT HEALTHY" }
+    );
+    (out, if bad.is_empty() { Ok(()) } else { Err(bad) })
+}
+
+fn describe_writer(st: &WriterStatus) -> String {
+    match st {
+        WriterStatus::Alive { heartbeat_age_ns } => {
+            format!("alive (heartbeat {} ms ago)", heartbeat_age_ns / 1_000_000)
+        }
+        WriterStatus::Stopped => "stopped".into(),
+        WriterStatus::Gone { pid } => format!("gone (pid {pid} no longer exists)"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+fn engine_section(shm: &Path, now: i64, out: &mut String, bad: &mut Vec<String>) {
+    let reader = match StatusReader::open(&shm.join(STATUS_REGION)) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(out, "engine:   no status region ({e})");
+            bad.push("no engine status region".into());
+            return;
+        }
+    };
+    let mut snap = StatusSnapshot::new_boxed();
+    if let Err(e) = reader.read(&mut snap) {
+        let _ = writeln!(out, "engine:   {e}");
+        bad.push(format!("engine: {e}"));
+        return;
+    }
+    let e = &snap.engine;
+    let state = ConnState::from_u8(e.conn_state);
+    let _ = writeln!(
+        out,
+        "engine:   pid {}, {}, server version {}, client id {}{}",
+        reader.header().writer_pid,
+        state.map_or_else(|| "unknown state".into(), |s| format!("{s:?}")),
+        e.server_version,
+        e.client_id,
+        if e.last_error_code != 0 {
+            format!(", last IB error {}", e.last_error_code)
+        } else {
+            String::new()
+        }
+    );
+    if state != Some(ConnState::Connected) {
+        bad.push(format!(
+            "engine is {}",
+            state.map_or_else(|| "in an unknown state".into(), |s| format!("{s:?}"))
+        ));
+    }
+    match reader.liveness(now, 5_000_000_000) {
+        Liveness::Alive => {}
+        Liveness::Stale { age_ns } => bad.push(format!(
+            "engine status heartbeat is {} ms old",
+            age_ns / 1_000_000
+        )),
+        Liveness::Replaced => bad.push("engine restarted while reading".into()),
+    }
+    let c = &snap.counters;
+    let _ = writeln!(
+        out,
+        "counters: {} records, {} reconnects, {} gaps, {} IB errors, {} rejected subscriptions",
+        c.records_published, c.reconnects, c.gaps, c.ib_errors, c.subscriptions_rejected
+    );
+    for s in snap.subscriptions() {
+        let kind = s.kind().map_or("?", |k| k.name());
+        let state = s
+            .state()
+            .map_or_else(|| "?".to_string(), |st| format!("{st:?}"));
+        let err = if s.ib_error_code != 0 && s.state() != Some(SubState::Active) {
+            format!(" (IB error {})", s.ib_error_code)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "  {:>10} {:<9} {:<9} {} ticks{err}",
+            s.con_id, kind, state, s.ticks
+        );
+    }
+}
+
+/// The `reasons` of a `/health` JSON answer, or its status field.
+fn health_brief(body: &str) -> String {
+    let v: serde_json::Value = match serde_json::from_str(body) {
+        Ok(v) => v,
+        Err(_) => return String::new(),
+    };
+    let status = v
+        .get("status")
+        .and_then(|s| s.as_str())
+        .unwrap_or_default()
+        .to_string();
+    match v.get("reasons").and_then(|r| r.as_array()) {
+        Some(r) if !r.is_empty() => {
+            let rs: Vec<&str> = r.iter().filter_map(|x| x.as_str()).collect();
+            format!("{status} ({})", rs.join("; "))
+        }
+        _ => status,
+    }
+}
+
+/// `ib-stream status`: prints the summary; an error (non-zero exit) when not healthy.
+pub fn run(flags: &GlobalFlags, args: &StatusArgs) -> Result<(), StatusError> {
+    let loaded = load(flags)?;
+    let (text, health) = summarise(&loaded.settings, Duration::from_millis(args.timeout_ms));
+    print!("{text}");
+    health.map_err(|reasons| StatusError::Unhealthy {
+        env: loaded.settings.environment.name().to_string(),
+        reasons: reasons.join("; "),
+    })
+}

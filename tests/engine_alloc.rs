@@ -1,0 +1,190 @@
+//! The engine's per-tick path (frame buffer -> decode -> subscription lookup -> record ->
+//! ring, with the batch publish) allocates nothing in steady state: counted with an
+//! instrumented global allocator over thousands of ticks of every kind, in both wire forms.
+//! One test in this binary so no other test thread allocates while we count.
+
+use std::alloc::System;
+use std::collections::VecDeque;
+
+use ib_stream::engine::{Ingest, Limits, Publisher, SubKey, SubKind, SubscriptionManager};
+use ib_stream::ipc::{ReadOutcome, RecordKind, StartAt};
+use ib_stream::tws::msg::server::{TbtQuote, TbtTrade, TickByTickData};
+use ib_stream::tws::{ServerMsg, version};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const P: i64 = 1_000_000_000;
+const S: i64 = 100_000_000;
+const CON: u32 = 265_598;
+
+/// Tick messages for the subscriptions' request ids, varied per `i`.
+fn ticks(req: &[i32; 5], i: i64, out: &mut Vec<ServerMsg>) {
+    let trade = |k: i64| TbtTrade {
+        price: (18_900 + k % 50) * P / 100,
+        size: (1 + k % 7) * S,
+        past_limit: k % 11 == 0,
+        unreported: false,
+        exchange: ["NASDAQ", "ARCA", "IEX"][(k % 3) as usize].into(),
+        special_conditions: ["", " T", "   F"][(k % 3) as usize].into(),
+    };
+    out.push(ServerMsg::TickByTick {
+        req_id: req[0],
+        time: 1_767_000_000 + i,
+        data: TickByTickData::BidAsk(TbtQuote {
+            bid_price: (18_900 + i % 40) * P / 100,
+            ask_price: (18_902 + i % 40) * P / 100,
+            bid_size: (100 + i % 9) * S,
+            ask_size: (200 + i % 5) * S,
+            bid_past_low: false,
+            ask_past_high: i % 13 == 0,
+        }),
+    });
+    out.push(ServerMsg::TickByTick {
+        req_id: req[1],
+        time: 1_767_000_000 + i,
+        data: TickByTickData::Last(trade(i)),
+    });
+    out.push(ServerMsg::TickByTick {
+        req_id: req[2],
+        time: 1_767_000_000 + i,
+        data: TickByTickData::AllLast(trade(i + 1)),
+    });
+    out.push(ServerMsg::TickByTick {
+        req_id: req[3],
+        time: 1_767_000_000 + i,
+        data: TickByTickData::MidPoint((18_901 + i % 40) * P / 100),
+    });
+    out.push(ServerMsg::TickPrice {
+        req_id: req[4],
+        tick_type: if i % 2 == 0 { 1 } else { 2 },
+        price: (18_900 + i % 40) * P / 100,
+        size: (100 + i % 9) * S,
+        attr_mask: 1,
+    });
+    out.push(ServerMsg::TickSize {
+        req_id: req[4],
+        tick_type: 8,
+        size: (10_000 + i) * S,
+    });
+    out.push(ServerMsg::TickGeneric {
+        req_id: req[4],
+        tick_type: 49,
+        value: 0.0,
+    });
+}
+
+/// Sets up an ingest path with five active subscriptions at `version`; returns it with the
+/// encoded stream of `n` rounds of ticks.
+fn setup(version: u32, n: i64) -> (Ingest, Vec<u8>) {
+    let publisher = Publisher::heap(1 << 16).unwrap();
+    let mut subs = SubscriptionManager::new(
+        Limits {
+            tbt_same_instrument_ns: 0,
+            ..Limits::default()
+        },
+        1000,
+    );
+    subs.on_connected();
+    let kinds = [
+        SubKind::BidAsk,
+        SubKind::Last,
+        SubKind::AllLast,
+        SubKind::MidPoint,
+        SubKind::MktData,
+    ];
+    for k in kinds {
+        subs.subscribe(
+            "test",
+            SubKey {
+                con_id: CON,
+                kind: k,
+            },
+            0,
+        )
+        .unwrap();
+    }
+    let mut req = [0i32; 5];
+    while let Some(r) = subs.next_request(0) {
+        match r {
+            ib_stream::engine::Request::TickByTick { req_id, kind, .. } => {
+                req[kinds.iter().position(|k| *k == kind).unwrap()] = req_id;
+            }
+            ib_stream::engine::Request::MktData { req_id, .. } => req[4] = req_id,
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut ingest = Ingest::new(publisher, subs);
+    ingest.version = version;
+    let mut msgs = Vec::new();
+    let mut wire = Vec::new();
+    for i in 0..n {
+        msgs.clear();
+        ticks(&req, i, &mut msgs);
+        for m in &msgs {
+            m.encode(version, &mut wire);
+        }
+    }
+    (ingest, wire)
+}
+
+/// Feeds `wire` in socket-sized chunks through the ingest path, as the loop does.
+fn run(ingest: &mut Ingest, wire: &[u8], other: &mut VecDeque<ServerMsg>) -> usize {
+    let mut published = 0;
+    for chunk in wire.chunks(4093) {
+        let spare = ingest.reader.spare(chunk.len());
+        spare[..chunk.len()].copy_from_slice(chunk);
+        ingest.reader.commit(chunk.len());
+        let ts = ib_stream::engine::publish::unix_ns();
+        published += ingest.process(ts, 1, other).unwrap();
+        ingest.publisher.flush();
+        while ingest.subs.poll_event().is_some() {}
+    }
+    published
+}
+
+#[test]
+fn steady_state_ticks_allocate_nothing() {
+    for v in [
+        version::MAX_SUPPORTED,
+        176,
+        version::TICK_BY_TICK_IGNORE_SIZE,
+    ] {
+        let (mut ingest, warm) = setup(v, 200);
+        let mut other = VecDeque::with_capacity(64);
+        let mut reader = ingest.publisher.reader(StartAt::Oldest);
+        // Warm-up: first ticks change subscription states, strings get their ids, the
+        // frame buffer reaches its working size.
+        assert_eq!(run(&mut ingest, &warm, &mut other), 200 * 7);
+        let (_, steady) = setup(v, 2_000);
+        let region = Region::new(GLOBAL);
+        let n = run(&mut ingest, &steady, &mut other);
+        let mut read = 0;
+        loop {
+            match reader.try_read() {
+                ReadOutcome::Record(r) => {
+                    if r.kind().is_some_and(RecordKind::is_market_data) {
+                        read += 1;
+                    }
+                }
+                ReadOutcome::Empty => break,
+                ReadOutcome::Lost { .. } => panic!("the ring is large enough"),
+            }
+        }
+        let stats = region.change();
+        assert_eq!(n, 2_000 * 7, "version {v}");
+        assert_eq!(
+            read,
+            (200 + 2_000) * 7,
+            "version {v}: every tick reached the ring"
+        );
+        assert!(other.is_empty(), "version {v}: no non-tick message");
+        assert_eq!(
+            (stats.allocations, stats.reallocations),
+            (0, 0),
+            "version {v}: {stats:?}"
+        );
+        assert_eq!(ingest.orphan_ticks, 0);
+    }
+}

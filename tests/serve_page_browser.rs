@@ -1,0 +1,236 @@
+//! The live page in a real headless browser (Debian's `chromium`, installed by
+//! `scripts/install-chromium.sh`), driven over the DevTools protocol: load the page, start a
+//! stream, see ticks in the table, the chart drawn, the connection state and the rates.
+//!
+//! Ignored by default because it needs chromium:
+//! `./scripts/install-chromium.sh && cargo test --test serve_page_browser -- --ignored`.
+
+mod serve_support;
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use serve_support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Cdp {
+    ws: Ws,
+    next_id: u64,
+    session: Option<String>,
+}
+
+impl Cdp {
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut msg = json!({"id": id, "method": method, "params": params});
+        if let Some(s) = &self.session {
+            msg["sessionId"] = json!(s);
+        }
+        self.ws.send(Message::text(msg.to_string())).await.unwrap();
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
+                .await
+                .expect("no DevTools answer in 20 s")
+                .expect("DevTools closed")
+                .unwrap();
+            if let Message::Text(t) = m {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["id"] == id {
+                    assert!(v.get("error").is_none(), "{method}: {v}");
+                    return v["result"].clone();
+                }
+            }
+        }
+    }
+
+    async fn eval(&mut self, js: &str) -> Value {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": js, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await;
+        assert!(r.get("exceptionDetails").is_none(), "{js}: {r}");
+        r["result"]["value"].clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium: ./scripts/install-chromium.sh, then run with --ignored"]
+async fn the_page_streams_ticks_into_its_table_chart_and_counters() {
+    let mut env = Env::new(EnvOpts::default()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = env.app.clone();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let profile = tempfile::tempdir().unwrap();
+    let mut chrome = tokio::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--remote-debugging-port=0",
+            "--remote-debugging-address=127.0.0.1",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("about:blank")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromium not found: run ./scripts/install-chromium.sh");
+    let mut lines = BufReader::new(chrome.stderr.take().unwrap()).lines();
+    let devtools = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if let Some(url) = l.split("DevTools listening on ").nth(1) {
+                return url.trim().to_owned();
+            }
+        }
+        panic!("chromium exited without a DevTools endpoint");
+    })
+    .await
+    .expect("chromium did not start in 30 s");
+    // Keep draining chromium's stderr so that it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let (ws, _) = tokio_tungstenite::connect_async(&devtools).await.unwrap();
+    let mut cdp = Cdp {
+        ws,
+        next_id: 0,
+        session: None,
+    };
+    let target = cdp
+        .call(
+            "Target.createTarget",
+            json!({"url": format!("http://{addr}/?con_id={TRACKED_CON}")}),
+        )
+        .await;
+    let attached = cdp
+        .call(
+            "Target.attachToTarget",
+            json!({"targetId": target["targetId"], "flatten": true}),
+        )
+        .await;
+    cdp.session = Some(attached["sessionId"].as_str().unwrap().to_owned());
+    // Wait for the page's script.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while cdp
+        .eval("document.readyState === 'complete' && !!document.getElementById('start')")
+        .await
+        != json!(true)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the page did not load"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        cdp.eval("document.getElementById('conn').dataset.state")
+            .await,
+        "idle"
+    );
+    cdp.eval("document.getElementById('controls').requestSubmit()")
+        .await;
+    env.wait_sinks(1).await;
+
+    // Publish while the page watches.
+    let running = Arc::new(AtomicBool::new(true));
+    let stop = Arc::clone(&running);
+    let publisher = tokio::spawn(async move {
+        let mut i = 0;
+        while stop.load(Ordering::Relaxed) {
+            env.publish(quote(TRACKED_CON, 10_000 + i % 50));
+            env.publish(trade(TRACKED_CON, 10_000 + i % 40, 0));
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        env
+    });
+    let probe = "(() => { const c = document.getElementById('chart'); \
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; \
+        let painted = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) painted++; \
+        return { state: document.getElementById('conn').dataset.state, \
+                 total: Number(document.getElementById('total').textContent), \
+                 rows: document.querySelectorAll('#ticks tbody tr').length, \
+                 rate: Number(document.getElementById('rate').textContent), \
+                 first: (document.querySelector('#ticks tbody tr td:nth-child(3)') || {}).textContent, \
+                 painted }; })()";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let seen = loop {
+        let v = cdp.eval(probe).await;
+        if v["state"] == "open"
+            && v["total"].as_u64().unwrap_or(0) >= 100
+            && v["rows"].as_u64() == Some(50)
+            && v["rate"].as_u64().unwrap_or(0) > 0
+            && v["painted"].as_u64().unwrap_or(0) > 0
+        {
+            break v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the page never showed the stream: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        matches!(seen["first"].as_str(), Some("bid_ask" | "last")),
+        "{seen}"
+    );
+    // Keep a picture of the page as a user saw it (target/page-screenshot.png).
+    let shot = cdp
+        .call("Page.captureScreenshot", json!({"format": "png"}))
+        .await;
+    let png = base64_decode(shot["data"].as_str().expect("screenshot data"));
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("page-screenshot.png");
+    std::fs::write(&out, &png).expect("write the screenshot");
+    eprintln!("screenshot: {}", out.display());
+    cdp.eval("document.getElementById('stop').click()").await;
+    assert_eq!(
+        cdp.eval("document.getElementById('conn').dataset.state")
+            .await,
+        "closed"
+    );
+    running.store(false, Ordering::Relaxed);
+    let env = publisher.await.unwrap();
+    env.wait_sinks(0).await;
+    let _ = chrome.kill().await;
+}
+
+/// Standard base64 (the DevTools screenshot encoding), without a dependency.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for v in s.bytes().filter_map(val) {
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
