@@ -1,7 +1,7 @@
 //! Storage benchmark: bytes per tick of our two formats against the original IB-Stream
 //! encodings (v2 JSON envelope, v3 JSON, v3 protobuf with its 4-byte length prefix, encoded
 //! here from their documented schemas), recorder throughput per format (ring file to disk,
-//! one core, page cache, fsync off), and a sequential read of the binary hour.
+//! one core, page cache, fsync off), and a binary range query through `storage::query`.
 //!
 //! `cargo bench --bench storage` (optional: `STORAGE_BENCH_TICKS=N`). The last line is the
 //! machine-readable summary.
@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use ib_stream::config::FsyncPolicy;
 use ib_stream::recorder::{Recorder, RecorderConfig, STRINGS_FILE_NAME};
-use ib_stream::storage::binary::BinarySegment;
-use ib_stream::storage::layout::{Format, all_segments};
+use ib_stream::storage::layout::Format;
+use ib_stream::storage::query::{Query, QueryIter};
 use ib_stream::tickjson::{self, StringLookup};
 use ib_stream_ipc::{
     PRICE_SCALE, Quote, Record, RecordKind, RingWriter, SIZE_SCALE, ShmOptions, StringTableConfig,
@@ -335,25 +335,36 @@ fn main() {
     println!("recorder binary {:>12.0} ticks/s", bin.tps);
     println!("recorder JSONL  {:>12.0} ticks/s", jsonl.tps);
 
-    // Sequential read of the binary hour, three passes, best one (page cache warm).
-    let segs = all_segments(&bin.storage, Format::Binary).unwrap();
+    // A binary range query through the query library (three kinds merged by time, strings
+    // mapped, the range found by binary search): three passes, best one (page cache warm).
+    let first = recs[0].ts_recv;
+    let last = recs[n - 1].ts_recv;
+    let q = Query {
+        format: Some(Format::Binary),
+        kinds: vec![
+            RecordKind::TbtBidAsk,
+            RecordKind::TbtLast,
+            RecordKind::TbtMidPoint,
+        ],
+        ..Query::new(CID, first, last + 1)
+    };
     let mut best = f64::MAX;
     let mut count = 0usize;
     for _ in 0..3 {
         let t = Instant::now();
         count = 0;
         let mut check = 0i64;
-        for s in &segs {
-            let seg = BinarySegment::read(&s.path).unwrap();
-            count += seg.records.len();
-            check = check.wrapping_add(seg.records.iter().map(|r| r.body[0]).sum::<i64>());
+        let mut it = QueryIter::new(&bin.storage, &q).unwrap();
+        while let Some(r) = it.next_record().unwrap() {
+            count += 1;
+            check = check.wrapping_add(r.body[0]);
         }
         std::hint::black_box(check);
         best = best.min(t.elapsed().as_secs_f64());
     }
     assert_eq!(count, n);
     let query_rps = count as f64 / best;
-    println!("query (sequential read of the binary hour) {query_rps:>12.0} records/s");
+    println!("query (binary range query, 3 kinds merged) {query_rps:>12.0} records/s");
     let _ = std::fs::remove_dir_all(&tmp);
     println!(
         "bench=storage bin_bpt={bin_bpt:.2} jsonl_bpt={jsonl_bpt:.2} orig_v2_json_bpt={:.2} orig_v3_json_bpt={:.2} orig_v3_pb_bpt={:.2} rec_bin_tps={:.0} rec_jsonl_tps={:.0} query_rps={query_rps:.0}",

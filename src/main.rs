@@ -53,6 +53,8 @@ enum Command {
     Up(ib_stream::up::UpArgs),
     /// Summarise a running environment (exit code 1 when not healthy).
     Status(ib_stream::up::status::StatusArgs),
+    /// Inspect, check, export and import recorded history.
+    Storage(ib_stream::storage::cli::StorageArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +106,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Record(args) => {
             let loaded = config::load(&sources(&cli.global)?)?;
             ib_stream::recorder::run_cli(&loaded.settings, &args)?;
+        }
+        Command::Storage(args) => {
+            let loaded = config::load(&sources(&cli.global)?)?;
+            ib_stream::storage::cli::run(&args, &loaded.settings.storage_path)?;
         }
         Command::Config(ConfigCommand::Check) => {
             let loaded = config::load(&sources(&cli.global)?)?;

@@ -14,8 +14,11 @@
 pub mod append;
 pub mod binary;
 pub mod checkpoint;
+pub mod cli;
+pub mod import;
 pub mod jsonl;
 pub mod layout;
+pub mod query;
 pub mod repair;
 pub mod retention;
 pub mod strings_file;

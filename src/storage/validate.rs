@@ -7,25 +7,49 @@
 //! stored or inside the range of a gap record. Heartbeats are thinned by the recorder (one a
 //! minute is kept), so the sequences of dropped heartbeats show up in `uncovered`: history
 //! of a ring that carries heartbeat records can have uncovered sequences that are not losses.
+//!
+//! Memory is bounded per segment, not per epoch: the segments of one epoch form chains (one
+//! per instrument and stream, in hour order, each in sequence order) that are merged by
+//! sequence with one segment's sequence numbers in memory per chain. Every problem names the
+//! file and where in it (byte offset, record index or line number).
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::fmt;
 use std::path::{Path, PathBuf};
 
-use ib_stream_ipc::{Record, RecordKind, UNDEF_I64};
+use ib_stream_ipc::{RECORD_SIZE, Record, RecordKind, UNDEF_I64};
 
 use super::StorageError;
-use super::binary::{self, BinarySegment};
-use super::jsonl::JsonlSegment;
+use super::binary::{self, BinarySegment, HEADER_LEN, sidecar_path, truncate_or_remove};
+use super::jsonl::{JsonlSegment, complete_len};
 use super::layout::{Format, SegmentFile, Stream, all_segments, hour_start};
-use crate::tickjson::{LocalStrings, StringLookup};
+use super::strings_file;
+use crate::tickjson::{self, LocalStrings, StringLookup};
+
+/// Record-level problems kept per file (the count of the rest is reported).
+const MAX_RECORD_PROBLEMS: usize = 5;
 
 /// Something wrong with one file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
     /// The file.
     pub path: PathBuf,
+    /// Where in it: `byte N`, `record I (byte N)`, `line N`, `block I (records a..b)`, or
+    /// empty for the whole file.
+    pub at: String,
     /// What is wrong.
     pub what: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.at.is_empty() {
+            write!(f, "{}: {}", self.path.display(), self.what)
+        } else {
+            write!(f, "{}: {}: {}", self.path.display(), self.at, self.what)
+        }
+    }
 }
 
 /// Completeness of one epoch in one format.
@@ -60,6 +84,8 @@ pub struct FormatReport {
     pub epochs: BTreeMap<u64, EpochReport>,
     /// File problems.
     pub problems: Vec<Problem>,
+    /// What `--repair` changed.
+    pub repairs: Vec<Problem>,
 }
 
 impl FormatReport {
@@ -87,176 +113,470 @@ impl ValidationReport {
     }
 }
 
+/// Options of [`validate_with`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ValidateOptions {
+    /// Cut torn tails (data, checksum sidecar, strings sidecar) before checking, and report
+    /// each cut in [`FormatReport::repairs`]. Never run while a recorder writes the root.
+    pub repair: bool,
+}
+
 /// Validates every format under `root` that has data.
 pub fn validate(root: &Path) -> Result<ValidationReport, StorageError> {
+    validate_with(root, ValidateOptions::default(), |_, _, _| {})
+}
+
+/// [`validate`] with options; `progress(format, files done, files total)` is called after
+/// every file.
+pub fn validate_with(
+    root: &Path,
+    opts: ValidateOptions,
+    mut progress: impl FnMut(Format, u64, u64),
+) -> Result<ValidationReport, StorageError> {
     let mut out = ValidationReport::default();
     for format in Format::ALL {
         if root.join(format.dir_name()).is_dir() {
-            out.formats.insert(format, validate_format(root, format)?);
+            out.formats
+                .insert(format, validate_format(root, format, opts, &mut progress)?);
         }
     }
     Ok(out)
 }
 
-/// The records of one segment, read and checked; file problems go to `problems`.
-fn read_segment(seg: &SegmentFile, problems: &mut Vec<Problem>) -> Option<(Vec<Record>, u64)> {
-    let mut problem = |what: String| {
-        problems.push(Problem {
-            path: seg.path.clone(),
-            what,
-        })
+fn problem(seg: &SegmentFile, at: impl Into<String>, what: impl Into<String>) -> Problem {
+    Problem {
+        path: seg.path.clone(),
+        at: at.into(),
+        what: what.into(),
+    }
+}
+
+/// Cuts the torn tails of one segment; returns what it did.
+fn repair_torn(seg: &SegmentFile) -> Result<Vec<Problem>, StorageError> {
+    let mut done = Vec::new();
+    let len_of = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
+    let mut cut = |path: &Path, from: u64, to: u64, what: &str| -> Result<(), StorageError> {
+        truncate_or_remove(path, to).map_err(|e| StorageError::io(path, e))?;
+        done.push(Problem {
+            path: path.to_path_buf(),
+            at: format!("byte {to}"),
+            what: format!("cut {} bytes of {what}", from - to),
+        });
+        Ok(())
     };
-    let bytes = std::fs::metadata(&seg.path).map_or(0, |m| m.len());
     match seg.format {
+        Format::Jsonl => {
+            let s = JsonlSegment::read(&seg.path)?;
+            if s.trailing_bytes > 0 {
+                let good = s.bytes.len() as u64;
+                cut(&seg.path, good + s.trailing_bytes, good, "torn last line")?;
+            }
+        }
+        Format::Binary => {
+            let Some(len) = len_of(&seg.path) else {
+                return Ok(done);
+            };
+            if len < HEADER_LEN as u64 {
+                // No header: nothing in the file can be read.
+                return Ok(done);
+            }
+            let n = (len - HEADER_LEN as u64) / RECORD_SIZE as u64;
+            let whole = HEADER_LEN as u64 + n * RECORD_SIZE as u64;
+            if whole != len {
+                cut(&seg.path, len, whole, "torn record")?;
+            }
+            let crc = sidecar_path(&seg.path, "crc");
+            if let Some(clen) = len_of(&crc) {
+                let blocks = n.div_ceil(u64::from(binary::CRC_BLOCK_RECORDS));
+                let keep = (clen / 4).min(blocks) * 4;
+                if keep != clen {
+                    cut(&crc, clen, keep, "torn or extra checksum entries")?;
+                }
+            }
+            let strings = sidecar_path(&seg.path, "strings");
+            if let Some(slen) = len_of(&strings) {
+                let bytes = std::fs::read(&strings).map_err(|e| StorageError::io(&strings, e))?;
+                let valid = if slen < strings_file::STRINGS_FILE_HEADER_LEN as u64 {
+                    0
+                } else {
+                    strings_file::parse(&bytes, &strings)?.valid_len
+                };
+                if valid != slen {
+                    cut(&strings, slen, valid, "torn or damaged string entries")?;
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Checks one segment; returns its sequence numbers and gap ranges, or `None` when it cannot
+/// be read at all.
+struct Checked {
+    seqs: Vec<u64>,
+    gaps: Vec<(u64, u64)>,
+    bytes: u64,
+}
+
+fn check_segment(seg: &SegmentFile, problems: &mut Vec<Problem>) -> Option<Checked> {
+    let bytes = std::fs::metadata(&seg.path).map_or(0, |m| m.len());
+    // Each record with where it is (text made only for a problem).
+    let records: Vec<(Loc, Record)> = match seg.format {
         Format::Binary => {
             let s = match BinarySegment::read(&seg.path) {
                 Ok(s) => s,
                 Err(e) => {
-                    problem(e.to_string());
+                    problems.push(problem(seg, "", e.to_string()));
                     return None;
                 }
             };
             if !s.header.matches(&seg.key) {
-                problem(format!(
-                    "header {:?} does not match the file name",
-                    s.header
+                problems.push(problem(
+                    seg,
+                    "byte 0",
+                    format!("header {:?} does not match the file name", s.header),
                 ));
             }
+            let whole = HEADER_LEN as u64 + s.records.len() as u64 * RECORD_SIZE as u64;
             if s.trailing_bytes > 0 {
-                problem(format!("torn tail of {} bytes", s.trailing_bytes));
-            }
-            if s.crc_trailing_bytes > 0 {
-                problem(format!(
-                    "torn checksum sidecar ({} bytes)",
-                    s.crc_trailing_bytes
+                problems.push(problem(
+                    seg,
+                    format!("byte {whole}"),
+                    format!(
+                        "torn record: {} bytes after the last whole record",
+                        s.trailing_bytes
+                    ),
                 ));
+            }
+            let crc = sidecar_path(&seg.path, "crc");
+            if s.crc_trailing_bytes > 0 {
+                problems.push(Problem {
+                    path: crc.clone(),
+                    at: format!("byte {}", s.crc_entries.len() * 4),
+                    what: format!("torn checksum entry ({} bytes)", s.crc_trailing_bytes),
+                });
             }
             let check = s.verify();
-            if !check.bad_blocks.is_empty() {
-                problem(format!(
-                    "checksum mismatch in blocks {:?}",
-                    check.bad_blocks
+            let b = u64::from(s.header.crc_block_records);
+            for blk in &check.bad_blocks {
+                let (first, last) = (blk * b, ((blk + 1) * b).min(s.records.len() as u64) - 1);
+                problems.push(problem(
+                    seg,
+                    format!(
+                        "block {blk} (records {first}..={last}, bytes {}..{})",
+                        HEADER_LEN as u64 + first * RECORD_SIZE as u64,
+                        HEADER_LEN as u64 + (last + 1) * RECORD_SIZE as u64
+                    ),
+                    "checksum mismatch: the records of this block were changed on disk",
                 ));
             }
             if check.extra_entries > 0 {
-                problem(format!(
-                    "{} checksum entries for missing blocks",
-                    check.extra_entries
-                ));
+                problems.push(Problem {
+                    path: crc,
+                    at: String::new(),
+                    what: format!(
+                        "{} checksum entries for blocks that do not exist",
+                        check.extra_entries
+                    ),
+                });
             }
             match binary::read_strings(&seg.path) {
                 Ok(fs) => {
+                    let sp = sidecar_path(&seg.path, "strings");
                     if fs.trailing_garbage > 0 {
-                        problem(format!(
-                            "strings sidecar has {} bad bytes at its end",
-                            fs.trailing_garbage
-                        ));
+                        problems.push(Problem {
+                            path: sp.clone(),
+                            at: format!("byte {}", fs.valid_len),
+                            what: format!(
+                                "{} bytes after the last intact string entry",
+                                fs.trailing_garbage
+                            ),
+                        });
                     }
                     if fs.epoch != seg.key.epoch && !fs.strings.is_empty() {
-                        problem("strings sidecar of another epoch".into());
+                        problems.push(Problem {
+                            path: sp,
+                            at: "byte 8".into(),
+                            what: format!("strings sidecar of epoch {:016x}", fs.epoch),
+                        });
                     }
-                    for r in &s.records {
+                    let mut missing = 0usize;
+                    for (i, r) in s.records.iter().enumerate() {
                         for id in binary::string_ids(r) {
                             if fs.lookup(id).is_none() {
-                                problem(format!(
-                                    "seq {}: string id {id} not in the sidecar",
-                                    r.seq
-                                ));
+                                missing += 1;
+                                if missing <= MAX_RECORD_PROBLEMS {
+                                    problems.push(problem(
+                                        seg,
+                                        record_at(i),
+                                        format!("seq {}: string id {id} not in the sidecar", r.seq),
+                                    ));
+                                }
                             }
                         }
                     }
                 }
-                Err(e) => problem(e.to_string()),
+                Err(e) => problems.push(problem(seg, "", e.to_string())),
             }
-            Some((s.records, bytes))
+            s.records
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| (Loc::Record(i), r))
+                .collect()
         }
         Format::Jsonl => {
             let s = match JsonlSegment::read(&seg.path) {
                 Ok(s) => s,
                 Err(e) => {
-                    problem(e.to_string());
+                    problems.push(problem(seg, "", e.to_string()));
                     return None;
                 }
             };
             if s.trailing_bytes > 0 {
-                problem(format!("torn last line of {} bytes", s.trailing_bytes));
+                problems.push(problem(
+                    seg,
+                    format!("byte {}", complete_len(&s.bytes)),
+                    format!("torn last line of {} bytes (no newline)", s.trailing_bytes),
+                ));
             }
-            match s.decode(&seg.path, &mut LocalStrings::default()) {
-                Ok(r) => Some((r, bytes)),
-                Err(e) => {
-                    problem(e.to_string());
-                    None
+            let mut strings = LocalStrings::default();
+            let mut out = Vec::new();
+            let mut offset = 0usize;
+            let mut bad = 0usize;
+            for (i, line) in s.lines().enumerate() {
+                match tickjson::decode(line, &mut strings) {
+                    Ok(r) => out.push((Loc::Line(i + 1, offset), r)),
+                    Err(e) => {
+                        bad += 1;
+                        if bad <= MAX_RECORD_PROBLEMS {
+                            problems.push(problem(
+                                seg,
+                                format!("line {} (byte {offset})", i + 1),
+                                format!("does not decode: {e}"),
+                            ));
+                        }
+                    }
                 }
+                offset += line.len() + 1;
             }
+            if bad > MAX_RECORD_PROBLEMS {
+                problems.push(problem(
+                    seg,
+                    "",
+                    format!("{} more lines do not decode", bad - MAX_RECORD_PROBLEMS),
+                ));
+            }
+            out
+        }
+    };
+    let mut prev = 0u64;
+    let mut bad: Vec<(Loc, String)> = Vec::new();
+    let mut bad_count = 0usize;
+    let mut gaps = Vec::new();
+    for (at, r) in &records {
+        if r.seq <= prev {
+            note(
+                &mut bad,
+                &mut bad_count,
+                (*at, format!("seq {} after {prev}: not increasing", r.seq)),
+            );
+        }
+        prev = r.seq;
+        if !seg.key.stream.accepts(r) {
+            note(
+                &mut bad,
+                &mut bad_count,
+                (
+                    *at,
+                    format!("seq {}: kind {} does not belong here", r.seq, r.kind),
+                ),
+            );
+        } else if seg.key.stream != Stream::System && r.instrument_id != seg.key.instrument_id {
+            note(
+                &mut bad,
+                &mut bad_count,
+                (
+                    *at,
+                    format!("seq {}: conId {} in the wrong file", r.seq, r.instrument_id),
+                ),
+            );
+        }
+        if hour_start(r.ts_recv) != seg.key.hour_start_ns {
+            note(
+                &mut bad,
+                &mut bad_count,
+                (
+                    *at,
+                    format!(
+                        "seq {}: ts_recv {} outside the file's hour",
+                        r.seq, r.ts_recv
+                    ),
+                ),
+            );
+        }
+        if r.kind() == Some(RecordKind::Gap) && r.body[0] > 0 {
+            let to = if r.body[1] == UNDEF_I64 {
+                u64::MAX
+            } else {
+                r.body[1] as u64
+            };
+            gaps.push((r.body[0] as u64, to));
+        }
+    }
+    let more = bad_count.saturating_sub(MAX_RECORD_PROBLEMS);
+    for (at, what) in bad.into_iter().take(MAX_RECORD_PROBLEMS) {
+        problems.push(problem(seg, at.to_string(), what));
+    }
+    if more > 0 {
+        problems.push(problem(seg, "", format!("{more} more record problems")));
+    }
+    Some(Checked {
+        seqs: records.iter().map(|(_, r)| r.seq).collect(),
+        gaps,
+        bytes,
+    })
+}
+
+/// Keeps the first few record problems of a file and counts the rest (a file that is wrong
+/// throughout must not turn into one message per record).
+fn note(bad: &mut Vec<(Loc, String)>, count: &mut usize, p: (Loc, String)) {
+    *count += 1;
+    if bad.len() < MAX_RECORD_PROBLEMS {
+        bad.push(p);
+    }
+}
+
+/// Where a record is in its file.
+#[derive(Clone, Copy)]
+enum Loc {
+    /// Binary record index.
+    Record(usize),
+    /// JSON line number (from 1) and its byte offset.
+    Line(usize, usize),
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Loc::Record(i) => f.write_str(&record_at(*i)),
+            Loc::Line(n, off) => write!(f, "line {n} (byte {off})"),
         }
     }
 }
 
-fn validate_format(root: &Path, format: Format) -> Result<FormatReport, StorageError> {
+fn record_at(i: usize) -> String {
+    format!("record {i} (byte {})", HEADER_LEN + i * RECORD_SIZE)
+}
+
+/// The segments of one instrument and stream of one epoch, read one at a time.
+struct Chain {
+    files: VecDeque<SegmentFile>,
+    seqs: Vec<u64>,
+    pos: usize,
+}
+
+struct EpochWalk<'a> {
+    rep: &'a mut FormatReport,
+    gaps: Vec<(u64, u64)>,
+    done: u64,
+    total: u64,
+}
+
+impl EpochWalk<'_> {
+    /// The next sequence of `chain`, loading (and checking) its next file when needed.
+    fn next_seq(&mut self, chain: &mut Chain, progress: &mut dyn FnMut(u64, u64)) -> Option<u64> {
+        while chain.pos == chain.seqs.len() {
+            let seg = chain.files.pop_front()?;
+            self.rep.files += 1;
+            self.done += 1;
+            let checked = check_segment(&seg, &mut self.rep.problems);
+            progress(self.done, self.total);
+            let Some(c) = checked else {
+                continue;
+            };
+            self.rep.bytes += c.bytes;
+            self.rep.records += c.seqs.len() as u64;
+            self.gaps.extend(c.gaps);
+            chain.seqs = c.seqs;
+            chain.pos = 0;
+        }
+        let s = chain.seqs[chain.pos];
+        chain.pos += 1;
+        Some(s)
+    }
+}
+
+fn validate_format(
+    root: &Path,
+    format: Format,
+    opts: ValidateOptions,
+    progress: &mut impl FnMut(Format, u64, u64),
+) -> Result<FormatReport, StorageError> {
     let mut rep = FormatReport::default();
-    let mut seqs: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    let mut gaps: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
-    for seg in all_segments(root, format)? {
-        rep.files += 1;
-        let Some((records, bytes)) = read_segment(&seg, &mut rep.problems) else {
-            continue;
+    let segs = all_segments(root, format)?;
+    let total = segs.len() as u64;
+    if opts.repair {
+        for seg in &segs {
+            rep.repairs.extend(repair_torn(seg)?);
+        }
+    }
+    // epoch -> (conId, stream) -> files in hour order (all_segments sorts by hour first).
+    let mut epochs: BTreeMap<u64, BTreeMap<(u32, Stream), VecDeque<SegmentFile>>> = BTreeMap::new();
+    for seg in segs {
+        epochs
+            .entry(seg.key.epoch)
+            .or_default()
+            .entry((seg.key.instrument_id, seg.key.stream))
+            .or_default()
+            .push_back(seg);
+    }
+    let mut done = 0u64;
+    for (epoch, chains) in epochs {
+        let mut walk = EpochWalk {
+            rep: &mut rep,
+            gaps: Vec::new(),
+            done,
+            total,
         };
-        rep.bytes += bytes;
-        rep.records += records.len() as u64;
-        let mut prev = 0u64;
-        let mut bad = Vec::new();
-        for r in &records {
-            if r.seq <= prev {
-                bad.push(format!("seq {} after {prev}: not increasing", r.seq));
-            }
-            prev = r.seq;
-            if !seg.key.stream.accepts(r) {
-                bad.push(format!(
-                    "seq {}: kind {} does not belong here",
-                    r.seq, r.kind
-                ));
-            } else if seg.key.stream != Stream::System && r.instrument_id != seg.key.instrument_id {
-                bad.push(format!(
-                    "seq {}: conId {} in the wrong file",
-                    r.seq, r.instrument_id
-                ));
-            }
-            if hour_start(r.ts_recv) != seg.key.hour_start_ns {
-                bad.push(format!(
-                    "seq {}: ts_recv {} outside the hour",
-                    r.seq, r.ts_recv
-                ));
-            }
-            if r.kind() == Some(RecordKind::Gap) && r.body[0] > 0 {
-                let to = if r.body[1] == UNDEF_I64 {
-                    u64::MAX
-                } else {
-                    r.body[1] as u64
-                };
-                gaps.entry(seg.key.epoch)
-                    .or_default()
-                    .push((r.body[0] as u64, to));
+        let mut prog = |d: u64, t: u64| progress(format, d, t);
+        let mut chains: Vec<Chain> = chains
+            .into_values()
+            .map(|files| Chain {
+                files,
+                seqs: Vec::new(),
+                pos: 0,
+            })
+            .collect();
+        let mut heap = BinaryHeap::new();
+        for (i, c) in chains.iter_mut().enumerate() {
+            if let Some(s) = walk.next_seq(c, &mut prog) {
+                heap.push(Reverse((s, i)));
             }
         }
-        // One line per kind of problem is enough to find the file.
-        bad.truncate(5);
-        rep.problems.extend(bad.into_iter().map(|what| Problem {
-            path: seg.path.clone(),
-            what,
-        }));
-        seqs.entry(seg.key.epoch)
-            .or_default()
-            .extend(records.iter().map(|r| r.seq));
-    }
-    for (epoch, mut s) in seqs {
-        s.sort_unstable();
-        let mut e = EpochReport {
-            records: s.len() as u64,
-            first_seq: s.first().copied().unwrap_or(0),
-            last_seq: s.last().copied().unwrap_or(0),
-            ..EpochReport::default()
-        };
-        let mut g = gaps.remove(&epoch).unwrap_or_default();
+        let mut e = EpochReport::default();
+        let mut holes = Vec::new();
+        let mut prev: Option<u64> = None;
+        while let Some(Reverse((s, i))) = heap.pop() {
+            e.records += 1;
+            match prev {
+                None => {
+                    e.first_seq = s;
+                    if s > 1 {
+                        holes.push((1, s - 1));
+                    }
+                }
+                Some(p) if s == p => e.duplicates += 1,
+                Some(p) if s > p + 1 => holes.push((p + 1, s - 1)),
+                Some(_) => {}
+            }
+            prev = Some(prev.map_or(s, |p| p.max(s)));
+            if let Some(n) = walk.next_seq(&mut chains[i], &mut prog) {
+                heap.push(Reverse((n, i)));
+            }
+        }
+        e.last_seq = prev.unwrap_or(0);
+        let mut g = std::mem::take(&mut walk.gaps);
+        done = walk.done;
         e.gap_records = g.len() as u64;
         g.sort_unstable();
         let mut merged: Vec<(u64, u64)> = Vec::new();
@@ -271,22 +591,6 @@ fn validate_format(root: &Path, format: Format) -> Result<FormatReport, StorageE
             .filter(|(a, _)| *a <= e.last_seq)
             .map(|(a, b)| (*b).min(e.last_seq) - a + 1)
             .sum();
-        s.dedup_by(|a, b| {
-            let dup = a == b;
-            if dup {
-                e.duplicates += 1;
-            }
-            dup
-        });
-        // Walk 1..=last_seq: holes between stored sequences, minus gap ranges.
-        let mut expect = 1u64;
-        let mut holes = Vec::new();
-        for &q in &s {
-            if q > expect {
-                holes.push((expect, q - 1));
-            }
-            expect = q + 1;
-        }
         for (a, b) in holes {
             subtract(a, b, &merged, &mut e.uncovered);
         }

@@ -1,0 +1,593 @@
+//! `ib-stream storage stats | validate [--repair] | export | import`: the command-line edge
+//! of the storage library (argument parsing, printing, progress on stderr).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ib_stream_ipc::{PRICE_SCALE, RECORD_SIZE, Record, RecordKind, SIZE_SCALE, UNDEF_I64, flags};
+
+use super::StorageError;
+use super::binary::{BinarySegment, HEADER_LEN, sidecar_path};
+use super::import::{self, ImportError, ImportOptions, SourceFormat};
+use super::jsonl::JsonlSegment;
+use super::layout::{Format, Stream, all_segments};
+use super::query::{Query, QueryError, QueryIter, QueryText, line_st_us};
+use super::validate::{self, ValidateOptions};
+use crate::tickjson::{self, LocalStrings, StringLookup, write_fixed};
+
+/// `ib-stream storage ...`
+#[derive(Debug, clap::Args)]
+pub struct StorageArgs {
+    /// Storage root (default: IB_STREAM_STORAGE_PATH).
+    #[arg(long, global = true)]
+    pub storage: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: StorageCommand,
+}
+
+/// The storage tools.
+#[derive(Debug, clap::Subcommand)]
+pub enum StorageCommand {
+    /// Files, records, bytes and time ranges per format, contract and kind; gaps per epoch.
+    Stats {
+        /// Only this format (`jsonl` or `binary`).
+        #[arg(long, value_parser = parse_format)]
+        format: Option<Format>,
+    },
+    /// Check every file (checksums, torn tails, decoding, order) and sequence continuity
+    /// against the recorded gaps; exits non-zero when anything is wrong.
+    Validate {
+        /// First cut torn tails (records, lines, checksum and string entries). Do not run
+        /// while a recorder writes this root.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Print a query's records to stdout.
+    Export(ExportArgs),
+    /// Import the original IB-Stream's v3 JSON Lines (`.jsonl`) and v3 protobuf (`.pb`)
+    /// files or directories of them.
+    Import {
+        /// Files or directories (walked for `.jsonl`, `.json` and `.pb`).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Formats to write (default: both).
+        #[arg(long = "to", value_parser = parse_format)]
+        to: Vec<Format>,
+        /// Read every file as this format instead of going by extension (`json` or `protobuf`).
+        #[arg(long, value_parser = parse_source_format)]
+        source_format: Option<SourceFormat>,
+    },
+}
+
+/// `storage export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// IB conId.
+    #[arg(long)]
+    pub con_id: u32,
+    /// Kinds, comma-separated (`bid_ask,last`; default: every market-data kind).
+    #[arg(long, value_delimiter = ',')]
+    pub kinds: Vec<String>,
+    /// Start time (RFC 3339, `YYYY-MM-DD[ HH:MM[:SS]]` in --tz, or `now`).
+    #[arg(long)]
+    pub start: Option<String>,
+    /// End time (exclusive).
+    #[arg(long)]
+    pub end: Option<String>,
+    /// Length of the range (`90s`, `5m`, `1h`, `2d`): with --start, after it; else up to --end or now.
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Time zone of times given without an offset (IANA name).
+    #[arg(long, default_value = "UTC")]
+    pub tz: String,
+    /// At most this many records.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Resume after this cursor (printed on stderr after a limited export).
+    #[arg(long)]
+    pub after: Option<String>,
+    /// Output: `jsonl` (the stored/web JSON) or `csv`.
+    #[arg(long, default_value = "jsonl")]
+    pub format: String,
+    /// Format to read (default: binary when present).
+    #[arg(long, value_parser = parse_format)]
+    pub from: Option<Format>,
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    Format::from_dir_name(s).ok_or_else(|| format!("{s:?}: expected jsonl or binary"))
+}
+
+fn parse_source_format(s: &str) -> Result<SourceFormat, String> {
+    match s {
+        "json" | "jsonl" => Ok(SourceFormat::V3Json),
+        "protobuf" | "pb" => Ok(SourceFormat::V3Protobuf),
+        _ => Err(format!("{s:?}: expected json or protobuf")),
+    }
+}
+
+/// Why a storage command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Reading or writing storage.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A query.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// An import.
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    /// Writing the output.
+    #[error("writing output: {0}")]
+    Output(#[from] std::io::Error),
+    /// A bad argument.
+    #[error("{0}")]
+    Usage(String),
+    /// Validation found problems (they were printed).
+    #[error("validation found problems in {0}")]
+    Invalid(PathBuf),
+}
+
+/// Prints `what` on stderr at most once a second, from one second into a run.
+struct Progress {
+    start: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        let now = Instant::now();
+        Progress {
+            start: now,
+            last: now,
+        }
+    }
+
+    fn tick(&mut self, what: impl FnOnce() -> String) {
+        let now = Instant::now();
+        if now.duration_since(self.start) >= Duration::from_secs(1)
+            && now.duration_since(self.last) >= Duration::from_secs(1)
+        {
+            self.last = now;
+            eprintln!("{} ({:.0?})", what(), now.duration_since(self.start));
+        }
+    }
+}
+
+/// Runs a storage command against `args.storage` or `default_root`.
+pub fn run(args: &StorageArgs, default_root: &Path) -> Result<(), CliError> {
+    let root = args.storage.as_deref().unwrap_or(default_root);
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    match &args.command {
+        StorageCommand::Stats { format } => stats(root, *format, &mut out)?,
+        StorageCommand::Validate { repair } => {
+            let ok = run_validate(root, *repair, &mut out)?;
+            out.flush()?;
+            if !ok {
+                return Err(CliError::Invalid(root.to_path_buf()));
+            }
+        }
+        StorageCommand::Export(e) => export(root, e, &mut out)?,
+        StorageCommand::Import {
+            paths,
+            to,
+            source_format,
+        } => {
+            let opts = ImportOptions {
+                formats: if to.is_empty() {
+                    Format::ALL.to_vec()
+                } else {
+                    to.clone()
+                },
+                source_format: *source_format,
+            };
+            let mut p = Progress::new();
+            let rep = import::import(root, paths, &opts, |done, total, recs| {
+                p.tick(|| format!("import: {done}/{total} files, {recs} records"));
+            })?;
+            for (path, epoch) in &rep.epochs {
+                writeln!(out, "imported {} as epoch {epoch:016x}", path.display())?;
+            }
+            for path in &rep.already_imported {
+                writeln!(out, "skipped {} (already imported)", path.display())?;
+            }
+            for r in &rep.rejected_examples {
+                writeln!(out, "rejected {}: {}: {}", r.path.display(), r.at, r.what)?;
+            }
+            writeln!(
+                out,
+                "import: {} files, {} records, {} rejected, {} already imported",
+                rep.files,
+                rep.records,
+                rep.rejected,
+                rep.already_imported.len()
+            )?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn run_validate(root: &Path, repair: bool, out: &mut impl Write) -> Result<bool, CliError> {
+    let mut p = Progress::new();
+    let rep = validate::validate_with(root, ValidateOptions { repair }, |f, done, total| {
+        p.tick(|| format!("validate {}: {done}/{total} files", f.dir_name()));
+    })?;
+    if rep.formats.is_empty() {
+        writeln!(out, "no data under {}", root.display())?;
+    }
+    for (format, r) in &rep.formats {
+        let f = format.dir_name();
+        for fix in &r.repairs {
+            writeln!(out, "{f}: repaired: {fix}")?;
+        }
+        writeln!(
+            out,
+            "{f}: {} files, {} records, {} bytes, {} problems",
+            r.files,
+            r.records,
+            r.bytes,
+            r.problems.len()
+        )?;
+        for pr in &r.problems {
+            writeln!(out, "{f}: PROBLEM {pr}")?;
+        }
+        for (epoch, e) in &r.epochs {
+            writeln!(
+                out,
+                "{f}: epoch {epoch:016x}: seq {}..={}, {} records, {} gap records covering {} seqs, {} duplicates, {} uncovered ranges",
+                e.first_seq,
+                e.last_seq,
+                e.records,
+                e.gap_records,
+                e.gap_seqs,
+                e.duplicates,
+                e.uncovered.len()
+            )?;
+            for (a, b) in e.uncovered.iter().take(20) {
+                writeln!(out, "{f}: epoch {epoch:016x}: UNCOVERED seq {a}..={b}")?;
+            }
+            if e.uncovered.len() > 20 {
+                writeln!(
+                    out,
+                    "{f}: epoch {epoch:016x}: ... {} more uncovered ranges",
+                    e.uncovered.len() - 20
+                )?;
+            }
+        }
+    }
+    writeln!(out, "{}", if rep.is_ok() { "OK" } else { "INVALID" })?;
+    Ok(rep.is_ok())
+}
+
+#[derive(Default)]
+struct StreamStats {
+    files: u64,
+    records: u64,
+    bytes: u64,
+    first_ns: Option<i64>,
+    last_ns: Option<i64>,
+}
+
+fn fmt_ts(ns: Option<i64>) -> String {
+    ns.and_then(|n| jiff::Timestamp::from_nanosecond(i128::from(n)).ok())
+        .map_or_else(|| "-".to_string(), |t| t.to_string())
+}
+
+/// Records, first and last `ts_recv` of one data file, reading as little as it can.
+fn file_summary(
+    format: Format,
+    path: &Path,
+) -> Result<(u64, Option<i64>, Option<i64>), StorageError> {
+    let io = |e| StorageError::io(path, e);
+    match format {
+        Format::Binary => {
+            let f = std::fs::File::open(path).map_err(io)?;
+            let len = f.metadata().map_err(io)?.len();
+            let n = len.saturating_sub(HEADER_LEN as u64) / RECORD_SIZE as u64;
+            let at = |i: u64| -> Result<i64, StorageError> {
+                let mut b = [0u8; RECORD_SIZE];
+                f.read_exact_at(&mut b, HEADER_LEN as u64 + i * RECORD_SIZE as u64)
+                    .map_err(io)?;
+                Ok(Record::from_bytes_array(&b).ts_recv)
+            };
+            if n == 0 {
+                return Ok((0, None, None));
+            }
+            Ok((n, Some(at(0)?), Some(at(n - 1)?)))
+        }
+        Format::Jsonl => {
+            let mut r = BufReader::new(std::fs::File::open(path).map_err(io)?);
+            let (mut n, mut first, mut last) = (0u64, None, None);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                if r.read_until(b'\n', &mut line).map_err(io)? == 0 || line.last() != Some(&b'\n') {
+                    break;
+                }
+                n += 1;
+                let st = line_st_us(&line).map(|us| us.saturating_mul(1000));
+                first = first.or(st);
+                last = st.or(last);
+            }
+            Ok((n, first, last))
+        }
+    }
+}
+
+fn stats(root: &Path, only: Option<Format>, out: &mut impl Write) -> Result<(), CliError> {
+    let mut p = Progress::new();
+    let mut any = false;
+    for format in Format::ALL {
+        if only.is_some_and(|o| o != format) || !root.join(format.dir_name()).is_dir() {
+            continue;
+        }
+        any = true;
+        let segs = all_segments(root, format)?;
+        let total = segs.len();
+        let mut per: BTreeMap<(u32, &'static str), StreamStats> = BTreeMap::new();
+        // epoch -> gap records
+        let mut gaps: BTreeMap<u64, Vec<Record>> = BTreeMap::new();
+        let mut epochs: BTreeMap<u64, u64> = BTreeMap::new();
+        for (i, seg) in segs.iter().enumerate() {
+            p.tick(|| format!("stats {}: {i}/{total} files", format.dir_name()));
+            let (n, first, last) = file_summary(format, &seg.path)?;
+            let mut bytes = std::fs::metadata(&seg.path).map_or(0, |m| m.len());
+            if format == Format::Binary {
+                for side in ["crc", "strings"] {
+                    bytes +=
+                        std::fs::metadata(sidecar_path(&seg.path, side)).map_or(0, |m| m.len());
+                }
+            }
+            *epochs.entry(seg.key.epoch).or_default() += n;
+            let s = per
+                .entry((seg.key.instrument_id, seg.key.stream.name()))
+                .or_default();
+            s.files += 1;
+            s.records += n;
+            s.bytes += bytes;
+            s.first_ns = match (s.first_ns, first) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            s.last_ns = match (s.last_ns, last) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            if seg.key.stream == Stream::System {
+                let recs = match format {
+                    Format::Binary => BinarySegment::read(&seg.path)?.records,
+                    Format::Jsonl => {
+                        let j = JsonlSegment::read(&seg.path)?;
+                        j.lines()
+                            .filter_map(|l| tickjson::decode(l, &mut LocalStrings::default()).ok())
+                            .collect()
+                    }
+                };
+                gaps.entry(seg.key.epoch).or_default().extend(
+                    recs.into_iter()
+                        .filter(|r| r.kind() == Some(RecordKind::Gap)),
+                );
+            }
+        }
+        let f = format.dir_name();
+        writeln!(out, "{f}: {total} files")?;
+        writeln!(
+            out,
+            "{:<6} {:>10} {:<10} {:>6} {:>12} {:>14}  {:<30} {:<30}",
+            "format", "conId", "kind", "files", "records", "bytes", "first", "last"
+        )?;
+        for ((cid, kind), s) in &per {
+            writeln!(
+                out,
+                "{f:<6} {cid:>10} {kind:<10} {:>6} {:>12} {:>14}  {:<30} {:<30}",
+                s.files,
+                s.records,
+                s.bytes,
+                fmt_ts(s.first_ns),
+                fmt_ts(s.last_ns)
+            )?;
+        }
+        for (epoch, n) in &epochs {
+            let g = gaps.get(epoch).map_or(&[][..], Vec::as_slice);
+            writeln!(
+                out,
+                "{f}: epoch {epoch:016x}: {n} records, {} gaps",
+                g.len()
+            )?;
+            let mut line = Vec::new();
+            for r in g {
+                line.clear();
+                tickjson::encode(r, &tickjson::NoStrings, &mut line);
+                writeln!(out, "{f}:   gap {}", String::from_utf8_lossy(&line))?;
+            }
+        }
+    }
+    if !any {
+        writeln!(out, "no data under {}", root.display())?;
+    }
+    Ok(())
+}
+
+/// The CSV header of `storage export --format csv`; see docs/STORAGE.md for which columns
+/// each kind fills.
+pub const CSV_HEADER: &str = "ts_recv_ns,ts_event_ns,seq,con_id,kind,price,size,bid_price,bid_size,ask_price,ask_size,exchange,conditions,field,value,flags";
+
+fn csv_text(out: &mut Vec<u8>, s: &[u8]) {
+    if s.iter().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+        out.push(b'"');
+        for &b in s {
+            if b == b'"' {
+                out.push(b'"');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(s);
+    }
+}
+
+/// One record as a CSV row (no newline).
+pub fn csv_row(r: &Record, strings: &dyn StringLookup, out: &mut Vec<u8>) {
+    let fx = |out: &mut Vec<u8>, v: i64, scale: i64| {
+        if v != UNDEF_I64 {
+            write_fixed(out, v, scale);
+        }
+    };
+    let text = |out: &mut Vec<u8>, id: u32| {
+        if let Some(s) = strings.lookup(id) {
+            csv_text(out, s);
+        }
+    };
+    out.extend_from_slice(r.ts_recv.to_string().as_bytes());
+    out.push(b',');
+    if r.ts_event != UNDEF_I64 {
+        out.extend_from_slice(r.ts_event.to_string().as_bytes());
+    }
+    out.extend_from_slice(format!(",{},{},", r.seq, r.instrument_id).as_bytes());
+    let kind = r.kind();
+    out.extend_from_slice(kind.map_or("unknown", RecordKind::name).as_bytes());
+    // price,size,bid_price,bid_size,ask_price,ask_size,exchange,conditions,field,value
+    let mut cols: [Vec<u8>; 10] = Default::default();
+    let b = r.body;
+    match kind {
+        Some(RecordKind::TbtLast | RecordKind::TbtAllLast) => {
+            fx(&mut cols[0], b[0], PRICE_SCALE);
+            fx(&mut cols[1], b[1], SIZE_SCALE);
+            text(&mut cols[6], b[2] as u32);
+            text(&mut cols[7], (b[2] >> 32) as u32);
+        }
+        Some(RecordKind::TbtBidAsk) => {
+            fx(&mut cols[2], b[0], PRICE_SCALE);
+            fx(&mut cols[3], b[2], SIZE_SCALE);
+            fx(&mut cols[4], b[1], PRICE_SCALE);
+            fx(&mut cols[5], b[3], SIZE_SCALE);
+        }
+        Some(RecordKind::TbtMidPoint) => fx(&mut cols[0], b[0], PRICE_SCALE),
+        Some(RecordKind::L1Price) => {
+            fx(&mut cols[0], b[0], PRICE_SCALE);
+            fx(&mut cols[1], b[1], SIZE_SCALE);
+            cols[8] = r.tick_type.to_string().into_bytes();
+        }
+        Some(RecordKind::L1Size) => {
+            fx(&mut cols[1], b[0], SIZE_SCALE);
+            cols[8] = r.tick_type.to_string().into_bytes();
+        }
+        Some(RecordKind::L1Generic) => {
+            fx(&mut cols[9], b[0], PRICE_SCALE);
+            cols[8] = r.tick_type.to_string().into_bytes();
+        }
+        Some(RecordKind::L1String) => {
+            text(&mut cols[9], b[0] as u32);
+            cols[8] = r.tick_type.to_string().into_bytes();
+        }
+        _ => {
+            // System records: their JSON object in `value`.
+            let mut j = Vec::new();
+            tickjson::encode(r, strings, &mut j);
+            csv_text(&mut cols[9], &j);
+        }
+    }
+    for c in &cols {
+        out.push(b',');
+        out.extend_from_slice(c);
+    }
+    out.push(b',');
+    let names: &[(u16, &str)] = match kind {
+        Some(RecordKind::TbtLast | RecordKind::TbtAllLast) => {
+            &[(flags::PAST_LIMIT, "pl"), (flags::UNREPORTED, "upt")]
+        }
+        Some(RecordKind::TbtBidAsk) => {
+            &[(flags::BID_PAST_LOW, "bpl"), (flags::ASK_PAST_HIGH, "aph")]
+        }
+        Some(RecordKind::L1Price) => &[
+            (flags::CAN_AUTO_EXECUTE, "cae"),
+            (flags::L1_PAST_LIMIT, "pl"),
+            (flags::PRE_OPEN, "po"),
+        ],
+        _ => &[],
+    };
+    let common = [
+        (flags::DELAYED, "dl"),
+        (flags::FROZEN, "fz"),
+        (flags::SNAPSHOT, "snap"),
+        (flags::STALE, "stale"),
+    ];
+    let set: Vec<&str> = common
+        .iter()
+        .chain(names)
+        .filter(|(bit, _)| r.has_flag(*bit))
+        .map(|(_, n)| *n)
+        .collect();
+    out.extend_from_slice(set.join("|").as_bytes());
+}
+
+fn export(root: &Path, a: &ExportArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let csv = match a.format.as_str() {
+        "jsonl" | "json" => false,
+        "csv" => true,
+        other => {
+            return Err(CliError::Usage(format!(
+                "--format {other}: expected jsonl or csv"
+            )));
+        }
+    };
+    let kinds = a.kinds.join(",");
+    let text = QueryText {
+        kinds: Some(&kinds),
+        start: a.start.as_deref(),
+        end: a.end.as_deref(),
+        duration: a.duration.as_deref(),
+        tz: Some(&a.tz),
+        limit: a.limit,
+        after: a.after.as_deref(),
+    };
+    let q = Query {
+        format: a.from,
+        ..Query::from_text(a.con_id, &text, super::now_ns())?
+    };
+    let mut it = QueryIter::new(root, &q)?;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    if csv {
+        buf.extend_from_slice(CSV_HEADER.as_bytes());
+        buf.push(b'\n');
+    }
+    let mut p = Progress::new();
+    let mut n = 0u64;
+    loop {
+        let rec = if csv {
+            match it.next_record()? {
+                Some(r) => {
+                    csv_row(&r, it.strings(), &mut buf);
+                    Some(r)
+                }
+                None => None,
+            }
+        } else {
+            it.next_json(&mut buf)?
+        };
+        if rec.is_none() {
+            break;
+        }
+        buf.push(b'\n');
+        n += 1;
+        if buf.len() >= 60 * 1024 {
+            out.write_all(&buf)?;
+            buf.clear();
+            p.tick(|| format!("export: {n} records"));
+        }
+    }
+    out.write_all(&buf)?;
+    if a.limit.is_some_and(|l| n == l)
+        && let Some(c) = it.cursor()
+    {
+        eprintln!("next page: --after {c}");
+    }
+    Ok(())
+}
