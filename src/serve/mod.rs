@@ -16,6 +16,7 @@ pub mod ops;
 pub mod page;
 pub mod params;
 pub mod sse;
+pub mod storage_history;
 pub mod subs;
 pub mod ws;
 
@@ -433,7 +434,11 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> Result<(), ServeError
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
-    let state = AppState::new(cfg, None);
+    // The recorder's files answer /v3/history when storage is enabled.
+    let history: Option<Arc<dyn HistorySource>> = settings
+        .enable_storage
+        .then(|| Arc::new(storage_history::StorageHistory::new(&settings.storage_path)) as _);
+    let state = AppState::new(cfg, history);
     let hub = state.hub.clone();
     tracing::info!(%addr, "serving");
     let shutdown = async move {
