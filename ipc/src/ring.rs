@@ -1189,20 +1189,42 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Op {
         Publish(usize),
-        Read(usize),
+        /// Read up to `n`, by `try_read` (false) or by one-record `read_batch`es (true).
+        Read(usize, bool),
+    }
+
+    /// One read through either path, as a [`ReadOutcome`].
+    fn read_one(r: &mut RingReader, by_batch: bool) -> ReadOutcome {
+        if !by_batch {
+            return r.try_read();
+        }
+        let mut out = [Record::ZERO; 1];
+        match r.read_batch(&mut out) {
+            BatchRead { records: 1, .. } => ReadOutcome::Record(out[0]),
+            BatchRead {
+                lost: Some((first_seq, last_seq, count)),
+                ..
+            } => ReadOutcome::Lost {
+                first_seq,
+                last_seq,
+                count,
+            },
+            BatchRead { .. } => ReadOutcome::Empty,
+        }
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             (0usize..40).prop_map(Op::Publish),
-            (0usize..40).prop_map(Op::Read)
+            (0usize..40, any::<bool>()).prop_map(|(n, b)| Op::Read(n, b))
         ]
     }
 
     proptest! {
         /// Whatever the interleaving, every sequence is either delivered once, in order, with
         /// its own content, or inside exactly one reported loss; losses happen only when the
-        /// reader really fell more than a ring behind.
+        /// reader really fell more than a ring behind. Reads go through `try_read` or
+        /// `read_batch`, mixed on one reader.
         #[test]
         fn random_interleavings_account_for_every_sequence(
             cap_log in 1u32..6,
@@ -1222,8 +1244,8 @@ mod tests {
                         let batch: Vec<Record> = (0..n as i64).map(|k| rec(published as i64 + 1 + k)).collect();
                         published = w.publish_batch(&batch);
                     }
-                    Op::Read(n) => for _ in 0..n {
-                        match r.try_read() {
+                    Op::Read(n, by_batch) => for _ in 0..n {
+                        match read_one(&mut r, by_batch) {
                             ReadOutcome::Record(x) => {
                                 prop_assert_eq!(x.seq, expected);
                                 prop_assert_eq!(x, Record { seq: expected, ..rec(expected as i64) });
