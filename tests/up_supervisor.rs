@@ -285,6 +285,9 @@ fn up_starts_the_environment_refuses_a_second_up_and_stops_everything_on_sigterm
         "{err}"
     );
 
+    // Run long enough for the engine to publish several heartbeat records (one a second), so
+    // the storage check below covers them too.
+    std::thread::sleep(Duration::from_millis(2500));
     let pids = up.all_child_pids();
     assert_eq!(pids.len(), 4, "{}", up.output());
     let st = up.terminate(Duration::from_secs(90));
@@ -303,6 +306,15 @@ fn up_starts_the_environment_refuses_a_second_up_and_stops_everything_on_sigterm
     let st = env.status();
     assert!(!st.status.success());
     assert!(String::from_utf8_lossy(&st.stdout).contains("up:       not running"));
+    // What the recorder wrote beside the real engine is complete: every sequence of the run is
+    // stored or inside a gap record, every checksum holds.
+    let v = env.command("storage").arg("validate").output().unwrap();
+    assert!(
+        v.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
     let _ = std::fs::remove_dir_all(&env.dir);
 }
 
