@@ -132,11 +132,8 @@ fn text_form_allocates_nothing() {
     in_isolation("text_form_allocates_nothing", || check(178));
 }
 
-/// Known gap: the codec's protobuf encoder (src/tws, not the simulator) allocates per tick
-/// (measured: 3 per trade, 4 per BidAsk, 1 per MidPoint, about 1 per L1 message). Run with
-/// `--ignored` once it writes in place.
+/// The protobuf form too: nested messages and decimal strings are written in place.
 #[test]
-#[ignore = "the codec's protobuf encoder allocates per tick; see the comment"]
 fn protobuf_form_allocates_nothing() {
     in_isolation("protobuf_form_allocates_nothing", || check(226));
 }

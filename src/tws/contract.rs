@@ -594,11 +594,7 @@ pub fn put_price(w: &mut Writer<'_>, field: u32, v: i64) {
 
 /// Write a fixed-point size as a protobuf decimal string field (nothing when unset).
 pub fn put_size(w: &mut Writer<'_>, field: u32, v: i64) {
-    if v != UNDEF_I64 {
-        let mut buf = Vec::with_capacity(24);
-        decimal::write_fixed(&mut buf, v, SIZE_DIGITS);
-        w.bytes(field, &buf);
-    }
+    w.decimal(field, v, SIZE_DIGITS);
 }
 
 /// Write a contract's protobuf fields (IB's `Contract` message; empty strings and a zero

@@ -247,16 +247,45 @@ impl<'a> Writer<'a> {
         }
         self
     }
+
+    /// A fixed-point decimal (`digits` decimals) as a string field, written in place with no
+    /// allocation; nothing for unset.
+    pub fn decimal(&mut self, field: u32, v: i64, digits: u32) -> &mut Self {
+        if v == crate::ipc::UNDEF_I64 {
+            return self;
+        }
+        key(self.out, field, 2);
+        let at = self.out.len();
+        self.out.push(0);
+        crate::tws::decimal::write_fixed(self.out, v, digits);
+        // An i64 decimal is at most 21 characters: the one-byte length always fits.
+        self.out[at] = (self.out.len() - at - 1) as u8;
+        self
+    }
+
     /// A nested message field written by `f`; its length prefix is inserted afterwards.
     pub fn message(&mut self, field: u32, f: impl FnOnce(&mut Writer<'_>)) -> &mut Self {
         key(self.out, field, 2);
         let start = self.out.len();
         f(&mut Writer { out: self.out });
         let len = self.out.len() - start;
-        let mut lb = Vec::with_capacity(5);
-        put_varint(&mut lb, len as u64);
-        let n = lb.len();
-        self.out.extend_from_slice(&lb);
+        // The length prefix goes before the body: encode it on the stack (no allocation on
+        // the encode path), append, and rotate it into place.
+        let mut lb = [0u8; 10];
+        let mut n = 0;
+        let mut v = len as u64;
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                lb[n] = byte;
+                n += 1;
+                break;
+            }
+            lb[n] = byte | 0x80;
+            n += 1;
+        }
+        self.out.extend_from_slice(&lb[..n]);
         self.out[start..].rotate_right(n);
         self
     }

@@ -449,13 +449,7 @@ impl ServerMsg {
                 snapshot_permissions,
             } => {
                 w.i32(1, *req_id);
-                if *min_tick != UNDEF_I64 {
-                    let s = crate::tws::decimal::fixed_to_string(
-                        *min_tick,
-                        crate::tws::decimal::PRICE_DIGITS,
-                    );
-                    w.bytes(2, s.as_bytes());
-                }
+                w.decimal(2, *min_tick, crate::tws::decimal::PRICE_DIGITS);
                 w.str(3, bbo_exchange).i32(4, *snapshot_permissions);
             }
             ServerMsg::TickSnapshotEnd { req_id }
