@@ -2,8 +2,6 @@
 
 mod engine_support;
 
-use std::time::Duration;
-
 use engine_support::*;
 use ib_stream::ipc::{
     ConnState, GapReason, Record, RecordKind, StringTableReader, SubState, UNDEF_I64, flags,
@@ -514,7 +512,6 @@ fn refused_live_data_falls_back_to_delayed_and_says_so() {
         &expected(MSFT, "mktdata", 20, &["--delayed"]),
         &strings,
     );
-    let _ = Duration::ZERO;
 }
 
 /// A frame no client accepts (impossible length) ends that connection, never the engine:
