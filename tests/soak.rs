@@ -186,15 +186,20 @@ fn whole_system_fault_soak() {
         "soak: secs={secs} rate={rate}/s per stream seed={seed} dir={}",
         layout.dir.display()
     );
-    let sim_args = vec![
+    let mut sim_args = vec![
         format!("--control-port={}", layout.control_port),
         "--mode=steady".to_string(),
         format!("--rate={rate}"),
         format!("--send-log={}", layout.send_log.display()),
-        // The engine restarted by `up` cannot know its predecessor's requests; IB's
-        // 15-second rule would refuse its resubscriptions, which is not what this tests.
-        "--tbt-same-instrument-secs=0".to_string(),
     ];
+    if env_u64("IB_STREAM_SOAK_TBT_RULE", 0) == 0 {
+        // The engine restarted by `up` cannot know its predecessor's requests, and IB's
+        // 15-second rule refuses them with 10190, which the engine does not retry (the bug
+        // `an_engine_restarted_within_15_seconds_gets_its_ticks_again` shows). Off by
+        // default so the rest is tested; IB_STREAM_SOAK_TBT_RULE=1 turns it on, and then the
+        // liveness check below fails.
+        sim_args.push("--tbt-same-instrument-secs=0".to_string());
+    }
     let mut up = Up::start(&layout, TRACKED, &sim_args);
     up.wait_for("up: development ready in", Duration::from_secs(180));
     let t0 = Instant::now();
@@ -263,6 +268,7 @@ fn whole_system_fault_soak() {
     stop_clients.store(true, Ordering::Relaxed);
     let logs: Vec<ClientLog> = resumers.into_iter().map(|h| h.join().unwrap()).collect();
     let slow = slow.join().unwrap();
+    let feed_stop_ns = system::now_ns();
     assert!(
         system::sim_control(layout.control_port, r#"{"cmd":"lost"}"#).is_ok(),
         "simulator control port"
@@ -330,6 +336,27 @@ fn whole_system_fault_soak() {
         a.unnamed_instances = unnamed;
         a.send_log_anomalies = anomalies;
         accounts.push(a);
+    }
+    // Liveness: every stream recovered from every fault: it flowed in the last 10 s before
+    // the feed stopped, and carried at least half of what the whole run would at full rate.
+    let mut liveness = Vec::new();
+    for s in STREAMS {
+        let of: Vec<&account::Instance> = insts.iter().filter(|i| i.stream == Some(s)).collect();
+        let sent: usize = of.iter().map(|i| i.send_ns.len()).sum();
+        let last = of
+            .iter()
+            .filter_map(|i| i.send_ns.last().copied())
+            .max()
+            .unwrap_or(0);
+        let recent = feed_stop_ns - last < 10_000_000_000;
+        let enough = sent as f64 >= 0.5 * rate as f64 * secs as f64;
+        println!(
+            "soak: stream {}:{} instances={} ticks_sent={sent} flowing_at_end={recent}",
+            s.0,
+            s.1.name(),
+            of.len()
+        );
+        liveness.push((s, sent, recent, enough));
     }
     let client_accounts: Vec<_> = logs
         .iter()
@@ -422,6 +449,12 @@ fn whole_system_fault_soak() {
         );
     }
     assert!(b.ticks_sent > 0 && b.stored > 0, "nothing flowed");
+    for (s, sent, recent, enough) in &liveness {
+        assert!(
+            *recent && *enough,
+            "stream {s:?} did not recover: {sent} ticks sent, flowing at the end: {recent}"
+        );
+    }
     for a in &accounts {
         assert!(a.is_ok(), "{} accounting failed: {a:?}", a.format);
         assert!(
