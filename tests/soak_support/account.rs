@@ -7,10 +7,11 @@
 //!   tick k = 0; its contract and kind come from the simulator's `stats` (polled during the
 //!   run), else from the engine's stored subscription records with that request id.
 //! - A stored tick of (conId, kind) belongs to the latest instance of that stream that had
-//!   started sending by the tick's receive time, and is matched to the first not yet matched k
-//!   of that instance whose values are exactly the stored values and whose send time is at
-//!   most the receive time and at most `MATCH_WINDOW_NS` before it. A stored tick equal to the
-//!   instance's last matched tick is a duplicate; one matching nothing is unexplained.
+//!   started sending by the tick's receive time. An instance's stored ticks are cut into runs
+//!   with no possible loss inside (same epoch, no gap record between their sequences); a run
+//!   is placed at the first k (from the instance's next unmatched one) where every tick equals
+//!   what was sent and was received after it was sent. A run that fits nowhere starts with a
+//!   duplicate (equal to the last matched tick) or an unexplained tick.
 //! - A sent tick not stored is "in a gap" when a gap record of the same format (any reason,
 //!   all gaps are system-wide) has `t0 - slack <= send time <= t1`, where slack is the largest
 //!   send-to-receive latency of the run's stored ticks (the send log is stamped just before
@@ -29,7 +30,7 @@ use ib_stream_ipc::{GapReason, PRICE_SCALE, Record, RecordKind, SIZE_SCALE};
 use super::clients::{ClientLog, Seen};
 use super::system::{SIM, SubsSeen};
 
-/// A stored tick's send time may be at most this far before its receive time.
+/// The largest send-to-receive latency the run may show (it is the gap rule's slack).
 pub const MATCH_WINDOW_NS: i64 = 5_000_000_000;
 
 /// One send-log line.
@@ -129,11 +130,13 @@ pub type SubRecord = (i64, u32, RecordKind, i32);
 pub fn attribute(insts: &mut [Instance], seen: &SubsSeen, subs: &[SubRecord]) -> u64 {
     let mut unnamed = 0;
     for inst in insts.iter_mut() {
+        // The first poll after the instance started, while it still ran (its last send plus
+        // a poll period): a later poll may see a later instance under the same ids.
+        let end_ns = inst.send_ns.last().copied().unwrap_or(inst.start_ns) + 200_000_000;
         let from_stats = seen.get(&(inst.client, inst.req)).and_then(|list| {
             let s = list
                 .iter()
-                .find(|s| s.at_ns >= inst.start_ns)
-                .or_else(|| list.last())?;
+                .find(|s| s.at_ns >= inst.start_ns && s.at_ns <= end_ns)?;
             Some((s.con_id, sim_kind(&s.kind)?))
         });
         let from_storage = || {

@@ -247,7 +247,7 @@ pub struct SubSeen {
 
 pub type SubsSeen = HashMap<(i32, i32), Vec<SubSeen>>;
 
-/// Polls `stats` every 100 ms until stopped.
+/// Polls `stats` every 100 ms until stopped; every observation of every subscription.
 pub fn spawn_stats_poller(port: u16, stop: Arc<AtomicBool>) -> JoinHandle<SubsSeen> {
     std::thread::spawn(move || {
         let mut seen: SubsSeen = HashMap::new();
@@ -263,13 +263,10 @@ pub fn spawn_stats_poller(port: u16, stop: Arc<AtomicBool>) -> JoinHandle<SubsSe
                             con_id: s["con_id"].as_u64().unwrap_or(0) as u32,
                             kind: s["kind"].as_str().unwrap_or("").to_string(),
                         };
-                        let list = seen.entry(key).or_default();
-                        let changed = list
-                            .last()
-                            .is_none_or(|l| l.con_id != sub.con_id || l.kind != sub.kind);
-                        if changed {
-                            list.push(sub);
-                        }
+                        // Every observation, not only changes: request ids repeat across
+                        // engine runs, so an instance is named by the first poll after its
+                        // start, which must be there even when the mapping did not change.
+                        seen.entry(key).or_default().push(sub);
                     }
                 }
             }
