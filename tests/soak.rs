@@ -196,8 +196,9 @@ fn whole_system_fault_soak() {
         // The engine restarted by `up` cannot know its predecessor's requests, and IB's
         // 15-second rule refuses them with 10190, which the engine does not retry (the bug
         // `an_engine_restarted_within_15_seconds_gets_its_ticks_again` shows). Off by
-        // default so the rest is tested; IB_STREAM_SOAK_TBT_RULE=1 turns it on, and then the
-        // liveness check below fails.
+        // default so the rest is tested; IB_STREAM_SOAK_TBT_RULE=1 turns it on, and the
+        // liveness check below fails when an engine kill lands within 15 s of the previous
+        // engine's requests.
         sim_args.push("--tbt-same-instrument-secs=0".to_string());
     }
     let mut up = Up::start(&layout, TRACKED, &sim_args);
