@@ -674,18 +674,29 @@ impl ib_stream::serve::HistorySource for Recorded {
     fn by_seq(
         &self,
         q: &ib_stream::serve::history::SeqQuery,
-    ) -> Result<Option<Vec<(u64, bytes::Bytes)>>, ib_stream::serve::HistoryError> {
+    ) -> Result<Option<ib_stream::serve::history::SeqPage>, ib_stream::serve::HistoryError> {
+        use ib_stream::serve::history::{SeqItem, SeqPage};
         self.asked.lock().unwrap().push((q.first_seq, q.last_seq));
-        Ok(Some(
-            self.ticks
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(s, c, _)| *c == q.con_id && (q.first_seq..=q.last_seq).contains(s))
-                .take(q.limit)
-                .map(|(s, _, j)| (*s, bytes::Bytes::from(j.clone())))
-                .collect(),
-        ))
+        let ticks = self.ticks.lock().unwrap();
+        let items: Vec<SeqItem> = ticks
+            .iter()
+            .filter(|(s, c, _)| *c == q.con_id && (q.first_seq..=q.last_seq).contains(s))
+            .take(q.limit)
+            .map(|(s, _, j)| SeqItem::Tick {
+                seq: *s,
+                json: bytes::Bytes::from(j.clone()),
+            })
+            .collect();
+        // Everything published is recorded: a short page covers up to the last tick.
+        let through = if items.len() >= q.limit {
+            items.last().map_or(0, SeqItem::seq)
+        } else {
+            ticks.last().map_or(0, |t| t.0).min(q.last_seq)
+        };
+        Ok(Some(SeqPage {
+            items,
+            through: through.max(q.first_seq - 1),
+        }))
     }
 }
 
@@ -716,15 +727,19 @@ async fn a_resume_older_than_the_ring_is_filled_from_history_without_a_seam() {
         .unwrap();
     let mut sse = SseReader::new(env.request(req).await);
     assert_eq!(sse.expect("info").await.json()["resume_after"], 5);
-    // 6..=210: the old part from history, the rest from the ring, each once, in order.
+    assert_eq!(sse.expect("info").await.json()["status"], "history_start");
+    // 6..=210: from history (which has all of it), then the join, each once, in order.
     for q in &all[5..] {
         let e = sse.expect("tick").await;
         assert_eq!(e.id, Some(q.seq.to_string()));
         assert_eq!(e.data, env.json_of(q));
     }
-    let (first, last) = recorded.asked.lock().unwrap()[0];
+    let live = sse.expect("info").await.json();
+    assert_eq!(live["status"], "live");
+    assert_eq!(live["after_seq"], 210);
+    assert_eq!(live["history_ticks"], 205);
+    let (first, _) = recorded.asked.lock().unwrap()[0];
     assert_eq!(first, 6);
-    assert!((147..=210).contains(&last), "history covered up to {last}");
     let live = env.publish(quote(CON, 1000));
     assert_eq!(sse.expect("tick").await.id, Some(live.seq.to_string()));
 }

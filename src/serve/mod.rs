@@ -15,6 +15,7 @@ pub mod messages;
 pub mod ops;
 pub mod page;
 pub mod params;
+pub mod replay;
 pub mod sse;
 pub mod storage_history;
 pub mod subs;
