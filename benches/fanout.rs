@@ -199,6 +199,11 @@ async fn run(a: &Args) -> String {
         heartbeat: Duration::from_secs(60),
         default_slow: SlowPolicy::Conflate,
         ws: WsLimits::default(),
+        // Every bench client comes from 127.0.0.1: no cap per address.
+        per_ip: ib_stream::serve::limits::PerIpLimits {
+            sse_streams: 0,
+            ws_connections: 0,
+        },
         contract_cache_dir: dir.path().join("cache"),
         contract_cache_ttl: Duration::from_secs(60),
         control_timeout: Duration::from_secs(1),

@@ -833,3 +833,36 @@ async fn since_needs_a_history_source_and_a_valid_time() {
         assert_eq!(body_json(r).await["error"]["code"], "bad_parameter");
     }
 }
+
+fn from(ip: [u8; 4], uri: &str) -> Request<Body> {
+    let mut req = Request::get(uri).body(Body::empty()).unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            ip, 40_000,
+        ))));
+    req
+}
+
+#[tokio::test]
+async fn sse_streams_are_capped_per_remote_address() {
+    let env = Env::new(EnvOpts {
+        per_ip: ib_stream::serve::limits::PerIpLimits {
+            sse_streams: 2,
+            ws_connections: 1,
+        },
+        ..EnvOpts::default()
+    })
+    .await;
+    let uri = format!("/v3/stream/{CON}?tick_types=bid_ask");
+    let a1 = SseReader::new(env.request(from([10, 0, 0, 1], &uri)).await);
+    let _a2 = SseReader::new(env.request(from([10, 0, 0, 1], &uri)).await);
+    let r = env.request(from([10, 0, 0, 1], &uri)).await;
+    assert_eq!(r.status(), 429);
+    let e = body_json(r).await;
+    assert_eq!(e["error"]["code"], "too_many_from_address");
+    assert!(e["error"]["message"].as_str().unwrap().contains("10.0.0.1"));
+    // Another address is not affected; a closed stream gives its slot back.
+    let _b = SseReader::new(env.request(from([10, 0, 0, 2], &uri)).await);
+    drop(a1);
+    let _a3 = SseReader::new(env.request(from([10, 0, 0, 1], &uri)).await);
+}

@@ -538,3 +538,45 @@ async fn subscribe_with_since_replays_history_then_goes_live() {
     .await;
     assert_eq!(recv(&mut ws).await["code"], "bad_parameter");
 }
+
+#[tokio::test]
+async fn websocket_connections_are_capped_per_remote_address() {
+    let env = Env::new(EnvOpts {
+        per_ip: ib_stream::serve::limits::PerIpLimits {
+            sse_streams: 10,
+            ws_connections: 2,
+        },
+        ..EnvOpts::default()
+    })
+    .await;
+    // Served with the peer address, as `ib-stream serve` does.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = env
+        .app
+        .clone()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let a = connect(addr).await;
+    let _b = connect(addr).await;
+    let (mut c, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v3/ws"))
+        .await
+        .unwrap();
+    let e = recv(&mut c).await;
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("too_many_from_address"))
+    );
+    assert_eq!(closed_with(&mut c).await, Some(4029));
+    // A closed connection gives its slot back.
+    drop(a);
+    let ip: std::net::IpAddr = [127, 0, 0, 1].into();
+    env.wait(|| {
+        env.state
+            .per_ip
+            .count(ip, ib_stream::serve::limits::Counted::Ws)
+            == 1
+    })
+    .await;
+    let _d = connect(addr).await;
+}

@@ -11,6 +11,7 @@ pub mod control_client;
 pub mod error;
 pub mod history;
 pub mod hub;
+pub mod limits;
 pub mod messages;
 pub mod ops;
 pub mod page;
@@ -93,6 +94,8 @@ pub struct ServeConfig {
     pub default_slow: SlowPolicy,
     /// WebSocket limits.
     pub ws: WsLimits,
+    /// Caps per remote address.
+    pub per_ip: limits::PerIpLimits,
     /// Where contract lookups are cached.
     pub contract_cache_dir: PathBuf,
     /// How long a cached lookup stays fresh.
@@ -118,6 +121,7 @@ impl ServeConfig {
             heartbeat: Duration::from_secs(15),
             default_slow: SlowPolicy::Conflate,
             ws: WsLimits::default(),
+            per_ip: limits::PerIpLimits::default(),
             contract_cache_dir: s.storage_path.join("cache").join("contracts"),
             contract_cache_ttl: Duration::from_secs(24 * 3600),
             control_timeout: Duration::from_secs(5),
@@ -239,6 +243,8 @@ pub struct Inner {
     pub metrics: ServeMetrics,
     /// Streams open now (for `max_streams`).
     pub active_streams: AtomicUsize,
+    /// Streams and connections per remote address.
+    pub per_ip: Arc<limits::IpCounts>,
     next_stream: AtomicU64,
     /// When the server started.
     pub started: Instant,
@@ -292,6 +298,7 @@ impl AppState {
             history,
             metrics: ServeMetrics::default(),
             active_streams: AtomicUsize::new(0),
+            per_ip: Arc::default(),
             next_stream: AtomicU64::new(1),
             started: Instant::now(),
         }))
@@ -405,6 +412,13 @@ pub struct ServeArgs {
     /// Seconds between heartbeat messages.
     #[arg(long, default_value_t = 15)]
     pub heartbeat_secs: u64,
+    /// Concurrent SSE streams per remote address (0: no cap; behind a proxy every client
+    /// shares its address).
+    #[arg(long, default_value_t = limits::PerIpLimits::default().sse_streams)]
+    pub max_sse_per_ip: usize,
+    /// Concurrent WebSocket connections per remote address (0: no cap).
+    #[arg(long, default_value_t = limits::PerIpLimits::default().ws_connections)]
+    pub max_ws_per_ip: usize,
 }
 
 /// The address to bind: loopback unless a token is configured.
@@ -426,6 +440,10 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> Result<(), ServeError
     let mut cfg = ServeConfig::from_settings(settings);
     cfg.queue_capacity = args.queue_capacity.max(1);
     cfg.heartbeat = Duration::from_secs(args.heartbeat_secs.max(1));
+    cfg.per_ip = limits::PerIpLimits {
+        sse_streams: args.max_sse_per_ip,
+        ws_connections: args.max_ws_per_ip,
+    };
     let host = args
         .host
         .clone()
@@ -469,10 +487,14 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> Result<(), ServeError
         // Streams end with `complete{server_shutdown}` before the server stops.
         hub.shutdown();
     };
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServeError::Serve)
+    // The peer address feeds the per-address caps.
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(ServeError::Serve)
 }
 
 /// Runs the server on its own multi-threaded runtime (for `main`).

@@ -18,6 +18,7 @@ use tokio::sync::{Notify, mpsc};
 
 use super::error::ApiError;
 use super::hub::{CloseReason, Out, SinkFlag, SlowPolicy};
+use super::limits::{ClientIp, Counted, IpSlot};
 use super::messages::{self, CompleteReason, now_ns};
 use super::params::{self, DEFAULT_TICK_TYPES, Params, TickType};
 use super::replay::{self, From, Join, SinkSlot, TaskGuard};
@@ -227,6 +228,8 @@ struct SseState {
     notify: Arc<Notify>,
     counter: StreamCounter,
     heartbeat: tokio::time::Interval,
+    /// This stream's count against its address's cap.
+    _ip: Option<IpSlot>,
     /// Events formatted and not yet handed to the connection.
     out: BytesMut,
     done: bool,
@@ -504,11 +507,15 @@ pub async fn stream(
     State(st): State<AppState>,
     Path(raw_con): Path<String>,
     RawQuery(query): RawQuery,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let con_id = params::con_id(&raw_con)?;
     let opts = parse_options(query.as_deref(), &headers, st.cfg.default_slow)?;
     check_history(&st, &opts)?;
+    let ip_slot = st
+        .per_ip
+        .reserve(ip, Counted::Sse, st.cfg.per_ip.sse_streams)?;
     let stream_id: Arc<str> = st.new_stream_id("sse").into();
     let (tx, rx) = mpsc::channel(st.cfg.queue_capacity);
     let notify = Arc::new(Notify::new());
@@ -531,6 +538,7 @@ pub async fn stream(
         notify,
         counter: StreamCounter::new(Arc::clone(&stream_id), opts.limit, opts.timeout_s),
         heartbeat,
+        _ip: ip_slot,
         out: BytesMut::with_capacity(4096),
         done: false,
         _hold: hold,

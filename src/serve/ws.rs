@@ -22,6 +22,7 @@ use tokio::sync::{Notify, mpsc};
 use super::AppState;
 use super::error::ApiError;
 use super::hub::{CloseReason, Out, SinkFlag, SlowPolicy};
+use super::limits::{ClientIp, Counted};
 use super::messages::{self, CompleteReason, now_ns};
 use super::params::{self, DEFAULT_TICK_TYPES, Params, TickType};
 use super::sse::{self, StreamCounter, StreamHold, StreamOptions};
@@ -38,6 +39,8 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_INVALID_MESSAGE: u16 = 4000;
 /// More client messages per second than allowed.
 pub const CLOSE_RATE_LIMIT: u16 = 4004;
+/// The client's address already has the most WebSocket connections allowed per address.
+pub const CLOSE_TOO_MANY_FROM_ADDRESS: u16 = 4029;
 
 /// One of the `max_connections` WebSocket slots; freed on drop (also when the upgrade
 /// fails and its callback is dropped unrun).
@@ -53,9 +56,30 @@ impl Drop for WsSlot {
 pub async fn upgrade(
     State(st): State<AppState>,
     RawQuery(query): RawQuery,
+    ClientIp(ip): ClientIp,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref(), &[])?;
+    let ip_slot = match st
+        .per_ip
+        .reserve(ip, Counted::Ws, st.cfg.per_ip.ws_connections)
+    {
+        Ok(s) => s,
+        Err(e) => {
+            // Browsers cannot read an HTTP status of a refused upgrade: accept it, say why
+            // in an `error` and close with 4029.
+            let msg = api_error(&Value::Null, &e);
+            return Ok(ws.on_upgrade(move |mut socket| async move {
+                let _ = socket.send(text(&msg)).await;
+                let _ = socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code: CLOSE_TOO_MANY_FROM_ADDRESS,
+                        reason: Utf8Bytes::from("too many connections from this address"),
+                    })))
+                    .await;
+            }));
+        }
+    };
     let limits = st.cfg.ws;
     let max = limits.max_connections;
     if st
@@ -79,6 +103,7 @@ pub async fn upgrade(
             st.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
             Conn::new(st.clone(), socket).run().await;
             drop(slot);
+            drop(ip_slot);
         }))
 }
 

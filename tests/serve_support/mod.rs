@@ -215,6 +215,7 @@ pub struct EnvOpts {
     pub token: Option<String>,
     pub engine: bool,
     pub ws: WsLimits,
+    pub per_ip: ib_stream::serve::limits::PerIpLimits,
     pub history: Option<Arc<dyn HistorySource>>,
 }
 
@@ -228,6 +229,7 @@ impl Default for EnvOpts {
             token: None,
             engine: true,
             ws: WsLimits::default(),
+            per_ip: ib_stream::serve::limits::PerIpLimits::default(),
             history: None,
         }
     }
@@ -258,6 +260,7 @@ pub fn config(dir: &std::path::Path, o: &EnvOpts) -> ServeConfig {
         heartbeat: o.heartbeat,
         default_slow: ib_stream::serve::hub::SlowPolicy::Conflate,
         ws: o.ws,
+        per_ip: o.per_ip,
         contract_cache_dir: dir.join("contract-cache"),
         contract_cache_ttl: Duration::from_secs(3600),
         control_timeout: Duration::from_secs(5),
