@@ -161,8 +161,18 @@ async fn page(source: &Arc<dyn HistorySource>, q: SeqQuery) -> Result<Option<Seq
     }
 }
 
-/// Sends a page's items; `false` when the client is gone.
-async fn send_items(join: &Join, items: Vec<SeqItem>, current_epoch: bool, sent: &mut u64) -> bool {
+/// Sends a page's items; `false` when the client is gone or the server is stopping (the
+/// replay then ends; its stream sees its queue close and completes with `server_shutdown`).
+async fn send_items(
+    st: &AppState,
+    join: &Join,
+    items: Vec<SeqItem>,
+    current_epoch: bool,
+    sent: &mut u64,
+) -> bool {
+    if !st.hub.is_running() {
+        return false;
+    }
     for item in items {
         let out = match item {
             SeqItem::Tick { seq, json } if current_epoch => Out::Tick {
@@ -251,7 +261,7 @@ async fn replay(st: AppState, join: Join, from: From, slot: SinkSlot) {
                 match page(&source, q).await {
                     Ok(Some(p)) => {
                         let full = p.items.len() >= REPLAY_PAGE;
-                        if !send_items(&join, p.items, false, &mut sent).await {
+                        if !send_items(&st, &join, p.items, false, &mut sent).await {
                             return;
                         }
                         if !full || p.through < next || p.through == u64::MAX {
@@ -291,7 +301,7 @@ async fn replay(st: AppState, join: Join, from: From, slot: SinkSlot) {
         match page(&source, q).await {
             Ok(Some(p)) => {
                 let through = p.through;
-                if !send_items(&join, p.items, true, &mut sent).await {
+                if !send_items(&st, &join, p.items, true, &mut sent).await {
                     return;
                 }
                 if through < next {

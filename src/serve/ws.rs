@@ -115,20 +115,12 @@ struct WsStream {
     _hold: StreamHold,
 }
 
-/// A subscribe waiting for the engine (answered when it completes).
+/// A subscribe waiting for the engine (answered when it completes). Its task is not
+/// aborted when the connection goes: cancelling an engine subscribe half-way could leave the
+/// engine subscribed with no holder counted; finished, its shares are dropped and released.
 struct PendingSub {
     con_id: u32,
     kinds: params::KindSet,
-    _task: AbortOnDrop,
-}
-
-/// Aborts a task when dropped (a pending subscribe of a connection that went away).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// A finished subscribe preparation.
@@ -637,7 +629,7 @@ impl Conn {
         let st = self.st.clone();
         let done = self.done_tx.clone();
         let id = id.clone();
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             let result =
                 sse::prepare_stream(&st, Arc::clone(&stream_id), con_id, &opts, "ws").await;
             // The connection may be gone: the preparation (leases, slot) is then dropped.
@@ -650,14 +642,7 @@ impl Conn {
                 result,
             });
         });
-        self.pending.insert(
-            tag,
-            PendingSub {
-                con_id,
-                kinds,
-                _task: AbortOnDrop(task),
-            },
-        );
+        self.pending.insert(tag, PendingSub { con_id, kinds });
         Ok(())
     }
 
