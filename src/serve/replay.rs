@@ -32,7 +32,7 @@ use super::params::{KindSet, TickType};
 
 /// Where a stream starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum From {
+pub enum StartFrom {
     /// With the next record published.
     Live,
     /// Right after this sequence of the ring's current epoch (`Last-Event-ID`).
@@ -127,11 +127,11 @@ pub fn needs_history(st: &AppState, after: u64) -> bool {
 
 /// Adds the stream to the fan-out now, or starts its replay from history. Returns the slot
 /// holding its fan-out guard and, when replaying, the task.
-pub fn attach(st: &AppState, join: Join, from: From) -> (SinkSlot, Option<TaskGuard>) {
+pub fn attach(st: &AppState, join: Join, from: StartFrom) -> (SinkSlot, Option<TaskGuard>) {
     let slot: SinkSlot = Arc::default();
     let direct = match from {
-        From::Live => Some(Start::Live),
-        From::AfterSeq(after) if st.history.is_none() || !needs_history(st, after) => {
+        StartFrom::Live => Some(Start::Live),
+        StartFrom::AfterSeq(after) if st.history.is_none() || !needs_history(st, after) => {
             Some(Start::After(after))
         }
         _ => None,
@@ -187,7 +187,7 @@ async fn send_items(
                 join.control("gap", messages::gap(Some(&join.stream_id), &info))
             }
         };
-        if matches!(out, Out::Tick { .. }) || matches!(&out, Out::Control { event: "tick", .. }) {
+        if matches!(out, Out::Tick { .. } | Out::Control { event: "tick", .. }) {
             *sent += 1;
         }
         if join.tx.send(out).await.is_err() {
@@ -197,13 +197,13 @@ async fn send_items(
     true
 }
 
-async fn replay(st: AppState, join: Join, from: From, slot: SinkSlot) {
+async fn replay(st: AppState, join: Join, from: StartFrom, slot: SinkSlot) {
     let Some(source) = st.history.clone() else {
         return;
     };
     let epoch = st.hub.stats().epoch.load(Ordering::Relaxed);
     let start_ns = match from {
-        From::Since(ns) => Some(ns),
+        StartFrom::Since(ns) => Some(ns),
         _ => None,
     };
     let hello = messages::info(
@@ -211,7 +211,7 @@ async fn replay(st: AppState, join: Join, from: From, slot: SinkSlot) {
         "history_start",
         json!({
             "since": start_ns.map(|ns| ns.div_euclid(1000)),
-            "after_seq": match from { From::AfterSeq(a) => Some(a), _ => None },
+            "after_seq": match from { StartFrom::AfterSeq(a) => Some(a), _ => None },
             "epoch": format!("{epoch:016x}"),
         }),
     );
@@ -280,7 +280,7 @@ async fn replay(st: AppState, join: Join, from: From, slot: SinkSlot) {
     }
     // 2. The current epoch, until the ring holds what comes next.
     let mut next = match from {
-        From::AfterSeq(a) => a.saturating_add(1),
+        StartFrom::AfterSeq(a) => a.saturating_add(1),
         _ => 1,
     };
     loop {

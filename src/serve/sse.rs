@@ -21,7 +21,7 @@ use super::hub::{CloseReason, Out, SinkFlag, SlowPolicy};
 use super::limits::{ClientIp, Counted, IpSlot};
 use super::messages::{self, CompleteReason, now_ns};
 use super::params::{self, DEFAULT_TICK_TYPES, Params, TickType};
-use super::replay::{self, From, Join, SinkSlot, TaskGuard};
+use super::replay::{self, Join, SinkSlot, StartFrom, TaskGuard};
 use super::subs::{ClientInfo, Lease, Registered};
 use super::{AppState, StreamSlot};
 
@@ -50,11 +50,11 @@ pub struct StreamOptions {
 impl StreamOptions {
     /// Where the stream starts: a resume point wins over `since` (a reconnecting
     /// EventSource sends both).
-    pub fn from(&self) -> From {
+    pub fn from(&self) -> StartFrom {
         match (self.after, self.since_ns) {
-            (Some(a), _) => From::AfterSeq(a),
-            (None, Some(ns)) => From::Since(ns),
-            (None, None) => From::Live,
+            (Some(a), _) => StartFrom::AfterSeq(a),
+            (None, Some(ns)) => StartFrom::Since(ns),
+            (None, None) => StartFrom::Live,
         }
     }
 }
