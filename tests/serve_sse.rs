@@ -743,6 +743,9 @@ async fn since_replays_stored_ticks_then_joins_the_ring_after_the_last_stored_se
         ),
         (Some("live"), Some(80), Some(80))
     );
+    let m = body_text(env.get("/metrics").await).await;
+    assert!(m.contains("ib_stream_serve_history_replays_total 1"), "{m}");
+    assert!(m.contains("ib_stream_serve_history_ticks_total 80"), "{m}");
     // 81..=100 from the ring: each once, in order; then what is published next.
     for q in &all[80..] {
         let e = sse.expect("tick").await;
@@ -865,4 +868,9 @@ async fn sse_streams_are_capped_per_remote_address() {
     let _b = SseReader::new(env.request(from([10, 0, 0, 2], &uri)).await);
     drop(a1);
     let _a3 = SseReader::new(env.request(from([10, 0, 0, 1], &uri)).await);
+    let m = body_text(env.get("/metrics").await).await;
+    assert!(
+        m.contains("ib_stream_serve_refused_by_address_total{transport=\"sse\"} 1"),
+        "{m}"
+    );
 }

@@ -580,3 +580,49 @@ async fn websocket_connections_are_capped_per_remote_address() {
     .await;
     let _d = connect(addr).await;
 }
+
+#[tokio::test]
+async fn after_seq_older_than_the_ring_comes_from_history() {
+    let recorded = std::sync::Arc::new(Recorded::default());
+    let mut env = Env::new(EnvOpts {
+        ring_capacity: 64,
+        history: Some(recorded.clone()),
+        ..EnvOpts::default()
+    })
+    .await;
+    let mut all = Vec::new();
+    for i in 0..100 {
+        let q = env.publish(quote(31, i));
+        recorded.record(&env, &q);
+        all.push(q);
+    }
+    env.wait(|| {
+        env.state
+            .hub
+            .stats()
+            .next_seq
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 101
+    })
+    .await;
+    let addr = serve(&env).await;
+    let mut ws = connect(addr).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": 1, "contract_id": 31, "tick_types": ["bid_ask"], "after_seq": 5}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "subscribed");
+    assert_eq!(recv(&mut ws).await["resume_after"], 5);
+    assert_eq!(recv(&mut ws).await["status"], "history_start");
+    for q in &all[5..] {
+        assert_eq!(recv_text(&mut ws).await, env.json_of(q));
+    }
+    let live = recv(&mut ws).await;
+    assert_eq!(
+        (live["status"].as_str(), live["after_seq"].as_u64()),
+        (Some("live"), Some(100))
+    );
+    let q = env.publish(quote(31, 1000));
+    assert_eq!(recv_text(&mut ws).await, env.json_of(&q));
+}

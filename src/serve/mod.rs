@@ -181,6 +181,14 @@ pub struct ServeMetrics {
     pub streams_refused: AtomicU64,
     /// Streams closed as slow consumers.
     pub slow_closes: AtomicU64,
+    /// Replays from stored history started (`since=`, or a resume older than the ring).
+    pub history_replays: AtomicU64,
+    /// Ticks sent from stored history by those replays.
+    pub history_ticks: AtomicU64,
+    /// SSE streams refused by the cap per remote address.
+    pub sse_refused_per_ip: AtomicU64,
+    /// WebSocket connections refused by the cap per remote address.
+    pub ws_refused_per_ip: AtomicU64,
     /// Tick delivery latency: ring receive time to write into the client's stream, µs.
     pub delivery_us: LatencyBuckets,
 }

@@ -348,6 +348,33 @@ pub async fn metrics(
     );
     metric(
         &mut out,
+        "ib_stream_serve_history_replays_total",
+        "counter",
+        "Replays from stored history (since=, or a resume older than the ring).",
+        &one(ld(&m.history_replays)),
+    );
+    metric(
+        &mut out,
+        "ib_stream_serve_history_ticks_total",
+        "counter",
+        "Ticks sent from stored history by replays.",
+        &one(ld(&m.history_ticks)),
+    );
+    metric(
+        &mut out,
+        "ib_stream_serve_refused_by_address_total",
+        "counter",
+        "Streams and connections refused by the cap per remote address.",
+        &[
+            (
+                "{transport=\"sse\"}".into(),
+                ld(&m.sse_refused_per_ip) as f64,
+            ),
+            ("{transport=\"ws\"}".into(), ld(&m.ws_refused_per_ip) as f64),
+        ],
+    );
+    metric(
+        &mut out,
         "ib_stream_serve_ticks_sent_total",
         "counter",
         "Ticks written to clients.",

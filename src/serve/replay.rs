@@ -201,6 +201,7 @@ async fn replay(st: AppState, join: Join, from: StartFrom, slot: SinkSlot) {
     let Some(source) = st.history.clone() else {
         return;
     };
+    st.metrics.history_replays.fetch_add(1, Ordering::Relaxed);
     let epoch = st.hub.stats().epoch.load(Ordering::Relaxed);
     let start_ns = match from {
         StartFrom::Since(ns) => Some(ns),
@@ -317,6 +318,7 @@ async fn replay(st: AppState, join: Join, from: StartFrom, slot: SinkSlot) {
             }
         }
     }
+    st.metrics.history_ticks.fetch_add(sent, Ordering::Relaxed);
     if let Some(e) = &trouble {
         tracing::warn!(error = %e, stream = %join.stream_id, "history could not be read; the ring reports what is missing");
     }

@@ -515,7 +515,12 @@ pub async fn stream(
     check_history(&st, &opts)?;
     let ip_slot = st
         .per_ip
-        .reserve(ip, Counted::Sse, st.cfg.per_ip.sse_streams)?;
+        .reserve(ip, Counted::Sse, st.cfg.per_ip.sse_streams)
+        .inspect_err(|_| {
+            st.metrics
+                .sse_refused_per_ip
+                .fetch_add(1, Ordering::Relaxed);
+        })?;
     let stream_id: Arc<str> = st.new_stream_id("sse").into();
     let (tx, rx) = mpsc::channel(st.cfg.queue_capacity);
     let notify = Arc::new(Notify::new());

@@ -66,6 +66,7 @@ pub async fn upgrade(
     {
         Ok(s) => s,
         Err(e) => {
+            st.metrics.ws_refused_per_ip.fetch_add(1, Ordering::Relaxed);
             // Browsers cannot read an HTTP status of a refused upgrade: accept it, say why
             // in an `error` and close with 4029.
             let msg = api_error(&Value::Null, &e);
