@@ -874,3 +874,51 @@ async fn sse_streams_are_capped_per_remote_address() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn a_stop_reaches_a_stream_still_replaying_history() {
+    let recorded = std::sync::Arc::new(Recorded::default());
+    let mut env = Env::new(EnvOpts {
+        ring_capacity: 64,
+        queue_capacity: 4,
+        history: Some(recorded.clone()),
+        ..EnvOpts::default()
+    })
+    .await;
+    for i in 0..100 {
+        let q = env.publish(quote(CON, i));
+        recorded.record(&env, &q);
+    }
+    env.wait(|| env.state.hub.stats().next_seq.load(Ordering::Relaxed) == 101)
+        .await;
+    // Nobody reads the body yet: the replay waits on the stream's full queue.
+    let mut sse = SseReader::new(env.request(since_request("1h")).await);
+    env.wait(|| env.state.replays.len() == 1).await;
+    let r = env
+        .request(
+            Request::delete(format!("/v3/streams/{CON}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(body_json(r).await["stopped"], 1);
+    let mut ticks = 0;
+    let end = loop {
+        let e = sse
+            .next_non_heartbeat()
+            .await
+            .expect("a complete before the end");
+        match e.event.as_str() {
+            "tick" => ticks += 1,
+            "info" => assert_ne!(e.json()["status"], "live", "it never joins"),
+            "complete" => break e.json(),
+            other => panic!("unexpected {other}"),
+        }
+    };
+    assert_eq!(end["reason"], "stopped");
+    assert!(ticks < 100, "stopped during the replay ({ticks} ticks)");
+    assert!(sse.next().await.is_none(), "the stream ends");
+    env.wait(|| env.state.replays.is_empty()).await;
+    assert_eq!(env.state.hub.stats().sinks.load(Ordering::Relaxed), 0);
+}

@@ -93,7 +93,9 @@ impl SinkFlag {
         }
     }
 
-    fn set(&self, r: CloseReason) {
+    /// Closes the stream for `r` (the tailer does; so does a stop of a stream still
+    /// replaying history, before it joined the tailer).
+    pub fn set(&self, r: CloseReason) {
         self.0.store(r as u8, Ordering::Release);
     }
 }
@@ -364,6 +366,14 @@ impl Hub {
             cmd: self.cmd.clone(),
             id,
         }
+    }
+
+    /// Sends the tailer a stop of `con_id` now, ordered after every [`Hub::add`] made
+    /// before; the future gives how many streams it closed.
+    pub fn stop_contract_now(&self, con_id: u32) -> impl Future<Output = usize> + use<> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.cmd.send(Cmd::StopContract(con_id, tx)).is_ok();
+        async move { if sent { rx.await.unwrap_or(0) } else { 0 } }
     }
 
     /// Closes every stream of `con_id` (reason `stopped`); returns how many.

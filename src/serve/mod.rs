@@ -253,6 +253,8 @@ pub struct Inner {
     pub active_streams: AtomicUsize,
     /// Streams and connections per remote address.
     pub per_ip: Arc<limits::IpCounts>,
+    /// Streams replaying history (not yet in the tailer).
+    pub replays: Arc<replay::Replays>,
     next_stream: AtomicU64,
     /// When the server started.
     pub started: Instant,
@@ -307,6 +309,7 @@ impl AppState {
             metrics: ServeMetrics::default(),
             active_streams: AtomicUsize::new(0),
             per_ip: Arc::default(),
+            replays: Arc::default(),
             next_stream: AtomicU64::new(1),
             started: Instant::now(),
         }))

@@ -260,7 +260,9 @@ pub async fn stop_streams(
 ) -> Result<Json<Value>, ApiError> {
     let con_id = params::con_id(&raw)?;
     Params::parse(q.as_deref(), &[])?;
-    let n = st.hub.stop_contract(con_id).await;
+    // Streams still replaying history, and the tailer's, in one step (see Replays::stop).
+    let (replaying, in_tailer) = st.replays.stop(con_id, || st.hub.stop_contract_now(con_id));
+    let n = replaying + in_tailer.await;
     if n == 0 {
         return Err(ApiError::not_found(format!(
             "no open stream on contract {con_id}"

@@ -17,7 +17,8 @@
 //! Pages go through the stream's bounded queue with back-pressure (`send().await`): memory
 //! per stream is one page plus the queue, whatever the length of the history.
 
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -26,7 +27,7 @@ use tokio::sync::{Notify, mpsc};
 
 use super::AppState;
 use super::history::{HistorySource, REPLAY_PAGE, SeqItem, SeqPage, SeqQuery};
-use super::hub::{Out, SinkFlag, SinkGuard, SinkSpec, SlowPolicy, Start};
+use super::hub::{CloseReason, Out, SinkFlag, SinkGuard, SinkSpec, SlowPolicy, Start};
 use super::messages;
 use super::params::{KindSet, TickType};
 
@@ -39,6 +40,93 @@ pub enum StartFrom {
     AfterSeq(u64),
     /// From this receive time, ns since the Unix epoch (`since=`).
     Since(i64),
+}
+
+/// The streams replaying history (not yet in the tailer's fan-out), so that an operator's
+/// stop (`DELETE /v3/streams/{conId}`) reaches them too.
+#[derive(Debug, Default)]
+pub struct Replays {
+    running: Mutex<HashMap<u64, (u32, Arc<SinkFlag>, Arc<Notify>)>>,
+    next: AtomicU64,
+}
+
+impl Replays {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (u32, Arc<SinkFlag>, Arc<Notify>)>> {
+        // Single inserts and removes: consistent even after a panic elsewhere.
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn register(self: &Arc<Self>, join: &Join) -> Registration {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(
+            id,
+            (
+                join.con_id,
+                Arc::clone(&join.flag),
+                Arc::clone(&join.notify),
+            ),
+        );
+        Registration {
+            replays: Arc::clone(self),
+            id,
+        }
+    }
+
+    /// Closes (reason `stopped`) every replaying stream of `con_id` and, under the same
+    /// lock, runs `then` (which sends the tailer its stop: a replay joining the tailer is
+    /// either closed here or added to the tailer before that stop). Returns how many were
+    /// closed here, and what `then` returned.
+    pub fn stop<R>(&self, con_id: u32, then: impl FnOnce() -> R) -> (usize, R) {
+        let mut m = self.lock();
+        let ids: Vec<u64> = m
+            .iter()
+            .filter(|(_, (c, _, _))| *c == con_id)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            if let Some((_, flag, notify)) = m.remove(id) {
+                flag.set(CloseReason::Stopped);
+                notify.notify_one();
+            }
+        }
+        (ids.len(), then())
+    }
+
+    /// Streams replaying now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A replay's entry in [`Replays`]; removed on drop (the join, the end, or an abort).
+#[derive(Debug)]
+struct Registration {
+    replays: Arc<Replays>,
+    id: u64,
+}
+
+impl Registration {
+    /// Leaves the registry and, under its lock, runs `join` unless a stop closed the stream.
+    fn finish<R>(self, flag: &SinkFlag, join: impl FnOnce() -> R) -> Option<R> {
+        let mut m = self.replays.lock();
+        m.remove(&self.id);
+        let out = flag.get().is_none().then(join);
+        drop(m);
+        out
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.replays.lock().remove(&self.id);
+    }
 }
 
 /// The stream's place in the fan-out, filled once it joins (dropping it leaves).
@@ -170,7 +258,7 @@ async fn send_items(
     current_epoch: bool,
     sent: &mut u64,
 ) -> bool {
-    if !st.hub.is_running() {
+    if !st.hub.is_running() || join.flag.get().is_some() {
         return false;
     }
     for item in items {
@@ -201,6 +289,7 @@ async fn replay(st: AppState, join: Join, from: StartFrom, slot: SinkSlot) {
     let Some(source) = st.history.clone() else {
         return;
     };
+    let registration = st.replays.register(&join);
     st.metrics.history_replays.fetch_add(1, Ordering::Relaxed);
     let epoch = st.hub.stats().epoch.load(Ordering::Relaxed);
     let start_ns = match from {
@@ -346,6 +435,10 @@ async fn replay(st: AppState, join: Join, from: StartFrom, slot: SinkSlot) {
     if join.tx.send(join.control("info", live)).await.is_err() {
         return;
     }
-    let guard = st.hub.add(join.spec(start, start_ns.unwrap_or(i64::MIN)));
-    *lock(&slot) = Some(guard);
+    // Joined under the registry's lock: a stop either closed this stream already (it does
+    // not join) or finds it in the tailer.
+    let spec = join.spec(start, start_ns.unwrap_or(i64::MIN));
+    if let Some(guard) = registration.finish(&join.flag, || st.hub.add(spec)) {
+        *lock(&slot) = Some(guard);
+    }
 }
