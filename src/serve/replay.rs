@@ -46,12 +46,20 @@ pub enum StartFrom {
 /// stop (`DELETE /v3/streams/{conId}`) reaches them too.
 #[derive(Debug, Default)]
 pub struct Replays {
-    running: Mutex<HashMap<u64, (u32, Arc<SinkFlag>, Arc<Notify>)>>,
+    running: Mutex<HashMap<u64, Running>>,
     next: AtomicU64,
 }
 
+/// A replaying stream: its contract, close flag and consumer's waker.
+#[derive(Debug)]
+struct Running {
+    con_id: u32,
+    flag: Arc<SinkFlag>,
+    notify: Arc<Notify>,
+}
+
 impl Replays {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (u32, Arc<SinkFlag>, Arc<Notify>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Running>> {
         // Single inserts and removes: consistent even after a panic elsewhere.
         self.running
             .lock()
@@ -62,11 +70,11 @@ impl Replays {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(
             id,
-            (
-                join.con_id,
-                Arc::clone(&join.flag),
-                Arc::clone(&join.notify),
-            ),
+            Running {
+                con_id: join.con_id,
+                flag: Arc::clone(&join.flag),
+                notify: Arc::clone(&join.notify),
+            },
         );
         Registration {
             replays: Arc::clone(self),
@@ -82,13 +90,13 @@ impl Replays {
         let mut m = self.lock();
         let ids: Vec<u64> = m
             .iter()
-            .filter(|(_, (c, _, _))| *c == con_id)
+            .filter(|(_, r)| r.con_id == con_id)
             .map(|(id, _)| *id)
             .collect();
         for id in &ids {
-            if let Some((_, flag, notify)) = m.remove(id) {
-                flag.set(CloseReason::Stopped);
-                notify.notify_one();
+            if let Some(r) = m.remove(id) {
+                r.flag.set(CloseReason::Stopped);
+                r.notify.notify_one();
             }
         }
         (ids.len(), then())
