@@ -453,6 +453,17 @@ async fn a_pending_subscribe_does_not_block_the_connection() {
     )
     .await;
     assert_eq!(recv(&mut ws).await["code"], "duplicate_subscription");
+    // `since` needs a history source (none here): an error answer, at once.
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "h", "contract_id": 31, "since": "5m"}),
+    )
+    .await;
+    let e = recv(&mut ws).await;
+    assert_eq!(
+        (e["id"].as_str(), e["code"].as_str()),
+        (Some("h"), Some("storage_unavailable"))
+    );
     // Released: its answer comes now.
     env.log
         .release
