@@ -30,6 +30,7 @@ use super::history::{HistorySource, REPLAY_PAGE, SeqItem, SeqPage, SeqQuery};
 use super::hub::{CloseReason, Out, SinkFlag, SinkGuard, SinkSpec, SlowPolicy, Start};
 use super::messages;
 use super::params::{KindSet, TickType};
+use crate::storage::query::line_st_us;
 
 /// Where a stream starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,6 +294,23 @@ async fn send_items(
     true
 }
 
+/// The receive time (ns, to the µs) of a page's last tick. Within an epoch receive times do
+/// not go back, so the next page may start its search there instead of at the beginning
+/// of storage (a resume has no start time of its own).
+fn last_tick_ns(items: &[SeqItem]) -> Option<i64> {
+    items.iter().rev().find_map(|i| match i {
+        SeqItem::Tick { json, .. } => line_st_us(json).map(|us| us.saturating_mul(1000)),
+        SeqItem::Gap { .. } => None,
+    })
+}
+
+fn later(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    }
+}
+
 async fn replay(st: AppState, join: Join, from: StartFrom, slot: SinkSlot) {
     let Some(source) = st.history.clone() else {
         return;
@@ -345,6 +363,7 @@ async fn replay(st: AppState, join: Join, from: StartFrom, slot: SinkSlot) {
                 return;
             }
             let mut next = 1u64;
+            let mut from_ns = start_ns;
             loop {
                 let q = SeqQuery {
                     epoch: old,
@@ -352,13 +371,14 @@ async fn replay(st: AppState, join: Join, from: StartFrom, slot: SinkSlot) {
                     tick_types: join.types.clone(),
                     first_seq: next,
                     last_seq: u64::MAX,
-                    start_ns,
+                    start_ns: from_ns,
                     live_epoch: false,
                     limit: REPLAY_PAGE,
                 };
                 match page(&source, q).await {
                     Ok(Some(p)) => {
                         let full = p.items.len() >= REPLAY_PAGE;
+                        from_ns = later(from_ns, last_tick_ns(&p.items));
                         if !send_items(&st, &join, p.items, false, &mut sent).await {
                             return;
                         }
@@ -381,6 +401,7 @@ async fn replay(st: AppState, join: Join, from: StartFrom, slot: SinkSlot) {
         StartFrom::AfterSeq(a) => a.saturating_add(1),
         _ => 1,
     };
+    let mut from_ns = start_ns;
     loop {
         match ring_window(&st) {
             Some((comfortable, head)) if next < comfortable && next <= head => {}
@@ -392,13 +413,14 @@ async fn replay(st: AppState, join: Join, from: StartFrom, slot: SinkSlot) {
             tick_types: join.types.clone(),
             first_seq: next,
             last_seq: u64::MAX,
-            start_ns,
+            start_ns: from_ns,
             live_epoch: true,
             limit: REPLAY_PAGE,
         };
         match page(&source, q).await {
             Ok(Some(p)) => {
                 let through = p.through;
+                from_ns = later(from_ns, last_tick_ns(&p.items));
                 if !send_items(&st, &join, p.items, true, &mut sent).await {
                     return;
                 }
