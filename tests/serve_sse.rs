@@ -804,8 +804,9 @@ async fn since_selects_by_receive_time_in_history_and_in_the_ring() {
             fresh.push(q);
         }
     }
-    // Stored up to 15; 16..=30 only in the ring (which holds everything here).
-    recorded.through.store(15, Ordering::Relaxed);
+    // Stored up to 5 (all old: storage must skip them), 6..=30 from the ring (which must skip
+    // the old 6..=10).
+    recorded.through.store(5, Ordering::Relaxed);
     env.wait(|| env.state.hub.stats().next_seq.load(Ordering::Relaxed) == 31)
         .await;
     let mut sse = SseReader::new(env.request(since_request("30m")).await);
