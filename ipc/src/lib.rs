@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod readers;
 pub mod record;
 pub mod ring;
 pub mod shm;
@@ -12,6 +13,8 @@ pub mod status;
 pub mod strings;
 
 pub use error::IpcError;
+pub use readers::READERS_FILE_NAME;
+pub use readers::{ReaderEntry, ReaderRegistry, ReaderSlot, Registration};
 pub use record::{
     ConnState, GapReason, PRICE_SCALE, Quote, RECORD_SIZE, Record, RecordKind, SIZE_SCALE,
     SubState, Trade, UNDEF_I64, flags,

@@ -91,6 +91,12 @@ impl Publisher {
             opts,
         )?;
         let status = StatusWriter::create(&dir.join(ib_stream_ipc::STATUS_FILE_NAME), epoch, opts)?;
+        // The reader registry gets the engine's permissions when the engine is first; readers
+        // never need it to read, so a failure here is only reported.
+        let registry = dir.join(ib_stream_ipc::READERS_FILE_NAME);
+        if let Err(e) = ib_stream_ipc::ReaderRegistry::open_or_create(&registry, opts) {
+            tracing::warn!("reader registry: {e}; readers will run unregistered");
+        }
         Ok(Publisher::from_parts(ring, table, status))
     }
 

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +48,9 @@ const SECOND: u64 = 1_000_000_000;
 pub const PACING_WINDOW_NS: u64 = SECOND + 50_000_000;
 /// A connection that stayed up this long resets the reconnect backoff.
 const STABLE_NS: u64 = 10 * SECOND;
+/// On a clean stop: how long the engine spends cancelling at IB (paced) and waiting for IB
+/// to close its side, before it closes anyway.
+pub const STOP_FLUSH_NS: u64 = 200_000_000;
 
 /// Engine options beyond the shared settings (quotas of the IB account, timers).
 #[derive(Debug, Clone, clap::Args)]
@@ -202,6 +205,8 @@ pub struct Engine {
     next_heartbeat: u64,
     next_watchdog: u64,
     status_dirty: bool,
+    /// The loop has ended: a closing IB socket is expected, not a fault.
+    stopping: bool,
     scratch: Vec<u8>,
 }
 
@@ -322,6 +327,7 @@ impl Engine {
             next_heartbeat: SECOND,
             next_watchdog: SECOND,
             status_dirty: true,
+            stopping: false,
             scratch: Vec::with_capacity(4096),
         };
         let tracked: Vec<(u32, Vec<RecordKind>)> = engine
@@ -435,6 +441,8 @@ impl Engine {
     }
 
     fn shutdown(&mut self) {
+        self.stopping = true;
+        self.cancel_at_ib();
         if let Some(mut c) = self.conn.take() {
             let _ = self.poll.registry().deregister(&mut c.stream);
         }
@@ -444,6 +452,83 @@ impl Engine {
             .connection(ConnState::Disconnected, 0, id, 0);
         self.ingest.publisher.publish_status();
         let _ = std::fs::remove_file(&self.socket_path);
+    }
+
+    /// A clean stop: cancels every subscription at IB through the outbound pacer, closes our
+    /// sending side once all are written, and reads on (publishing what still arrives) until
+    /// IB closes its side, which it does after it has read every cancel. All of it within
+    /// [`STOP_FLUSH_NS`]; what is left then is given up (IB drops a closed client's
+    /// subscriptions anyway; the cancels spare its limits and the next session's).
+    fn cancel_at_ib(&mut self) {
+        if !self.conn.as_ref().is_some_and(|c| c.phase == Phase::Ready) {
+            return;
+        }
+        let queued = self.ingest.subs.cancel_all();
+        self.extra.clear();
+        self.drain_sub_events();
+        let start = self.now();
+        let deadline = start + STOP_FLUSH_NS;
+        let mut events = Events::with_capacity(16);
+        let mut half_closed = false;
+        loop {
+            let now = self.now();
+            if self.conn.is_none() {
+                break;
+            }
+            if !half_closed {
+                self.pump(now);
+                let written = self.conn.as_ref().is_some_and(|c| c.out.is_empty());
+                if self.ingest.subs.queued() == 0
+                    && written
+                    && let Some(c) = &self.conn
+                {
+                    let _ = c.stream.shutdown(Shutdown::Write);
+                    half_closed = true;
+                }
+            }
+            if now >= deadline {
+                break;
+            }
+            if self.ib_pending {
+                self.read_ib(now);
+                continue;
+            }
+            let mut wait = deadline - now;
+            if !half_closed && self.ingest.subs.queued() > 0 {
+                wait = wait.min(self.pacer.next_slot(now).saturating_sub(now).max(1));
+            }
+            match self
+                .poll
+                .poll(&mut events, Some(Duration::from_nanos(wait)))
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!("poll during the stop: {e}");
+                    break;
+                }
+            }
+            let now = self.now();
+            for ev in events.iter() {
+                if ev.token() == IB {
+                    if ev.is_writable() {
+                        self.flush_ib(now);
+                    }
+                    if ev.is_readable() || ev.is_read_closed() {
+                        self.read_ib(now);
+                    }
+                }
+            }
+        }
+        let left = self.ingest.subs.queued();
+        let closed_by_ib = self.conn.is_none();
+        info!(
+            sent = queued - left.min(queued),
+            left,
+            closed_by_ib,
+            ms = (self.now() - start) / 1_000_000,
+            "cancelled the subscriptions at IB"
+        );
     }
 
     fn next_deadline(&self, now: u64) -> u64 {
@@ -644,11 +729,15 @@ impl Engine {
         let _ = self.poll.registry().deregister(&mut c.stream);
         self.ib_pending = false;
         let was_ready = c.phase == Phase::Ready;
-        warn!(
-            port = c.port,
-            client_id = c.client_id,
-            "IB connection closed: {why}"
-        );
+        if self.stopping {
+            info!(port = c.port, "IB connection closed during the stop: {why}");
+        } else {
+            warn!(
+                port = c.port,
+                client_id = c.client_id,
+                "IB connection closed: {why}"
+            );
+        }
         self.ingest.publisher.flush();
         if was_ready {
             if self.down_since.is_none() {
@@ -1548,6 +1637,11 @@ impl Engine {
                 if let Err(e) = self.start_lookup(token, id, &q, LookupFor::Reply) {
                     control::error_reply(&e, out);
                 }
+            }
+            ControlRequest::Shutdown => {
+                info!(token = token.0, "stop asked on the control socket");
+                self.stop.store(true, Ordering::Relaxed);
+                control::ok_reply(&id, json!({"stopping": true}), out);
             }
         }
     }

@@ -710,6 +710,23 @@ impl SubscriptionManager {
         // passed; keep our record of past requests so we never break it.
     }
 
+    /// The engine is stopping cleanly: every subscription is dropped (final state
+    /// Cancelled), each request out at IB gets its cancel queued, and nothing else that was
+    /// queued will be sent. Returns how many cancels wait in the queue.
+    pub fn cancel_all(&mut self) -> usize {
+        let keys: Vec<SubKey> = self.subs.keys().copied().collect();
+        for key in keys {
+            self.drop_sub(key, SubState::Cancelled, 0);
+        }
+        self.pending.retain(|p| matches!(p, Pending::Cancel { .. }));
+        self.pending.len()
+    }
+
+    /// Requests still waiting to be sent (of any kind).
+    pub fn queued(&self) -> usize {
+        self.pending.len()
+    }
+
     /// IB lost (1100) or regained (1102) connectivity to its servers: data is stale until then.
     pub fn set_stale(&mut self, stale: bool) {
         self.stale = stale;
@@ -882,6 +899,38 @@ mod tests {
             None,
             "late ticks of a cancelled id are not routed"
         );
+    }
+
+    #[test]
+    fn cancel_all_cancels_what_is_out_at_ib_and_nothing_else() {
+        let mut m = connected();
+        m.subscribe("a", key(1, SubKind::BidAsk), 0).unwrap();
+        m.subscribe("b", key(2, SubKind::MktData), 0).unwrap();
+        m.subscribe("a", key(1, SubKind::Last), 0).unwrap();
+        // BidAsk and MktData go out; Last waits for the 15-second rule.
+        assert_eq!(drain(&mut m, 0).len(), 2);
+        assert_eq!(m.queued(), 1);
+        while m.poll_event().is_some() {}
+        assert_eq!(m.cancel_all(), 2);
+        let mut reqs = drain(&mut m, 100 * S);
+        reqs.sort_by_key(|r| format!("{r:?}"));
+        assert_eq!(
+            reqs,
+            vec![
+                Request::CancelMktData { req_id: 1001 },
+                Request::CancelTickByTick { req_id: 1000 },
+            ]
+        );
+        let finals: Vec<SubState> = std::iter::from_fn(|| m.poll_event())
+            .map(|e| e.state)
+            .collect();
+        assert_eq!(finals, vec![SubState::Cancelled; 3]);
+        assert_eq!(m.list().count(), 0);
+
+        // Not connected: nothing is out at IB, so nothing to cancel.
+        let mut m = SubscriptionManager::new(Limits::default(), 1000);
+        m.subscribe("a", key(1, SubKind::BidAsk), 0).unwrap();
+        assert_eq!(m.cancel_all(), 0);
     }
 
     #[test]

@@ -964,6 +964,8 @@ impl Tailer {
             Ok(mut r) => {
                 let cap = r.info().capacity;
                 r.set_lap_policy(LapPolicy::default_for(cap));
+                let registered = r.register("serve");
+                tracing::debug!("ring reader: {registered}");
                 self.stats.epoch.store(r.info().epoch, Ordering::Relaxed);
                 self.stats.capacity.store(cap, Ordering::Relaxed);
                 self.stats.ring_open.store(true, Ordering::Relaxed);

@@ -201,7 +201,9 @@ fn answer(log: &EngineLog, id: Option<Value>, req: ControlRequest, out: &mut Vec
             );
         }
         ControlRequest::Ping => ok_reply(&id, json!({}), out),
-        ControlRequest::List | ControlRequest::Status => ok_reply(&id, json!({}), out),
+        ControlRequest::List | ControlRequest::Status | ControlRequest::Shutdown => {
+            ok_reply(&id, json!({}), out)
+        }
     }
 }
 

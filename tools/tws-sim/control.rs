@@ -12,10 +12,12 @@
 //! - `{"cmd":"farm","code":2103}`: a farm notice (2103/2104, 2105/2106, 2157/2158).
 //! - `{"cmd":"competing","on":true}`: 10197 for each subscription and no data until off.
 //! - `{"cmd":"restart","down_ms":500}`: close the listener and every connection, listen again.
-//! - `{"cmd":"stats"}`: clients with ticks sent per subscription.
+//! - `{"cmd":"stats"}`: clients with ticks sent per subscription, and the cancels the account
+//!   received since the simulator started (kept after clients disconnect).
 //!
-//! Answers: `{"ok":true,"clients":<n addressed>}`, `{"ok":true,"clients":[...stats...]}` or
-//! `{"ok":false,"error":"..."}`.
+//! Answers: `{"ok":true,"clients":<n addressed>}`,
+//! `{"ok":true,"clients":[...stats...],"cancels":{"mkt_data":n,"tick_by_tick":n,"unknown":n}}`
+//! or `{"ok":false,"error":"..."}`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -136,7 +138,11 @@ impl Executor {
                 Err(_) => json!({"ok": false, "error": "the server has stopped"}),
             },
             Command::Stats { client } => {
-                json!({"ok": true, "clients": self.shared.stats(target(client))})
+                json!({
+                    "ok": true,
+                    "clients": self.shared.stats(target(client)),
+                    "cancels": self.shared.cancels(),
+                })
             }
         }
     }
