@@ -293,4 +293,10 @@ async fn since_replays_older_epochs_from_the_recorders_files_then_goes_live() {
     let q = env.publish(quote(CID, 7));
     let e = sse.expect("tick").await;
     assert_eq!(e.id, Some(q.seq.to_string()));
+    // Replayed ticks are a year old: they are not ring-to-client latencies.
+    let m = body_text(env.get("/metrics").await).await;
+    assert!(
+        m.contains("ib_stream_serve_delivery_latency_us_count 1\n"),
+        "{m}"
+    );
 }

@@ -114,6 +114,16 @@ pub enum Out {
         /// The JSON object.
         json: Bytes,
     },
+    /// A stored tick replayed from history (never made by the tailer): delivered like a
+    /// tick, but not counted in the ring-to-client latency (its receive time is old).
+    History {
+        /// The stream within the consumer.
+        tag: u32,
+        /// Ring sequence; `None` for a tick of an older epoch (no resume point).
+        seq: Option<u64>,
+        /// The stored line's bytes.
+        json: Bytes,
+    },
     /// A control message (`gap`, `error`, `info`).
     Control {
         /// The stream within the consumer.
@@ -133,6 +143,7 @@ impl Out {
     fn seq(&self) -> u64 {
         match self {
             Out::Tick { seq, .. } => *seq,
+            Out::History { seq, .. } => seq.unwrap_or(0),
             Out::Control { id, .. } => id.unwrap_or(0),
         }
     }
@@ -529,7 +540,9 @@ impl Sink {
                 }
                 Verdict::Keep
             }
-            Out::Control { .. } => {
+            // Replays wait on the queue instead (`send().await`): kept in order if one
+            // ever came here.
+            Out::Control { .. } | Out::History { .. } => {
                 if self.pending.len() >= max_pending {
                     stats.slow_disconnects.fetch_add(1, Ordering::Relaxed);
                     return self.close(CloseReason::SlowConsumer);
@@ -1340,6 +1353,7 @@ mod tests {
         while let Ok(o) = rx.try_recv() {
             v.push(match o {
                 Out::Tick { seq, .. } => ("tick", seq),
+                Out::History { seq, .. } => ("history", seq.unwrap_or(0)),
                 Out::Control {
                     event, id, json, ..
                 } => {

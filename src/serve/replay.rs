@@ -272,19 +272,17 @@ async fn send_items(
     }
     for item in items {
         let out = match item {
-            SeqItem::Tick { seq, json } if current_epoch => Out::Tick {
+            SeqItem::Tick { seq, json } => Out::History {
                 tag: join.tag,
-                seq,
-                kind: 0,
+                // Another epoch's sequence is no resume point in this ring: no SSE id.
+                seq: current_epoch.then_some(seq),
                 json,
             },
-            // Another epoch's sequence is no resume point in this ring: no SSE id.
-            SeqItem::Tick { json, .. } => join.control("tick", json),
             SeqItem::Gap { info, .. } => {
                 join.control("gap", messages::gap(Some(&join.stream_id), &info))
             }
         };
-        if matches!(out, Out::Tick { .. } | Out::Control { event: "tick", .. }) {
+        if matches!(out, Out::History { .. }) {
             *sent += 1;
         }
         if join.tx.send(out).await.is_err() {

@@ -277,6 +277,17 @@ impl SseState {
                     self.complete(CompleteReason::LimitReached);
                 }
             }
+            Out::History { seq, json, .. } => {
+                event(&mut self.out, "tick", seq, &json);
+                self.st.metrics.sse_ticks.fetch_add(1, Ordering::Relaxed);
+                let done = match seq {
+                    Some(s) => self.counter.tick(s),
+                    None => self.counter.tick_unsequenced(),
+                };
+                if done {
+                    self.complete(CompleteReason::LimitReached);
+                }
+            }
             Out::Control {
                 event: name,
                 id,
@@ -285,12 +296,6 @@ impl SseState {
                 ..
             } => {
                 event(&mut self.out, name, id, &json);
-                if name == "tick" {
-                    self.st.metrics.sse_ticks.fetch_add(1, Ordering::Relaxed);
-                    if self.counter.tick_unsequenced() {
-                        self.complete(CompleteReason::LimitReached);
-                    }
-                }
                 if end {
                     self.complete(CompleteReason::Error);
                 }

@@ -443,25 +443,25 @@ impl Conn {
                     self.end_stream(tag, CompleteReason::LimitReached).await?;
                 }
             }
-            Out::Control {
-                tag,
-                event,
-                json,
-                end,
-                ..
-            } => {
+            Out::History { tag, seq, json } => {
                 let Some(s) = self.streams.get_mut(&tag) else {
                     return Ok(());
                 };
-                // A stored tick of an older epoch (history before `since`'s current epoch).
-                let limit_reached = event == "tick" && s.counter.tick_unsequenced();
+                let done = match seq {
+                    Some(seq) => s.counter.tick(seq),
+                    None => s.counter.tick_unsequenced(),
+                };
                 self.feed(&json).await?;
-                if event == "tick" {
-                    self.st.metrics.ws_ticks.fetch_add(1, Ordering::Relaxed);
+                self.st.metrics.ws_ticks.fetch_add(1, Ordering::Relaxed);
+                if done {
+                    self.end_stream(tag, CompleteReason::LimitReached).await?;
                 }
-                if limit_reached {
-                    return self.end_stream(tag, CompleteReason::LimitReached).await;
+            }
+            Out::Control { tag, json, end, .. } => {
+                if !self.streams.contains_key(&tag) {
+                    return Ok(());
                 }
+                self.feed(&json).await?;
                 if end {
                     self.end_stream(tag, CompleteReason::Error).await?;
                 }
