@@ -25,6 +25,7 @@ use crate::tws::{
 
 use super::backoff::Backoff;
 use super::control::{self, ControlConn, ControlRequest, RequestError, Verdict};
+use super::farms::{self, FarmTable};
 use super::ingest::{Ingest, READ_CHUNK};
 use super::pacing::Pacer;
 use super::publish::{Publisher, unix_ns};
@@ -207,6 +208,8 @@ pub struct Engine {
     status_dirty: bool,
     /// The loop has ended: a closing IB socket is expected, not a fault.
     stopping: bool,
+    /// IB's data farms as its notices describe them (this session).
+    farms: FarmTable,
     scratch: Vec<u8>,
 }
 
@@ -328,6 +331,7 @@ impl Engine {
             next_watchdog: SECOND,
             status_dirty: true,
             stopping: false,
+            farms: FarmTable::default(),
             scratch: Vec::with_capacity(4096),
         };
         let tracked: Vec<(u32, Vec<RecordKind>)> = engine
@@ -628,6 +632,18 @@ impl Engine {
             }
         }
         p.snap.engine.client_id = self.settings.client_id + self.client_id_offset as i32;
+        p.snap.set_farms(self.farms.farms());
+        // IB does not say which contracts a farm serves: while any market data farm is
+        // broken, every subscription's data may be stale.
+        let flag = if self.farms.market_data_broken() {
+            crate::ipc::data_flags::FARM_BROKEN
+        } else {
+            0
+        };
+        p.snap.engine.data_flags = flag;
+        for s in p.snap.subscriptions_mut() {
+            s.flags = (s.flags & !crate::ipc::data_flags::FARM_BROKEN) | flag;
+        }
     }
 
     fn watchdog(&mut self, now: u64) {
@@ -754,6 +770,9 @@ impl Engine {
         }
         self.ingest.reader = FrameReader::with_capacity(4 * READ_CHUNK);
         self.extra.clear();
+        // Farm states belong to the session; the next one reports them afresh.
+        self.farms.clear();
+        self.status_dirty = true;
         let pending: Vec<i32> = self.lookups.keys().copied().collect();
         for id in pending {
             self.fail_lookup(
@@ -1103,6 +1122,9 @@ impl Engine {
             codes::PACING => {
                 warn!(req_id, "IB says we sent too fast (100): {message}");
             }
+            _ if req_id < 0 && farms::classify(code).is_some() => {
+                self.on_farm_notice(code, message, ts);
+            }
             _ if req_id >= FIRST_LOOKUP_REQ_ID && self.lookups.contains_key(&req_id) => {
                 let msg = format!("IB error {code}: {message}");
                 self.fail_lookup(req_id, "ib_error", &msg);
@@ -1131,16 +1153,7 @@ impl Engine {
                     }
                 }
             },
-            // A data farm down: data for its contracts stops until the matching "OK".
-            codes::MARKET_DATA_FARM_BROKEN
-            | codes::HMDS_FARM_BROKEN
-            | codes::SECDEF_FARM_BROKEN => {
-                let snap = &mut self.ingest.publisher.snap;
-                snap.engine.last_error_code = code;
-                snap.engine.last_error_ns = ts;
-                warn!(code, "IB farm down: {message}");
-            }
-            // Farm OK notices (2104, 2106, 2158, 2108) and other session-wide messages.
+            // Session-wide notices and errors.
             _ => {
                 if codes::is_warning(code) {
                     info!(code, "IB notice: {message}");
@@ -1148,6 +1161,31 @@ impl Engine {
                     warn!(code, "IB error: {message}");
                 }
             }
+        }
+    }
+
+    /// A farm notice: the farm table changes; a broken farm is also the last error. A
+    /// broken market data farm marks the data possibly stale in status until it is OK.
+    fn on_farm_notice(&mut self, code: i32, message: &str, ts: i64) {
+        let Some(n) = farms::parse(code, message) else {
+            return;
+        };
+        let was_broken = self.farms.market_data_broken();
+        if self.farms.apply(&n, ts) {
+            self.status_dirty = true;
+        }
+        if n.state == crate::ipc::FarmState::Broken {
+            let snap = &mut self.ingest.publisher.snap;
+            snap.engine.last_error_code = code;
+            snap.engine.last_error_ns = ts;
+            warn!(code, farm = %n.name, kind = n.kind.name(), "IB farm down: {message}");
+        } else {
+            info!(code, farm = %n.name, kind = n.kind.name(), state = n.state.name(), "IB farm: {message}");
+        }
+        match (was_broken, self.farms.market_data_broken()) {
+            (false, true) => warn!("a market data farm is broken: data may be stale"),
+            (true, false) => info!("no market data farm is broken any more"),
+            _ => {}
         }
     }
 
@@ -1629,6 +1667,16 @@ impl Engine {
                         "ib_errors": c.ib_errors,
                         "subscriptions": snap.engine.sub_count,
                         "last_seq": self.ingest.publisher.last_seq(),
+                        "data_possibly_stale": self.farms.market_data_broken(),
+                        "farms": self.farms.farms().iter().map(|f| json!({
+                            "name": f.name(),
+                            "kind": f.kind().map_or("?", |k| k.name()),
+                            "state": f.state().map_or("?", |s| s.name()),
+                            "code": f.code,
+                            "since_ns": f.since_ns,
+                            "notice_ns": f.notice_ns,
+                        })).collect::<Vec<Value>>(),
+                        "farm_notices_dropped": self.farms.dropped(),
                     }),
                     out,
                 );
