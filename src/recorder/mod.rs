@@ -598,6 +598,30 @@ impl Recorder {
     /// close its segments and follow the new one from its first record.
     fn follow_new_epoch(&mut self) -> Result<(), IpcError> {
         let now = Instant::now();
+        if !self.epoch_complete {
+            // The old writer never said it stopped (killed, crashed): whatever it received
+            // after its last record and never published is unknown. Say so, exactly as when
+            // the restart happens while the recorder is down: `[last_seq + 1, MAX]`, from the
+            // last record's receive time to now.
+            let t = now_ns();
+            let first = self.last_seq + 1;
+            let gap = gap_record(
+                GapReason::WriterRestart,
+                first,
+                UNDEF_I64,
+                self.last_ts,
+                t,
+                t,
+            );
+            tracing::warn!(
+                epoch = format!("{:016x}", self.epoch),
+                from_seq = first,
+                "ring writer replaced without a clean stop: recording a gap"
+            );
+            Window::extend(&mut self.window, self.epoch, first, first, t);
+            self.push_all(&gap);
+            self.last_seq = first;
+        }
         // Everything of the old ring is read (a replaced ring has no writer any more), so
         // this checkpoint marks it complete: a crash before the next one adds no gap.
         self.epoch_complete = true;

@@ -160,6 +160,9 @@ pub struct SinkSpec {
     pub policy: SlowPolicy,
     /// Where to start.
     pub start: Start,
+    /// Ticks received before this time (ns) are not delivered (`since=`); `i64::MIN` for
+    /// none.
+    pub min_ts_ns: i64,
     /// The consumer's queue.
     pub tx: mpsc::Sender<Out>,
     /// Set when the tailer closes the stream.
@@ -442,6 +445,8 @@ struct Sink {
     notify: Arc<Notify>,
     /// Records below this sequence are not delivered (resume point, or skipped by a lap).
     min_seq: u64,
+    /// Ticks received before this time (ns) are not delivered.
+    min_ts_ns: i64,
     /// A private reader while the stream catches up from a resume point.
     catchup: Option<RingReader>,
     last_ts_ns: i64,
@@ -619,7 +624,11 @@ impl Sink {
         let about_me = rec.instrument_id == self.con_id;
         let out = match rec.kind() {
             Some(k) if k.is_market_data() => {
-                if !about_me || !self.kinds.contains(rec.kind) {
+                // Times compare to the microsecond, as history does.
+                if !about_me
+                    || !self.kinds.contains(rec.kind)
+                    || rec.ts_recv.div_euclid(1000) < self.min_ts_ns.div_euclid(1000)
+                {
                     return Verdict::Keep;
                 }
                 let json = cache.get_or_insert_with(|| enc.encode(rec)).clone();
@@ -835,6 +844,7 @@ impl Tailer {
             flag: spec.flag,
             notify: spec.notify,
             min_seq: 0,
+            min_ts_ns: spec.min_ts_ns,
             catchup: None,
             last_ts_ns: 0,
             conflated: Vec::new(),
@@ -1284,6 +1294,7 @@ mod tests {
             flag: Arc::default(),
             notify: Arc::default(),
             min_seq: 0,
+            min_ts_ns: i64::MIN,
             catchup: None,
             last_ts_ns: 0,
             conflated: Vec::new(),

@@ -15,6 +15,7 @@ pub mod messages;
 pub mod ops;
 pub mod page;
 pub mod params;
+pub mod replay;
 pub mod sse;
 pub mod storage_history;
 pub mod subs;
@@ -440,7 +441,9 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> Result<(), ServeError
         .then(|| Arc::new(storage_history::StorageHistory::new(&settings.storage_path)) as _);
     let state = AppState::new(cfg, history);
     let hub = state.hub.clone();
-    tracing::info!(%addr, "serving");
+    // The bound address (port 0 picks a free one: tests and supervisors read it here).
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %bound, "serving");
     let shutdown = async move {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]

@@ -45,6 +45,11 @@ pub struct UpArgs {
     /// Seconds each child gets to stop after SIGTERM before it is killed.
     #[arg(long, default_value_t = 10)]
     pub stop_timeout_secs: u64,
+    /// One more argument for tws-sim (repeatable, in order; `--sim-arg=--rate=500`,
+    /// `--sim-arg=--control-port=0`, `--sim-arg=--send-log=FILE`). Only when simulating; the
+    /// port stays the one `up` chose.
+    #[arg(long = "sim-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub sim_args: Vec<String>,
 }
 
 /// Why `up` could not run.
@@ -152,7 +157,7 @@ pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
     }
     let loaded = load(&flags)?;
     let exe = std::env::current_exe().map_err(UpError::Exe)?;
-    let plan = plan::make_plan(
+    let mut plan = plan::make_plan(
         &loaded,
         &flags,
         args.simulate,
@@ -160,6 +165,7 @@ pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
         args.logs.clone(),
         |g| config::load(&sources(g).map_err(|e| ConfigError::Inconsistent(e.to_string()))?),
     )?;
+    plan.add_sim_args(&args.sim_args)?;
     let env = plan.environment.name();
 
     let lock_at = lock_target(&plan.settings.shm_dir);

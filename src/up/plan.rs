@@ -85,6 +85,38 @@ pub enum PlanError {
     /// The settings with the `up` additions do not load.
     #[error("configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
+    /// `--sim-arg` given while no simulator runs (a real gateway is configured).
+    #[error(
+        "--sim-arg {0}: no simulator runs in this environment (a gateway is configured); add --simulate or drop --sim-arg"
+    )]
+    SimArgsWithoutSimulation(String),
+    /// `--sim-arg` tried to set what `up` itself decides.
+    #[error("--sim-arg {0}: the simulator's port is set by `up` (IB_STREAM_PORTS); leave it out")]
+    SimArgOwnedByUp(String),
+}
+
+impl Plan {
+    /// Appends `extra` (from `up --sim-arg`, e.g. `--rate=500`, `--control-port=0`,
+    /// `--send-log=FILE`) to the simulator's arguments, so tests and demonstrations can shape
+    /// the simulated feed without a second way of starting it. The port stays `up`'s.
+    pub fn add_sim_args(&mut self, extra: &[String]) -> Result<(), PlanError> {
+        let Some(first) = extra.first() else {
+            return Ok(());
+        };
+        if let Some(bad) = extra
+            .iter()
+            .find(|a| *a == "--port" || a.starts_with("--port="))
+        {
+            return Err(PlanError::SimArgOwnedByUp(bad.clone()));
+        }
+        let sim = self
+            .children
+            .iter_mut()
+            .find(|c| c.kind == ChildKind::Sim)
+            .ok_or_else(|| PlanError::SimArgsWithoutSimulation(first.clone()))?;
+        sim.args.extend(extra.iter().cloned());
+        Ok(())
+    }
 }
 
 /// Whether to simulate: asked for (flag or `IB_STREAM_SIMULATE`), or no gateway configured at
@@ -340,6 +372,35 @@ mod tests {
         .unwrap();
         assert!(!p.children.iter().any(|c| c.kind == ChildKind::Recorder));
         assert_eq!(p.log_dir, PathBuf::from("storage/logs/staging"));
+    }
+
+    #[test]
+    fn sim_args_reach_the_simulator_only_and_never_its_port() {
+        let d = tmp("f");
+        let mut p = plan(Environment::Development, &[], false, &d).unwrap();
+        let extra = vec![
+            "--rate=500".to_string(),
+            "--control-port".into(),
+            "0".into(),
+        ];
+        p.add_sim_args(&extra).unwrap();
+        assert_eq!(
+            p.children[0].args,
+            vec!["--port", "14101", "--rate=500", "--control-port", "0"]
+        );
+        assert!(p.children[1..].iter().all(|c| !c.args.contains(&extra[0])));
+        let err = p.add_sim_args(&["--port=1".to_string()]).unwrap_err();
+        assert!(matches!(err, PlanError::SimArgOwnedByUp(_)), "{err}");
+        let mut real = plan(
+            Environment::Production,
+            &["IB_STREAM_PORTS=4001"],
+            false,
+            &d,
+        )
+        .unwrap();
+        real.add_sim_args(&[]).unwrap();
+        let err = real.add_sim_args(&extra).unwrap_err();
+        assert!(err.to_string().contains("--simulate"), "{err}");
     }
 
     #[test]
