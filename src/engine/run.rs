@@ -65,6 +65,10 @@ pub struct EngineOptions {
     /// IB's rule: ms between two tick-by-tick requests for one instrument.
     #[arg(long, default_value_t = 15_000)]
     pub tbt_same_instrument_ms: u64,
+    /// Longest wait in ms between attempts of a tick-by-tick request IB refused with 10190
+    /// (the first retry comes one same-instrument window after the request, then doubling).
+    #[arg(long, default_value_t = 120_000)]
+    pub tbt_retry_cap_ms: u64,
     /// Seconds without a tick before the watchdog probes a subscription (0: off).
     #[arg(long, default_value_t = 60)]
     pub silence_secs: u64,
@@ -85,6 +89,7 @@ impl Default for EngineOptions {
             tbt_slots: 5,
             mkt_lines: 100,
             tbt_same_instrument_ms: 15_000,
+            tbt_retry_cap_ms: 120_000,
             silence_secs: 60,
             status_ms: 100,
             backoff_base_ms: 250,
@@ -213,6 +218,15 @@ pub struct Engine {
     scratch: Vec<u8>,
 }
 
+/// A state's name in control replies: `Queued` with a retry scheduled is `retrying`.
+fn state_name_of(s: SubState, retrying: bool) -> &'static str {
+    if retrying && s == SubState::Queued {
+        "retrying"
+    } else {
+        state_name(s)
+    }
+}
+
 fn state_name(s: SubState) -> &'static str {
     match s {
         SubState::Queued => "queued",
@@ -269,8 +283,10 @@ impl Engine {
             mkt_lines: opts.mkt_lines,
             tbt_same_instrument_ns: opts.tbt_same_instrument_ms.saturating_mul(1_000_000),
             allow_delayed: settings.allow_delayed,
+            tbt_retry_cap_ns: opts.tbt_retry_cap_ms.saturating_mul(1_000_000),
         };
-        let subs = SubscriptionManager::new(limits, FIRST_SUB_REQ_ID);
+        let mut subs = SubscriptionManager::new(limits, FIRST_SUB_REQ_ID);
+        subs.set_jitter_seed(crate::ipc::shm::random_u64());
         let poll = Poll::new().map_err(io_err("create the poller"))?;
         // The ring's writer lock is ours, so a socket file left here belongs to a dead engine.
         let socket_path = settings.control_socket();
@@ -1189,16 +1205,33 @@ impl Engine {
         }
     }
 
+    /// A time of the loop's monotonic clock as ns since the Unix epoch.
+    fn mono_to_unix(&self, mono: u64) -> i64 {
+        let offset = unix_ns() - self.now() as i64;
+        (mono as i64).saturating_add(offset)
+    }
+
     fn drain_sub_events(&mut self) {
         while let Some(ev) = self.ingest.subs.poll_event() {
+            let next_attempt = ev.retry.map(|r| self.mono_to_unix(r.next_ns));
             debug!(
                 con_id = ev.key.con_id,
                 kind = ev.key.kind.name(),
-                state = state_name(ev.state),
+                state = state_name_of(ev.state, ev.retry.is_some()),
                 code = ev.code,
                 req_id = ev.req_id,
                 "subscription"
             );
+            if let (Some(r), Some(at)) = (ev.retry, next_attempt) {
+                warn!(
+                    con_id = ev.key.con_id,
+                    kind = ev.key.kind.name(),
+                    code = ev.code,
+                    refusals = r.refusals,
+                    in_ms = (at - unix_ns()).max(0) / 1_000_000,
+                    "IB refused the request; retrying"
+                );
+            }
             self.ingest.publisher.subscription(
                 ev.key.con_id,
                 ev.key.kind.record_kind(),
@@ -1206,6 +1239,7 @@ impl Engine {
                 ev.code,
                 ev.req_id,
                 ev.market_data_type,
+                next_attempt,
             );
             self.status_dirty = true;
         }
@@ -1551,17 +1585,22 @@ impl Engine {
         out: &mut Vec<u8>,
     ) {
         match self.ingest.subs.subscribe(client, key, now) {
-            Ok(ack) => control::ok_reply(
-                &id,
-                json!({
+            Ok(ack) => {
+                let mut v = json!({
                     "con_id": key.con_id,
                     "kind": key.kind.name(),
-                    "state": state_name(ack.state),
+                    "state": state_name_of(ack.state, ack.retry.is_some()),
                     "shared": ack.shared,
                     "holders": ack.holders,
-                }),
-                out,
-            ),
+                });
+                // Joining a subscription IB refused: say so now, not only in the ring.
+                if let Some(r) = ack.retry {
+                    v["ib_code"] = ack.code.into();
+                    v["refusals"] = r.refusals.into();
+                    v["next_attempt_ns"] = self.mono_to_unix(r.next_ns).into();
+                }
+                control::ok_reply(&id, v, out)
+            }
             Err(e) => {
                 self.ingest.publisher.snap.counters.subscriptions_rejected += 1;
                 control::error_reply(
@@ -1632,15 +1671,20 @@ impl Engine {
                     .ingest
                     .subs
                     .list()
-                    .map(|(k, state, holders, req_id, code)| {
-                        json!({
-                            "con_id": k.con_id,
-                            "kind": k.kind.name(),
-                            "state": state_name(state),
-                            "holders": holders,
-                            "req_id": req_id,
-                            "ib_code": code,
-                        })
+                    .map(|s| {
+                        let mut v = json!({
+                            "con_id": s.key.con_id,
+                            "kind": s.key.kind.name(),
+                            "state": state_name_of(s.state, s.retry.is_some()),
+                            "holders": s.holders,
+                            "req_id": s.req_id,
+                            "ib_code": s.code,
+                        });
+                        if let Some(r) = s.retry {
+                            v["refusals"] = r.refusals.into();
+                            v["next_attempt_ns"] = self.mono_to_unix(r.next_ns).into();
+                        }
+                        v
                     })
                     .collect();
                 control::ok_reply(&id, json!({ "subscriptions": subs }), out);
