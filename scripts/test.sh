@@ -19,6 +19,11 @@ else
 fi
 cargo test --workspace --locked --doc
 
+echo "== whole-system fault soak (about 3 minutes; docs/RELIABILITY.md)"
+# Real processes under `ib-stream up` with kills, gateway faults and a full disk; prints
+# `soak: secs=.. ticks_sent=.. stored=.. in_gaps=.. lost=0 ...`. Longer: IB_STREAM_SOAK_SECS=900.
+cargo test --locked --test soak -- --ignored --nocapture
+
 echo "== the web page in headless Chromium (Debian's chromium, installed by the script)"
 scripts/install-chromium.sh
 cargo test --locked --test serve_page_browser -- --ignored

@@ -24,8 +24,9 @@ pub use ring::{LapPolicy, ReadOutcome, RingReader, RingWriter, StartAt, WriterSt
 pub use shm::{ShmOptions, ShmRegion, WriterLock, default_dir};
 pub use status::STATUS_FILE_NAME;
 pub use status::{
-    Counters, EngineStatus, Histogram, Latencies, Liveness, MAX_SUBSCRIPTIONS, SnapshotError,
-    StatusReader, StatusSnapshot, StatusWriter, SubStatus,
+    Counters, EngineStatus, FarmKind, FarmState, FarmStatus, Histogram, Latencies, Liveness,
+    MAX_FARMS, MAX_SUBSCRIPTIONS, SnapshotError, StatusReader, StatusSnapshot, StatusWriter,
+    SubStatus, data_flags,
 };
 pub use strings::STRINGS_FILE_NAME;
 pub use strings::{InternError, StringTableConfig, StringTableReader, StringTableWriter};

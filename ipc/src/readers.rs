@@ -38,9 +38,9 @@
 //! that is dead (`kill(pid, 0)` says ESRCH, or the pid now belongs to a process with another
 //! start time, i.e. the pid was reused); only one claimant can win a slot. The winner then
 //! writes the other fields; a monitor may see the previous owner's fields for that instant.
-//! The owner alone stores its position (relaxed stores into its own slot, no syscall): after
-//! every [`PUBLISH_EVERY`] records, when it has caught up (a read finds nothing new), and at
-//! a lap. On a clean close it swaps `owner` back to 0 (only if still its own).
+//! The owner alone stores its position (relaxed stores into its own slot, no syscall): when
+//! its position reaches a multiple of [`PUBLISH_EVERY`], when it has caught up (a read finds
+//! nothing new) and the position moved since its last store, and at a lap. On a clean close it swaps `owner` back to 0 (only if still its own).
 //!
 //! # Creation
 //!
@@ -70,8 +70,10 @@ pub const READER_SLOT_SIZE: usize = 128;
 pub const READERS_HEADER_SIZE: usize = 128;
 /// Longest name kept, in bytes (longer names are cut at a character boundary).
 pub const READER_NAME_LEN: usize = 24;
-/// A registered reader stores its position at least once per this many records.
-pub const PUBLISH_EVERY: u32 = 1024;
+/// A registered reader stores its position when it reaches a multiple of this many
+/// sequences (a power of two: the check is a mask of a value already in a register).
+pub const PUBLISH_EVERY: u64 = 1024;
+const _: () = assert!(PUBLISH_EVERY.is_power_of_two());
 /// Length of the registry file.
 pub const READERS_FILE_LEN: usize = READERS_HEADER_SIZE + READER_SLOTS * READER_SLOT_SIZE;
 
@@ -343,7 +345,7 @@ impl ReaderRegistry {
                 registry: Arc::clone(self),
                 slot,
                 owner: me,
-                pending: 0,
+                stored: position,
                 laps: 0,
                 lost: 0,
             });
@@ -412,7 +414,8 @@ pub struct ReaderSlot {
     registry: Arc<ReaderRegistry>,
     slot: usize,
     owner: u64,
-    pending: u32,
+    /// The position last stored.
+    stored: u64,
     laps: u64,
     lost: u64,
 }
@@ -428,12 +431,12 @@ impl ReaderSlot {
         &self.registry
     }
 
-    /// One record was read; the next to read is `position`. Stores the position every
-    /// [`PUBLISH_EVERY`] records (a relaxed store and a clock read), else only counts.
+    /// One record was read; the next to read is `position`. Stores the position when it is
+    /// a multiple of [`PUBLISH_EVERY`] (a store and a clock read); otherwise costs one mask
+    /// test and touches no memory.
     #[inline(always)]
     pub fn on_record(&mut self, position: u64) {
-        self.pending += 1;
-        if self.pending >= PUBLISH_EVERY {
+        if position & (PUBLISH_EVERY - 1) == 0 {
             self.store_position(position);
         }
     }
@@ -441,7 +444,7 @@ impl ReaderSlot {
     /// The reader found nothing new: stores its position if it moved since the last store.
     #[inline(always)]
     pub fn on_caught_up(&mut self, position: u64) {
-        if self.pending > 0 {
+        if position != self.stored {
             self.store_position(position);
         }
     }
@@ -466,7 +469,7 @@ impl ReaderSlot {
     #[cold]
     #[inline(never)]
     pub fn store_position(&mut self, position: u64) {
-        self.pending = 0;
+        self.stored = position;
         self.word(offsets::UPDATED_NS)
             .store(unix_time_ns(), Ordering::Relaxed);
         self.word(offsets::POSITION)
@@ -673,15 +676,17 @@ mod tests {
     fn positions_are_stored_per_batch_on_catch_up_and_at_laps() {
         let reg = Arc::new(ReaderRegistry::heap());
         let mut s = reg.claim("t", 1, 1).unwrap();
-        for p in 2..(2 + u64::from(PUBLISH_EVERY) - 1) {
+        for p in 2..PUBLISH_EVERY {
             s.on_record(p);
         }
-        assert_eq!(reg.entries()[0].position, 1, "not yet a full batch");
-        s.on_record(1 + u64::from(PUBLISH_EVERY));
-        assert_eq!(reg.entries()[0].position, 1 + u64::from(PUBLISH_EVERY));
-        s.on_record(2 + u64::from(PUBLISH_EVERY));
-        s.on_caught_up(3 + u64::from(PUBLISH_EVERY));
-        assert_eq!(reg.entries()[0].position, 3 + u64::from(PUBLISH_EVERY));
+        assert_eq!(reg.entries()[0].position, 1, "not yet at a batch boundary");
+        s.on_caught_up(1);
+        assert_eq!(reg.entries()[0].updated_ns, reg.entries()[0].claimed_ns);
+        s.on_record(PUBLISH_EVERY);
+        assert_eq!(reg.entries()[0].position, PUBLISH_EVERY);
+        s.on_record(PUBLISH_EVERY + 1);
+        s.on_caught_up(PUBLISH_EVERY + 2);
+        assert_eq!(reg.entries()[0].position, PUBLISH_EVERY + 2);
         s.on_new_epoch(2, 1);
         let e = &reg.entries()[0];
         assert_eq!((e.epoch, e.position), (2, 1));

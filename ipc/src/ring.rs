@@ -773,8 +773,8 @@ impl RingReader {
 
     /// Reads the next record if one is ready. No syscall, no allocation, no write to the
     /// ring; only touches the writer's `head` line after a lap. A registered reader also
-    /// stores its position into its own registry slot once per
-    /// [`crate::readers::PUBLISH_EVERY`] records, when it has caught up, and at a lap.
+    /// stores its position into its own registry slot at every multiple of
+    /// [`crate::readers::PUBLISH_EVERY`], when it has caught up, and at a lap.
     #[inline]
     pub fn try_read(&mut self) -> ReadOutcome {
         let out = self.cursor.step(self.mem.slots(), self.mem.head());

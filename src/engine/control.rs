@@ -19,6 +19,9 @@
 //! ```
 //! `shutdown` stops the engine as SIGTERM does: every subscription is cancelled at IB, then
 //! the engine closes and exits.
+//! A tick-by-tick subscription IB refused with 10190 (its cap, or its 15-second rule) is
+//! retried while held: `list`, and a `subscribe` joining it, show it as
+//! `"state":"retrying"` with `ib_code`, `refusals` and `next_attempt_ns` (Unix ns).
 //! Replies: `{"id":1,"ok":true,...}` or
 //! `{"id":1,"ok":false,"error":{"code":"bad_request","message":"..."}}`.
 

@@ -197,7 +197,9 @@ impl Publisher {
         });
     }
 
-    /// A subscription state change: record and status entry.
+    /// A subscription state change: record and status entry. `next_attempt_ns` (Unix ns)
+    /// is set while IB's refusal (`code`) is retried: the record carries it in `ts_event`
+    /// (a subscription record has no event time of IB's), state `Queued`.
     #[allow(clippy::too_many_arguments)]
     pub fn subscription(
         &mut self,
@@ -207,10 +209,12 @@ impl Publisher {
         code: i32,
         req_id: i32,
         market_data_type: i32,
+        next_attempt_ns: Option<i64>,
     ) {
         let now = unix_ns();
         self.system(Record {
             ts_recv: now,
+            ts_event: next_attempt_ns.unwrap_or(crate::ipc::UNDEF_I64),
             instrument_id: con_id,
             tick_type: state as u8,
             flags: if matches!(market_data_type, 3 | 4) || state == SubState::Delayed {

@@ -113,6 +113,43 @@ pub struct RingView {
     pub epoch: u64,
 }
 
+/// The IB data farms table; says when market data may be stale (a broken market data farm).
+pub fn render_farms(snap: &StatusSnapshot, now: i64) -> String {
+    let mut s = String::new();
+    let farms = snap.farms();
+    let stale = snap.engine.data_flags & crate::ipc::data_flags::FARM_BROKEN != 0;
+    let _ = writeln!(
+        s,
+        "farms ({}){}",
+        farms.len(),
+        if stale {
+            "  MARKET DATA MAY BE STALE: a market data farm is broken"
+        } else {
+            ""
+        }
+    );
+    if farms.is_empty() {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "  {:<24} {:<12} {:<10} {:>6} {:>12}",
+        "name", "kind", "state", "code", "since"
+    );
+    for f in farms {
+        let _ = writeln!(
+            s,
+            "  {:<24} {:<12} {:<10} {:>6} {:>12}",
+            f.name(),
+            f.kind().map_or("?", |k| k.name()),
+            f.state().map_or("?", |st| st.name()),
+            f.code,
+            ago(now, f.since_ns)
+        );
+    }
+    s
+}
+
 /// The readers table: one line per registered reader with its lag behind `ring`.
 pub fn render_readers(readers: &[ReaderEntry], ring: Option<RingView>, now: i64) -> String {
     let mut s = String::new();
@@ -223,6 +260,7 @@ pub fn render(
         "{}",
         hist_line("loop iteration", &snap.latencies.loop_iteration)
     );
+    s.push_str(&render_farms(snap, now));
     s.push_str(&render_readers(readers, ring, now));
     let subs = snap.subscriptions();
     let _ = writeln!(s, "subscriptions ({})", subs.len());
@@ -234,12 +272,15 @@ pub fn render(
     for sub in subs {
         let kind = sub.kind().map_or("?", |k| k.name());
         let state = sub_state_name(sub.state);
-        let delayed =
+        let mut delayed =
             if matches!(sub.market_data_type, 3 | 4) || sub.state() == Some(SubState::Delayed) {
-                " (delayed)"
+                " (delayed)".to_string()
             } else {
-                ""
+                String::new()
             };
+        if sub.flags & crate::ipc::data_flags::FARM_BROKEN != 0 {
+            delayed.push_str(" (farm broken: may be stale)");
+        }
         let r = match prev {
             Some((p, secs)) if secs > 0.0 => p
                 .find_subscription(
@@ -370,6 +411,39 @@ mod tests {
         );
         assert!(frame.contains("p50="), "{frame}");
         assert!(frame.contains("readers (0)"), "{frame}");
+    }
+
+    #[test]
+    fn the_farms_table_shows_each_farm_and_flags_stale_data() {
+        use crate::ipc::{FarmKind, FarmState, FarmStatus, data_flags};
+        let mut snap = StatusSnapshot::new_boxed();
+        assert!(render_farms(&snap, 1).starts_with("farms (0)\n"));
+        snap.set_farms(&[
+            FarmStatus::new("usfarm", FarmKind::MarketData, FarmState::Broken, 2103, 1),
+            FarmStatus::new("ushmds", FarmKind::Hmds, FarmState::Ok, 2106, 1),
+        ]);
+        snap.engine.data_flags = data_flags::FARM_BROKEN;
+        let mut sub = SubStatus::new(265_598, RecordKind::TbtLast, SubState::Active, 1000);
+        sub.flags = data_flags::FARM_BROKEN;
+        snap.push_subscription(sub).unwrap();
+        let now = 3_000_000_001;
+        let farms = render_farms(&snap, now);
+        assert!(farms.contains("MARKET DATA MAY BE STALE"), "{farms}");
+        let line = |name: &str| {
+            farms
+                .lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} in\n{farms}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(line("usfarm"), "usfarm market_data broken 2103 3.0s ago");
+        assert_eq!(line("ushmds"), "ushmds hmds ok 2106 3.0s ago");
+        let frame = render(&snap, None, 1, None, &[], now);
+        assert!(frame.contains("(farm broken: may be stale)"), "{frame}");
+        snap.engine.data_flags = 0;
+        assert!(!render_farms(&snap, now).contains("STALE"));
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - `{"cmd":"malformed"}`: send a frame whose length no client accepts.
 //! - `{"cmd":"lost"}`: 1100, ticks stop. `{"cmd":"restored","kept":false}`: 1101 and every
 //!   subscription dropped; `"kept":true`: 1102 and ticks resume.
-//! - `{"cmd":"farm","code":2103}`: a farm notice (2103/2104, 2105/2106, 2157/2158).
+//! - `{"cmd":"farm","code":2103}`: a farm notice (market data 2103 broken / 2104 OK / 2108
+//!   inactive / 2119 connecting, HMDS 2105/2106/2107, sec-def 2157/2158).
 //! - `{"cmd":"competing","on":true}`: 10197 for each subscription and no data until off.
 //! - `{"cmd":"restart","down_ms":500}`: close the listener and every connection, listen again.
 //! - `{"cmd":"stats"}`: clients with ticks sent per subscription, and the cancels the account
@@ -126,7 +127,7 @@ impl Executor {
             Command::Restored { client, kept } => fault(client, Fault::Restored { kept }),
             Command::Farm { client, code: c } => {
                 if !code::is_farm_notice(c) {
-                    return json!({"ok": false, "error": format!("{c} is not a farm notice (2103..2106, 2157, 2158)")});
+                    return json!({"ok": false, "error": format!("{c} is not a farm notice (2103..2108, 2119, 2157, 2158)")});
                 }
                 fault(client, Fault::Farm(c))
             }

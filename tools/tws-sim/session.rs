@@ -141,6 +141,13 @@ pub(crate) mod code {
             2104 => "Market data farm connection is OK:usfarm",
             2105 => "HMDS data farm connection is broken:ushmds",
             2106 => "HMDS data farm connection is OK:ushmds",
+            2107 => {
+                "HMDS data farm connection is inactive but should be available upon demand.ushmds"
+            }
+            2108 => {
+                "Market data farm connection is inactive but should be available upon demand.usfarm"
+            }
+            2119 => "Market data farm is connecting:usfarm",
             2157 => "Sec-def data farm connection is broken:secdefnj",
             2158 => "Sec-def data farm connection is OK:secdefnj",
             _ => "",
@@ -149,7 +156,7 @@ pub(crate) mod code {
 
     /// Whether a code is one of the farm notices the control channel can send.
     pub(crate) fn is_farm_notice(code: i32) -> bool {
-        matches!(code, 2103..=2106 | 2157 | 2158)
+        matches!(code, 2103..=2108 | 2119 | 2157 | 2158)
     }
 }
 
@@ -626,7 +633,7 @@ impl Session {
         self.competing = on;
     }
 
-    /// A farm notice (2103..2106, 2157, 2158).
+    /// A farm notice (2103..2108, 2119, 2157, 2158).
     pub(crate) fn farm_notice(&self, c: i32, out: &mut Vec<Reply>) {
         out.push(std_error(-1, c));
     }
