@@ -338,7 +338,8 @@ fn start_server(a: &Args, rt: &Runtime, dir: &std::path::Path) -> (AppState, Soc
         shm_dir: dir.to_path_buf(),
         control_socket: dir.join("control.sock"),
         token: None,
-        max_streams: a.clients * 2,
+        // Room for the lighter paced points (100 clients) whatever `--clients` is.
+        max_streams: a.clients.max(100) * 2,
         tracked: vec![TrackedContract {
             con_id: CON,
             symbol: "MNQ".into(),
