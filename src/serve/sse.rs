@@ -23,7 +23,7 @@ use super::messages::{self, CompleteReason, now_ns};
 use super::params::{self, DEFAULT_TICK_TYPES, Params, TickType};
 use super::replay::{self, Join, SinkSlot, StartFrom, TaskGuard};
 use super::subs::{ClientInfo, Lease, Registered};
-use super::{AppState, StreamSlot};
+use super::{AppState, LatencyBatch, StreamSlot};
 
 /// Largest `limit`.
 pub const MAX_LIMIT: u64 = 100_000_000;
@@ -232,6 +232,10 @@ struct SseState {
     _ip: Option<IpSlot>,
     /// Events formatted and not yet handed to the connection.
     out: BytesMut,
+    /// Ticks in `out`, counted in the shared metrics when it is handed over.
+    out_ticks: u64,
+    /// Their latencies, likewise.
+    latency: LatencyBatch,
     done: bool,
     _hold: StreamHold,
 }
@@ -267,19 +271,22 @@ impl SseState {
         self.finish(vec![("complete", c)]);
     }
 
-    fn on_out(&mut self, out: Out) {
+    /// Formats one message; `now_us` is the time it is taken from the queue.
+    fn on_out(&mut self, out: Out, now_us: i64) {
         match out {
             Out::Tick { seq, json, .. } => {
                 event(&mut self.out, "tick", Some(seq), &json);
-                self.st.metrics.sse_ticks.fetch_add(1, Ordering::Relaxed);
-                record_latency(&self.st, &json);
+                self.out_ticks += 1;
+                if let Some(us) = latency_us(&json, now_us) {
+                    self.latency.record(us);
+                }
                 if self.counter.tick(seq) {
                     self.complete(CompleteReason::LimitReached);
                 }
             }
             Out::History { seq, json, .. } => {
                 event(&mut self.out, "tick", seq, &json);
-                self.st.metrics.sse_ticks.fetch_add(1, Ordering::Relaxed);
+                self.out_ticks += 1;
                 let done = match seq {
                     Some(s) => self.counter.tick(s),
                     None => self.counter.tick_unsequenced(),
@@ -304,27 +311,26 @@ impl SseState {
     }
 }
 
-/// Records ring-receive-to-delivery latency from a tick's `st` (µs) field.
-pub fn record_latency(st: &AppState, json: &[u8]) {
+/// Ring-receive-to-delivery latency (µs) of a tick from its `st` (µs) field.
+pub fn latency_us(json: &[u8], now_us: i64) -> Option<u64> {
     // `{"seq":N,"st":US,...`: find the value after `"st":` without a full parse.
-    let Some(pos) = json.windows(5).position(|w| w == b"\"st\":") else {
-        return;
-    };
+    let pos = json.windows(5).position(|w| w == b"\"st\":")?;
     let digits = json[pos + 5..]
         .iter()
         .take_while(|b| b.is_ascii_digit())
         .fold(0i64, |acc, b| {
             acc.saturating_mul(10).saturating_add(i64::from(b - b'0'))
         });
-    let now_us = now_ns() / 1000;
-    if digits > 0 && now_us >= digits {
-        st.metrics.delivery_us.record((now_us - digits) as u64);
-    }
+    (digits > 0 && now_us >= digits).then(|| (now_us - digits) as u64)
 }
 
 async fn next_frame(mut s: SseState) -> Option<(Result<Bytes, Infallible>, SseState)> {
     loop {
         if !s.out.is_empty() {
+            let m = &s.st.metrics;
+            m.sse_ticks.fetch_add(s.out_ticks, Ordering::Relaxed);
+            m.delivery_us.merge(&mut s.latency);
+            s.out_ticks = 0;
             let frame = s.out.split().freeze();
             return Some((Ok(frame), s));
         }
@@ -346,14 +352,16 @@ async fn next_frame(mut s: SseState) -> Option<(Result<Bytes, Infallible>, SseSt
             _ = notify.notified() => {}
             m = s.rx.recv() => match m {
                 Some(out) => {
-                    s.on_out(out);
+                    // One clock read per frame: its ticks leave together.
+                    let now_us = now_ns() / 1000;
+                    s.on_out(out, now_us);
                     // Whatever else is already queued goes into the same frame.
                     for _ in 1..MAX_EVENTS_PER_FRAME {
                         if s.done || s.flag.get().is_some() {
                             break;
                         }
                         match s.rx.try_recv() {
-                            Ok(out) => s.on_out(out),
+                            Ok(out) => s.on_out(out, now_us),
                             Err(_) => break,
                         }
                     }
@@ -550,6 +558,8 @@ pub async fn stream(
         heartbeat,
         _ip: ip_slot,
         out: BytesMut::with_capacity(4096),
+        out_ticks: 0,
+        latency: LatencyBatch::default(),
         done: false,
         _hold: hold,
     };

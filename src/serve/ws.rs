@@ -19,13 +19,13 @@ use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 
-use super::AppState;
 use super::error::ApiError;
 use super::hub::{CloseReason, Out, SinkFlag, SlowPolicy};
 use super::limits::{ClientIp, Counted};
 use super::messages::{self, CompleteReason, now_ns};
 use super::params::{self, DEFAULT_TICK_TYPES, Params, TickType};
 use super::sse::{self, StreamCounter, StreamHold, StreamOptions};
+use super::{AppState, LatencyBatch};
 
 /// Normal closure.
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -148,6 +148,10 @@ struct Conn {
     next_tag: u32,
     window: (Instant, u32),
     bad: u32,
+    /// Ticks of the current burst, counted in the shared metrics once it is flushed.
+    burst_ticks: u64,
+    /// Their latencies, likewise.
+    latency: LatencyBatch,
 }
 
 /// Why the connection loop stops.
@@ -271,6 +275,8 @@ impl Conn {
             next_tag: 1,
             window: (Instant::now(), 0),
             bad: 0,
+            burst_ticks: 0,
+            latency: LatencyBatch::default(),
         }
     }
 
@@ -286,14 +292,21 @@ impl Conn {
     /// Handles a message from the queue and whatever else is already waiting (up to a
     /// bound, so that client requests are still read), then flushes once.
     async fn on_burst(&mut self, first: Out) -> Result<(), Stop> {
-        self.on_out(first).await?;
+        // One clock read per burst: its ticks leave together.
+        let now_us = now_ns() / 1000;
+        self.on_out(first, now_us).await?;
         for _ in 0..MAX_BURST {
             match self.rx.try_recv() {
-                Ok(out) => self.on_out(out).await?,
+                Ok(out) => self.on_out(out, now_us).await?,
                 Err(_) => break,
             }
         }
-        self.socket.flush().await.map_err(|_| Stop::Gone)
+        let flushed = self.socket.flush().await.map_err(|_| Stop::Gone);
+        let m = &self.st.metrics;
+        m.ws_ticks.fetch_add(self.burst_ticks, Ordering::Relaxed);
+        m.delivery_us.merge(&mut self.latency);
+        self.burst_ticks = 0;
+        flushed
     }
 
     async fn run(mut self) {
@@ -428,7 +441,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn on_out(&mut self, out: Out) -> Result<(), Stop> {
+    async fn on_out(&mut self, out: Out, now_us: i64) -> Result<(), Stop> {
         match out {
             Out::Tick { tag, seq, json, .. } => {
                 // Ticks still queued for a stream that was just unsubscribed are dropped.
@@ -437,8 +450,10 @@ impl Conn {
                 };
                 let done = s.counter.tick(seq);
                 self.feed(&json).await?;
-                self.st.metrics.ws_ticks.fetch_add(1, Ordering::Relaxed);
-                sse::record_latency(&self.st, &json);
+                self.burst_ticks += 1;
+                if let Some(us) = sse::latency_us(&json, now_us) {
+                    self.latency.record(us);
+                }
                 if done {
                     self.end_stream(tag, CompleteReason::LimitReached).await?;
                 }
@@ -452,7 +467,7 @@ impl Conn {
                     None => s.counter.tick_unsequenced(),
                 };
                 self.feed(&json).await?;
-                self.st.metrics.ws_ticks.fetch_add(1, Ordering::Relaxed);
+                self.burst_ticks += 1;
                 if done {
                     self.end_stream(tag, CompleteReason::LimitReached).await?;
                 }
