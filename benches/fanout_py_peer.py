@@ -2,6 +2,10 @@
 unbounded asyncio.Queue per SSE client, events written with StreamWriter.drain) without
 FastAPI, so that only the fan-out is compared.
 
+The event loop is uvloop when it is installed, as uvicorn picks it (`loop="auto"`, what
+`pip install uvicorn[standard]` gives a real deployment), else asyncio's own; the loop used
+is printed on stderr.
+
 Usage: python3 fanout_py_peer.py --port P --clients N --ticks T
 Waits for N SSE clients on 127.0.0.1:P, then puts T tick events into every client's queue
 as fast as it can (each tick JSON built once, like ib-stream does), ends each stream with an
@@ -11,6 +15,7 @@ as fast as it can (each tick JSON built once, like ib-stream does), ends each st
 import argparse
 import asyncio
 import json
+import sys
 import time
 
 
@@ -76,4 +81,11 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.install()
+        print("py peer loop: uvloop", file=sys.stderr)
+    except ImportError:
+        print("py peer loop: asyncio", file=sys.stderr)
     asyncio.run(main())

@@ -4,12 +4,16 @@
 //! (pinned to core 1), `ib-stream engine` (busy-poll, pinned to core 0) and this reader
 //! (core 1, yielding when the ring is empty; `W2R_SPIN=1` spins). Percentiles are coordinated-omission corrected: each tick's latency
 //! is counted from when the simulator's steady schedule said it was due (`raw_*` from when
-//! it was actually written). A rate is lossless when every tick sent before the end
+//! it was actually written). `recv_*` is the engine's own part, free of the reader's
+//! scheduling: from the simulator's write to the engine's `ts_recv` stamp on the record (the
+//! socket read that returned the tick; publishing follows in the same loop turn, see the
+//! engine's recv->publish histogram). A rate is lossless when every tick sent before the end
 //! reached the reader, no reader lap happened, and at least 90 % of the rate was achieved.
 //!
 //! `cargo bench --bench wire_to_ring` (env: `W2R_SECONDS` per rate, default 3;
 //! `W2R_RATES` comma list, default 10000,100000,250000,500000,1000000,2000000).
-//! Last line: `bench=wire_to_ring rate=100000 p50_ns= p99_ns= p999_ns= max_lossless_tps= engine_rss_mb=`.
+//! Last line: `bench=wire_to_ring rate=100000 p50_ns= p99_ns= p999_ns= max_lossless_tps= engine_rss_mb=
+//! recv_p50_ns= recv_p99_ns=`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -66,6 +70,7 @@ struct RunResult {
     achieved: f64,
     hist: Histogram<u64>,
     raw: Histogram<u64>,
+    recv: Histogram<u64>,
     missing: u64,
     lapped: u64,
     rss: HashMap<String, f64>,
@@ -134,9 +139,9 @@ fn run_rate(rate: u64, seconds: f64, dir: &Path) -> RunResult {
         Duration::from_millis(5),
     )
     .expect("ring");
-    // seen[kind][k] = when the reader saw tick k of that kind.
+    // seen[kind][k] = (when the reader saw tick k of that kind, the engine's ts_recv of it).
     let cap = (per_sub * (seconds + 3.0)) as usize + 1024;
-    let mut seen: Vec<Vec<i64>> = (0..4).map(|_| Vec::with_capacity(cap)).collect();
+    let mut seen: Vec<Vec<(i64, i64)>> = (0..4).map(|_| Vec::with_capacity(cap)).collect();
     let mut req_kind: HashMap<i64, usize> = HashMap::new();
     let mut lapped = 0u64;
     let warmup = Duration::from_millis(700);
@@ -155,7 +160,7 @@ fn run_rate(rate: u64, seconds: f64, dir: &Path) -> RunResult {
                         | RecordKind::TbtBidAsk
                         | RecordKind::TbtMidPoint),
                     ) if r.instrument_id == AAPL => {
-                        seen[k as usize - 1].push(now);
+                        seen[k as usize - 1].push((now, r.ts_recv));
                         if first_tick.is_none() {
                             first_tick = Some(Instant::now());
                         }
@@ -190,6 +195,7 @@ fn run_rate(rate: u64, seconds: f64, dir: &Path) -> RunResult {
     drop(engine);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
     let mut raw = hist.clone();
+    let mut recv = hist.clone();
     let mut missing = 0u64;
     let mut in_window = 0u64;
     let mut text = String::new();
@@ -224,9 +230,10 @@ fn run_rate(rate: u64, seconds: f64, dir: &Path) -> RunResult {
     }
     for &(kind, k, at) in &sent {
         match seen[kind].get(k) {
-            Some(&t) if at >= measure_from_ns && t <= measure_to_ns => {
+            Some(&(t, ts_recv)) if at >= measure_from_ns && t <= measure_to_ns => {
                 in_window += 1;
                 raw.record((t - at).max(1) as u64).unwrap();
+                recv.record((ts_recv - at).max(1) as u64).unwrap();
                 let due = start[kind] + k as f64 * interval_sub;
                 hist.record((t as f64 - due).max(1.0) as u64).unwrap();
             }
@@ -242,6 +249,7 @@ fn run_rate(rate: u64, seconds: f64, dir: &Path) -> RunResult {
         achieved: in_window as f64 / span,
         hist,
         raw,
+        recv,
         missing,
         lapped,
         rss,
@@ -265,7 +273,7 @@ fn main() {
         let r = run_rate(rate, seconds, &dir);
         let h = &r.hist;
         println!(
-            "rate={} achieved_tps={:.0} p50_ns={} p99_ns={} p999_ns={} max_ns={} raw_p50_ns={} raw_p99_ns={} raw_p999_ns={} ticks={} missing={} lapped={} lossless={} engine_rss_mb={:.1} (anon {:.1}, shm {:.1}, file {:.1})",
+            "rate={} achieved_tps={:.0} p50_ns={} p99_ns={} p999_ns={} max_ns={} raw_p50_ns={} raw_p99_ns={} raw_p999_ns={} recv_p50_ns={} recv_p99_ns={} recv_p999_ns={} ticks={} missing={} lapped={} lossless={} engine_rss_mb={:.1} (anon {:.1}, shm {:.1}, file {:.1})",
             r.rate,
             r.achieved,
             h.value_at_quantile(0.5),
@@ -275,6 +283,9 @@ fn main() {
             r.raw.value_at_quantile(0.5),
             r.raw.value_at_quantile(0.99),
             r.raw.value_at_quantile(0.999),
+            r.recv.value_at_quantile(0.5),
+            r.recv.value_at_quantile(0.99),
+            r.recv.value_at_quantile(0.999),
             r.raw.len(),
             r.missing,
             r.lapped,
@@ -299,12 +310,14 @@ fn main() {
         .unwrap_or(&results[0]);
     let h = &at_100k.hist;
     println!(
-        "bench=wire_to_ring rate={} p50_ns={} p99_ns={} p999_ns={} max_lossless_tps={} engine_rss_mb={:.1}",
+        "bench=wire_to_ring rate={} p50_ns={} p99_ns={} p999_ns={} max_lossless_tps={} engine_rss_mb={:.1} recv_p50_ns={} recv_p99_ns={}",
         at_100k.rate,
         h.value_at_quantile(0.5),
         h.value_at_quantile(0.99),
         h.value_at_quantile(0.999),
         max_lossless,
         at_100k.rss.get("VmRSS").copied().unwrap_or(0.0),
+        at_100k.recv.value_at_quantile(0.5),
+        at_100k.recv.value_at_quantile(0.99),
     );
 }

@@ -654,41 +654,6 @@ async fn a_restarted_engine_is_followed_with_a_writer_restart_gap() {
     );
 }
 
-/// A history source that has every published tick (as the recorder would).
-#[derive(Debug, Default)]
-struct Recorded {
-    ticks: std::sync::Mutex<Vec<(u64, u32, String)>>,
-    asked: std::sync::Mutex<Vec<(u64, u64)>>,
-}
-
-impl ib_stream::serve::HistorySource for Recorded {
-    fn query(
-        &self,
-        _q: &ib_stream::serve::HistoryQuery,
-    ) -> Result<ib_stream::serve::HistoryPage, ib_stream::serve::HistoryError> {
-        Err(ib_stream::serve::HistoryError::Storage(
-            "not used here".into(),
-        ))
-    }
-
-    fn by_seq(
-        &self,
-        q: &ib_stream::serve::history::SeqQuery,
-    ) -> Result<Option<Vec<(u64, bytes::Bytes)>>, ib_stream::serve::HistoryError> {
-        self.asked.lock().unwrap().push((q.first_seq, q.last_seq));
-        Ok(Some(
-            self.ticks
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(s, c, _)| *c == q.con_id && (q.first_seq..=q.last_seq).contains(s))
-                .take(q.limit)
-                .map(|(s, _, j)| (*s, bytes::Bytes::from(j.clone())))
-                .collect(),
-        ))
-    }
-}
-
 #[tokio::test]
 async fn a_resume_older_than_the_ring_is_filled_from_history_without_a_seam() {
     let recorded = std::sync::Arc::new(Recorded::default());
@@ -701,11 +666,7 @@ async fn a_resume_older_than_the_ring_is_filled_from_history_without_a_seam() {
     let mut all = Vec::new();
     for i in 0..210 {
         let q = env.publish(quote(CON, i));
-        recorded
-            .ticks
-            .lock()
-            .unwrap()
-            .push((q.seq, CON, env.json_of(&q)));
+        recorded.record(&env, &q);
         all.push(q);
     }
     env.wait(|| env.state.hub.stats().next_seq.load(Ordering::Relaxed) == 211)
@@ -716,15 +677,249 @@ async fn a_resume_older_than_the_ring_is_filled_from_history_without_a_seam() {
         .unwrap();
     let mut sse = SseReader::new(env.request(req).await);
     assert_eq!(sse.expect("info").await.json()["resume_after"], 5);
-    // 6..=210: the old part from history, the rest from the ring, each once, in order.
+    assert_eq!(sse.expect("info").await.json()["status"], "history_start");
+    // 6..=210: from history (which has all of it), then the join, each once, in order.
     for q in &all[5..] {
         let e = sse.expect("tick").await;
         assert_eq!(e.id, Some(q.seq.to_string()));
         assert_eq!(e.data, env.json_of(q));
     }
-    let (first, last) = recorded.asked.lock().unwrap()[0];
+    let live = sse.expect("info").await.json();
+    assert_eq!(live["status"], "live");
+    assert_eq!(live["after_seq"], 210);
+    assert_eq!(live["history_ticks"], 205);
+    let (first, _) = recorded.asked.lock().unwrap()[0];
     assert_eq!(first, 6);
-    assert!((147..=210).contains(&last), "history covered up to {last}");
     let live = env.publish(quote(CON, 1000));
     assert_eq!(sse.expect("tick").await.id, Some(live.seq.to_string()));
+}
+
+async fn since_env(ring: u64) -> (Env, std::sync::Arc<Recorded>, Vec<ib_stream_ipc::Record>) {
+    let recorded = std::sync::Arc::new(Recorded::default());
+    let mut env = Env::new(EnvOpts {
+        ring_capacity: ring,
+        history: Some(recorded.clone()),
+        ..EnvOpts::default()
+    })
+    .await;
+    let mut all = Vec::new();
+    for i in 0..100 {
+        let q = env.publish(quote(CON, i));
+        recorded.record(&env, &q);
+        all.push(q);
+    }
+    env.wait(|| env.state.hub.stats().next_seq.load(Ordering::Relaxed) == 101)
+        .await;
+    (env, recorded, all)
+}
+
+fn since_request(since: &str) -> Request<Body> {
+    Request::get(format!("/v3/stream/{CON}?tick_types=bid_ask&since={since}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn since_replays_stored_ticks_then_joins_the_ring_after_the_last_stored_seq() {
+    // The ring (64) holds 37..=100; the recorder has stored up to 80.
+    let (mut env, recorded, all) = since_env(64).await;
+    recorded.through.store(80, Ordering::Relaxed);
+    let mut sse = SseReader::new(env.request(since_request("1h")).await);
+    let start = sse.expect("info").await.json();
+    assert_eq!(start["status"], "stream_start");
+    assert!(start["since"].as_i64().unwrap() > 0);
+    assert_eq!(sse.expect("info").await.json()["status"], "history_start");
+    for q in &all[..80] {
+        let e = sse.expect("tick").await;
+        assert_eq!(e.id, Some(q.seq.to_string()));
+        assert_eq!(e.data, env.json_of(q));
+    }
+    let live = sse.expect("info").await.json();
+    assert_eq!(
+        (
+            live["status"].as_str(),
+            live["after_seq"].as_u64(),
+            live["history_ticks"].as_u64()
+        ),
+        (Some("live"), Some(80), Some(80))
+    );
+    let m = body_text(env.get("/metrics").await).await;
+    assert!(m.contains("ib_stream_serve_history_replays_total 1"), "{m}");
+    assert!(m.contains("ib_stream_serve_history_ticks_total 80"), "{m}");
+    // 81..=100 from the ring: each once, in order; then what is published next.
+    for q in &all[80..] {
+        let e = sse.expect("tick").await;
+        assert_eq!(e.id, Some(q.seq.to_string()));
+        assert_eq!(e.data, env.json_of(q));
+    }
+    let next = env.publish(quote(CON, 1000));
+    assert_eq!(sse.expect("tick").await.id, Some(next.seq.to_string()));
+}
+
+#[tokio::test]
+async fn since_reports_the_exact_gap_when_the_ring_no_longer_holds_what_follows_storage() {
+    // The ring (64) holds 37..=100; the recorder has stored only up to 20.
+    let (env, recorded, all) = since_env(64).await;
+    recorded.through.store(20, Ordering::Relaxed);
+    let mut sse = SseReader::new(env.request(since_request("1h")).await);
+    sse.expect("info").await;
+    sse.expect("info").await;
+    for q in &all[..20] {
+        assert_eq!(sse.expect("tick").await.id, Some(q.seq.to_string()));
+    }
+    assert_eq!(sse.expect("info").await.json()["after_seq"], 20);
+    let g = sse.expect("gap").await.json();
+    assert_eq!(
+        (
+            g["reason"].as_str(),
+            g["first_seq"].as_u64(),
+            g["last_seq"].as_u64(),
+            g["count"].as_u64()
+        ),
+        (Some("resume_unavailable"), Some(21), Some(36), Some(16))
+    );
+    for q in &all[36..] {
+        assert_eq!(sse.expect("tick").await.id, Some(q.seq.to_string()));
+    }
+}
+
+#[tokio::test]
+async fn since_selects_by_receive_time_in_history_and_in_the_ring() {
+    let recorded = std::sync::Arc::new(Recorded::default());
+    let mut env = Env::new(EnvOpts {
+        history: Some(recorded.clone()),
+        ..EnvOpts::default()
+    })
+    .await;
+    let hour_ago = now_ns() - 3_600_000_000_000;
+    let mut fresh = Vec::new();
+    for i in 0..30 {
+        let mut r = quote(CON, i);
+        if i < 10 {
+            r.ts_recv = hour_ago + i;
+        }
+        let q = env.publish(r);
+        recorded.record(&env, &q);
+        if i >= 10 {
+            fresh.push(q);
+        }
+    }
+    // Stored up to 5 (all old: storage must skip them), 6..=30 from the ring (which must skip
+    // the old 6..=10).
+    recorded.through.store(5, Ordering::Relaxed);
+    env.wait(|| env.state.hub.stats().next_seq.load(Ordering::Relaxed) == 31)
+        .await;
+    let mut sse = SseReader::new(env.request(since_request("30m")).await);
+    sse.expect("info").await;
+    sse.expect("info").await;
+    let mut got = Vec::new();
+    while got.len() < fresh.len() {
+        let e = sse.next_non_heartbeat().await.unwrap();
+        match e.event.as_str() {
+            "tick" => got.push(e.data),
+            "info" => assert_eq!(e.json()["status"], "live"),
+            other => panic!("unexpected {other}: {e:?}"),
+        }
+    }
+    let want: Vec<String> = fresh.iter().map(|q| env.json_of(q)).collect();
+    assert_eq!(got, want, "only the ticks received in the last 30 minutes");
+}
+
+#[tokio::test]
+async fn since_needs_a_history_source_and_a_valid_time() {
+    let env = Env::new(EnvOpts::default()).await;
+    let r = env.request(since_request("5m")).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(body_json(r).await["error"]["code"], "storage_unavailable");
+    for bad in ["yesterday", "5q", "2999-01-01T00:00:00Z", "0"] {
+        let r = env.request(since_request(bad)).await;
+        assert_eq!(r.status(), 400, "{bad}");
+        assert_eq!(body_json(r).await["error"]["code"], "bad_parameter");
+    }
+}
+
+fn from(ip: [u8; 4], uri: &str) -> Request<Body> {
+    let mut req = Request::get(uri).body(Body::empty()).unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            ip, 40_000,
+        ))));
+    req
+}
+
+#[tokio::test]
+async fn sse_streams_are_capped_per_remote_address() {
+    let env = Env::new(EnvOpts {
+        per_ip: ib_stream::serve::limits::PerIpLimits {
+            sse_streams: 2,
+            ws_connections: 1,
+        },
+        ..EnvOpts::default()
+    })
+    .await;
+    let uri = format!("/v3/stream/{CON}?tick_types=bid_ask");
+    let a1 = SseReader::new(env.request(from([10, 0, 0, 1], &uri)).await);
+    let _a2 = SseReader::new(env.request(from([10, 0, 0, 1], &uri)).await);
+    let r = env.request(from([10, 0, 0, 1], &uri)).await;
+    assert_eq!(r.status(), 429);
+    let e = body_json(r).await;
+    assert_eq!(e["error"]["code"], "too_many_from_address");
+    assert!(e["error"]["message"].as_str().unwrap().contains("10.0.0.1"));
+    // Another address is not affected; a closed stream gives its slot back.
+    let _b = SseReader::new(env.request(from([10, 0, 0, 2], &uri)).await);
+    drop(a1);
+    let _a3 = SseReader::new(env.request(from([10, 0, 0, 1], &uri)).await);
+    let m = body_text(env.get("/metrics").await).await;
+    assert!(
+        m.contains("ib_stream_serve_refused_by_address_total{transport=\"sse\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_stop_reaches_a_stream_still_replaying_history() {
+    let recorded = std::sync::Arc::new(Recorded::default());
+    let mut env = Env::new(EnvOpts {
+        ring_capacity: 64,
+        queue_capacity: 4,
+        history: Some(recorded.clone()),
+        ..EnvOpts::default()
+    })
+    .await;
+    for i in 0..100 {
+        let q = env.publish(quote(CON, i));
+        recorded.record(&env, &q);
+    }
+    env.wait(|| env.state.hub.stats().next_seq.load(Ordering::Relaxed) == 101)
+        .await;
+    // Nobody reads the body yet: the replay waits on the stream's full queue.
+    let mut sse = SseReader::new(env.request(since_request("1h")).await);
+    env.wait(|| env.state.replays.len() == 1).await;
+    let r = env
+        .request(
+            Request::delete(format!("/v3/streams/{CON}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(body_json(r).await["stopped"], 1);
+    let mut ticks = 0;
+    let end = loop {
+        let e = sse
+            .next_non_heartbeat()
+            .await
+            .expect("a complete before the end");
+        match e.event.as_str() {
+            "tick" => ticks += 1,
+            "info" => assert_ne!(e.json()["status"], "live", "it never joins"),
+            "complete" => break e.json(),
+            other => panic!("unexpected {other}"),
+        }
+    };
+    assert_eq!(end["reason"], "stopped");
+    assert!(ticks < 100, "stopped during the replay ({ticks} ticks)");
+    assert!(sse.next().await.is_none(), "the stream ends");
+    env.wait(|| env.state.replays.is_empty()).await;
+    assert_eq!(env.state.hub.stats().sinks.load(Ordering::Relaxed), 0);
 }

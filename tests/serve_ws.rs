@@ -419,3 +419,221 @@ async fn shutdown_completes_streams_and_closes_with_1001() {
     assert_eq!(closed_with(&mut ws).await, Some(1001));
     wait_for(|| !env.state.hub.is_running()).await;
 }
+
+#[tokio::test]
+async fn a_pending_subscribe_does_not_block_the_connection() {
+    let env = Env::new(EnvOpts::default()).await;
+    let addr = serve(&env).await;
+    let mut ws = connect(addr).await;
+    // The engine holds this subscription until released.
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "slow", "contract_id": SLOW_CON, "tick_types": ["last"]}),
+    )
+    .await;
+    env.wait(|| env.log.count("held") == 1).await;
+    // Meanwhile the connection answers pings and other subscribes.
+    send(&mut ws, json!({"type": "ping", "id": 1})).await;
+    assert_eq!(recv(&mut ws).await["type"], "pong");
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "fast", "contract_id": TRACKED_CON, "tick_types": ["bid_ask"]}),
+    )
+    .await;
+    let ack = recv(&mut ws).await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["id"].as_str()),
+        (Some("subscribed"), Some("fast"))
+    );
+    assert_eq!(recv(&mut ws).await["status"], "stream_start");
+    // The pending one still counts against duplicates.
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "dup", "contract_id": SLOW_CON, "tick_types": ["last"]}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["code"], "duplicate_subscription");
+    // `since` needs a history source (none here): an error answer, at once.
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "h", "contract_id": 31, "since": "5m"}),
+    )
+    .await;
+    let e = recv(&mut ws).await;
+    assert_eq!(
+        (e["id"].as_str(), e["code"].as_str()),
+        (Some("h"), Some("storage_unavailable"))
+    );
+    // Released: its answer comes now.
+    env.log
+        .release
+        .store(true, std::sync::atomic::Ordering::Release);
+    let ack = recv(&mut ws).await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["id"].as_str()),
+        (Some("subscribed"), Some("slow"))
+    );
+    assert_eq!(recv(&mut ws).await["status"], "stream_start");
+    env.wait_sinks(2).await;
+}
+
+#[tokio::test]
+async fn subscribe_with_since_replays_history_then_goes_live() {
+    let recorded = std::sync::Arc::new(Recorded::default());
+    let mut env = Env::new(EnvOpts {
+        ring_capacity: 64,
+        history: Some(recorded.clone()),
+        ..EnvOpts::default()
+    })
+    .await;
+    let mut all = Vec::new();
+    for i in 0..100 {
+        let q = env.publish(quote(31, i));
+        recorded.record(&env, &q);
+        all.push(q);
+    }
+    recorded
+        .through
+        .store(90, std::sync::atomic::Ordering::Relaxed);
+    env.wait(|| {
+        env.state
+            .hub
+            .stats()
+            .next_seq
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 101
+    })
+    .await;
+    let addr = serve(&env).await;
+    let mut ws = connect(addr).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": 1, "contract_id": 31, "tick_types": ["bid_ask"], "since": "10m", "limit": 105}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "subscribed");
+    assert_eq!(recv(&mut ws).await["status"], "stream_start");
+    assert_eq!(recv(&mut ws).await["status"], "history_start");
+    for q in &all[..90] {
+        assert_eq!(recv_text(&mut ws).await, env.json_of(q));
+    }
+    let live = recv(&mut ws).await;
+    assert_eq!(
+        (live["status"].as_str(), live["after_seq"].as_u64()),
+        (Some("live"), Some(90))
+    );
+    for q in &all[90..] {
+        assert_eq!(recv_text(&mut ws).await, env.json_of(q));
+    }
+    let mut more = Vec::new();
+    for i in 0..5 {
+        more.push(env.publish(quote(31, 500 + i)));
+    }
+    for q in &more {
+        assert_eq!(recv_text(&mut ws).await, env.json_of(q));
+    }
+    let c = recv(&mut ws).await;
+    assert_eq!(
+        (
+            c["type"].as_str(),
+            c["reason"].as_str(),
+            c["count"].as_u64()
+        ),
+        (Some("complete"), Some("limit_reached"), Some(105))
+    );
+    // since without a source, or a bad since, is an error answer (the connection stays).
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": 2, "contract_id": 31, "since": "soon"}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["code"], "bad_parameter");
+}
+
+#[tokio::test]
+async fn websocket_connections_are_capped_per_remote_address() {
+    let env = Env::new(EnvOpts {
+        per_ip: ib_stream::serve::limits::PerIpLimits {
+            sse_streams: 10,
+            ws_connections: 2,
+        },
+        ..EnvOpts::default()
+    })
+    .await;
+    // Served with the peer address, as `ib-stream serve` does.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = env
+        .app
+        .clone()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let a = connect(addr).await;
+    let _b = connect(addr).await;
+    let (mut c, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v3/ws"))
+        .await
+        .unwrap();
+    let e = recv(&mut c).await;
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("too_many_from_address"))
+    );
+    assert_eq!(closed_with(&mut c).await, Some(4029));
+    // A closed connection gives its slot back.
+    drop(a);
+    let ip: std::net::IpAddr = [127, 0, 0, 1].into();
+    env.wait(|| {
+        env.state
+            .per_ip
+            .count(ip, ib_stream::serve::limits::Counted::Ws)
+            == 1
+    })
+    .await;
+    let _d = connect(addr).await;
+}
+
+#[tokio::test]
+async fn after_seq_older_than_the_ring_comes_from_history() {
+    let recorded = std::sync::Arc::new(Recorded::default());
+    let mut env = Env::new(EnvOpts {
+        ring_capacity: 64,
+        history: Some(recorded.clone()),
+        ..EnvOpts::default()
+    })
+    .await;
+    let mut all = Vec::new();
+    for i in 0..100 {
+        let q = env.publish(quote(31, i));
+        recorded.record(&env, &q);
+        all.push(q);
+    }
+    env.wait(|| {
+        env.state
+            .hub
+            .stats()
+            .next_seq
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 101
+    })
+    .await;
+    let addr = serve(&env).await;
+    let mut ws = connect(addr).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": 1, "contract_id": 31, "tick_types": ["bid_ask"], "after_seq": 5}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "subscribed");
+    assert_eq!(recv(&mut ws).await["resume_after"], 5);
+    assert_eq!(recv(&mut ws).await["status"], "history_start");
+    for q in &all[5..] {
+        assert_eq!(recv_text(&mut ws).await, env.json_of(q));
+    }
+    let live = recv(&mut ws).await;
+    assert_eq!(
+        (live["status"].as_str(), live["after_seq"].as_u64()),
+        (Some("live"), Some(100))
+    );
+    let q = env.publish(quote(31, 1000));
+    assert_eq!(recv_text(&mut ws).await, env.json_of(&q));
+}

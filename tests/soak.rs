@@ -497,7 +497,6 @@ fn an_engine_killed_under_a_running_recorder_leaves_a_writer_restart_gap() {
 /// 10190, marks the tracked subscription `rejected` and never asks again, so the environment
 /// records nothing for it until the engine restarts once more. Run with `--ignored` to see it.
 #[test]
-#[ignore = "engine bug found by the soak: a tracked tick-by-tick stream refused with 10190 after a restart is never re-requested"]
 fn an_engine_restarted_within_15_seconds_gets_its_ticks_again() {
     engine_kill_under_recorder(&[]);
 }

@@ -104,8 +104,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         Duration::from_secs(seconds),
         Duration::from_millis(20),
     )?;
+    // Seen by `ib-stream top` with its lag; a full registry only means it reads unseen.
+    let registered = reader.register("strategy");
     println!(
-        "reading {} (epoch {:#x}, capacity {})",
+        "reading {} (epoch {:#x}, capacity {}; {registered})",
         ring.display(),
         reader.info().epoch,
         reader.info().capacity

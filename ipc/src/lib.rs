@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod readers;
 pub mod record;
 pub mod ring;
 pub mod shm;
@@ -12,6 +13,8 @@ pub mod status;
 pub mod strings;
 
 pub use error::IpcError;
+pub use readers::READERS_FILE_NAME;
+pub use readers::{ReaderEntry, ReaderRegistry, ReaderSlot, Registration};
 pub use record::{
     ConnState, GapReason, PRICE_SCALE, Quote, RECORD_SIZE, Record, RecordKind, SIZE_SCALE,
     SubState, Trade, UNDEF_I64, flags,
@@ -21,8 +24,9 @@ pub use ring::{LapPolicy, ReadOutcome, RingReader, RingWriter, StartAt, WriterSt
 pub use shm::{ShmOptions, ShmRegion, WriterLock, default_dir};
 pub use status::STATUS_FILE_NAME;
 pub use status::{
-    Counters, EngineStatus, Histogram, Latencies, Liveness, MAX_SUBSCRIPTIONS, SnapshotError,
-    StatusReader, StatusSnapshot, StatusWriter, SubStatus,
+    Counters, EngineStatus, FarmKind, FarmState, FarmStatus, Histogram, Latencies, Liveness,
+    MAX_FARMS, MAX_SUBSCRIPTIONS, SnapshotError, StatusReader, StatusSnapshot, StatusWriter,
+    SubStatus, data_flags,
 };
 pub use strings::STRINGS_FILE_NAME;
 pub use strings::{InternError, StringTableConfig, StringTableReader, StringTableWriter};

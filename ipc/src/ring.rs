@@ -61,6 +61,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use crate::error::IpcError;
+use crate::readers::{READERS_FILE_NAME, ReaderRegistry, ReaderSlot, Registration};
 use crate::record::{RECORD_SIZE, Record};
 use crate::shm::{
     PAGE_SIZE, ShmOptions, ShmRegion, WriterLock, process_alive, random_u64, unix_time_ns,
@@ -493,6 +494,19 @@ impl RingMem {
     }
 }
 
+/// Options that give a file beside the ring the ring file's own mode and (shared) group.
+fn ring_file_options(ring: &Path) -> ShmOptions {
+    use std::os::unix::fs::MetadataExt;
+    let mut opts = ShmOptions::default();
+    if let Ok(m) = std::fs::metadata(ring) {
+        opts.mode = m.mode() & 0o777;
+        if m.mode() & 0o060 != 0 {
+            opts.group = Some(m.gid());
+        }
+    }
+    opts
+}
+
 fn atomic_u64_at(region: &ShmRegion, offset: usize) -> &AtomicU64 {
     // Offsets are header constants and `validate` checked the region holds the header.
     debug_assert!(
@@ -708,10 +722,13 @@ pub struct BatchRead {
 }
 
 /// A reader of the ring. Any number may read at once; a reader never writes to the ring.
+/// A reader may register itself ([`RingReader::register`]) in the reader registry so that
+/// monitors see its position and lag (see [`crate::readers`]).
 #[derive(Debug)]
 pub struct RingReader {
     mem: RingMem,
     cursor: Cursor,
+    slot: Option<ReaderSlot>,
 }
 
 impl RingReader {
@@ -750,14 +767,76 @@ impl RingReader {
         RingReader {
             mem,
             cursor: Cursor::new(next, capacity, LapPolicy::default_for(capacity)),
+            slot: None,
         }
     }
 
-    /// Reads the next record if one is ready. No syscall, no allocation, no write to shared
-    /// memory; only touches the writer's `head` line after a lap.
+    /// Reads the next record if one is ready. No syscall, no allocation, no write to the
+    /// ring; only touches the writer's `head` line after a lap. A registered reader also
+    /// stores its position into its own registry slot at every multiple of
+    /// [`crate::readers::PUBLISH_EVERY`], when it has caught up, and at a lap.
     #[inline]
     pub fn try_read(&mut self) -> ReadOutcome {
-        self.cursor.step(self.mem.slots(), self.mem.head())
+        let out = self.cursor.step(self.mem.slots(), self.mem.head());
+        if let Some(slot) = &mut self.slot {
+            match &out {
+                ReadOutcome::Record(_) => slot.on_record(self.cursor.next),
+                ReadOutcome::Empty => slot.on_caught_up(self.cursor.next),
+                ReadOutcome::Lost { count, .. } => slot.on_lapped(*count, self.cursor.next),
+            }
+        }
+        out
+    }
+
+    /// Registers this reader as `name` in the reader registry beside the ring file
+    /// ([`READERS_FILE_NAME`]), creating the registry if needed with the ring file's own
+    /// mode and group. Never fails the reader: a full table or an unusable registry is
+    /// reported and the reader reads on unregistered. The slot is freed when the reader is
+    /// dropped (or [`RingReader::unregister`]ed).
+    pub fn register(&mut self, name: &str) -> Registration {
+        let Some(ring_path) = self.path().map(Path::to_path_buf) else {
+            return Registration::Unavailable(IpcError::InvalidConfig {
+                path: PathBuf::from("(heap ring)"),
+                what: "a heap ring has no registry beside it; use register_in".into(),
+            });
+        };
+        let opts = ring_file_options(&ring_path);
+        let path = ring_path.with_file_name(READERS_FILE_NAME);
+        match ReaderRegistry::open_or_create(&path, &opts) {
+            Ok(reg) => self.register_in(&Arc::new(reg), name),
+            Err(e) => Registration::Unavailable(e),
+        }
+    }
+
+    /// Registers this reader as `name` in `registry` (see [`RingReader::register`]).
+    pub fn register_in(&mut self, registry: &Arc<ReaderRegistry>, name: &str) -> Registration {
+        self.slot = None;
+        if !registry.is_writable() {
+            return Registration::Unavailable(IpcError::InvalidConfig {
+                path: registry
+                    .path()
+                    .map_or_else(|| "(heap)".into(), Path::to_path_buf),
+                what: "the reader registry was opened read-only".into(),
+            });
+        }
+        match registry.claim(name, self.mem.info.epoch, self.cursor.next) {
+            Some(s) => {
+                let slot = s.index();
+                self.slot = Some(s);
+                Registration::Registered { slot }
+            }
+            None => Registration::TableFull,
+        }
+    }
+
+    /// Frees this reader's registry slot, if it holds one.
+    pub fn unregister(&mut self) {
+        self.slot = None;
+    }
+
+    /// The registry slot this reader holds, if any.
+    pub fn registry_slot(&self) -> Option<usize> {
+        self.slot.as_ref().map(ReaderSlot::index)
     }
 
     /// Reads up to `out.len()` records into `out`, stopping early when nothing more is ready
@@ -865,7 +944,13 @@ impl RingReader {
         let policy = self.cursor.policy;
         let mut fresh = RingReader::open(&path, start)?;
         fresh.set_lap_policy(policy);
+        // The registry slot moves to the new ring (same reader, new epoch).
+        let slot = self.slot.take();
         *self = fresh;
+        if let Some(mut s) = slot {
+            s.on_new_epoch(self.mem.info.epoch, self.cursor.next);
+            self.slot = Some(s);
+        }
         Ok(self.mem.info.epoch)
     }
 }

@@ -37,10 +37,15 @@ pub const STATUS_MAGIC: u64 = u64::from_le_bytes(*b"IBSSTAT1");
 /// The status region's file name in an environment's shared-memory directory.
 pub const STATUS_FILE_NAME: &str = "status";
 
-/// Layout version of the status region; bumped on any incompatible change.
-pub const STATUS_VERSION: u32 = 1;
+/// Layout version of the status region; bumped on any incompatible change (2: the farm
+/// table, `EngineStatus::farm_count`/`data_flags` and `SubStatus::flags`).
+pub const STATUS_VERSION: u32 = 2;
 /// Subscriptions a snapshot can describe.
 pub const MAX_SUBSCRIPTIONS: usize = 256;
+/// IB data farms a snapshot can describe.
+pub const MAX_FARMS: usize = 16;
+/// Bytes of a farm name kept (longer names are cut).
+pub const FARM_NAME_LEN: usize = 24;
 /// Buckets in a [`Histogram`].
 pub const HIST_BUCKETS: usize = 304;
 /// Bytes before the first buffer: the static header line, then the `latest`/heartbeat line.
@@ -81,8 +86,10 @@ pub struct StatusHeader {
     pub buffer_stride: u32,
     /// Offset of buffer 0 from the start of the region ([`STATUS_HEADER_LEN`]).
     pub buffers_offset: u32,
+    /// [`MAX_FARMS`].
+    pub max_farms: u32,
     /// Zero.
-    pub reserved: [u32; 3],
+    pub reserved: [u32; 2],
 }
 
 const _: () = assert!(std::mem::size_of::<StatusHeader>() == LINE);
@@ -113,8 +120,160 @@ pub struct EngineStatus {
     pub sub_count: u32,
     /// A [`ConnState`] value.
     pub conn_state: u8,
+    /// Valid entries at the start of [`StatusSnapshot::farms`].
+    pub farm_count: u8,
+    /// [`data_flags`] bits: why data may be stale.
+    pub data_flags: u8,
     /// Zero.
-    pub pad: [u8; 7],
+    pub pad: [u8; 5],
+}
+
+/// Bits of [`EngineStatus::data_flags`] and [`SubStatus::flags`].
+pub mod data_flags {
+    /// A market data farm is broken (IB 2103): market data may be stale until IB says it is
+    /// OK again (2104). IB does not say which contracts a farm serves, so every market data
+    /// subscription carries the flag meanwhile.
+    pub const FARM_BROKEN: u8 = 1;
+}
+
+/// What kind of IB data farm a [`FarmStatus`] describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum FarmKind {
+    /// Market data (2103/2104/2108/2119).
+    MarketData = 1,
+    /// Historical data, HMDS (2105/2106/2107).
+    Hmds = 2,
+    /// Security definitions (2157/2158).
+    SecDef = 3,
+}
+
+impl FarmKind {
+    /// The kind stored as `b`, if this version knows it.
+    pub fn from_u8(b: u8) -> Option<FarmKind> {
+        Some(match b {
+            1 => FarmKind::MarketData,
+            2 => FarmKind::Hmds,
+            3 => FarmKind::SecDef,
+            _ => return None,
+        })
+    }
+
+    /// Short name: `market_data`, `hmds`, `sec_def`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FarmKind::MarketData => "market_data",
+            FarmKind::Hmds => "hmds",
+            FarmKind::SecDef => "sec_def",
+        }
+    }
+}
+
+/// The state of an IB data farm, as its last notice said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum FarmState {
+    /// Connected (2104, 2106, 2158).
+    Ok = 1,
+    /// Connection broken (2103, 2105, 2157).
+    Broken = 2,
+    /// Inactive, available on demand (2107, 2108).
+    Inactive = 3,
+    /// Connecting (2119).
+    Connecting = 4,
+}
+
+impl FarmState {
+    /// The state stored as `b`, if this version knows it.
+    pub fn from_u8(b: u8) -> Option<FarmState> {
+        Some(match b {
+            1 => FarmState::Ok,
+            2 => FarmState::Broken,
+            3 => FarmState::Inactive,
+            4 => FarmState::Connecting,
+            _ => return None,
+        })
+    }
+
+    /// Short name: `ok`, `broken`, `inactive`, `connecting`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FarmState::Ok => "ok",
+            FarmState::Broken => "broken",
+            FarmState::Inactive => "inactive",
+            FarmState::Connecting => "connecting",
+        }
+    }
+}
+
+/// One IB data farm: 48 bytes.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+pub struct FarmStatus {
+    /// The farm's name as IB sends it (`usfarm`, `ushmds`, `secdefnj`, ...), UTF-8,
+    /// NUL-padded.
+    pub name: [u8; FARM_NAME_LEN],
+    /// A [`FarmKind`] value.
+    pub kind: u8,
+    /// A [`FarmState`] value.
+    pub state: u8,
+    /// Zero.
+    pub pad: [u8; 2],
+    /// The IB code of the last notice.
+    pub code: i32,
+    /// When `state` last changed, ns since the Unix epoch.
+    pub since_ns: i64,
+    /// When the last notice arrived, ns since the Unix epoch.
+    pub notice_ns: i64,
+}
+
+impl FarmStatus {
+    /// A farm named `name` (cut to [`FARM_NAME_LEN`] bytes at a character boundary).
+    pub fn new(
+        name: &str,
+        kind: FarmKind,
+        state: FarmState,
+        code: i32,
+        since_ns: i64,
+    ) -> FarmStatus {
+        let mut end = name.len().min(FARM_NAME_LEN);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut n = [0u8; FARM_NAME_LEN];
+        n[..end].copy_from_slice(&name.as_bytes()[..end]);
+        FarmStatus {
+            name: n,
+            kind: kind as u8,
+            state: state as u8,
+            pad: [0; 2],
+            code,
+            since_ns,
+            notice_ns: since_ns,
+        }
+    }
+
+    /// The name (up to the first NUL; invalid UTF-8 is replaced).
+    pub fn name(&self) -> std::borrow::Cow<'_, str> {
+        let end = self
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(FARM_NAME_LEN);
+        String::from_utf8_lossy(&self.name[..end])
+    }
+
+    /// The kind, if this version knows the stored byte.
+    pub fn kind(&self) -> Option<FarmKind> {
+        FarmKind::from_u8(self.kind)
+    }
+
+    /// The state, if this version knows the stored byte.
+    pub fn state(&self) -> Option<FarmState> {
+        FarmState::from_u8(self.state)
+    }
 }
 
 /// Monotonic engine counters since the engine started.
@@ -316,8 +475,8 @@ pub struct SubStatus {
     pub state: u8,
     /// IB market data type (1 live, 2 frozen, 3 delayed, 4 delayed frozen; 0 unknown).
     pub market_data_type: u8,
-    /// Zero.
-    pub pad: u8,
+    /// [`data_flags`] bits that apply to this subscription.
+    pub flags: u8,
     /// Ticks received.
     pub ticks: u64,
     /// Receive time of the last tick, ns since the Unix epoch, or 0.
@@ -363,7 +522,7 @@ pub struct Latencies {
     pub loop_iteration: Histogram,
 }
 
-/// Everything the engine publishes, copied whole on every publish (17 824 bytes).
+/// Everything the engine publishes, copied whole on every publish (18 592 bytes).
 #[repr(C)]
 #[derive(Clone, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct StatusSnapshot {
@@ -375,6 +534,8 @@ pub struct StatusSnapshot {
     pub latencies: Latencies,
     /// Subscriptions; the first `engine.sub_count` are valid.
     pub subs: [SubStatus; MAX_SUBSCRIPTIONS],
+    /// IB data farms; the first `engine.farm_count` are valid.
+    pub farms: [FarmStatus; MAX_FARMS],
 }
 
 /// Size of one [`StatusSnapshot`] in bytes.
@@ -443,6 +604,26 @@ impl StatusSnapshot {
             .find(|s| s.con_id == con_id && s.kind == kind as u8)
     }
 
+    /// The valid farms (`farm_count` clamped to [`MAX_FARMS`]).
+    pub fn farms(&self) -> &[FarmStatus] {
+        &self.farms[..(self.engine.farm_count as usize).min(MAX_FARMS)]
+    }
+
+    /// Replaces the farm table with `farms` (the first [`MAX_FARMS`]); returns how many
+    /// were kept.
+    pub fn set_farms<'a>(&mut self, farms: impl IntoIterator<Item = &'a FarmStatus>) -> usize {
+        let mut n = 0;
+        for f in farms.into_iter().take(MAX_FARMS) {
+            self.farms[n] = *f;
+            n += 1;
+        }
+        for f in &mut self.farms[n..] {
+            *f = FarmStatus::default();
+        }
+        self.engine.farm_count = n as u8;
+        n
+    }
+
     /// Removes the subscription at `index` (the last one takes its place); `None` if
     /// `index` is not a valid subscription.
     pub fn swap_remove_subscription(&mut self, index: usize) -> Option<SubStatus> {
@@ -506,7 +687,8 @@ fn new_header(epoch: u64, created_ns: i64) -> StatusHeader {
         hist_buckets: HIST_BUCKETS as u32,
         buffer_stride: BUFFER_STRIDE as u32,
         buffers_offset: STATUS_HEADER_LEN as u32,
-        reserved: [0; 3],
+        max_farms: MAX_FARMS as u32,
+        reserved: [0; 2],
     }
 }
 
@@ -645,22 +827,26 @@ impl Region {
             header.snapshot_size,
             header.max_subscriptions,
             header.hist_buckets,
+            header.max_farms,
         ) != (
             expected.snapshot_size,
             expected.max_subscriptions,
             expected.hist_buckets,
+            expected.max_farms,
         ) || (header.buffer_stride, header.buffers_offset)
             != (expected.buffer_stride, expected.buffers_offset)
         {
             return Err(IpcError::Corrupt {
                 path,
                 what: format!(
-                    "status layout (snapshot {} bytes, {} subscriptions, {} buckets, stride {}, \
-                     offset {}) differs from this build's ({SNAPSHOT_SIZE}, {MAX_SUBSCRIPTIONS}, \
-                     {HIST_BUCKETS}, {BUFFER_STRIDE}, {STATUS_HEADER_LEN})",
+                    "status layout (snapshot {} bytes, {} subscriptions, {} buckets, {} farms, \
+                     stride {}, offset {}) differs from this build's ({SNAPSHOT_SIZE}, \
+                     {MAX_SUBSCRIPTIONS}, {HIST_BUCKETS}, {MAX_FARMS}, {BUFFER_STRIDE}, \
+                     {STATUS_HEADER_LEN})",
                     header.snapshot_size,
                     header.max_subscriptions,
                     header.hist_buckets,
+                    header.max_farms,
                     header.buffer_stride,
                     header.buffers_offset
                 ),
@@ -936,7 +1122,17 @@ mod tests {
         assert_eq!(offset_of!(StatusHeader, epoch), 16);
         assert_eq!(offset_of!(StatusHeader, snapshot_size), 32);
         assert_eq!(offset_of!(StatusHeader, buffers_offset), 48);
+        assert_eq!(offset_of!(StatusHeader, max_farms), 52);
         assert_eq!(size_of::<EngineStatus>(), 64);
+        assert_eq!(offset_of!(EngineStatus, farm_count), 57);
+        assert_eq!(offset_of!(EngineStatus, data_flags), 58);
+        assert_eq!(offset_of!(SubStatus, flags), 15);
+        assert_eq!(size_of::<FarmStatus>(), 48);
+        assert_eq!(offset_of!(FarmStatus, kind), 24);
+        assert_eq!(offset_of!(FarmStatus, code), 28);
+        assert_eq!(offset_of!(FarmStatus, since_ns), 32);
+        assert_eq!(offset_of!(FarmStatus, notice_ns), 40);
+        assert_eq!(offset_of!(StatusSnapshot, farms), 192 + 3 * 2464 + 256 * 40);
         assert_eq!(offset_of!(EngineStatus, updated_ns), 8);
         assert_eq!(offset_of!(EngineStatus, server_version), 40);
         assert_eq!(offset_of!(EngineStatus, sub_count), 52);
@@ -953,9 +1149,9 @@ mod tests {
         assert_eq!(offset_of!(StatusSnapshot, counters), 64);
         assert_eq!(offset_of!(StatusSnapshot, latencies), 192);
         assert_eq!(offset_of!(StatusSnapshot, subs), 192 + 3 * 2464);
-        assert_eq!(SNAPSHOT_SIZE, 17_824);
-        assert_eq!(BUFFER_STRIDE, 64 + 17_856);
-        assert_eq!(STATUS_REGION_LEN, 128 + 2 * 17_920);
+        assert_eq!(SNAPSHOT_SIZE, 18_592);
+        assert_eq!(BUFFER_STRIDE, 64 + 18_624);
+        assert_eq!(STATUS_REGION_LEN, 128 + 2 * 18_688);
         assert_eq!(STATUS_MAGIC.to_le_bytes(), *b"IBSSTAT1");
     }
 
@@ -1092,6 +1288,44 @@ mod tests {
     }
 
     #[test]
+    fn the_farm_table_is_bounded_and_names_are_cut() {
+        let mut s = StatusSnapshot::new_boxed();
+        let many: Vec<FarmStatus> = (0..MAX_FARMS + 3)
+            .map(|i| {
+                FarmStatus::new(
+                    &format!("farm{i}"),
+                    FarmKind::MarketData,
+                    FarmState::Ok,
+                    2104,
+                    i as i64,
+                )
+            })
+            .collect();
+        assert_eq!(s.set_farms(&many), MAX_FARMS);
+        assert_eq!(s.farms().len(), MAX_FARMS);
+        assert_eq!(
+            s.farms()[MAX_FARMS - 1].name(),
+            format!("farm{}", MAX_FARMS - 1)
+        );
+        assert_eq!(s.set_farms(&many[..1]), 1);
+        assert_eq!(s.farms().len(), 1);
+        assert_eq!(s.farms[1], FarmStatus::default(), "the rest is cleared");
+        let long = FarmStatus::new(
+            &format!("{}é", "f".repeat(23)),
+            FarmKind::SecDef,
+            FarmState::Inactive,
+            2108,
+            0,
+        );
+        assert_eq!(long.name(), "f".repeat(23));
+        // A corrupt count is clamped.
+        s.engine.farm_count = 200;
+        assert_eq!(s.farms().len(), MAX_FARMS);
+        assert_eq!(FarmState::from_u8(9), None);
+        assert_eq!(FarmKind::from_u8(0), None);
+    }
+
+    #[test]
     fn publish_then_read_round_trips() {
         let mut w = StatusWriter::heap(5);
         let r = w.reader();
@@ -1112,6 +1346,12 @@ mod tests {
             9,
         ))
         .unwrap();
+        let farms = [
+            FarmStatus::new("usfarm", FarmKind::MarketData, FarmState::Broken, 2103, 77),
+            FarmStatus::new("ushmds", FarmKind::Hmds, FarmState::Ok, 2106, 78),
+        ];
+        assert_eq!(s.set_farms(&farms), 2);
+        s.engine.data_flags = data_flags::FARM_BROKEN;
         for g in 1..=3u64 {
             s.counters.frames_decoded = g;
             assert_eq!(w.publish(&s, 1_000 * g as i64), g);
@@ -1124,7 +1364,12 @@ mod tests {
             assert_eq!(out.subscriptions(), s.subscriptions());
             assert_eq!(out.engine.server_version, 178);
             assert_eq!(out.conn_state(), Some(ConnState::Connected));
+            assert_eq!(out.farms(), &farms);
+            assert_eq!(out.engine.data_flags, data_flags::FARM_BROKEN);
         }
+        assert_eq!(out.farms()[0].name(), "usfarm");
+        assert_eq!(out.farms()[0].state(), Some(FarmState::Broken));
+        assert_eq!(out.farms()[1].kind(), Some(FarmKind::Hmds));
         assert_eq!(
             s.engine.generation, 0,
             "publish leaves the caller's copy alone"
@@ -1214,6 +1459,8 @@ mod tests {
         let good = new_header(1, 0);
         let mut other = good;
         other.max_subscriptions = 128;
+        let mut fewer_farms = good;
+        fewer_farms.max_farms = 8;
         let cases: Vec<(&str, StatusHeader, usize)> = vec![
             (
                 "magic",
@@ -1222,10 +1469,11 @@ mod tests {
             ),
             (
                 "version",
-                StatusHeader { version: 2, ..good },
+                StatusHeader { version: 1, ..good },
                 STATUS_REGION_LEN,
             ),
             ("layout", other, STATUS_REGION_LEN),
+            ("farms", fewer_farms, STATUS_REGION_LEN),
             ("short", good, STATUS_REGION_LEN - 8),
             ("tiny", good, 64),
         ];
@@ -1239,8 +1487,8 @@ mod tests {
             let e = StatusReader::open(&path).unwrap_err();
             let ok = match name {
                 "magic" => matches!(e, IpcError::BadMagic { found: 1, .. }),
-                "version" => matches!(e, IpcError::VersionMismatch { found: 2, .. }),
-                "layout" => matches!(e, IpcError::Corrupt { .. }),
+                "version" => matches!(e, IpcError::VersionMismatch { found: 1, .. }),
+                "layout" | "farms" => matches!(e, IpcError::Corrupt { .. }),
                 _ => matches!(e, IpcError::TooSmall { .. }),
             };
             assert!(ok, "{name}: {e}");

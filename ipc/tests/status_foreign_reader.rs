@@ -9,8 +9,9 @@ use std::process::Command;
 
 use ib_stream_ipc::shm::random_u64;
 use ib_stream_ipc::{
-    ConnState, RecordKind, ShmOptions, StatusReader, StatusSnapshot, StatusWriter,
-    StringTableConfig, StringTableReader, StringTableWriter, SubState, SubStatus,
+    ConnState, FarmKind, FarmState, FarmStatus, RecordKind, ShmOptions, StatusReader,
+    StatusSnapshot, StatusWriter, StringTableConfig, StringTableReader, StringTableWriter,
+    SubState, SubStatus, data_flags,
 };
 
 /// Reads `strings` and `status` per the README and prints `key=value` lines.
@@ -55,21 +56,21 @@ def percentile(count, mn, mx, buckets, q):
 def status(path):
     b = open(path, 'rb').read()
     (magic, version, pid, epoch, created, snap_size, max_subs, nbuckets, stride,
-     boff) = struct.unpack_from('<QIIQqIIIII', b, 0)
+     boff, max_farms) = struct.unpack_from('<QIIQqIIIIII', b, 0)
     assert magic == int.from_bytes(b'IBSSTAT1', 'little'), hex(magic)
-    assert (version, snap_size, max_subs, nbuckets, stride, boff) == (1, 17824, 256, 304, 17920, 128)
-    assert len(b) >= 35968
+    assert (version, snap_size, max_subs, nbuckets, stride, boff, max_farms) == (2, 18592, 256, 304, 18688, 128, 16)
+    assert len(b) >= 37504
     latest, heartbeat = struct.unpack_from('<Qq', b, 64)
     buf = boff + (latest % 2) * stride
     (seq,) = struct.unpack_from('<Q', b, buf)
     assert seq == 2 * latest, (seq, latest)
     s = buf + 64
     (gen, updated, started, since, err_ns, server_version, client_id, err_code, sub_count,
-     conn_state) = struct.unpack_from('<QqqqqIiiIB', b, s)
+     conn_state, farm_count, data_flags) = struct.unpack_from('<QqqqqIiiIBBB', b, s)
     assert gen == latest
     print(f'status.epoch={epoch}')
     print(f'status.heartbeat_ns={heartbeat}')
-    print(f'engine={gen},{updated},{started},{since},{err_ns},{server_version},{client_id},{err_code},{sub_count},{conn_state}')
+    print(f'engine={gen},{updated},{started},{since},{err_ns},{server_version},{client_id},{err_code},{sub_count},{conn_state},{farm_count},{data_flags}')
     counters = struct.unpack_from('<16Q', b, s + 64)
     print('counters=' + ','.join(map(str, counters)))
     for h in range(3):
@@ -81,9 +82,14 @@ def status(path):
         print(f'hist.{h}={count},{total},{mn},{mx},' + ','.join(map(str, p)))
     for i in range(min(sub_count, 256)):
         o = s + 7584 + 40 * i
-        (con_id, req_id, err, kind, state, mdt, pad, ticks, last_tick,
+        (con_id, req_id, err, kind, state, mdt, flags, ticks, last_tick,
          state_since) = struct.unpack_from('<IiiBBBBQqq', b, o)
-        print(f'sub.{i}={con_id},{req_id},{err},{kind},{state},{mdt},{ticks},{last_tick},{state_since}')
+        print(f'sub.{i}={con_id},{req_id},{err},{kind},{state},{mdt},{flags},{ticks},{last_tick},{state_since}')
+    for i in range(min(farm_count, 16)):
+        o = s + 17824 + 48 * i
+        (name, kind, state, code, since_ns, notice_ns) = struct.unpack_from('<24sBBxxiqq', b, o)
+        name = name.split(b'\0', 1)[0].decode('utf-8')
+        print(f'farm.{i}={name},{kind},{state},{code},{since_ns},{notice_ns}')
 
 strings(sys.argv[1])
 status(sys.argv[2])
@@ -122,7 +128,7 @@ fn expected(strings: &StringTableReader, status: &StatusReader) -> Vec<String> {
     lines.push(format!("status.epoch={}", status.epoch()));
     lines.push(format!("status.heartbeat_ns={}", status.heartbeat_ns()));
     lines.push(format!(
-        "engine={},{},{},{},{},{},{},{},{},{}",
+        "engine={},{},{},{},{},{},{},{},{},{},{},{}",
         e.generation,
         e.updated_ns,
         e.started_ns,
@@ -132,7 +138,9 @@ fn expected(strings: &StringTableReader, status: &StatusReader) -> Vec<String> {
         e.client_id,
         e.last_error_code,
         e.sub_count,
-        e.conn_state
+        e.conn_state,
+        e.farm_count,
+        e.data_flags
     ));
     let c = &s.counters;
     let counters = [
@@ -180,16 +188,28 @@ fn expected(strings: &StringTableReader, status: &StatusReader) -> Vec<String> {
     }
     for (i, sub) in s.subscriptions().iter().enumerate() {
         lines.push(format!(
-            "sub.{i}={},{},{},{},{},{},{},{},{}",
+            "sub.{i}={},{},{},{},{},{},{},{},{},{}",
             sub.con_id,
             sub.req_id,
             sub.ib_error_code,
             sub.kind,
             sub.state,
             sub.market_data_type,
+            sub.flags,
             sub.ticks,
             sub.last_tick_ns,
             sub.state_since_ns
+        ));
+    }
+    for (i, f) in s.farms().iter().enumerate() {
+        lines.push(format!(
+            "farm.{i}={},{},{},{},{},{}",
+            f.name(),
+            f.kind,
+            f.state,
+            f.code,
+            f.since_ns,
+            f.notice_ns
         ));
     }
     lines
@@ -274,8 +294,23 @@ fn a_reader_written_from_the_readme_agrees() {
         sub.ticks = u64::from(i) * 1_000_003;
         sub.last_tick_ns = 1_700_000_002_000_000_000 + i64::from(i);
         sub.state_since_ns = 1_700_000_001_500_000_000 - i64::from(i);
+        sub.flags = (i % 2) as u8;
         snap.push_subscription(sub).unwrap();
     }
+    let mut farms = vec![
+        FarmStatus::new(
+            "usfarm.nj",
+            FarmKind::MarketData,
+            FarmState::Broken,
+            2103,
+            1_700_000_004_000_000_000,
+        ),
+        FarmStatus::new("ushmds", FarmKind::Hmds, FarmState::Inactive, 2107, 5),
+        FarmStatus::new("secdefnj", FarmKind::SecDef, FarmState::Ok, 2158, 6),
+    ];
+    farms[1].notice_ns = 9;
+    snap.set_farms(&farms);
+    snap.engine.data_flags = data_flags::FARM_BROKEN;
     // Three publishes, so the latest is in buffer 1 and buffer 0 holds an older one.
     for g in 1..=3 {
         snap.counters.loop_iterations = 77 * g;
@@ -314,6 +349,17 @@ fn a_reader_written_from_the_readme_agrees() {
             .any(|l| l.starts_with("engine=3,1700000003000000003,"))
     );
     assert!(want.contains(
-        &"sub.39=265637,1039,0,1,4,4,39000117,1700000002000000039,1700000001499999961".to_owned()
+        &"sub.39=265637,1039,0,1,4,4,1,39000117,1700000002000000039,1700000001499999961".to_owned()
     ));
+    assert!(
+        want.iter()
+            .any(|l| l.starts_with("engine=3,") && l.ends_with(",3,3,1")),
+        "{want:?}"
+    );
+    assert!(
+        want.contains(
+            &"farm.0=usfarm.nj,1,2,2103,1700000004000000000,1700000004000000000".to_owned()
+        )
+    );
+    assert!(want.contains(&"farm.1=ushmds,2,3,2107,5,9".to_owned()));
 }

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use ib_stream_ipc::shm::random_u64;
 use ib_stream_ipc::{
-    ConnState, IpcError, RecordKind, ShmOptions, SnapshotError, StatusReader, StatusSnapshot,
-    StatusWriter, StringTableConfig, StringTableReader, StringTableWriter, SubState, SubStatus,
+    ConnState, FarmKind, FarmState, FarmStatus, IpcError, RecordKind, ShmOptions, SnapshotError,
+    StatusReader, StatusSnapshot, StatusWriter, StringTableConfig, StringTableReader,
+    StringTableWriter, SubState, SubStatus,
 };
 
 const ROLE: &str = "IPC_STATUS_MP_ROLE";
@@ -77,6 +78,17 @@ fn fill(s: &mut StatusSnapshot, k: u64, newest: u32) {
         sub.ticks = k + i as u64;
         sub.last_tick_ns = (k * 1000 + i as u64) as i64;
     }
+    // The farm table is the snapshot's last field: a torn copy shows at the end too.
+    s.engine.farm_count = (k % 17) as u8;
+    for (i, f) in s.farms.iter_mut().enumerate() {
+        *f = FarmStatus::new(
+            "usfarm",
+            FarmKind::MarketData,
+            FarmState::Ok,
+            2104,
+            (k + i as u64) as i64,
+        );
+    }
 }
 
 /// Checks one accepted snapshot; returns the string ids it mentions.
@@ -114,6 +126,11 @@ fn check(s: &StatusSnapshot, strings: &StringTableReader) -> usize {
             "torn subscription {i}"
         );
         assert_eq!(sub.req_id, sub.con_id as i32, "torn subscription {i}");
+    }
+    assert_eq!(u64::from(s.engine.farm_count), k % 17, "torn farm count");
+    for (i, f) in s.farms.iter().enumerate() {
+        assert_eq!(f.since_ns, (k + i as u64) as i64, "torn farm {i}");
+        assert_eq!(f.name(), "usfarm", "torn farm {i}");
     }
     for sub in s.subscriptions() {
         // A snapshot can only mention ids published before it.

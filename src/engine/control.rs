@@ -15,7 +15,13 @@
 //! {"id":5,"op":"status"}
 //! {"id":6,"op":"lookup","symbol":"AAPL","sec_type":"STK","exchange":"SMART","currency":"USD"}
 //! {"id":7,"op":"lookup","con_id":265598}
+//! {"id":9,"op":"shutdown"}
 //! ```
+//! `shutdown` stops the engine as SIGTERM does: every subscription is cancelled at IB, then
+//! the engine closes and exits.
+//! A tick-by-tick subscription IB refused with 10190 (its cap, or its 15-second rule) is
+//! retried while held: `list`, and a `subscribe` joining it, show it as
+//! `"state":"retrying"` with `ib_code`, `refusals` and `next_attempt_ns` (Unix ns).
 //! Replies: `{"id":1,"ok":true,...}` or
 //! `{"id":1,"ok":false,"error":{"code":"bad_request","message":"..."}}`.
 
@@ -87,6 +93,8 @@ pub enum ControlRequest {
     Status,
     /// Contract details, relayed to IB.
     Lookup(ContractQuery),
+    /// Stop the engine cleanly (as SIGTERM does).
+    Shutdown,
 }
 
 #[derive(Deserialize, Clone)]
@@ -179,6 +187,7 @@ pub fn parse_request(
         "ping" => ControlRequest::Ping,
         "list" => ControlRequest::List,
         "status" => ControlRequest::Status,
+        "shutdown" => ControlRequest::Shutdown,
         "subscribe" if wire.con_id.is_none() && wire.symbol.is_some() => {
             let client = client(&wire)?;
             // Reuse the conId path's kind check with a placeholder conId.
@@ -229,7 +238,7 @@ pub fn parse_request(
                 &id,
                 "unknown_op",
                 format!(
-                    "unknown op `{other}` (ping, subscribe, unsubscribe, list, status, lookup)"
+                    "unknown op `{other}` (ping, subscribe, unsubscribe, list, status, lookup, shutdown)"
                 ),
             ));
         }
@@ -443,6 +452,10 @@ mod tests {
         assert_eq!(
             parse_request(br#"{"op":"ping"}"#).unwrap().1,
             ControlRequest::Ping
+        );
+        assert_eq!(
+            parse_request(br#"{"id":9,"op":"shutdown"}"#).unwrap().1,
+            ControlRequest::Shutdown
         );
     }
 

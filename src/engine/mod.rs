@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod control;
+pub mod farms;
 pub mod ingest;
 pub mod logging;
 pub mod pacing;

@@ -91,6 +91,12 @@ impl Publisher {
             opts,
         )?;
         let status = StatusWriter::create(&dir.join(ib_stream_ipc::STATUS_FILE_NAME), epoch, opts)?;
+        // The reader registry gets the engine's permissions when the engine is first; readers
+        // never need it to read, so a failure here is only reported.
+        let registry = dir.join(ib_stream_ipc::READERS_FILE_NAME);
+        if let Err(e) = ib_stream_ipc::ReaderRegistry::open_or_create(&registry, opts) {
+            tracing::warn!("reader registry: {e}; readers will run unregistered");
+        }
         Ok(Publisher::from_parts(ring, table, status))
     }
 
@@ -191,7 +197,9 @@ impl Publisher {
         });
     }
 
-    /// A subscription state change: record and status entry.
+    /// A subscription state change: record and status entry. `next_attempt_ns` (Unix ns)
+    /// is set while IB's refusal (`code`) is retried: the record carries it in `ts_event`
+    /// (a subscription record has no event time of IB's), state `Queued`.
     #[allow(clippy::too_many_arguments)]
     pub fn subscription(
         &mut self,
@@ -201,10 +209,12 @@ impl Publisher {
         code: i32,
         req_id: i32,
         market_data_type: i32,
+        next_attempt_ns: Option<i64>,
     ) {
         let now = unix_ns();
         self.system(Record {
             ts_recv: now,
+            ts_event: next_attempt_ns.unwrap_or(crate::ipc::UNDEF_I64),
             instrument_id: con_id,
             tick_type: state as u8,
             flags: if matches!(market_data_type, 3 | 4) || state == SubState::Delayed {

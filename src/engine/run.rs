@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +25,7 @@ use crate::tws::{
 
 use super::backoff::Backoff;
 use super::control::{self, ControlConn, ControlRequest, RequestError, Verdict};
+use super::farms::{self, FarmTable};
 use super::ingest::{Ingest, READ_CHUNK};
 use super::pacing::Pacer;
 use super::publish::{Publisher, unix_ns};
@@ -48,6 +49,9 @@ const SECOND: u64 = 1_000_000_000;
 pub const PACING_WINDOW_NS: u64 = SECOND + 50_000_000;
 /// A connection that stayed up this long resets the reconnect backoff.
 const STABLE_NS: u64 = 10 * SECOND;
+/// On a clean stop: how long the engine spends cancelling at IB (paced) and waiting for IB
+/// to close its side, before it closes anyway.
+pub const STOP_FLUSH_NS: u64 = 200_000_000;
 
 /// Engine options beyond the shared settings (quotas of the IB account, timers).
 #[derive(Debug, Clone, clap::Args)]
@@ -61,6 +65,10 @@ pub struct EngineOptions {
     /// IB's rule: ms between two tick-by-tick requests for one instrument.
     #[arg(long, default_value_t = 15_000)]
     pub tbt_same_instrument_ms: u64,
+    /// Longest wait in ms between attempts of a tick-by-tick request IB refused with 10190
+    /// (the first retry comes one same-instrument window after the request, then doubling).
+    #[arg(long, default_value_t = 120_000)]
+    pub tbt_retry_cap_ms: u64,
     /// Seconds without a tick before the watchdog probes a subscription (0: off).
     #[arg(long, default_value_t = 60)]
     pub silence_secs: u64,
@@ -81,6 +89,7 @@ impl Default for EngineOptions {
             tbt_slots: 5,
             mkt_lines: 100,
             tbt_same_instrument_ms: 15_000,
+            tbt_retry_cap_ms: 120_000,
             silence_secs: 60,
             status_ms: 100,
             backoff_base_ms: 250,
@@ -202,7 +211,20 @@ pub struct Engine {
     next_heartbeat: u64,
     next_watchdog: u64,
     status_dirty: bool,
+    /// The loop has ended: a closing IB socket is expected, not a fault.
+    stopping: bool,
+    /// IB's data farms as its notices describe them (this session).
+    farms: FarmTable,
     scratch: Vec<u8>,
+}
+
+/// A state's name in control replies: `Queued` with a retry scheduled is `retrying`.
+fn state_name_of(s: SubState, retrying: bool) -> &'static str {
+    if retrying && s == SubState::Queued {
+        "retrying"
+    } else {
+        state_name(s)
+    }
 }
 
 fn state_name(s: SubState) -> &'static str {
@@ -261,8 +283,10 @@ impl Engine {
             mkt_lines: opts.mkt_lines,
             tbt_same_instrument_ns: opts.tbt_same_instrument_ms.saturating_mul(1_000_000),
             allow_delayed: settings.allow_delayed,
+            tbt_retry_cap_ns: opts.tbt_retry_cap_ms.saturating_mul(1_000_000),
         };
-        let subs = SubscriptionManager::new(limits, FIRST_SUB_REQ_ID);
+        let mut subs = SubscriptionManager::new(limits, FIRST_SUB_REQ_ID);
+        subs.set_jitter_seed(crate::ipc::shm::random_u64());
         let poll = Poll::new().map_err(io_err("create the poller"))?;
         // The ring's writer lock is ours, so a socket file left here belongs to a dead engine.
         let socket_path = settings.control_socket();
@@ -322,6 +346,8 @@ impl Engine {
             next_heartbeat: SECOND,
             next_watchdog: SECOND,
             status_dirty: true,
+            stopping: false,
+            farms: FarmTable::default(),
             scratch: Vec::with_capacity(4096),
         };
         let tracked: Vec<(u32, Vec<RecordKind>)> = engine
@@ -435,6 +461,8 @@ impl Engine {
     }
 
     fn shutdown(&mut self) {
+        self.stopping = true;
+        self.cancel_at_ib();
         if let Some(mut c) = self.conn.take() {
             let _ = self.poll.registry().deregister(&mut c.stream);
         }
@@ -444,6 +472,83 @@ impl Engine {
             .connection(ConnState::Disconnected, 0, id, 0);
         self.ingest.publisher.publish_status();
         let _ = std::fs::remove_file(&self.socket_path);
+    }
+
+    /// A clean stop: cancels every subscription at IB through the outbound pacer, closes our
+    /// sending side once all are written, and reads on (publishing what still arrives) until
+    /// IB closes its side, which it does after it has read every cancel. All of it within
+    /// [`STOP_FLUSH_NS`]; what is left then is given up (IB drops a closed client's
+    /// subscriptions anyway; the cancels spare its limits and the next session's).
+    fn cancel_at_ib(&mut self) {
+        if !self.conn.as_ref().is_some_and(|c| c.phase == Phase::Ready) {
+            return;
+        }
+        let queued = self.ingest.subs.cancel_all();
+        self.extra.clear();
+        self.drain_sub_events();
+        let start = self.now();
+        let deadline = start + STOP_FLUSH_NS;
+        let mut events = Events::with_capacity(16);
+        let mut half_closed = false;
+        loop {
+            let now = self.now();
+            if self.conn.is_none() {
+                break;
+            }
+            if !half_closed {
+                self.pump(now);
+                let written = self.conn.as_ref().is_some_and(|c| c.out.is_empty());
+                if self.ingest.subs.queued() == 0
+                    && written
+                    && let Some(c) = &self.conn
+                {
+                    let _ = c.stream.shutdown(Shutdown::Write);
+                    half_closed = true;
+                }
+            }
+            if now >= deadline {
+                break;
+            }
+            if self.ib_pending {
+                self.read_ib(now);
+                continue;
+            }
+            let mut wait = deadline - now;
+            if !half_closed && self.ingest.subs.queued() > 0 {
+                wait = wait.min(self.pacer.next_slot(now).saturating_sub(now).max(1));
+            }
+            match self
+                .poll
+                .poll(&mut events, Some(Duration::from_nanos(wait)))
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!("poll during the stop: {e}");
+                    break;
+                }
+            }
+            let now = self.now();
+            for ev in events.iter() {
+                if ev.token() == IB {
+                    if ev.is_writable() {
+                        self.flush_ib(now);
+                    }
+                    if ev.is_readable() || ev.is_read_closed() {
+                        self.read_ib(now);
+                    }
+                }
+            }
+        }
+        let left = self.ingest.subs.queued();
+        let closed_by_ib = self.conn.is_none();
+        info!(
+            sent = queued - left.min(queued),
+            left,
+            closed_by_ib,
+            ms = (self.now() - start) / 1_000_000,
+            "cancelled the subscriptions at IB"
+        );
     }
 
     fn next_deadline(&self, now: u64) -> u64 {
@@ -543,6 +648,18 @@ impl Engine {
             }
         }
         p.snap.engine.client_id = self.settings.client_id + self.client_id_offset as i32;
+        p.snap.set_farms(self.farms.farms());
+        // IB does not say which contracts a farm serves: while any market data farm is
+        // broken, every subscription's data may be stale.
+        let flag = if self.farms.market_data_broken() {
+            crate::ipc::data_flags::FARM_BROKEN
+        } else {
+            0
+        };
+        p.snap.engine.data_flags = flag;
+        for s in p.snap.subscriptions_mut() {
+            s.flags = (s.flags & !crate::ipc::data_flags::FARM_BROKEN) | flag;
+        }
     }
 
     fn watchdog(&mut self, now: u64) {
@@ -644,11 +761,15 @@ impl Engine {
         let _ = self.poll.registry().deregister(&mut c.stream);
         self.ib_pending = false;
         let was_ready = c.phase == Phase::Ready;
-        warn!(
-            port = c.port,
-            client_id = c.client_id,
-            "IB connection closed: {why}"
-        );
+        if self.stopping {
+            info!(port = c.port, "IB connection closed during the stop: {why}");
+        } else {
+            warn!(
+                port = c.port,
+                client_id = c.client_id,
+                "IB connection closed: {why}"
+            );
+        }
         self.ingest.publisher.flush();
         if was_ready {
             if self.down_since.is_none() {
@@ -665,6 +786,9 @@ impl Engine {
         }
         self.ingest.reader = FrameReader::with_capacity(4 * READ_CHUNK);
         self.extra.clear();
+        // Farm states belong to the session; the next one reports them afresh.
+        self.farms.clear();
+        self.status_dirty = true;
         let pending: Vec<i32> = self.lookups.keys().copied().collect();
         for id in pending {
             self.fail_lookup(
@@ -1014,6 +1138,9 @@ impl Engine {
             codes::PACING => {
                 warn!(req_id, "IB says we sent too fast (100): {message}");
             }
+            _ if req_id < 0 && farms::classify(code).is_some() => {
+                self.on_farm_notice(code, message, ts);
+            }
             _ if req_id >= FIRST_LOOKUP_REQ_ID && self.lookups.contains_key(&req_id) => {
                 let msg = format!("IB error {code}: {message}");
                 self.fail_lookup(req_id, "ib_error", &msg);
@@ -1042,16 +1169,7 @@ impl Engine {
                     }
                 }
             },
-            // A data farm down: data for its contracts stops until the matching "OK".
-            codes::MARKET_DATA_FARM_BROKEN
-            | codes::HMDS_FARM_BROKEN
-            | codes::SECDEF_FARM_BROKEN => {
-                let snap = &mut self.ingest.publisher.snap;
-                snap.engine.last_error_code = code;
-                snap.engine.last_error_ns = ts;
-                warn!(code, "IB farm down: {message}");
-            }
-            // Farm OK notices (2104, 2106, 2158, 2108) and other session-wide messages.
+            // Session-wide notices and errors.
             _ => {
                 if codes::is_warning(code) {
                     info!(code, "IB notice: {message}");
@@ -1062,16 +1180,58 @@ impl Engine {
         }
     }
 
+    /// A farm notice: the farm table changes; a broken farm is also the last error. A
+    /// broken market data farm marks the data possibly stale in status until it is OK.
+    fn on_farm_notice(&mut self, code: i32, message: &str, ts: i64) {
+        let Some(n) = farms::parse(code, message) else {
+            return;
+        };
+        let was_broken = self.farms.market_data_broken();
+        if self.farms.apply(&n, ts) {
+            self.status_dirty = true;
+        }
+        if n.state == crate::ipc::FarmState::Broken {
+            let snap = &mut self.ingest.publisher.snap;
+            snap.engine.last_error_code = code;
+            snap.engine.last_error_ns = ts;
+            warn!(code, farm = %n.name, kind = n.kind.name(), "IB farm down: {message}");
+        } else {
+            info!(code, farm = %n.name, kind = n.kind.name(), state = n.state.name(), "IB farm: {message}");
+        }
+        match (was_broken, self.farms.market_data_broken()) {
+            (false, true) => warn!("a market data farm is broken: data may be stale"),
+            (true, false) => info!("no market data farm is broken any more"),
+            _ => {}
+        }
+    }
+
+    /// A time of the loop's monotonic clock as ns since the Unix epoch.
+    fn mono_to_unix(&self, mono: u64) -> i64 {
+        let offset = unix_ns() - self.now() as i64;
+        (mono as i64).saturating_add(offset)
+    }
+
     fn drain_sub_events(&mut self) {
         while let Some(ev) = self.ingest.subs.poll_event() {
+            let next_attempt = ev.retry.map(|r| self.mono_to_unix(r.next_ns));
             debug!(
                 con_id = ev.key.con_id,
                 kind = ev.key.kind.name(),
-                state = state_name(ev.state),
+                state = state_name_of(ev.state, ev.retry.is_some()),
                 code = ev.code,
                 req_id = ev.req_id,
                 "subscription"
             );
+            if let (Some(r), Some(at)) = (ev.retry, next_attempt) {
+                warn!(
+                    con_id = ev.key.con_id,
+                    kind = ev.key.kind.name(),
+                    code = ev.code,
+                    refusals = r.refusals,
+                    in_ms = (at - unix_ns()).max(0) / 1_000_000,
+                    "IB refused the request; retrying"
+                );
+            }
             self.ingest.publisher.subscription(
                 ev.key.con_id,
                 ev.key.kind.record_kind(),
@@ -1079,6 +1239,7 @@ impl Engine {
                 ev.code,
                 ev.req_id,
                 ev.market_data_type,
+                next_attempt,
             );
             self.status_dirty = true;
         }
@@ -1424,17 +1585,22 @@ impl Engine {
         out: &mut Vec<u8>,
     ) {
         match self.ingest.subs.subscribe(client, key, now) {
-            Ok(ack) => control::ok_reply(
-                &id,
-                json!({
+            Ok(ack) => {
+                let mut v = json!({
                     "con_id": key.con_id,
                     "kind": key.kind.name(),
-                    "state": state_name(ack.state),
+                    "state": state_name_of(ack.state, ack.retry.is_some()),
                     "shared": ack.shared,
                     "holders": ack.holders,
-                }),
-                out,
-            ),
+                });
+                // Joining a subscription IB refused: say so now, not only in the ring.
+                if let Some(r) = ack.retry {
+                    v["ib_code"] = ack.code.into();
+                    v["refusals"] = r.refusals.into();
+                    v["next_attempt_ns"] = self.mono_to_unix(r.next_ns).into();
+                }
+                control::ok_reply(&id, v, out)
+            }
             Err(e) => {
                 self.ingest.publisher.snap.counters.subscriptions_rejected += 1;
                 control::error_reply(
@@ -1505,15 +1671,20 @@ impl Engine {
                     .ingest
                     .subs
                     .list()
-                    .map(|(k, state, holders, req_id, code)| {
-                        json!({
-                            "con_id": k.con_id,
-                            "kind": k.kind.name(),
-                            "state": state_name(state),
-                            "holders": holders,
-                            "req_id": req_id,
-                            "ib_code": code,
-                        })
+                    .map(|s| {
+                        let mut v = json!({
+                            "con_id": s.key.con_id,
+                            "kind": s.key.kind.name(),
+                            "state": state_name_of(s.state, s.retry.is_some()),
+                            "holders": s.holders,
+                            "req_id": s.req_id,
+                            "ib_code": s.code,
+                        });
+                        if let Some(r) = s.retry {
+                            v["refusals"] = r.refusals.into();
+                            v["next_attempt_ns"] = self.mono_to_unix(r.next_ns).into();
+                        }
+                        v
                     })
                     .collect();
                 control::ok_reply(&id, json!({ "subscriptions": subs }), out);
@@ -1540,6 +1711,16 @@ impl Engine {
                         "ib_errors": c.ib_errors,
                         "subscriptions": snap.engine.sub_count,
                         "last_seq": self.ingest.publisher.last_seq(),
+                        "data_possibly_stale": self.farms.market_data_broken(),
+                        "farms": self.farms.farms().iter().map(|f| json!({
+                            "name": f.name(),
+                            "kind": f.kind().map_or("?", |k| k.name()),
+                            "state": f.state().map_or("?", |s| s.name()),
+                            "code": f.code,
+                            "since_ns": f.since_ns,
+                            "notice_ns": f.notice_ns,
+                        })).collect::<Vec<Value>>(),
+                        "farm_notices_dropped": self.farms.dropped(),
                     }),
                     out,
                 );
@@ -1548,6 +1729,11 @@ impl Engine {
                 if let Err(e) = self.start_lookup(token, id, &q, LookupFor::Reply) {
                     control::error_reply(&e, out);
                 }
+            }
+            ControlRequest::Shutdown => {
+                info!(token = token.0, "stop asked on the control socket");
+                self.stop.store(true, Ordering::Relaxed);
+                control::ok_reply(&id, json!({"stopping": true}), out);
             }
         }
     }

@@ -9,12 +9,21 @@
 //! they belong to; 1101 and reconnects re-request everything; a delayed-data fallback is
 //! marked, never silent.
 //!
+//! IB answers 10190 both at its tick-by-tick cap and for a second request on one instrument
+//! within 15 s, which a predecessor (an engine killed and restarted) or another client of the
+//! account may have made. Neither is final, so a 10190 is retried while the subscription has
+//! holders: first one window after our request, then with exponential backoff and jitter up
+//! to [`Limits::tbt_retry_cap_ns`]. Meanwhile the subscription is `Queued` with code 10190
+//! and a next attempt time ("retrying"), never silently dropped.
+//!
 //! The per-tick call, [`SubscriptionManager::on_tick`], is an index into a vector: no
 //! hashing, no allocation.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use ib_stream_ipc::{RecordKind, SubState};
+
+use super::backoff::Backoff;
 
 /// What is subscribed: one of the four tick-by-tick kinds, or reqMktData L1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -109,7 +118,15 @@ pub struct Limits {
     pub tbt_same_instrument_ns: u64,
     /// Fall back to delayed data when live data is refused.
     pub allow_delayed: bool,
+    /// Longest wait between two attempts of a tick-by-tick request IB refused with 10190
+    /// (the first waits one same-instrument window, later ones double up to this).
+    pub tbt_retry_cap_ns: u64,
 }
+
+/// The shortest wait before a refused tick-by-tick request is tried again, when the
+/// same-instrument window is shorter (or off): a refusal at IB's slot cap is not retried
+/// more often than this.
+pub const MIN_TBT_RETRY_NS: u64 = 1_000_000_000;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -118,6 +135,7 @@ impl Default for Limits {
             mkt_lines: 100,
             tbt_same_instrument_ns: 15_000_000_000,
             allow_delayed: true,
+            tbt_retry_cap_ns: 120_000_000_000,
         }
     }
 }
@@ -168,6 +186,34 @@ pub struct SubEvent {
     pub req_id: i32,
     /// The market data type IB reported (1 live, 2 frozen, 3 delayed, 4 delayed frozen).
     pub market_data_type: i32,
+    /// Set while a refusal is being retried (state `Queued`, `code` IB's refusal).
+    pub retry: Option<RetryInfo>,
+}
+
+/// A refused request waiting for its next attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryInfo {
+    /// Refusals since the subscription last received data.
+    pub refusals: u32,
+    /// When the next attempt may go (the manager's clock, ns).
+    pub next_ns: u64,
+}
+
+/// One subscription as [`SubscriptionManager::list`] shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubInfo {
+    /// Which subscription.
+    pub key: SubKey,
+    /// Its state.
+    pub state: SubState,
+    /// How many holders it has.
+    pub holders: usize,
+    /// The request id at IB (0 when none is out).
+    pub req_id: i32,
+    /// IB's code for the last problem, or 0.
+    pub code: i32,
+    /// Set while a refusal is being retried.
+    pub retry: Option<RetryInfo>,
 }
 
 /// Why a subscribe was refused up front.
@@ -216,6 +262,10 @@ pub struct SubscribeAck {
     pub shared: bool,
     /// How many holders it has now.
     pub holders: usize,
+    /// IB's code for the last problem, or 0 (10190 while retrying).
+    pub code: i32,
+    /// Set while a refusal is being retried.
+    pub retry: Option<RetryInfo>,
 }
 
 /// Where an IB error went.
@@ -257,7 +307,28 @@ struct Sub {
     code: i32,
     market_data_type: i32,
     since_ns: u64,
+    /// When the current (or last) request was sent: a refusal's retry is timed from it.
+    requested_ns: u64,
     watchdog: u8,
+    /// Set from IB's 10190 until data arrives: the next attempt waits for `at`.
+    retry: Option<Retry>,
+}
+
+#[derive(Clone, Debug)]
+struct Retry {
+    backoff: Backoff,
+    at: u64,
+}
+
+impl Sub {
+    /// The retry this subscription waits for: none once the attempt is out at IB.
+    fn waiting_retry(&self) -> Option<RetryInfo> {
+        let r = self.retry.as_ref().filter(|_| self.req_id.is_none())?;
+        Some(RetryInfo {
+            refusals: r.backoff.attempts(),
+            next_ns: r.at,
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -282,6 +353,8 @@ pub struct SubscriptionManager {
     connected: bool,
     delayed_requested: bool,
     stale: bool,
+    /// Seeds each retrying subscription's jitter (xorshift state).
+    jitter: u64,
 }
 
 impl SubscriptionManager {
@@ -299,10 +372,26 @@ impl SubscriptionManager {
             connected: false,
             delayed_requested: false,
             stale: false,
+            jitter: 0x9e37_79b9_7f4a_7c15,
         }
     }
 
-    /// The limits in force (the tick-by-tick budget shrinks if IB says 10190 first).
+    /// Seeds the jitter of retries, so that several engines refused together do not retry
+    /// in lockstep (tests pass a fixed seed for exact delays).
+    pub fn set_jitter_seed(&mut self, seed: u64) {
+        self.jitter = seed | 1;
+    }
+
+    fn next_seed(&mut self) -> u64 {
+        let mut x = self.jitter;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.jitter = x;
+        x
+    }
+
+    /// The limits in force (the line budget shrinks if IB says 101 first).
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
@@ -326,6 +415,7 @@ impl SubscriptionManager {
                 code: s.code,
                 req_id: s.req_id.unwrap_or(0),
                 market_data_type: s.market_data_type,
+                retry: s.waiting_retry(),
             });
         }
     }
@@ -346,6 +436,8 @@ impl SubscriptionManager {
                 state: s.state,
                 shared: true,
                 holders: s.holders.len(),
+                code: s.code,
+                retry: s.waiting_retry(),
             });
         }
         let tbt = key.kind.is_tick_by_tick();
@@ -371,7 +463,9 @@ impl SubscriptionManager {
                 code: 0,
                 market_data_type: 1,
                 since_ns: now,
+                requested_ns: now,
                 watchdog: 0,
+                retry: None,
             },
         );
         self.pending.push_back(Pending::Subscribe(key));
@@ -380,6 +474,8 @@ impl SubscriptionManager {
             state: SubState::Queued,
             shared: false,
             holders: 1,
+            code: 0,
+            retry: None,
         })
     }
 
@@ -432,6 +528,7 @@ impl SubscriptionManager {
             code,
             req_id: 0,
             market_data_type: s.market_data_type,
+            retry: None,
         });
     }
 
@@ -460,13 +557,10 @@ impl SubscriptionManager {
         if !self.connected {
             return None;
         }
-        let pos = self.pending.iter().position(|p| match p {
-            Pending::Subscribe(k) if k.kind.is_tick_by_tick() => self
-                .tbt_last_request
-                .get(&k.con_id)
-                .is_none_or(|&t| now.saturating_sub(t) >= self.limits.tbt_same_instrument_ns),
-            _ => true,
-        })?;
+        let pos = self
+            .pending
+            .iter()
+            .position(|p| self.due_at(p, now) <= now)?;
         let p = self.pending.remove(pos)?;
         Some(match p {
             Pending::Cancel { req_id, tbt: true } => Request::CancelTickByTick { req_id },
@@ -485,6 +579,7 @@ impl SubscriptionManager {
                     s.req_id = Some(req_id);
                     s.state = SubState::Requested;
                     s.since_ns = now;
+                    s.requested_ns = now;
                     s.watchdog = 0;
                 }
                 self.emit(key);
@@ -511,16 +606,25 @@ impl SubscriptionManager {
         if !self.connected {
             return None;
         }
-        self.pending
-            .iter()
-            .map(|p| match p {
-                Pending::Subscribe(k) if k.kind.is_tick_by_tick() => self
-                    .tbt_last_request
-                    .get(&k.con_id)
-                    .map_or(now, |&t| (t + self.limits.tbt_same_instrument_ns).max(now)),
-                _ => now,
-            })
-            .min()
+        self.pending.iter().map(|p| self.due_at(p, now)).min()
+    }
+
+    /// When a queued request may go: at once, or after the same-instrument window of the
+    /// last tick-by-tick request for its conId, and not before a refusal's retry time.
+    fn due_at(&self, p: &Pending, now: u64) -> u64 {
+        let Pending::Subscribe(k) = p else {
+            return now;
+        };
+        let mut at = now;
+        if k.kind.is_tick_by_tick()
+            && let Some(&t) = self.tbt_last_request.get(&k.con_id)
+        {
+            at = at.max(t.saturating_add(self.limits.tbt_same_instrument_ns));
+        }
+        if let Some(r) = self.subs.get(k).and_then(|s| s.retry.as_ref()) {
+            at = at.max(r.at);
+        }
+        at
     }
 
     /// A tick arrived for `req_id`: returns the conId and whether the data is delayed.
@@ -546,6 +650,10 @@ impl SubscriptionManager {
                 SubState::Active
             };
             s.watchdog = 0;
+            // Data: a refusal being retried is over.
+            if s.retry.take().is_some() {
+                s.code = 0;
+            }
             self.emit(key);
         }
         Some(out)
@@ -627,18 +735,17 @@ impl SubscriptionManager {
                 {
                     s.state = SubState::Queued;
                     s.code = code;
+                    s.retry = None;
                     self.clear_route(id);
                     self.pending.push_back(Pending::Subscribe(key));
                 }
                 self.emit(key);
                 self.state_of(key)
             }
-            // IB's tick-by-tick cap is lower than our budget: learn it, refuse this one.
-            10190 => {
-                let in_use = self.in_use(true).saturating_sub(1).max(1);
-                self.limits.tbt_slots = self.limits.tbt_slots.min(in_use);
-                self.reject(key, code)
-            }
+            // IB's tick-by-tick cap, or its 15-second rule broken by someone else (a killed
+            // predecessor, another client of the account): IB cannot say which, and neither
+            // is final. The subscription keeps its slot in our budget and is asked for again.
+            10190 => self.retry_later(key, code),
             101 => {
                 let in_use = self.in_use(false).saturating_sub(1).max(1);
                 self.limits.mkt_lines = self.limits.mkt_lines.min(in_use);
@@ -659,6 +766,39 @@ impl SubscriptionManager {
             // (200), no permissions (354/10089 without fallback, 10189, 10168, 10186), ...
             _ => self.reject(key, code),
         }
+    }
+
+    /// Schedules the next attempt of a refused request: one same-instrument window after
+    /// the refused request was sent, then doubling (with jitter) up to the cap.
+    fn retry_later(&mut self, key: SubKey, code: i32) -> ErrorRoute {
+        let base = self.limits.tbt_same_instrument_ns.max(MIN_TBT_RETRY_NS);
+        let cap = self.limits.tbt_retry_cap_ns.max(base);
+        let seed = self.next_seed();
+        let Some(s) = self.subs.get_mut(&key) else {
+            return ErrorRoute::Unrouted;
+        };
+        let Some(id) = s.req_id.take() else {
+            return self.state_of(key);
+        };
+        let retry = s.retry.get_or_insert_with(|| Retry {
+            backoff: Backoff::new(base, cap, seed),
+            at: 0,
+        });
+        // Backoff's first delay lies in [base/2, base]: never before the window is over.
+        retry.at = s
+            .requested_ns
+            .saturating_add(retry.backoff.next_delay().max(base));
+        s.state = SubState::Queued;
+        s.code = code;
+        self.clear_route(id);
+        self.pending.push_back(Pending::Subscribe(key));
+        self.emit(key);
+        self.state_of(key)
+    }
+
+    /// The retry of a subscription refused by IB, if one is scheduled.
+    pub fn retry_of(&self, key: SubKey) -> Option<RetryInfo> {
+        self.subs.get(&key)?.waiting_retry()
     }
 
     fn reject(&mut self, key: SubKey, code: i32) -> ErrorRoute {
@@ -698,6 +838,9 @@ impl SubscriptionManager {
                 s.state = SubState::Queued;
                 s.code = 0;
                 s.watchdog = 0;
+                // A retried request that was out is simply lost with the rest; a retry still
+                // waiting keeps its time (IB's window does not care about our connection).
+                s.retry = None;
                 let idx = i64::from(id) - i64::from(self.first_req_id);
                 if let Some(slot) = self.routes.get_mut(idx as usize) {
                     *slot = None;
@@ -708,6 +851,23 @@ impl SubscriptionManager {
         }
         // A reconnect starts a fresh 15-second clock at IB only after the rule's time has
         // passed; keep our record of past requests so we never break it.
+    }
+
+    /// The engine is stopping cleanly: every subscription is dropped (final state
+    /// Cancelled), each request out at IB gets its cancel queued, and nothing else that was
+    /// queued will be sent. Returns how many cancels wait in the queue.
+    pub fn cancel_all(&mut self) -> usize {
+        let keys: Vec<SubKey> = self.subs.keys().copied().collect();
+        for key in keys {
+            self.drop_sub(key, SubState::Cancelled, 0);
+        }
+        self.pending.retain(|p| matches!(p, Pending::Cancel { .. }));
+        self.pending.len()
+    }
+
+    /// Requests still waiting to be sent (of any kind).
+    pub fn queued(&self) -> usize {
+        self.pending.len()
     }
 
     /// IB lost (1100) or regained (1102) connectivity to its servers: data is stale until then.
@@ -777,6 +937,7 @@ impl SubscriptionManager {
         };
         let Some(id) = s.req_id.take() else { return };
         s.state = SubState::Queued;
+        s.retry = None;
         self.clear_route(id);
         self.pending.push_back(Pending::Cancel {
             req_id: id,
@@ -808,11 +969,16 @@ impl SubscriptionManager {
         self.events.pop_front()
     }
 
-    /// Every subscription: key, state, holders, request id, IB code.
-    pub fn list(&self) -> impl Iterator<Item = (SubKey, SubState, usize, i32, i32)> + '_ {
-        self.subs
-            .iter()
-            .map(|(k, s)| (*k, s.state, s.holders.len(), s.req_id.unwrap_or(0), s.code))
+    /// Every subscription.
+    pub fn list(&self) -> impl Iterator<Item = SubInfo> + '_ {
+        self.subs.iter().map(|(k, s)| SubInfo {
+            key: *k,
+            state: s.state,
+            holders: s.holders.len(),
+            req_id: s.req_id.unwrap_or(0),
+            code: s.code,
+            retry: s.waiting_retry(),
+        })
     }
 }
 
@@ -882,6 +1048,38 @@ mod tests {
             None,
             "late ticks of a cancelled id are not routed"
         );
+    }
+
+    #[test]
+    fn cancel_all_cancels_what_is_out_at_ib_and_nothing_else() {
+        let mut m = connected();
+        m.subscribe("a", key(1, SubKind::BidAsk), 0).unwrap();
+        m.subscribe("b", key(2, SubKind::MktData), 0).unwrap();
+        m.subscribe("a", key(1, SubKind::Last), 0).unwrap();
+        // BidAsk and MktData go out; Last waits for the 15-second rule.
+        assert_eq!(drain(&mut m, 0).len(), 2);
+        assert_eq!(m.queued(), 1);
+        while m.poll_event().is_some() {}
+        assert_eq!(m.cancel_all(), 2);
+        let mut reqs = drain(&mut m, 100 * S);
+        reqs.sort_by_key(|r| format!("{r:?}"));
+        assert_eq!(
+            reqs,
+            vec![
+                Request::CancelMktData { req_id: 1001 },
+                Request::CancelTickByTick { req_id: 1000 },
+            ]
+        );
+        let finals: Vec<SubState> = std::iter::from_fn(|| m.poll_event())
+            .map(|e| e.state)
+            .collect();
+        assert_eq!(finals, vec![SubState::Cancelled; 3]);
+        assert_eq!(m.list().count(), 0);
+
+        // Not connected: nothing is out at IB, so nothing to cancel.
+        let mut m = SubscriptionManager::new(Limits::default(), 1000);
+        m.subscribe("a", key(1, SubKind::BidAsk), 0).unwrap();
+        assert_eq!(m.cancel_all(), 0);
     }
 
     #[test]
@@ -996,16 +1194,239 @@ mod tests {
         assert!(drain(&mut m, 0).is_empty());
     }
 
-    #[test]
-    fn ib_cap_lower_than_budget_is_learned() {
-        let mut m = connected();
-        for c in 1..=3 {
-            m.subscribe("a", key(c, SubKind::BidAsk), 0).unwrap();
+    fn events(m: &mut SubscriptionManager) -> Vec<SubEvent> {
+        std::iter::from_fn(|| m.poll_event()).collect()
+    }
+
+    fn tbt(req_id: i32, con_id: u32, kind: SubKind) -> Request {
+        Request::TickByTick {
+            req_id,
+            con_id,
+            kind,
         }
+    }
+
+    /// The restart case: our first request for an instrument falls inside the 15 seconds of
+    /// a predecessor's; IB says 10190. It is asked again one window after our request, and
+    /// data makes it active again with no code.
+    #[test]
+    fn a_10190_is_retried_one_window_after_the_request() {
+        let mut m = connected();
+        let k = key(711_280_073, SubKind::BidAsk);
+        m.subscribe("config", k, 0).unwrap();
+        assert_eq!(drain(&mut m, 2 * S), vec![tbt(1000, k.con_id, k.kind)]);
+        events(&mut m);
+        assert_eq!(
+            m.on_error(1000, 10190),
+            ErrorRoute::Subscription(k, SubState::Queued)
+        );
+        let ev = events(&mut m);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(
+            (ev[0].state, ev[0].code, ev[0].req_id),
+            (SubState::Queued, 10190, 0)
+        );
+        let retry = ev[0].retry.expect("the state says when it is tried again");
+        assert_eq!(
+            retry,
+            RetryInfo {
+                refusals: 1,
+                next_ns: 17 * S
+            }
+        );
+        assert_eq!(m.retry_of(k), Some(retry));
+        assert_eq!(m.on_tick(1000, 3 * S), None, "the refused id is dead");
+        assert_eq!(m.next_deadline(3 * S), Some(17 * S));
+        assert!(drain(&mut m, 17 * S - 1).is_empty());
+        assert_eq!(drain(&mut m, 17 * S), vec![tbt(1001, k.con_id, k.kind)]);
+        assert_eq!(m.on_tick(1001, 18 * S), Some((k.con_id, false)));
+        let states: Vec<(SubState, i32, i32, bool)> = events(&mut m)
+            .iter()
+            .map(|e| (e.state, e.code, e.req_id, e.retry.is_some()))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                (SubState::Requested, 10190, 1001, false),
+                (SubState::Active, 0, 1001, false)
+            ]
+        );
+        assert_eq!(m.retry_of(k), None);
+        let info = m.list().next().unwrap();
+        assert_eq!(
+            (info.state, info.code, info.retry),
+            (SubState::Active, 0, None)
+        );
+    }
+
+    /// Refused again and again: each wait doubles (jittered) from one window to the cap and
+    /// stays there; the attempts never stop while someone holds the subscription.
+    #[test]
+    fn repeated_refusals_back_off_to_the_cap_without_giving_up() {
+        let window = 15 * S;
+        let cap = 120 * S;
+        let mut m = connected();
+        m.set_jitter_seed(7);
+        let k = key(1, SubKind::Last);
+        m.subscribe("config", k, 0).unwrap();
+        let mut now = 0;
+        let mut waits = Vec::new();
+        for attempt in 0..40u32 {
+            let sent = drain(&mut m, now);
+            assert_eq!(sent.len(), 1, "attempt {attempt}: {sent:?}");
+            let Request::TickByTick { req_id, .. } = sent[0] else {
+                panic!("{sent:?}")
+            };
+            m.on_error(req_id, 10190);
+            let r = m.retry_of(k).unwrap();
+            assert_eq!(r.refusals, attempt + 1);
+            let wait = r.next_ns - now;
+            let ceiling = (window << attempt.min(8)).min(cap);
+            assert!(
+                wait >= window.max(ceiling / 2) && wait <= ceiling,
+                "attempt {attempt}: waited {wait} (ceiling {ceiling})"
+            );
+            assert!(
+                drain(&mut m, r.next_ns - 1).is_empty(),
+                "not before its time"
+            );
+            waits.push(wait);
+            now = r.next_ns;
+        }
+        assert_eq!(waits[0], window, "the first retry: exactly one window");
+        assert!(
+            waits[1..].iter().any(|&w| w != waits[1]),
+            "jittered: {waits:?}"
+        );
+        assert!(waits.iter().all(|&w| w <= cap));
+        // The same seed gives the same waits: the schedule is the seed's, not the clock's.
+        let mut again = connected();
+        again.set_jitter_seed(7);
+        again.subscribe("config", k, 0).unwrap();
+        let mut now = 0;
+        for (i, &w) in waits.iter().enumerate().take(6) {
+            let Some(Request::TickByTick { req_id, .. }) = again.next_request(now) else {
+                panic!("attempt {i}")
+            };
+            again.on_error(req_id, 10190);
+            assert_eq!(again.retry_of(k).unwrap().next_ns - now, w, "attempt {i}");
+            now += w;
+        }
+    }
+
+    /// The last holder leaving ends the retrying: nothing more is sent, not even a cancel
+    /// (no request is out at IB), and the final state is Cancelled.
+    #[test]
+    fn retrying_stops_when_the_last_holder_leaves() {
+        let mut m = connected();
+        let k = key(5, SubKind::MidPoint);
+        m.subscribe("ws-1", k, 0).unwrap();
         drain(&mut m, 0);
+        m.on_error(1000, 10190);
+        // A second holder joining hears about the refusal in its reply.
+        let ack = m.subscribe("ws-2", k, S).unwrap();
+        assert!(ack.shared);
+        assert_eq!((ack.state, ack.code), (SubState::Queued, 10190));
+        assert_eq!(ack.retry.unwrap().next_ns, 15 * S);
+        assert_eq!(m.unsubscribe("ws-1", k), Some(1));
+        assert_eq!(m.queued(), 1, "still held by ws-2: still retried");
+        events(&mut m);
+        assert_eq!(m.unsubscribe("ws-2", k), Some(0));
+        assert!(drain(&mut m, 100 * S).is_empty());
+        assert_eq!(m.next_deadline(100 * S), None);
+        let ev = events(&mut m);
+        assert_eq!(ev.last().map(|e| e.state), Some(SubState::Cancelled));
+        assert_eq!(m.list().count(), 0);
+    }
+
+    /// 10190 at IB's slot cap (another client of the account holds slots): the refused
+    /// subscription keeps its place in our budget and gets the slot when one frees.
+    #[test]
+    fn a_refusal_at_the_slot_cap_keeps_its_budget_and_gets_a_freed_slot() {
+        let mut m = SubscriptionManager::new(
+            Limits {
+                tbt_slots: 2,
+                tbt_same_instrument_ns: 0,
+                ..Limits::default()
+            },
+            1000,
+        );
+        m.on_connected();
+        m.subscribe("a", key(1, SubKind::BidAsk), 0).unwrap();
+        m.subscribe("a", key(2, SubKind::BidAsk), 0).unwrap();
+        assert_eq!(drain(&mut m, 0).len(), 2);
+        m.on_error(1001, 10190);
+        assert_eq!(
+            m.limits().tbt_slots,
+            2,
+            "a refusal is not taken for IB's cap"
+        );
+        assert_eq!(
+            m.subscribe("b", key(3, SubKind::BidAsk), 0)
+                .unwrap_err()
+                .ib_code(),
+            10190,
+            "the refused one still counts against our budget"
+        );
+        // With the window off, retries wait at least MIN_TBT_RETRY_NS.
+        let r = m.retry_of(key(2, SubKind::BidAsk)).unwrap();
+        assert_eq!(r.next_ns, MIN_TBT_RETRY_NS);
+        // Still full at IB on the next attempt; a slot frees later (IB's other client left)
+        // and the attempt after that gets it.
+        assert_eq!(
+            drain(&mut m, r.next_ns),
+            vec![tbt(1002, 2, SubKind::BidAsk)]
+        );
         m.on_error(1002, 10190);
-        assert_eq!(m.limits().tbt_slots, 2);
-        assert!(m.subscribe("a", key(7, SubKind::BidAsk), 0).is_err());
+        let r = m.retry_of(key(2, SubKind::BidAsk)).unwrap();
+        assert_eq!(r.refusals, 2);
+        assert_eq!(
+            drain(&mut m, r.next_ns),
+            vec![tbt(1003, 2, SubKind::BidAsk)]
+        );
+        m.on_tick(1003, r.next_ns + 1);
+        assert_eq!(
+            m.list().map(|i| i.state).collect::<Vec<_>>(),
+            vec![SubState::Requested, SubState::Active]
+        );
+    }
+
+    /// A reconnect while a retry waits keeps the retry's time (IB's window does not care
+    /// about our connection); a disconnected manager sends nothing.
+    #[test]
+    fn a_reconnect_keeps_the_retry_time() {
+        let mut m = connected();
+        let k = key(9, SubKind::AllLast);
+        m.subscribe("config", k, 0).unwrap();
+        drain(&mut m, 0);
+        m.on_error(1000, 10190);
+        m.on_subscriptions_lost(false);
+        assert!(drain(&mut m, 20 * S).is_empty(), "disconnected");
+        m.on_connected();
+        m.on_subscriptions_lost(true);
+        assert_eq!(m.next_deadline(S), Some(15 * S));
+        assert!(drain(&mut m, 15 * S - 1).is_empty());
+        assert_eq!(drain(&mut m, 15 * S), vec![tbt(1001, 9, SubKind::AllLast)]);
+        // The retried request was out when the session dropped: requeued as any other, with
+        // no retry pending (only IB's answer on the new session says whether it is needed).
+        m.on_subscriptions_lost(true);
+        assert_eq!(m.retry_of(k), None);
+        assert_eq!(drain(&mut m, 30 * S), vec![tbt(1002, 9, SubKind::AllLast)]);
+    }
+
+    /// Other refusals stay final.
+    #[test]
+    fn other_refusals_are_not_retried() {
+        let mut m = connected();
+        let k = key(4, SubKind::Last);
+        m.subscribe("a", k, 0).unwrap();
+        drain(&mut m, 0);
+        assert_eq!(
+            m.on_error(1000, 10189),
+            ErrorRoute::Subscription(k, SubState::Rejected)
+        );
+        assert!(drain(&mut m, 100 * S).is_empty());
+        assert_eq!(m.list().count(), 0);
     }
 
     #[test]
@@ -1052,7 +1473,7 @@ mod tests {
         assert_eq!(m.check_silence(92 * S, 30 * S), Some(Escalation::Probe));
         // A tick clears it.
         m.on_tick(1001, 93 * S);
-        assert_eq!(m.list().next().unwrap().1, SubState::Active);
+        assert_eq!(m.list().next().unwrap().state, SubState::Active);
     }
 
     #[test]

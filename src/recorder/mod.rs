@@ -275,6 +275,8 @@ impl Recorder {
                 Err(e) => return Err(e.into()),
             }
         };
+        let registered = reader.register("recorder");
+        tracing::debug!("ring reader: {registered}");
         let epoch = reader.info().epoch;
         let ckpt = match ckpt {
             Some(c) => Some(c),

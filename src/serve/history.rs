@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use super::AppState;
 use super::error::ApiError;
+use super::messages::GapInfo;
 use super::params::{self, DEFAULT_TICK_TYPES, Params, TickType};
 
 /// Most ticks one history request returns.
@@ -53,7 +54,8 @@ pub enum HistoryError {
     Storage(String),
 }
 
-/// A resume query: the ticks a client missed, by ring sequence.
+/// A read of stored ticks by ring sequence: what a resuming client missed, or the current
+/// epoch's part of a history-then-live stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeqQuery {
     /// The ring epoch the sequences belong to.
@@ -66,8 +68,52 @@ pub struct SeqQuery {
     pub first_seq: u64,
     /// Last sequence wanted.
     pub last_seq: u64,
-    /// Most ticks to return.
+    /// Ticks received before this time (ns since the Unix epoch) are not wanted.
+    pub start_ns: Option<i64>,
+    /// The epoch is the ring's current one: storage is still being written, and only what
+    /// the recorder has accounted for (its checkpoint) may be answered as complete.
+    pub live_epoch: bool,
+    /// Most items to return.
     pub limit: usize,
+}
+
+/// One item of a [`SeqPage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeqItem {
+    /// A stored tick: its sequence and `tickjson` object.
+    Tick {
+        /// Ring sequence.
+        seq: u64,
+        /// The stored line's bytes.
+        json: Bytes,
+    },
+    /// A stored gap record (sequences storage never had).
+    Gap {
+        /// The record's own sequence.
+        seq: u64,
+        /// What it says.
+        info: GapInfo,
+    },
+}
+
+impl SeqItem {
+    /// The item's sequence.
+    pub fn seq(&self) -> u64 {
+        match self {
+            SeqItem::Tick { seq, .. } | SeqItem::Gap { seq, .. } => *seq,
+        }
+    }
+}
+
+/// One page of a [`SeqQuery`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeqPage {
+    /// Ticks and gaps in sequence order.
+    pub items: Vec<SeqItem>,
+    /// Every stored item of the query with a sequence in `first_seq..=through` is in
+    /// `items`: the next page starts at `through + 1`. Below `first_seq` when storage
+    /// accounts for nothing of the range (yet).
+    pub through: u64,
 }
 
 /// A source of stored ticks (implemented by the storage query library).
@@ -75,18 +121,31 @@ pub trait HistorySource: Send + Sync + std::fmt::Debug + 'static {
     /// Answers one query. Called on a blocking thread: it may read files.
     fn query(&self, q: &HistoryQuery) -> Result<HistoryPage, HistoryError>;
 
-    /// The stored ticks of `q.con_id` and `q.tick_types` with sequences in
-    /// `q.first_seq..=q.last_seq` of epoch `q.epoch`, in sequence order, at most `q.limit`,
-    /// each with its sequence; `Ok(None)` when this source cannot answer by sequence. Used to
-    /// resume a stream whose `Last-Event-ID` the ring no longer holds.
-    fn by_seq(&self, q: &SeqQuery) -> Result<Option<Vec<(u64, Bytes)>>, HistoryError> {
+    /// The stored ticks (and gaps) of `q.con_id` and `q.tick_types` with sequences in
+    /// `q.first_seq..=q.last_seq` of epoch `q.epoch`, in sequence order, at most `q.limit`;
+    /// `Ok(None)` when this source cannot answer by sequence. Used to resume a stream whose
+    /// `Last-Event-ID` the ring no longer holds, and for `since=`. Called on a blocking
+    /// thread.
+    fn by_seq(&self, q: &SeqQuery) -> Result<Option<SeqPage>, HistoryError> {
         let _ = q;
         Ok(None)
     }
+
+    /// The epochs with stored ticks of `con_id` and `tick_types` received from `start_ns`
+    /// on, oldest first. Called on a blocking thread.
+    fn epochs_since(
+        &self,
+        con_id: u32,
+        tick_types: &[TickType],
+        start_ns: i64,
+    ) -> Result<Vec<u64>, HistoryError> {
+        let _ = (con_id, tick_types, start_ns);
+        Ok(Vec::new())
+    }
 }
 
-/// Most ticks a resume takes from history before the ring.
-pub const MAX_RESUME_FROM_HISTORY: usize = 100_000;
+/// Items per page of a replay from history (bounded memory per stream).
+pub const REPLAY_PAGE: usize = 1024;
 
 /// `GET /v3/history/{conId}?tick_types=&start=&end=&limit=&cursor=`.
 pub async fn query(

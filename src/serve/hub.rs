@@ -93,7 +93,9 @@ impl SinkFlag {
         }
     }
 
-    fn set(&self, r: CloseReason) {
+    /// Closes the stream for `r` (the tailer does; so does a stop of a stream still
+    /// replaying history, before it joined the tailer).
+    pub fn set(&self, r: CloseReason) {
         self.0.store(r as u8, Ordering::Release);
     }
 }
@@ -110,6 +112,16 @@ pub enum Out {
         /// Record kind byte.
         kind: u8,
         /// The JSON object.
+        json: Bytes,
+    },
+    /// A stored tick replayed from history (never made by the tailer): delivered like a
+    /// tick, but not counted in the ring-to-client latency (its receive time is old).
+    History {
+        /// The stream within the consumer.
+        tag: u32,
+        /// Ring sequence; `None` for a tick of an older epoch (no resume point).
+        seq: Option<u64>,
+        /// The stored line's bytes.
         json: Bytes,
     },
     /// A control message (`gap`, `error`, `info`).
@@ -131,6 +143,7 @@ impl Out {
     fn seq(&self) -> u64 {
         match self {
             Out::Tick { seq, .. } => *seq,
+            Out::History { seq, .. } => seq.unwrap_or(0),
             Out::Control { id, .. } => id.unwrap_or(0),
         }
     }
@@ -160,6 +173,9 @@ pub struct SinkSpec {
     pub policy: SlowPolicy,
     /// Where to start.
     pub start: Start,
+    /// Ticks received before this time (ns) are not delivered (`since=`); `i64::MIN` for
+    /// none.
+    pub min_ts_ns: i64,
     /// The consumer's queue.
     pub tx: mpsc::Sender<Out>,
     /// Set when the tailer closes the stream.
@@ -363,6 +379,14 @@ impl Hub {
         }
     }
 
+    /// Sends the tailer a stop of `con_id` now, ordered after every [`Hub::add`] made
+    /// before; the future gives how many streams it closed.
+    pub fn stop_contract_now(&self, con_id: u32) -> impl Future<Output = usize> + use<> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.cmd.send(Cmd::StopContract(con_id, tx)).is_ok();
+        async move { if sent { rx.await.unwrap_or(0) } else { 0 } }
+    }
+
     /// Closes every stream of `con_id` (reason `stopped`); returns how many.
     pub async fn stop_contract(&self, con_id: u32) -> usize {
         let (tx, rx) = oneshot::channel();
@@ -442,6 +466,8 @@ struct Sink {
     notify: Arc<Notify>,
     /// Records below this sequence are not delivered (resume point, or skipped by a lap).
     min_seq: u64,
+    /// Ticks received before this time (ns) are not delivered.
+    min_ts_ns: i64,
     /// A private reader while the stream catches up from a resume point.
     catchup: Option<RingReader>,
     last_ts_ns: i64,
@@ -514,7 +540,9 @@ impl Sink {
                 }
                 Verdict::Keep
             }
-            Out::Control { .. } => {
+            // Replays wait on the queue instead (`send().await`): kept in order if one
+            // ever came here.
+            Out::Control { .. } | Out::History { .. } => {
                 if self.pending.len() >= max_pending {
                     stats.slow_disconnects.fetch_add(1, Ordering::Relaxed);
                     return self.close(CloseReason::SlowConsumer);
@@ -619,7 +647,11 @@ impl Sink {
         let about_me = rec.instrument_id == self.con_id;
         let out = match rec.kind() {
             Some(k) if k.is_market_data() => {
-                if !about_me || !self.kinds.contains(rec.kind) {
+                // Times compare to the microsecond, as history does.
+                if !about_me
+                    || !self.kinds.contains(rec.kind)
+                    || rec.ts_recv.div_euclid(1000) < self.min_ts_ns.div_euclid(1000)
+                {
                     return Verdict::Keep;
                 }
                 let json = cache.get_or_insert_with(|| enc.encode(rec)).clone();
@@ -835,6 +867,7 @@ impl Tailer {
             flag: spec.flag,
             notify: spec.notify,
             min_seq: 0,
+            min_ts_ns: spec.min_ts_ns,
             catchup: None,
             last_ts_ns: 0,
             conflated: Vec::new(),
@@ -944,6 +977,8 @@ impl Tailer {
             Ok(mut r) => {
                 let cap = r.info().capacity;
                 r.set_lap_policy(LapPolicy::default_for(cap));
+                let registered = r.register("serve");
+                tracing::debug!("ring reader: {registered}");
                 self.stats.epoch.store(r.info().epoch, Ordering::Relaxed);
                 self.stats.capacity.store(cap, Ordering::Relaxed);
                 self.stats.ring_open.store(true, Ordering::Relaxed);
@@ -1282,6 +1317,7 @@ mod tests {
             flag: Arc::default(),
             notify: Arc::default(),
             min_seq: 0,
+            min_ts_ns: i64::MIN,
             catchup: None,
             last_ts_ns: 0,
             conflated: Vec::new(),
@@ -1317,6 +1353,7 @@ mod tests {
         while let Ok(o) = rx.try_recv() {
             v.push(match o {
                 Out::Tick { seq, .. } => ("tick", seq),
+                Out::History { seq, .. } => ("history", seq.unwrap_or(0)),
                 Out::Control {
                     event, id, json, ..
                 } => {

@@ -11,10 +11,12 @@ pub mod control_client;
 pub mod error;
 pub mod history;
 pub mod hub;
+pub mod limits;
 pub mod messages;
 pub mod ops;
 pub mod page;
 pub mod params;
+pub mod replay;
 pub mod sse;
 pub mod storage_history;
 pub mod subs;
@@ -92,6 +94,8 @@ pub struct ServeConfig {
     pub default_slow: SlowPolicy,
     /// WebSocket limits.
     pub ws: WsLimits,
+    /// Caps per remote address.
+    pub per_ip: limits::PerIpLimits,
     /// Where contract lookups are cached.
     pub contract_cache_dir: PathBuf,
     /// How long a cached lookup stays fresh.
@@ -117,6 +121,7 @@ impl ServeConfig {
             heartbeat: Duration::from_secs(15),
             default_slow: SlowPolicy::Conflate,
             ws: WsLimits::default(),
+            per_ip: limits::PerIpLimits::default(),
             contract_cache_dir: s.storage_path.join("cache").join("contracts"),
             contract_cache_ttl: Duration::from_secs(24 * 3600),
             control_timeout: Duration::from_secs(5),
@@ -176,6 +181,14 @@ pub struct ServeMetrics {
     pub streams_refused: AtomicU64,
     /// Streams closed as slow consumers.
     pub slow_closes: AtomicU64,
+    /// Replays from stored history started (`since=`, or a resume older than the ring).
+    pub history_replays: AtomicU64,
+    /// Ticks sent from stored history by those replays.
+    pub history_ticks: AtomicU64,
+    /// SSE streams refused by the cap per remote address.
+    pub sse_refused_per_ip: AtomicU64,
+    /// WebSocket connections refused by the cap per remote address.
+    pub ws_refused_per_ip: AtomicU64,
     /// Tick delivery latency: ring receive time to write into the client's stream, µs.
     pub delivery_us: LatencyBuckets,
 }
@@ -191,15 +204,53 @@ pub struct LatencyBuckets {
 pub const LATENCY_BOUNDS_US: [u64; 10] =
     [50, 100, 250, 500, 1000, 2500, 5000, 10_000, 50_000, 250_000];
 
+fn latency_bucket(us: u64) -> usize {
+    LATENCY_BOUNDS_US
+        .iter()
+        .position(|b| us <= *b)
+        .unwrap_or(LATENCY_BOUNDS_US.len())
+}
+
+/// Latencies counted by one stream and added to the shared [`LatencyBuckets`] once per
+/// write: the counters are shared by every connection, and an atomic add per tick per
+/// client is a contended cache line at 100k deliveries per second.
+#[derive(Debug, Default)]
+pub struct LatencyBatch {
+    counts: [u64; LATENCY_BOUNDS_US.len() + 1],
+    sum_us: u64,
+    n: u64,
+}
+
+impl LatencyBatch {
+    /// Counts one value.
+    pub fn record(&mut self, us: u64) {
+        self.counts[latency_bucket(us)] += 1;
+        self.sum_us += us;
+        self.n += 1;
+    }
+}
+
 impl LatencyBuckets {
     /// Counts one value.
     pub fn record(&self, us: u64) {
-        let i = LATENCY_BOUNDS_US
-            .iter()
-            .position(|b| us <= *b)
-            .unwrap_or(LATENCY_BOUNDS_US.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.counts[latency_bucket(us)].fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Adds a stream's batch and empties it.
+    pub fn merge(&self, batch: &mut LatencyBatch) {
+        if batch.n == 0 {
+            return;
+        }
+        for (c, n) in self.counts.iter().zip(batch.counts.iter_mut()) {
+            if *n > 0 {
+                c.fetch_add(*n, Ordering::Relaxed);
+                *n = 0;
+            }
+        }
+        self.sum_us.fetch_add(batch.sum_us, Ordering::Relaxed);
+        batch.sum_us = 0;
+        batch.n = 0;
     }
 
     /// Cumulative counts per bound (the last is `+Inf`), and the sum.
@@ -238,6 +289,10 @@ pub struct Inner {
     pub metrics: ServeMetrics,
     /// Streams open now (for `max_streams`).
     pub active_streams: AtomicUsize,
+    /// Streams and connections per remote address.
+    pub per_ip: Arc<limits::IpCounts>,
+    /// Streams replaying history (not yet in the tailer).
+    pub replays: Arc<replay::Replays>,
     next_stream: AtomicU64,
     /// When the server started.
     pub started: Instant,
@@ -291,6 +346,8 @@ impl AppState {
             history,
             metrics: ServeMetrics::default(),
             active_streams: AtomicUsize::new(0),
+            per_ip: Arc::default(),
+            replays: Arc::default(),
             next_stream: AtomicU64::new(1),
             started: Instant::now(),
         }))
@@ -404,6 +461,13 @@ pub struct ServeArgs {
     /// Seconds between heartbeat messages.
     #[arg(long, default_value_t = 15)]
     pub heartbeat_secs: u64,
+    /// Concurrent SSE streams per remote address (0: no cap; behind a proxy every client
+    /// shares its address).
+    #[arg(long, default_value_t = limits::PerIpLimits::default().sse_streams)]
+    pub max_sse_per_ip: usize,
+    /// Concurrent WebSocket connections per remote address (0: no cap).
+    #[arg(long, default_value_t = limits::PerIpLimits::default().ws_connections)]
+    pub max_ws_per_ip: usize,
 }
 
 /// The address to bind: loopback unless a token is configured.
@@ -420,11 +484,32 @@ pub fn bind_addr(host: &str, port: u16, token: Option<&str>) -> Result<SocketAdd
     Ok(SocketAddr::new(ip, port))
 }
 
+/// The listener `ib-stream serve` accepts on: every accepted socket gets `TCP_NODELAY`.
+///
+/// A stream writes one small frame per tick; with Nagle's algorithm a frame written while
+/// the previous one is unacknowledged waits for the client's (delayed) ACK, which put tens of
+/// milliseconds on ticks paced a millisecond apart.
+pub fn nodelay_listener(
+    listener: tokio::net::TcpListener,
+) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
+    use axum::serve::ListenerExt;
+    fn tap(s: &mut tokio::net::TcpStream) {
+        if let Err(e) = s.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
+        }
+    }
+    listener.tap_io(tap as fn(&mut tokio::net::TcpStream))
+}
+
 /// Binds and serves until Ctrl-C / SIGTERM.
 pub async fn run(settings: &Settings, args: &ServeArgs) -> Result<(), ServeError> {
     let mut cfg = ServeConfig::from_settings(settings);
     cfg.queue_capacity = args.queue_capacity.max(1);
     cfg.heartbeat = Duration::from_secs(args.heartbeat_secs.max(1));
+    cfg.per_ip = limits::PerIpLimits {
+        sse_streams: args.max_sse_per_ip,
+        ws_connections: args.max_ws_per_ip,
+    };
     let host = args
         .host
         .clone()
@@ -440,7 +525,9 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> Result<(), ServeError
         .then(|| Arc::new(storage_history::StorageHistory::new(&settings.storage_path)) as _);
     let state = AppState::new(cfg, history);
     let hub = state.hub.clone();
-    tracing::info!(%addr, "serving");
+    // The bound address (port 0 picks a free one: tests and supervisors read it here).
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %bound, "serving");
     let shutdown = async move {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
@@ -466,10 +553,14 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> Result<(), ServeError
         // Streams end with `complete{server_shutdown}` before the server stops.
         hub.shutdown();
     };
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServeError::Serve)
+    // The peer address feeds the per-address caps.
+    axum::serve(
+        nodelay_listener(listener),
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(ServeError::Serve)
 }
 
 /// Runs the server on its own multi-threaded runtime (for `main`).
@@ -530,5 +621,15 @@ mod tests {
         assert_eq!(cum[5], 4); // <= 2500
         assert_eq!(*cum.last().unwrap(), 5);
         assert_eq!(sum, 10 + 60 + 60 + 2000 + 1_000_000);
+
+        // A stream's batch adds the same counts, once.
+        let merged = LatencyBuckets::default();
+        let mut batch = LatencyBatch::default();
+        for us in [10, 60, 60, 2000, 1_000_000] {
+            batch.record(us);
+        }
+        merged.merge(&mut batch);
+        merged.merge(&mut batch);
+        assert_eq!(merged.cumulative(), b.cumulative());
     }
 }

@@ -260,7 +260,9 @@ pub async fn stop_streams(
 ) -> Result<Json<Value>, ApiError> {
     let con_id = params::con_id(&raw)?;
     Params::parse(q.as_deref(), &[])?;
-    let n = st.hub.stop_contract(con_id).await;
+    // Streams still replaying history, and the tailer's, in one step (see Replays::stop).
+    let (replaying, in_tailer) = st.replays.stop(con_id, || st.hub.stop_contract_now(con_id));
+    let n = replaying + in_tailer.await;
     if n == 0 {
         return Err(ApiError::not_found(format!(
             "no open stream on contract {con_id}"
@@ -345,6 +347,33 @@ pub async fn metrics(
         "counter",
         "WebSocket subscriptions made.",
         &one(ld(&m.ws_subscriptions)),
+    );
+    metric(
+        &mut out,
+        "ib_stream_serve_history_replays_total",
+        "counter",
+        "Replays from stored history (since=, or a resume older than the ring).",
+        &one(ld(&m.history_replays)),
+    );
+    metric(
+        &mut out,
+        "ib_stream_serve_history_ticks_total",
+        "counter",
+        "Ticks sent from stored history by replays.",
+        &one(ld(&m.history_ticks)),
+    );
+    metric(
+        &mut out,
+        "ib_stream_serve_refused_by_address_total",
+        "counter",
+        "Streams and connections refused by the cap per remote address.",
+        &[
+            (
+                "{transport=\"sse\"}".into(),
+                ld(&m.sse_refused_per_ip) as f64,
+            ),
+            ("{transport=\"ws\"}".into(), ld(&m.ws_refused_per_ip) as f64),
+        ],
     );
     metric(
         &mut out,

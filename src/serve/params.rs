@@ -91,6 +91,57 @@ pub fn truncate(s: &str) -> String {
     out
 }
 
+/// A `since=` value as ns since the Unix epoch: an RFC 3339 time (`2025-11-22T14:30:00Z`; a
+/// time without offset is UTC), unix seconds (`1763800000`, fraction allowed) or
+/// milliseconds (13 digits and more), or a duration back from `now_ns` (`30s`, `5m`,
+/// `1h30m`).
+pub fn since(raw: &str, now_ns: i64) -> Result<i64, ApiError> {
+    use crate::storage::query::time;
+    let t = raw.trim();
+    let bad = |why: String| {
+        ApiError::bad_parameter(format!(
+            "`since` must be an RFC 3339 time, unix seconds or milliseconds, or a duration \
+             like 30s, 5m, 2h; `{}`: {why}",
+            truncate(raw)
+        ))
+    };
+    let ns = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+        let whole: i64 = int.parse().map_err(|_| bad("not a number".into()))?;
+        if frac.is_empty() && int.len() >= 13 {
+            whole
+                .checked_mul(1_000_000)
+                .ok_or_else(|| bad("out of range".into()))?
+        } else {
+            let mut frac_ns: i64 = 0;
+            for (i, b) in frac.bytes().take(9).enumerate() {
+                if b == b'.' {
+                    return Err(bad("not a number".into()));
+                }
+                frac_ns += i64::from(b - b'0') * 10i64.pow(8 - i as u32);
+            }
+            whole
+                .checked_mul(1_000_000_000)
+                .and_then(|n| n.checked_add(frac_ns))
+                .ok_or_else(|| bad("out of range".into()))?
+        }
+    } else if t.bytes().next().is_some_and(|b| b.is_ascii_digit())
+        && t.bytes().last().is_some_and(|b| b.is_ascii_alphabetic())
+        && let Ok(d) = time::parse_duration(t)
+    {
+        now_ns.saturating_sub(d)
+    } else {
+        time::parse_time(t, &jiff::tz::TimeZone::UTC, now_ns).map_err(|e| bad(e.to_string()))?
+    };
+    if ns <= 0 {
+        return Err(bad("before 1970".into()));
+    }
+    if ns > now_ns.saturating_add(60_000_000_000) {
+        return Err(bad("in the future".into()));
+    }
+    Ok(ns)
+}
+
 /// A conId from a path segment: a positive 32-bit integer.
 pub fn con_id(raw: &str) -> Result<u32, ApiError> {
     match raw.parse::<u32>() {
@@ -242,6 +293,32 @@ pub fn kind_set(types: &[TickType]) -> KindSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_reads_times_unix_numbers_and_durations() {
+        let now = 1_763_800_000_000_000_000;
+        assert_eq!(since("2025-11-22T08:26:40Z", now).unwrap(), now);
+        assert_eq!(since("2025-11-22T08:26:40", now).unwrap(), now);
+        assert_eq!(since("1763800000", now).unwrap(), now);
+        assert_eq!(since("1763799999.5", now).unwrap(), now - 500_000_000);
+        assert_eq!(since("1763799999000", now).unwrap(), now - 1_000_000_000);
+        assert_eq!(since("30s", now).unwrap(), now - 30_000_000_000);
+        assert_eq!(since("1h30m", now).unwrap(), now - 5_400_000_000_000);
+        assert_eq!(since("now", now).unwrap(), now);
+        for bad in [
+            "",
+            "x",
+            "5 minutes",
+            "1.2.3",
+            "-5",
+            "0",
+            "2099-01-01T00:00:00Z",
+            "30q",
+        ] {
+            let e = since(bad, now).unwrap_err();
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
 
     #[test]
     fn params_reject_unknown_duplicate_and_out_of_range() {

@@ -17,11 +17,13 @@ use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 
 use super::error::ApiError;
-use super::hub::{CloseReason, Out, SinkFlag, SinkGuard, SinkSpec, SlowPolicy, Start};
+use super::hub::{CloseReason, Out, SinkFlag, SlowPolicy};
+use super::limits::{ClientIp, Counted, IpSlot};
 use super::messages::{self, CompleteReason, now_ns};
 use super::params::{self, DEFAULT_TICK_TYPES, Params, TickType};
+use super::replay::{self, Join, SinkSlot, StartFrom, TaskGuard};
 use super::subs::{ClientInfo, Lease, Registered};
-use super::{AppState, StreamSlot};
+use super::{AppState, LatencyBatch, StreamSlot};
 
 /// Largest `limit`.
 pub const MAX_LIMIT: u64 = 100_000_000;
@@ -41,6 +43,20 @@ pub struct StreamOptions {
     pub slow: SlowPolicy,
     /// Resume after this sequence.
     pub after: Option<u64>,
+    /// History then live from this receive time, ns (`since=`).
+    pub since_ns: Option<i64>,
+}
+
+impl StreamOptions {
+    /// Where the stream starts: a resume point wins over `since` (a reconnecting
+    /// EventSource sends both).
+    pub fn from(&self) -> StartFrom {
+        match (self.after, self.since_ns) {
+            (Some(a), _) => StartFrom::AfterSeq(a),
+            (None, Some(ns)) => StartFrom::Since(ns),
+            (None, None) => StartFrom::Live,
+        }
+    }
 }
 
 fn slow_policy(raw: Option<&str>, default: SlowPolicy) -> Result<SlowPolicy, ApiError> {
@@ -72,7 +88,14 @@ pub fn parse_options(
 ) -> Result<StreamOptions, ApiError> {
     let p = Params::parse(
         raw_query,
-        &["tick_types", "limit", "timeout", "slow", "last_event_id"],
+        &[
+            "tick_types",
+            "limit",
+            "timeout",
+            "slow",
+            "last_event_id",
+            "since",
+        ],
     )?;
     let types = match p.get("tick_types") {
         Some(t) => params::tick_types(t)?,
@@ -97,6 +120,10 @@ pub fn parse_options(
         slow: slow_policy(p.get("slow"), default_slow)?,
         // The header is what a reconnecting EventSource sends: it wins.
         after: header.or(query),
+        since_ns: p
+            .get("since")
+            .map(|v| params::since(v, now_ns()))
+            .transpose()?,
     })
 }
 
@@ -138,6 +165,12 @@ impl StreamCounter {
         self.limit.is_some_and(|l| self.count >= l)
     }
 
+    /// Counts a tick of an older epoch (no resume point); true when the limit is reached.
+    pub fn tick_unsequenced(&mut self) -> bool {
+        self.count += 1;
+        self.limit.is_some_and(|l| self.count >= l)
+    }
+
     /// The `complete` message.
     pub fn complete(&self, reason: CompleteReason) -> Bytes {
         messages::complete(
@@ -176,8 +209,10 @@ impl StreamCounter {
 /// What keeps a stream alive: dropped together when the client goes.
 #[derive(Debug)]
 pub struct StreamHold {
-    /// Removes the stream from the fan-out.
-    pub sink: SinkGuard,
+    /// Stops the replay from history, if one runs (dropped first).
+    pub replay: Option<TaskGuard>,
+    /// Removes the stream from the fan-out (once it joined).
+    pub sink: SinkSlot,
     /// Shares of engine subscriptions.
     pub leases: Vec<Lease>,
     /// The registry entry.
@@ -193,8 +228,14 @@ struct SseState {
     notify: Arc<Notify>,
     counter: StreamCounter,
     heartbeat: tokio::time::Interval,
+    /// This stream's count against its address's cap.
+    _ip: Option<IpSlot>,
     /// Events formatted and not yet handed to the connection.
     out: BytesMut,
+    /// Ticks in `out`, counted in the shared metrics when it is handed over.
+    out_ticks: u64,
+    /// Their latencies, likewise.
+    latency: LatencyBatch,
     done: bool,
     _hold: StreamHold,
 }
@@ -230,13 +271,27 @@ impl SseState {
         self.finish(vec![("complete", c)]);
     }
 
-    fn on_out(&mut self, out: Out) {
+    /// Formats one message; `now_us` is the time it is taken from the queue.
+    fn on_out(&mut self, out: Out, now_us: i64) {
         match out {
             Out::Tick { seq, json, .. } => {
                 event(&mut self.out, "tick", Some(seq), &json);
-                self.st.metrics.sse_ticks.fetch_add(1, Ordering::Relaxed);
-                record_latency(&self.st, &json);
+                self.out_ticks += 1;
+                if let Some(us) = latency_us(&json, now_us) {
+                    self.latency.record(us);
+                }
                 if self.counter.tick(seq) {
+                    self.complete(CompleteReason::LimitReached);
+                }
+            }
+            Out::History { seq, json, .. } => {
+                event(&mut self.out, "tick", seq, &json);
+                self.out_ticks += 1;
+                let done = match seq {
+                    Some(s) => self.counter.tick(s),
+                    None => self.counter.tick_unsequenced(),
+                };
+                if done {
                     self.complete(CompleteReason::LimitReached);
                 }
             }
@@ -256,27 +311,26 @@ impl SseState {
     }
 }
 
-/// Records ring-receive-to-delivery latency from a tick's `st` (µs) field.
-pub fn record_latency(st: &AppState, json: &[u8]) {
+/// Ring-receive-to-delivery latency (µs) of a tick from its `st` (µs) field.
+pub fn latency_us(json: &[u8], now_us: i64) -> Option<u64> {
     // `{"seq":N,"st":US,...`: find the value after `"st":` without a full parse.
-    let Some(pos) = json.windows(5).position(|w| w == b"\"st\":") else {
-        return;
-    };
+    let pos = json.windows(5).position(|w| w == b"\"st\":")?;
     let digits = json[pos + 5..]
         .iter()
         .take_while(|b| b.is_ascii_digit())
         .fold(0i64, |acc, b| {
             acc.saturating_mul(10).saturating_add(i64::from(b - b'0'))
         });
-    let now_us = now_ns() / 1000;
-    if digits > 0 && now_us >= digits {
-        st.metrics.delivery_us.record((now_us - digits) as u64);
-    }
+    (digits > 0 && now_us >= digits).then(|| (now_us - digits) as u64)
 }
 
 async fn next_frame(mut s: SseState) -> Option<(Result<Bytes, Infallible>, SseState)> {
     loop {
         if !s.out.is_empty() {
+            let m = &s.st.metrics;
+            m.sse_ticks.fetch_add(s.out_ticks, Ordering::Relaxed);
+            m.delivery_us.merge(&mut s.latency);
+            s.out_ticks = 0;
             let frame = s.out.split().freeze();
             return Some((Ok(frame), s));
         }
@@ -298,14 +352,16 @@ async fn next_frame(mut s: SseState) -> Option<(Result<Bytes, Infallible>, SseSt
             _ = notify.notified() => {}
             m = s.rx.recv() => match m {
                 Some(out) => {
-                    s.on_out(out);
+                    // One clock read per frame: its ticks leave together.
+                    let now_us = now_ns() / 1000;
+                    s.on_out(out, now_us);
                     // Whatever else is already queued goes into the same frame.
                     for _ in 1..MAX_EVENTS_PER_FRAME {
                         if s.done || s.flag.get().is_some() {
                             break;
                         }
                         match s.rx.try_recv() {
-                            Ok(out) => s.on_out(out),
+                            Ok(out) => s.on_out(out, now_us),
                             Err(_) => break,
                         }
                     }
@@ -344,34 +400,27 @@ pub struct Consumer {
     pub notify: Arc<Notify>,
 }
 
-/// Opens a stream: subscriptions, fan-out registration, registry; shared by SSE and WS.
-pub async fn open_stream(
+/// A stream with its slot, engine subscriptions and registry entry, not yet in the fan-out.
+#[derive(Debug)]
+pub struct Prepared {
+    stream_id: Arc<str>,
+    con_id: u32,
+    leases: Vec<Lease>,
+    registered: Registered,
+    slot: StreamSlot,
+}
+
+/// Takes a stream slot, the engine subscriptions (may wait for the engine) and a registry
+/// entry; shared by SSE and WS.
+pub async fn prepare_stream(
     st: &AppState,
     stream_id: Arc<str>,
     con_id: u32,
     opts: &StreamOptions,
-    consumer: Consumer,
-) -> Result<(StreamHold, Arc<SinkFlag>), ApiError> {
-    let Consumer {
-        transport,
-        tag,
-        tx,
-        notify,
-    } = consumer;
+    transport: &'static str,
+) -> Result<Prepared, ApiError> {
     let slot = st.reserve_stream()?;
     let leases = st.subs.acquire_all(con_id, &opts.types).await?;
-    let flag = Arc::new(SinkFlag::default());
-    let sink = st.hub.add(SinkSpec {
-        tag,
-        stream_id: Arc::clone(&stream_id),
-        con_id,
-        kinds: params::kind_set(&opts.types),
-        policy: opts.slow,
-        start: opts.after.map_or(Start::Live, Start::After),
-        tx,
-        flag: Arc::clone(&flag),
-        notify,
-    });
     let registered = st.registry.register(ClientInfo {
         stream_id: stream_id.to_string(),
         transport,
@@ -380,66 +429,71 @@ pub async fn open_stream(
         slow: opts.slow.name(),
         since: now_ns() / 1000,
     });
-    Ok((
-        StreamHold {
-            sink,
-            leases,
-            registered,
-            slot,
-        },
-        flag,
-    ))
+    Ok(Prepared {
+        stream_id,
+        con_id,
+        leases,
+        registered,
+        slot,
+    })
 }
 
-/// For a resume point the ring no longer holds, the missed ticks from history (when a
-/// source is configured and answers by sequence) and the sequence to resume the ring after.
-/// What history cannot give is left to the ring reader, which reports it as a gap.
-pub async fn resume_from_history(
+impl Prepared {
+    /// Joins the fan-out (or starts the replay from history that joins it).
+    pub fn attach(
+        self,
+        st: &AppState,
+        opts: &StreamOptions,
+        consumer: Consumer,
+    ) -> (StreamHold, Arc<SinkFlag>) {
+        let flag = Arc::new(SinkFlag::default());
+        let join = Join {
+            tag: consumer.tag,
+            stream_id: Arc::clone(&self.stream_id),
+            con_id: self.con_id,
+            types: opts.types.clone(),
+            kinds: params::kind_set(&opts.types),
+            policy: opts.slow,
+            tx: consumer.tx,
+            flag: Arc::clone(&flag),
+            notify: consumer.notify,
+        };
+        let (sink, replay) = replay::attach(st, join, opts.from());
+        (
+            StreamHold {
+                replay,
+                sink,
+                leases: self.leases,
+                registered: self.registered,
+                slot: self.slot,
+            },
+            flag,
+        )
+    }
+}
+
+/// Opens a stream: subscriptions, fan-out registration, registry; shared by SSE and WS.
+pub async fn open_stream(
     st: &AppState,
+    stream_id: Arc<str>,
     con_id: u32,
     opts: &StreamOptions,
-) -> (Vec<(u64, Bytes)>, Option<u64>) {
-    let (Some(after), Some(source)) = (opts.after, st.history.clone()) else {
-        return (Vec::new(), opts.after);
-    };
-    let stats = st.hub.stats();
-    let head = stats.ring_head.load(Ordering::Relaxed);
-    let capacity = stats.capacity.load(Ordering::Relaxed);
-    let oldest = (head + 1).saturating_sub(capacity).max(1);
-    if capacity == 0 || after + 1 >= oldest || after >= head {
-        return (Vec::new(), opts.after);
+    consumer: Consumer,
+) -> Result<(StreamHold, Arc<SinkFlag>), ApiError> {
+    let prepared = prepare_stream(st, stream_id, con_id, opts, consumer.transport).await?;
+    Ok(prepared.attach(st, opts, consumer))
+}
+
+/// `since=` needs stored history: without a source it is refused rather than served from
+/// whatever the ring happens to hold.
+pub fn check_history(st: &AppState, opts: &StreamOptions) -> Result<(), ApiError> {
+    if opts.since_ns.is_some() && opts.after.is_none() && st.history.is_none() {
+        return Err(ApiError::unavailable(
+            "storage_unavailable",
+            "`since` replays stored history and no history source is configured on this server",
+        ));
     }
-    // Cover a margin into the ring too: it moves on while storage is read.
-    let last = (oldest + capacity / 8).min(head);
-    let q = super::history::SeqQuery {
-        epoch: stats.epoch.load(Ordering::Relaxed),
-        con_id,
-        tick_types: opts.types.clone(),
-        first_seq: after + 1,
-        last_seq: last,
-        limit: super::history::MAX_RESUME_FROM_HISTORY,
-    };
-    let answer = tokio::task::spawn_blocking(move || source.by_seq(&q)).await;
-    match answer {
-        Ok(Ok(Some(ticks))) => {
-            let truncated = ticks.len() >= super::history::MAX_RESUME_FROM_HISTORY;
-            let resume = if truncated {
-                ticks.last().map_or(after, |t| t.0)
-            } else {
-                last
-            };
-            (ticks, Some(resume))
-        }
-        Ok(Ok(None)) => (Vec::new(), opts.after),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "history could not fill a resume; the ring reports the gap");
-            (Vec::new(), opts.after)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "history task failed");
-            (Vec::new(), opts.after)
-        }
-    }
+    Ok(())
 }
 
 /// The `info{stream_start}` message.
@@ -454,6 +508,7 @@ pub fn stream_start(st: &AppState, stream_id: &str, con_id: u32, opts: &StreamOp
             "limit": opts.limit,
             "timeout": opts.timeout_s,
             "resume_after": opts.after,
+            "since": opts.since_ns.map(|ns| ns.div_euclid(1000)),
             "ring_head": st.hub.stats().ring_head.load(Ordering::Relaxed),
             "tracked": opts.types.iter().all(|t| st.subs.is_tracked((con_id, *t))),
         }),
@@ -465,13 +520,20 @@ pub async fn stream(
     State(st): State<AppState>,
     Path(raw_con): Path<String>,
     RawQuery(query): RawQuery,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let con_id = params::con_id(&raw_con)?;
-    let mut opts = parse_options(query.as_deref(), &headers, st.cfg.default_slow)?;
-    let requested_after = opts.after;
-    let (from_history, ring_after) = resume_from_history(&st, con_id, &opts).await;
-    opts.after = ring_after;
+    let opts = parse_options(query.as_deref(), &headers, st.cfg.default_slow)?;
+    check_history(&st, &opts)?;
+    let ip_slot = st
+        .per_ip
+        .reserve(ip, Counted::Sse, st.cfg.per_ip.sse_streams)
+        .inspect_err(|_| {
+            st.metrics
+                .sse_refused_per_ip
+                .fetch_add(1, Ordering::Relaxed);
+        })?;
     let stream_id: Arc<str> = st.new_stream_id("sse").into();
     let (tx, rx) = mpsc::channel(st.cfg.queue_capacity);
     let notify = Arc::new(Notify::new());
@@ -486,15 +548,7 @@ pub async fn stream(
     let period = st.cfg.heartbeat;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let first = stream_start(
-        &st,
-        &stream_id,
-        con_id,
-        &StreamOptions {
-            after: requested_after,
-            ..opts.clone()
-        },
-    );
+    let first = stream_start(&st, &stream_id, con_id, &opts);
     let mut state = SseState {
         st: st.clone(),
         rx,
@@ -502,22 +556,14 @@ pub async fn stream(
         notify,
         counter: StreamCounter::new(Arc::clone(&stream_id), opts.limit, opts.timeout_s),
         heartbeat,
+        _ip: ip_slot,
         out: BytesMut::with_capacity(4096),
+        out_ticks: 0,
+        latency: LatencyBatch::default(),
         done: false,
         _hold: hold,
     };
     event(&mut state.out, "info", None, &first);
-    for (seq, json) in from_history {
-        if state.done {
-            break;
-        }
-        state.on_out(Out::Tick {
-            tag: 0,
-            seq,
-            kind: 0,
-            json,
-        });
-    }
     let body = futures_util::stream::unfold(state, next_frame);
     let mut resp = Body::from_stream(body).into_response();
     let h = resp.headers_mut();

@@ -4,8 +4,15 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::history::{HistoryError, HistoryPage, HistoryQuery, HistorySource};
-use crate::storage::query::{Cursor, Query, QueryError, QueryIter};
+use super::history::{
+    HistoryError, HistoryPage, HistoryQuery, HistorySource, SeqItem, SeqPage, SeqQuery,
+};
+use super::messages::GapInfo;
+use super::params::TickType;
+use crate::storage::query::seq::{SeqIter, SeqRange, epochs_from, stored_through};
+use crate::storage::query::{Cursor, Query, QueryError, QueryIter, default_format};
+use crate::tickjson;
+use ib_stream_ipc::RecordKind;
 
 /// Reads history from a storage root written by `ib-stream record`.
 #[derive(Debug, Clone)]
@@ -63,4 +70,95 @@ impl HistorySource for StorageHistory {
             .flatten();
         Ok(HistoryPage { ticks, next_cursor })
     }
+
+    fn by_seq(&self, q: &SeqQuery) -> Result<Option<SeqPage>, HistoryError> {
+        if !self.root.exists() {
+            return Ok(Some(SeqPage {
+                items: Vec::new(),
+                through: q.first_seq.saturating_sub(1),
+            }));
+        }
+        let format = default_format(&self.root);
+        // What storage accounts for: in the epoch the recorder is writing, only up to its
+        // checkpoint (later records may not be written yet); in another epoch, all of it.
+        let mut last = q.last_seq;
+        if q.live_epoch {
+            match stored_through(&self.root, q.epoch, format).map_err(storage_err)? {
+                Some(s) => last = last.min(s),
+                None => {
+                    return Ok(Some(SeqPage {
+                        items: Vec::new(),
+                        through: q.first_seq.saturating_sub(1),
+                    }));
+                }
+            }
+        }
+        let mut range = SeqRange::new(q.con_id, q.epoch, q.first_seq, last);
+        range.kinds = kinds_of(&q.tick_types);
+        range.start_ns = q.start_ns.unwrap_or(i64::MIN);
+        range.limit = Some(q.limit as u64);
+        range.format = Some(format);
+        let mut it = SeqIter::new(&self.root, &range).map_err(storage_err)?;
+        let mut items = Vec::new();
+        let mut line = Vec::with_capacity(160);
+        while let Some(rec) = it.next_record().map_err(storage_err)? {
+            if rec.kind == RecordKind::Gap as u8 {
+                let b = rec.body;
+                let (first, last) = (b[0].max(0) as u64, b[1].max(0) as u64);
+                items.push(SeqItem::Gap {
+                    seq: rec.seq,
+                    info: GapInfo {
+                        reason: tickjson::gap_reason_name(rec.tick_type),
+                        first_seq: first,
+                        last_seq: last,
+                        count: if first > 0 && last >= first {
+                            last - first + 1
+                        } else {
+                            0
+                        },
+                        t0_ns: b[2],
+                        t1_ns: b[3],
+                    },
+                });
+            } else {
+                line.clear();
+                tickjson::encode(&rec, it.strings(), &mut line);
+                items.push(SeqItem::Tick {
+                    seq: rec.seq,
+                    json: Bytes::copy_from_slice(&line),
+                });
+            }
+        }
+        // A full page may have more behind it; a short one covers the whole range.
+        let through = if items.len() >= q.limit {
+            it.last_seq().unwrap_or(last)
+        } else {
+            last
+        };
+        Ok(Some(SeqPage {
+            items,
+            through: through.max(q.first_seq.saturating_sub(1)),
+        }))
+    }
+
+    fn epochs_since(
+        &self,
+        con_id: u32,
+        tick_types: &[TickType],
+        start_ns: i64,
+    ) -> Result<Vec<u64>, HistoryError> {
+        if !self.root.exists() {
+            return Ok(Vec::new());
+        }
+        let kinds = kinds_of(tick_types);
+        Ok(epochs_from(&self.root, None, con_id, &kinds, start_ns)
+            .map_err(storage_err)?
+            .into_iter()
+            .map(|e| e.epoch)
+            .collect())
+    }
+}
+
+fn kinds_of(types: &[TickType]) -> Vec<RecordKind> {
+    types.iter().flat_map(|t| t.kinds()).copied().collect()
 }

@@ -2,7 +2,7 @@
 //!
 //! Client requests (text frames, JSON objects; `id` is echoed, any string or number):
 //! `{"type":"subscribe","id":1,"contract_id":711280073,"tick_types":["bid_ask"],
-//!   "limit":100,"timeout":60,"slow":"conflate","after_seq":1234}`,
+//!   "limit":100,"timeout":60,"slow":"conflate","after_seq":1234,"since":"5m"}`,
 //! `{"type":"unsubscribe","id":2,"stream_id":"ws-4"}`, `{"type":"ping","id":3}`.
 //! Close codes are listed in `docs/PROTOCOL.md`.
 
@@ -19,12 +19,13 @@ use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 
-use super::AppState;
 use super::error::ApiError;
 use super::hub::{CloseReason, Out, SinkFlag, SlowPolicy};
+use super::limits::{ClientIp, Counted};
 use super::messages::{self, CompleteReason, now_ns};
 use super::params::{self, DEFAULT_TICK_TYPES, Params, TickType};
 use super::sse::{self, StreamCounter, StreamHold, StreamOptions};
+use super::{AppState, LatencyBatch};
 
 /// Normal closure.
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -38,6 +39,8 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_INVALID_MESSAGE: u16 = 4000;
 /// More client messages per second than allowed.
 pub const CLOSE_RATE_LIMIT: u16 = 4004;
+/// The client's address already has the most WebSocket connections allowed per address.
+pub const CLOSE_TOO_MANY_FROM_ADDRESS: u16 = 4029;
 
 /// One of the `max_connections` WebSocket slots; freed on drop (also when the upgrade
 /// fails and its callback is dropped unrun).
@@ -53,9 +56,31 @@ impl Drop for WsSlot {
 pub async fn upgrade(
     State(st): State<AppState>,
     RawQuery(query): RawQuery,
+    ClientIp(ip): ClientIp,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref(), &[])?;
+    let ip_slot = match st
+        .per_ip
+        .reserve(ip, Counted::Ws, st.cfg.per_ip.ws_connections)
+    {
+        Ok(s) => s,
+        Err(e) => {
+            st.metrics.ws_refused_per_ip.fetch_add(1, Ordering::Relaxed);
+            // Browsers cannot read an HTTP status of a refused upgrade: accept it, say why
+            // in an `error` and close with 4029.
+            let msg = api_error(&Value::Null, &e);
+            return Ok(ws.on_upgrade(move |mut socket| async move {
+                let _ = socket.send(text(&msg)).await;
+                let _ = socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code: CLOSE_TOO_MANY_FROM_ADDRESS,
+                        reason: Utf8Bytes::from("too many connections from this address"),
+                    })))
+                    .await;
+            }));
+        }
+    };
     let limits = st.cfg.ws;
     let max = limits.max_connections;
     if st
@@ -79,6 +104,7 @@ pub async fn upgrade(
             st.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
             Conn::new(st.clone(), socket).run().await;
             drop(slot);
+            drop(ip_slot);
         }))
 }
 
@@ -90,6 +116,24 @@ struct WsStream {
     _hold: StreamHold,
 }
 
+/// A subscribe waiting for the engine (answered when it completes). Its task is not
+/// aborted when the connection goes: cancelling an engine subscribe half-way could leave the
+/// engine subscribed with no holder counted; finished, its shares are dropped and released.
+struct PendingSub {
+    con_id: u32,
+    kinds: params::KindSet,
+}
+
+/// A finished subscribe preparation.
+struct SubDone {
+    tag: u32,
+    id: Value,
+    stream_id: Arc<str>,
+    con_id: u32,
+    opts: StreamOptions,
+    result: Result<sse::Prepared, ApiError>,
+}
+
 struct Conn {
     st: AppState,
     socket: WebSocket,
@@ -98,9 +142,16 @@ struct Conn {
     rx: mpsc::Receiver<Out>,
     notify: Arc<Notify>,
     streams: HashMap<u32, WsStream>,
+    pending: HashMap<u32, PendingSub>,
+    done_tx: mpsc::UnboundedSender<SubDone>,
+    done_rx: mpsc::UnboundedReceiver<SubDone>,
     next_tag: u32,
     window: (Instant, u32),
     bad: u32,
+    /// Ticks of the current burst, counted in the shared metrics once it is flushed.
+    burst_ticks: u64,
+    /// Their latencies, likewise.
+    latency: LatencyBatch,
 }
 
 /// Why the connection loop stops.
@@ -150,7 +201,7 @@ fn field_u64(v: &Value, key: &str, min: u64, max: u64) -> Result<Option<u64>, St
 }
 
 fn subscribe_options(v: &Value, default_slow: SlowPolicy) -> Result<(u32, StreamOptions), String> {
-    const KNOWN: [&str; 8] = [
+    const KNOWN: [&str; 9] = [
         "type",
         "id",
         "contract_id",
@@ -159,6 +210,7 @@ fn subscribe_options(v: &Value, default_slow: SlowPolicy) -> Result<(u32, Stream
         "timeout",
         "slow",
         "after_seq",
+        "since",
     ];
     if let Some(obj) = v.as_object()
         && let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str()))
@@ -192,6 +244,14 @@ fn subscribe_options(v: &Value, default_slow: SlowPolicy) -> Result<(u32, Stream
             timeout_s: field_u64(v, "timeout", 1, sse::MAX_TIMEOUT_S)?,
             slow,
             after: field_u64(v, "after_seq", 0, u64::MAX)?,
+            since_ns: match v.get("since") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(params::since(s, now_ns()).map_err(|e| e.message)?),
+                Some(Value::Number(n)) => {
+                    Some(params::since(&n.to_string(), now_ns()).map_err(|e| e.message)?)
+                }
+                Some(_) => return Err("`since` must be a time, a unix time or a duration".into()),
+            },
         },
     ))
 }
@@ -200,6 +260,7 @@ impl Conn {
     fn new(st: AppState, socket: WebSocket) -> Conn {
         let (tx, rx) = mpsc::channel(st.cfg.queue_capacity);
         let conn_no = st.metrics.ws_connections.load(Ordering::Relaxed);
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
         Conn {
             st,
             socket,
@@ -208,9 +269,14 @@ impl Conn {
             rx,
             notify: Arc::new(Notify::new()),
             streams: HashMap::new(),
+            pending: HashMap::new(),
+            done_tx,
+            done_rx,
             next_tag: 1,
             window: (Instant::now(), 0),
             bad: 0,
+            burst_ticks: 0,
+            latency: LatencyBatch::default(),
         }
     }
 
@@ -226,14 +292,21 @@ impl Conn {
     /// Handles a message from the queue and whatever else is already waiting (up to a
     /// bound, so that client requests are still read), then flushes once.
     async fn on_burst(&mut self, first: Out) -> Result<(), Stop> {
-        self.on_out(first).await?;
+        // One clock read per burst: its ticks leave together.
+        let now_us = now_ns() / 1000;
+        self.on_out(first, now_us).await?;
         for _ in 0..MAX_BURST {
             match self.rx.try_recv() {
-                Ok(out) => self.on_out(out).await?,
+                Ok(out) => self.on_out(out, now_us).await?,
                 Err(_) => break,
             }
         }
-        self.socket.flush().await.map_err(|_| Stop::Gone)
+        let flushed = self.socket.flush().await.map_err(|_| Stop::Gone);
+        let m = &self.st.metrics;
+        m.ws_ticks.fetch_add(self.burst_ticks, Ordering::Relaxed);
+        m.delivery_us.merge(&mut self.latency);
+        self.burst_ticks = 0;
+        flushed
     }
 
     async fn run(mut self) {
@@ -305,6 +378,7 @@ impl Conn {
                     Some(Ok(msg)) => self.on_client(msg).await,
                 },
                 Some(out) = self.rx.recv() => self.on_burst(out).await,
+                Some(done) = self.done_rx.recv() => self.on_subscribed(done).await,
                 _ = heartbeat.tick() => {
                     let head = self.st.hub.stats().ring_head.load(Ordering::Relaxed);
                     self.send(&messages::heartbeat(now_ns(), head)).await
@@ -367,7 +441,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn on_out(&mut self, out: Out) -> Result<(), Stop> {
+    async fn on_out(&mut self, out: Out, now_us: i64) -> Result<(), Stop> {
         match out {
             Out::Tick { tag, seq, json, .. } => {
                 // Ticks still queued for a stream that was just unsubscribed are dropped.
@@ -376,8 +450,24 @@ impl Conn {
                 };
                 let done = s.counter.tick(seq);
                 self.feed(&json).await?;
-                self.st.metrics.ws_ticks.fetch_add(1, Ordering::Relaxed);
-                sse::record_latency(&self.st, &json);
+                self.burst_ticks += 1;
+                if let Some(us) = sse::latency_us(&json, now_us) {
+                    self.latency.record(us);
+                }
+                if done {
+                    self.end_stream(tag, CompleteReason::LimitReached).await?;
+                }
+            }
+            Out::History { tag, seq, json } => {
+                let Some(s) = self.streams.get_mut(&tag) else {
+                    return Ok(());
+                };
+                let done = match seq {
+                    Some(seq) => s.counter.tick(seq),
+                    None => s.counter.tick_unsequenced(),
+                };
+                self.feed(&json).await?;
+                self.burst_ticks += 1;
                 if done {
                     self.end_stream(tag, CompleteReason::LimitReached).await?;
                 }
@@ -513,15 +603,20 @@ impl Conn {
         }
     }
 
+    /// Validates a subscribe and starts it; the answer (`subscribed` or `error`) is sent
+    /// when the engine subscription completes, while the connection goes on serving.
     async fn subscribe(&mut self, id: &Value, v: &Value) -> Result<(), Stop> {
-        let (con_id, mut opts) = match subscribe_options(v, self.st.cfg.default_slow) {
+        let (con_id, opts) = match subscribe_options(v, self.st.cfg.default_slow) {
             Ok(x) => x,
             Err(m) => {
                 let e = reply_error(id, "bad_parameter", &m, None);
                 return self.send(&e).await;
             }
         };
-        if self.streams.len() >= self.st.cfg.ws.max_streams {
+        if let Err(e) = sse::check_history(&self.st, &opts) {
+            return self.send(&api_error(id, &e)).await;
+        }
+        if self.streams.len() + self.pending.len() >= self.st.cfg.ws.max_streams {
             let m = format!(
                 "this connection already has {} streams (the limit)",
                 self.st.cfg.ws.max_streams
@@ -532,46 +627,65 @@ impl Conn {
         }
         let kinds = params::kind_set(&opts.types);
         // Ticks carry no stream id: one tick must belong to one stream of the connection.
-        if self
+        let taken = self
             .streams
             .values()
-            .any(|s| s.con_id == con_id && s.kinds.overlaps(kinds))
-        {
+            .map(|s| (s.con_id, s.kinds))
+            .chain(self.pending.values().map(|p| (p.con_id, p.kinds)))
+            .any(|(c, k)| c == con_id && k.overlaps(kinds));
+        if taken {
             let m = "a stream of this connection already delivers some of these tick types of this contract";
             return self
                 .send(&reply_error(id, "duplicate_subscription", m, None))
                 .await;
         }
-        let requested_after = opts.after;
-        let (from_history, ring_after) = sse::resume_from_history(&self.st, con_id, &opts).await;
-        opts.after = ring_after;
         let tag = self.next_tag;
         self.next_tag += 1;
         let stream_id: Arc<str> = format!("ws-{}-{tag}", self.conn_no).into();
+        let st = self.st.clone();
+        let done = self.done_tx.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let result =
+                sse::prepare_stream(&st, Arc::clone(&stream_id), con_id, &opts, "ws").await;
+            // The connection may be gone: the preparation (leases, slot) is then dropped.
+            let _ = done.send(SubDone {
+                tag,
+                id,
+                stream_id,
+                con_id,
+                opts,
+                result,
+            });
+        });
+        self.pending.insert(tag, PendingSub { con_id, kinds });
+        Ok(())
+    }
+
+    /// A subscribe's preparation finished: answer it and start the stream.
+    async fn on_subscribed(&mut self, done: SubDone) -> Result<(), Stop> {
+        let SubDone {
+            tag,
+            id,
+            stream_id,
+            con_id,
+            opts,
+            result,
+        } = done;
+        if self.pending.remove(&tag).is_none() {
+            return Ok(());
+        }
+        let prepared = match result {
+            Ok(p) => p,
+            Err(e) => return self.send(&api_error(&id, &e)).await,
+        };
         let consumer = sse::Consumer {
             transport: "ws",
             tag,
             tx: self.tx.clone(),
             notify: Arc::clone(&self.notify),
         };
-        let opened =
-            sse::open_stream(&self.st, Arc::clone(&stream_id), con_id, &opts, consumer).await;
-        let (hold, flag) = match opened {
-            Ok(x) => x,
-            Err(e) => {
-                let mut v = json!({
-                    "type": "error",
-                    "id": id,
-                    "code": e.code,
-                    "message": e.message,
-                    "recoverable": e.status.is_server_error(),
-                });
-                if let Some(c) = e.ib_code {
-                    v["ib_code"] = json!(c);
-                }
-                return self.send(&Bytes::from(v.to_string())).await;
-            }
-        };
+        let (hold, flag) = prepared.attach(&self.st, &opts, consumer);
         self.st
             .metrics
             .ws_subscriptions
@@ -588,36 +702,33 @@ impl Conn {
             tag,
             WsStream {
                 con_id,
-                kinds,
+                kinds: params::kind_set(&opts.types),
                 flag,
                 counter: StreamCounter::new(Arc::clone(&stream_id), opts.limit, opts.timeout_s),
                 _hold: hold,
             },
         );
-        self.send(&Bytes::from(ack.to_string())).await?;
-        let start = sse::stream_start(
-            &self.st,
-            &stream_id,
-            con_id,
-            &StreamOptions {
-                after: requested_after,
-                ..opts.clone()
-            },
-        );
-        self.send(&start).await?;
-        // Ticks the ring no longer held, from history, before anything live.
-        for (seq, json) in from_history {
-            let Some(s) = self.streams.get_mut(&tag) else {
-                break;
-            };
-            let done = s.counter.tick(seq);
-            self.feed(&json).await?;
-            if done {
-                return self.end_stream(tag, CompleteReason::LimitReached).await;
-            }
-        }
+        // Both go out before anything of the stream: its messages wait in the queue.
+        self.feed(&Bytes::from(ack.to_string())).await?;
+        let start = sse::stream_start(&self.st, &stream_id, con_id, &opts);
+        self.feed(&start).await?;
         self.socket.flush().await.map_err(|_| Stop::Gone)
     }
+}
+
+/// An API error as a WebSocket `error` reply to request `id`.
+fn api_error(id: &Value, e: &ApiError) -> Bytes {
+    let mut v = json!({
+        "type": "error",
+        "id": id,
+        "code": e.code,
+        "message": e.message,
+        "recoverable": e.status.is_server_error(),
+    });
+    if let Some(c) = e.ib_code {
+        v["ib_code"] = json!(c);
+    }
+    Bytes::from(v.to_string())
 }
 
 fn classify(e: &axum::Error) -> Stop {

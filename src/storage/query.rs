@@ -12,6 +12,7 @@
 //! of records returned are ids of the query's own table ([`QueryIter::strings`]): binary
 //! segments' sidecar ids are mapped into it, JSON Lines strings interned into it.
 
+pub mod seq;
 pub mod time;
 
 use std::fmt;

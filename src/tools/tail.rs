@@ -132,6 +132,8 @@ pub fn run(dir: &Path, args: &TailArgs, w: &mut dyn Write) -> Result<(), TailErr
         path: path.clone(),
         source,
     })?;
+    let registered = reader.register("tail");
+    tracing::debug!("ring reader: {registered}");
     let mut strings = open_strings(dir, reader.info().epoch);
     let filter = Filter {
         con_ids: args.con_ids.clone(),

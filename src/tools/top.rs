@@ -1,5 +1,6 @@
 //! `ib-stream top`: a live terminal view of the engine's status region (connection,
-//! subscriptions and their state, rates, latency percentiles) and the ring's head.
+//! subscriptions and their state, rates, latency percentiles), the ring's head and each
+//! registered reader's position and lag (the reader registry, `ipc::readers`).
 //! Plain ANSI redraw; `--once` prints one frame without escape codes (for scripts and tests).
 
 use std::fmt::Write as _;
@@ -8,7 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::ipc::{
-    Histogram, RingReader, SnapshotError, StartAt, StatusReader, StatusSnapshot, SubState,
+    Histogram, ReaderEntry, ReaderRegistry, RingReader, SnapshotError, StartAt, StatusReader,
+    StatusSnapshot, SubState,
 };
 use crate::tickjson::{conn_state_name, sub_state_name};
 
@@ -102,14 +104,102 @@ fn ago(now: i64, t: i64) -> String {
     format!("{s:.1}s ago")
 }
 
+/// The ring as top sees it: its last published sequence and its epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingView {
+    /// Last published sequence.
+    pub head: u64,
+    /// The ring's epoch (reader positions of another epoch have no lag to show).
+    pub epoch: u64,
+}
+
+/// The IB data farms table; says when market data may be stale (a broken market data farm).
+pub fn render_farms(snap: &StatusSnapshot, now: i64) -> String {
+    let mut s = String::new();
+    let farms = snap.farms();
+    let stale = snap.engine.data_flags & crate::ipc::data_flags::FARM_BROKEN != 0;
+    let _ = writeln!(
+        s,
+        "farms ({}){}",
+        farms.len(),
+        if stale {
+            "  MARKET DATA MAY BE STALE: a market data farm is broken"
+        } else {
+            ""
+        }
+    );
+    if farms.is_empty() {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "  {:<24} {:<12} {:<10} {:>6} {:>12}",
+        "name", "kind", "state", "code", "since"
+    );
+    for f in farms {
+        let _ = writeln!(
+            s,
+            "  {:<24} {:<12} {:<10} {:>6} {:>12}",
+            f.name(),
+            f.kind().map_or("?", |k| k.name()),
+            f.state().map_or("?", |st| st.name()),
+            f.code,
+            ago(now, f.since_ns)
+        );
+    }
+    s
+}
+
+/// The readers table: one line per registered reader with its lag behind `ring`.
+pub fn render_readers(readers: &[ReaderEntry], ring: Option<RingView>, now: i64) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "readers ({})", readers.len());
+    if readers.is_empty() {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "  {:<24} {:>8} {:<5} {:>12} {:>12} {:>6} {:>10} {:>12}",
+        "name", "pid", "alive", "position", "lag", "laps", "lost", "updated"
+    );
+    for r in readers {
+        let alive = match r.alive {
+            Some(true) => "yes",
+            Some(false) => "dead",
+            None => "?",
+        };
+        let lag = match ring {
+            None => "-".to_string(),
+            Some(v) => r
+                .lag(v.head, v.epoch)
+                .map_or_else(|| "old epoch".to_string(), |l| l.to_string()),
+        };
+        let _ = writeln!(
+            s,
+            "  {:<24} {:>8} {:<5} {:>12} {:>12} {:>6} {:>10} {:>12}",
+            r.name,
+            r.pid,
+            alive,
+            r.position,
+            lag,
+            r.laps,
+            r.lost,
+            ago(now, r.updated_ns as i64)
+        );
+    }
+    s
+}
+
 /// Renders one frame. `prev` (the snapshot one interval earlier) gives rates.
 pub fn render(
     snap: &StatusSnapshot,
     prev: Option<(&StatusSnapshot, f64)>,
     epoch: u64,
-    ring_head: Option<u64>,
+    ring: Option<RingView>,
+    readers: &[ReaderEntry],
     now: i64,
 ) -> String {
+    let ring_head = ring.map(|r| r.head);
     let mut s = String::new();
     let e = &snap.engine;
     let c = &snap.counters;
@@ -170,10 +260,8 @@ pub fn render(
         "{}",
         hist_line("loop iteration", &snap.latencies.loop_iteration)
     );
-    let _ = writeln!(
-        s,
-        "readers: the ring keeps no reader registry; each reader knows its own lag (RingReader::lag)"
-    );
+    s.push_str(&render_farms(snap, now));
+    s.push_str(&render_readers(readers, ring, now));
     let subs = snap.subscriptions();
     let _ = writeln!(s, "subscriptions ({})", subs.len());
     let _ = writeln!(
@@ -184,12 +272,15 @@ pub fn render(
     for sub in subs {
         let kind = sub.kind().map_or("?", |k| k.name());
         let state = sub_state_name(sub.state);
-        let delayed =
+        let mut delayed =
             if matches!(sub.market_data_type, 3 | 4) || sub.state() == Some(SubState::Delayed) {
-                " (delayed)"
+                " (delayed)".to_string()
             } else {
-                ""
+                String::new()
             };
+        if sub.flags & crate::ipc::data_flags::FARM_BROKEN != 0 {
+            delayed.push_str(" (farm broken: may be stale)");
+        }
         let r = match prev {
             Some((p, secs)) if secs > 0.0 => p
                 .find_subscription(
@@ -224,6 +315,22 @@ pub fn run(dir: &Path, args: &TopArgs, w: &mut dyn Write) -> Result<(), TopError
         Duration::from_secs_f64(args.wait.max(0.0)),
     )?;
     let ring = RingReader::open(&dir.join(ib_stream_ipc::RING_FILE_NAME), StartAt::Newest).ok();
+    let view = |r: &RingReader| RingView {
+        head: r.head(),
+        epoch: r.info().epoch,
+    };
+    // Read-only: top never takes a slot. Absent until the engine or a reader creates it.
+    let registry_path = dir.join(ib_stream_ipc::READERS_FILE_NAME);
+    let mut registry = ReaderRegistry::open(&registry_path).ok();
+    let readers = |registry: &mut Option<ReaderRegistry>| -> Vec<ReaderEntry> {
+        if registry.is_none() {
+            *registry = ReaderRegistry::open(&registry_path).ok();
+        }
+        registry
+            .as_ref()
+            .map(ReaderRegistry::entries)
+            .unwrap_or_default()
+    };
     let mut snap = StatusSnapshot::new_boxed();
     let mut prev = StatusSnapshot::new_boxed();
     read_snapshot(&reader, &mut snap)?;
@@ -233,7 +340,8 @@ pub fn run(dir: &Path, args: &TopArgs, w: &mut dyn Write) -> Result<(), TopError
             &snap,
             None,
             reader.epoch(),
-            ring.as_ref().map(|r| r.head()),
+            ring.as_ref().map(view),
+            &readers(&mut registry),
             now,
         );
         w.write_all(frame.as_bytes())?;
@@ -249,7 +357,8 @@ pub fn run(dir: &Path, args: &TopArgs, w: &mut dyn Write) -> Result<(), TopError
             &snap,
             Some((&prev, interval.as_secs_f64())),
             reader.epoch(),
-            ring.as_ref().map(|r| r.head()),
+            ring.as_ref().map(view),
+            &readers(&mut registry),
             now,
         );
         // Home, clear, frame.
@@ -288,7 +397,11 @@ mod tests {
         let mut p = s;
         p.ticks = 300;
         prev.push_subscription(p).unwrap();
-        let frame = render(&snap, Some((&prev, 2.0)), 0xabc, Some(2_000), 1);
+        let ring = RingView {
+            head: 2_000,
+            epoch: 0xabc,
+        };
+        let frame = render(&snap, Some((&prev, 2.0)), 0xabc, Some(ring), &[], 1);
         assert!(frame.contains("state connected"), "{frame}");
         assert!(frame.contains("server v226"), "{frame}");
         assert!(frame.contains("records 2000 (500/s)"), "{frame}");
@@ -297,5 +410,77 @@ mod tests {
             "{frame}"
         );
         assert!(frame.contains("p50="), "{frame}");
+        assert!(frame.contains("readers (0)"), "{frame}");
+    }
+
+    #[test]
+    fn the_farms_table_shows_each_farm_and_flags_stale_data() {
+        use crate::ipc::{FarmKind, FarmState, FarmStatus, data_flags};
+        let mut snap = StatusSnapshot::new_boxed();
+        assert!(render_farms(&snap, 1).starts_with("farms (0)\n"));
+        snap.set_farms(&[
+            FarmStatus::new("usfarm", FarmKind::MarketData, FarmState::Broken, 2103, 1),
+            FarmStatus::new("ushmds", FarmKind::Hmds, FarmState::Ok, 2106, 1),
+        ]);
+        snap.engine.data_flags = data_flags::FARM_BROKEN;
+        let mut sub = SubStatus::new(265_598, RecordKind::TbtLast, SubState::Active, 1000);
+        sub.flags = data_flags::FARM_BROKEN;
+        snap.push_subscription(sub).unwrap();
+        let now = 3_000_000_001;
+        let farms = render_farms(&snap, now);
+        assert!(farms.contains("MARKET DATA MAY BE STALE"), "{farms}");
+        let line = |name: &str| {
+            farms
+                .lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} in\n{farms}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(line("usfarm"), "usfarm market_data broken 2103 3.0s ago");
+        assert_eq!(line("ushmds"), "ushmds hmds ok 2106 3.0s ago");
+        let frame = render(&snap, None, 1, None, &[], now);
+        assert!(frame.contains("(farm broken: may be stale)"), "{frame}");
+        snap.engine.data_flags = 0;
+        assert!(!render_farms(&snap, now).contains("STALE"));
+    }
+
+    #[test]
+    fn the_readers_table_shows_each_readers_lag() {
+        use std::sync::Arc;
+        let registry = Arc::new(ReaderRegistry::heap());
+        let mut recorder = registry.claim("recorder", 0xabc, 1).unwrap();
+        recorder.store_position(1_501);
+        let _web = registry.claim("serve", 0xabc, 2_001).unwrap();
+        let _old = registry.claim("strategy", 0x999, 40).unwrap();
+        let readers = registry.entries();
+        let ring = Some(RingView {
+            head: 2_000,
+            epoch: 0xabc,
+        });
+        let now = crate::ipc::shm::unix_time_ns() as i64;
+        let table = render_readers(&readers, ring, now);
+        let line = |name: &str| {
+            table
+                .lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} line in\n{table}"))
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert!(table.starts_with("readers (3)"), "{table}");
+        let pid = std::process::id().to_string();
+        // name pid alive position lag laps lost updated...
+        assert_eq!(
+            line("recorder")[..7],
+            ["recorder", &pid, "yes", "1501", "500", "0", "0"]
+        );
+        assert_eq!(line("serve")[3..5], ["2001", "0"]);
+        assert_eq!(line("strategy")[4..6], ["old", "epoch"]);
+        // Without the ring, no lag can be computed.
+        let no_ring = render_readers(&readers, None, now);
+        assert!(no_ring.contains(" - "), "{no_ring}");
     }
 }

@@ -89,6 +89,7 @@ pub fn summarise(settings: &Settings, timeout: Duration) -> (String, Result<(), 
     }
 
     engine_section(&settings.shm_dir, now as i64, &mut out, &mut bad);
+    readers_section(&settings.shm_dir, &mut out);
 
     if settings.enable_storage {
         match RecorderStatus::load(&settings.storage_path) {
@@ -158,6 +159,38 @@ fn describe_writer(st: &WriterStatus) -> String {
         WriterStatus::Gone { pid } => format!("gone (pid {pid} no longer exists)"),
         other => format!("{other:?}").to_lowercase(),
     }
+}
+
+/// One line: each registered ring reader and how far behind the ring head it is (records).
+/// Informational: a lagging reader does not make the environment unhealthy.
+fn readers_section(shm: &Path, out: &mut String) {
+    let Ok(reg) = crate::ipc::ReaderRegistry::open(&shm.join(crate::ipc::READERS_FILE_NAME)) else {
+        return;
+    };
+    let ring = RingReader::open(&shm.join(RING_FILE_NAME), StartAt::Newest).ok();
+    let list: Vec<String> = reg
+        .entries()
+        .iter()
+        .map(|e| {
+            let lag = match &ring {
+                Some(r) => e
+                    .lag(r.head(), r.info().epoch)
+                    .map_or_else(|| "old epoch".to_string(), |l| format!("lag {l}")),
+                None => "no ring".to_string(),
+            };
+            let dead = if e.alive == Some(false) { ", dead" } else { "" };
+            format!("{} (pid {}, {lag}{dead})", e.name, e.pid)
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "readers:  {}",
+        if list.is_empty() {
+            "none registered".to_string()
+        } else {
+            list.join(", ")
+        }
+    );
 }
 
 fn engine_section(shm: &Path, now: i64, out: &mut String, bad: &mut Vec<String>) {
@@ -257,4 +290,48 @@ pub fn run(flags: &GlobalFlags, args: &StatusArgs) -> Result<(), StatusError> {
         env: loaded.settings.environment.name().to_string(),
         reasons: reasons.join("; "),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ipc::{ReaderRegistry, Record, RecordKind, RingWriter, ShmOptions};
+
+    #[test]
+    fn the_readers_line_names_each_reader_with_its_lag() {
+        let dir = std::env::temp_dir().join(format!(
+            "up-status-readers-{}-{:x}",
+            std::process::id(),
+            crate::ipc::shm::random_u64()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut out = String::new();
+        readers_section(&dir, &mut out);
+        assert_eq!(out, "", "no registry: no line");
+        let mut w =
+            RingWriter::create(&dir.join(RING_FILE_NAME), 64, &ShmOptions::default()).unwrap();
+        for _ in 0..10 {
+            w.publish(&Record::new(RecordKind::Heartbeat));
+        }
+        let reg = Arc::new(
+            ReaderRegistry::open_or_create(
+                &dir.join(crate::ipc::READERS_FILE_NAME),
+                &ShmOptions::default(),
+            )
+            .unwrap(),
+        );
+        readers_section(&dir, &mut out);
+        assert_eq!(out, "readers:  none registered\n");
+        let _rec = reg.claim("recorder", w.info().epoch, 8).unwrap();
+        out.clear();
+        readers_section(&dir, &mut out);
+        assert_eq!(
+            out,
+            format!("readers:  recorder (pid {}, lag 3)\n", std::process::id())
+        );
+        drop(w);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

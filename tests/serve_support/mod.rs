@@ -28,6 +28,8 @@ use tower::ServiceExt;
 
 /// A contract the fake engine refuses at subscribe (IB code 200).
 pub const REFUSED_CON: u32 = 999;
+/// A contract whose engine subscription is held until [`EngineLog::release`] is set.
+pub const SLOW_CON: u32 = 998;
 /// The tracked contract of the default configuration.
 pub const TRACKED_CON: u32 = 711_280_073;
 
@@ -82,6 +84,8 @@ pub fn sub_record(con: u32, kind: RecordKind, state: SubState, code: i64) -> Rec
 #[derive(Debug, Default)]
 pub struct EngineLog {
     pub lines: Mutex<Vec<String>>,
+    /// Lets the held subscribe of [`SLOW_CON`] be answered.
+    pub release: std::sync::atomic::AtomicBool,
 }
 
 impl EngineLog {
@@ -110,7 +114,15 @@ pub async fn fake_engine(listener: tokio::net::UnixListener, log: Arc<EngineLog>
                         log.lines.lock().unwrap().push(format!("bad:{}", e.message));
                         error_reply(&e, &mut out);
                     }
-                    Ok((id, req)) => answer(&log, id, req, &mut out),
+                    Ok((id, req)) => {
+                        if matches!(&req, ControlRequest::Subscribe { key, .. } if key.con_id == SLOW_CON)
+                        {
+                            log.lines.lock().unwrap().push("held".into());
+                            wait_for(|| log.release.load(std::sync::atomic::Ordering::Acquire))
+                                .await;
+                        }
+                        answer(&log, id, req, &mut out)
+                    }
                 }
                 if w.write_all(&out).await.is_err() {
                     return;
@@ -189,7 +201,9 @@ fn answer(log: &EngineLog, id: Option<Value>, req: ControlRequest, out: &mut Vec
             );
         }
         ControlRequest::Ping => ok_reply(&id, json!({}), out),
-        ControlRequest::List | ControlRequest::Status => ok_reply(&id, json!({}), out),
+        ControlRequest::List | ControlRequest::Status | ControlRequest::Shutdown => {
+            ok_reply(&id, json!({}), out)
+        }
     }
 }
 
@@ -203,6 +217,7 @@ pub struct EnvOpts {
     pub token: Option<String>,
     pub engine: bool,
     pub ws: WsLimits,
+    pub per_ip: ib_stream::serve::limits::PerIpLimits,
     pub history: Option<Arc<dyn HistorySource>>,
 }
 
@@ -216,6 +231,7 @@ impl Default for EnvOpts {
             token: None,
             engine: true,
             ws: WsLimits::default(),
+            per_ip: ib_stream::serve::limits::PerIpLimits::default(),
             history: None,
         }
     }
@@ -246,6 +262,7 @@ pub fn config(dir: &std::path::Path, o: &EnvOpts) -> ServeConfig {
         heartbeat: o.heartbeat,
         default_slow: ib_stream::serve::hub::SlowPolicy::Conflate,
         ws: o.ws,
+        per_ip: o.per_ip,
         contract_cache_dir: dir.join("contract-cache"),
         contract_cache_ttl: Duration::from_secs(3600),
         control_timeout: Duration::from_secs(5),
@@ -496,4 +513,84 @@ impl SseReader {
 
 pub fn bytes_of(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// A history source holding ticks as the recorder would, answering by sequence (and time)
+/// like the storage library: up to `through` (the recorder's checkpoint) and no further.
+#[derive(Debug)]
+pub struct Recorded {
+    /// (seq, conId, ts_recv ns, json) in sequence order.
+    pub ticks: Mutex<Vec<(u64, u32, i64, String)>>,
+    /// The last sequence "stored" (the checkpoint).
+    pub through: std::sync::atomic::AtomicU64,
+    /// The (first, last) sequences asked for.
+    pub asked: Mutex<Vec<(u64, u64)>>,
+}
+
+impl Default for Recorded {
+    fn default() -> Self {
+        Recorded {
+            ticks: Mutex::default(),
+            through: std::sync::atomic::AtomicU64::new(u64::MAX),
+            asked: Mutex::default(),
+        }
+    }
+}
+
+impl Recorded {
+    pub fn record(&self, env: &Env, rec: &Record) {
+        self.ticks.lock().unwrap().push((
+            rec.seq,
+            rec.instrument_id,
+            rec.ts_recv,
+            env.json_of(rec),
+        ));
+    }
+}
+
+impl HistorySource for Recorded {
+    fn query(
+        &self,
+        _q: &ib_stream::serve::HistoryQuery,
+    ) -> Result<ib_stream::serve::HistoryPage, ib_stream::serve::HistoryError> {
+        Err(ib_stream::serve::HistoryError::Storage(
+            "not used here".into(),
+        ))
+    }
+
+    fn by_seq(
+        &self,
+        q: &ib_stream::serve::history::SeqQuery,
+    ) -> Result<Option<ib_stream::serve::history::SeqPage>, ib_stream::serve::HistoryError> {
+        use ib_stream::serve::history::{SeqItem, SeqPage};
+        self.asked.lock().unwrap().push((q.first_seq, q.last_seq));
+        let stored = self
+            .through
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .min(q.last_seq);
+        let ticks = self.ticks.lock().unwrap();
+        let items: Vec<SeqItem> = ticks
+            .iter()
+            .filter(|(s, c, ts, _)| {
+                *c == q.con_id
+                    && (q.first_seq..=stored).contains(s)
+                    && q.start_ns.is_none_or(|st| *ts / 1000 >= st / 1000)
+            })
+            .take(q.limit)
+            .map(|(s, _, _, j)| SeqItem::Tick {
+                seq: *s,
+                json: Bytes::from(j.clone()),
+            })
+            .collect();
+        let last_stored = ticks.last().map_or(0, |t| t.0).min(stored);
+        let through = if items.len() >= q.limit {
+            items.last().map_or(0, SeqItem::seq)
+        } else {
+            last_stored
+        };
+        Ok(Some(SeqPage {
+            items,
+            through: through.max(q.first_seq - 1),
+        }))
+    }
 }

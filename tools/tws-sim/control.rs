@@ -9,13 +9,16 @@
 //! - `{"cmd":"malformed"}`: send a frame whose length no client accepts.
 //! - `{"cmd":"lost"}`: 1100, ticks stop. `{"cmd":"restored","kept":false}`: 1101 and every
 //!   subscription dropped; `"kept":true`: 1102 and ticks resume.
-//! - `{"cmd":"farm","code":2103}`: a farm notice (2103/2104, 2105/2106, 2157/2158).
+//! - `{"cmd":"farm","code":2103}`: a farm notice (market data 2103 broken / 2104 OK / 2108
+//!   inactive / 2119 connecting, HMDS 2105/2106/2107, sec-def 2157/2158).
 //! - `{"cmd":"competing","on":true}`: 10197 for each subscription and no data until off.
 //! - `{"cmd":"restart","down_ms":500}`: close the listener and every connection, listen again.
-//! - `{"cmd":"stats"}`: clients with ticks sent per subscription.
+//! - `{"cmd":"stats"}`: clients with ticks sent per subscription, and the cancels the account
+//!   received since the simulator started (kept after clients disconnect).
 //!
-//! Answers: `{"ok":true,"clients":<n addressed>}`, `{"ok":true,"clients":[...stats...]}` or
-//! `{"ok":false,"error":"..."}`.
+//! Answers: `{"ok":true,"clients":<n addressed>}`,
+//! `{"ok":true,"clients":[...stats...],"cancels":{"mkt_data":n,"tick_by_tick":n,"unknown":n}}`
+//! or `{"ok":false,"error":"..."}`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -124,7 +127,7 @@ impl Executor {
             Command::Restored { client, kept } => fault(client, Fault::Restored { kept }),
             Command::Farm { client, code: c } => {
                 if !code::is_farm_notice(c) {
-                    return json!({"ok": false, "error": format!("{c} is not a farm notice (2103..2106, 2157, 2158)")});
+                    return json!({"ok": false, "error": format!("{c} is not a farm notice (2103..2108, 2119, 2157, 2158)")});
                 }
                 fault(client, Fault::Farm(c))
             }
@@ -136,7 +139,11 @@ impl Executor {
                 Err(_) => json!({"ok": false, "error": "the server has stopped"}),
             },
             Command::Stats { client } => {
-                json!({"ok": true, "clients": self.shared.stats(target(client))})
+                json!({
+                    "ok": true,
+                    "clients": self.shared.stats(target(client)),
+                    "cancels": self.shared.cancels(),
+                })
             }
         }
     }

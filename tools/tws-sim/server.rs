@@ -190,6 +190,11 @@ impl Shared {
         })
     }
 
+    /// Cancels the account received since start, by kind (see [`crate::session::CancelCounts`]).
+    pub(crate) fn cancels(&self) -> serde_json::Value {
+        crate::session::CANCELS.to_json()
+    }
+
     /// Collects the stats of the addressed clients.
     pub(crate) fn stats(&self, target: Target) -> Vec<ClientStats> {
         let waiting: Vec<Receiver<ClientStats>> = {

@@ -6,6 +6,7 @@
 //! 10189, delayed data with 10167), competing sessions (10197), connectivity loss (1100, 1101
 //! drops the subscriptions, 1102 keeps them).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::generator::{L1Gen, L1Tick, TbtGen, TbtKind};
@@ -140,6 +141,13 @@ pub(crate) mod code {
             2104 => "Market data farm connection is OK:usfarm",
             2105 => "HMDS data farm connection is broken:ushmds",
             2106 => "HMDS data farm connection is OK:ushmds",
+            2107 => {
+                "HMDS data farm connection is inactive but should be available upon demand.ushmds"
+            }
+            2108 => {
+                "Market data farm connection is inactive but should be available upon demand.usfarm"
+            }
+            2119 => "Market data farm is connecting:usfarm",
             2157 => "Sec-def data farm connection is broken:secdefnj",
             2158 => "Sec-def data farm connection is OK:secdefnj",
             _ => "",
@@ -148,7 +156,7 @@ pub(crate) mod code {
 
     /// Whether a code is one of the farm notices the control channel can send.
     pub(crate) fn is_farm_notice(code: i32) -> bool {
-        matches!(code, 2103..=2106 | 2157 | 2158)
+        matches!(code, 2103..=2108 | 2119 | 2157 | 2158)
     }
 }
 
@@ -193,6 +201,41 @@ impl Sub {
     }
 }
 
+/// Cancels received from every client since the simulator started, kept after a client
+/// disconnects: a test can check that a client cancelled its subscriptions at IB before it
+/// closed. One simulator process simulates one account, so the counts are process-wide.
+#[derive(Debug)]
+pub(crate) struct CancelCounts {
+    /// cancelMktData messages.
+    pub(crate) mkt_data: AtomicU64,
+    /// cancelTickByTickData messages.
+    pub(crate) tick_by_tick: AtomicU64,
+    /// Cancels of either kind for a request id the session did not know (answered with 300).
+    pub(crate) unknown: AtomicU64,
+}
+
+impl CancelCounts {
+    pub(crate) const fn new() -> Self {
+        Self {
+            mkt_data: AtomicU64::new(0),
+            tick_by_tick: AtomicU64::new(0),
+            unknown: AtomicU64::new(0),
+        }
+    }
+
+    /// The counts as JSON (`mkt_data`, `tick_by_tick`, `unknown`).
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "mkt_data": self.mkt_data.load(Ordering::Relaxed),
+            "tick_by_tick": self.tick_by_tick.load(Ordering::Relaxed),
+            "unknown": self.unknown.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// The account's cancel counts (see [`CancelCounts`]).
+pub(crate) static CANCELS: CancelCounts = CancelCounts::new();
+
 /// Session settings shared by every client.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionConfig {
@@ -216,6 +259,7 @@ pub(crate) struct Session {
     connectivity_lost: bool,
     competing: bool,
     subs: Vec<Sub>,
+    cancels: &'static CancelCounts,
 }
 
 impl Session {
@@ -229,7 +273,15 @@ impl Session {
             connectivity_lost: false,
             competing,
             subs: Vec::new(),
+            cancels: &CANCELS,
         }
+    }
+
+    /// Counts cancels into `counts` instead of the account's (unit tests run in parallel).
+    #[cfg(test)]
+    fn with_cancel_counts(mut self, counts: &'static CancelCounts) -> Self {
+        self.cancels = counts;
+        self
     }
 
     /// What follows START_API: managed accounts, the next order id and the farm notices.
@@ -500,6 +552,12 @@ impl Session {
     }
 
     fn cancel(&mut self, req_id: i32, tbt: bool, out: &mut Vec<Reply>) {
+        let counter = if tbt {
+            &self.cancels.tick_by_tick
+        } else {
+            &self.cancels.mkt_data
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let pos = self
             .subs
             .iter()
@@ -509,11 +567,14 @@ impl Session {
                 let sub = self.subs.remove(p);
                 self.release(&sub);
             }
-            None => out.push(error(
-                req_id,
-                code::CANT_FIND_EID,
-                format!("Can't find EId with tickerId:{req_id}"),
-            )),
+            None => {
+                self.cancels.unknown.fetch_add(1, Ordering::Relaxed);
+                out.push(error(
+                    req_id,
+                    code::CANT_FIND_EID,
+                    format!("Can't find EId with tickerId:{req_id}"),
+                ));
+            }
         }
     }
 
@@ -572,7 +633,7 @@ impl Session {
         self.competing = on;
     }
 
-    /// A farm notice (2103..2106, 2157, 2158).
+    /// A farm notice (2103..2108, 2119, 2157, 2158).
     pub(crate) fn farm_notice(&self, c: i32, out: &mut Vec<Reply>) {
         out.push(std_error(-1, c));
     }
@@ -679,6 +740,54 @@ mod tests {
         b.connectivity_restored(false, &mut out);
         assert!(b.subs().is_empty());
         assert_eq!(acct.lock().mkt_lines, 0);
+    }
+
+    #[test]
+    fn cancels_are_counted_by_kind_and_kept_after_the_session_ends() {
+        let counts: &'static CancelCounts = Box::leak(Box::new(CancelCounts::new()));
+        let u = Universe::builtin();
+        let now = Instant::now();
+        let mut s =
+            Session::new(cfg(5, 5), SharedAccount::default(), false).with_cancel_counts(counts);
+        let mut out = Vec::new();
+        s.handle(mkt(1, 265598), &u, now, 0, &mut out);
+        s.handle(
+            Request::TickByTick {
+                req_id: 2,
+                contract: ContractQuery {
+                    con_id: 265598,
+                    ..Default::default()
+                },
+                tick_type: "BidAsk".into(),
+            },
+            &u,
+            now,
+            0,
+            &mut out,
+        );
+        out.clear();
+        s.handle(Request::CancelMktData { req_id: 1 }, &u, now, 0, &mut out);
+        s.handle(
+            Request::CancelTickByTick { req_id: 2 },
+            &u,
+            now,
+            0,
+            &mut out,
+        );
+        assert!(codes(&out).is_empty(), "{out:?}");
+        s.handle(
+            Request::CancelTickByTick { req_id: 9 },
+            &u,
+            now,
+            0,
+            &mut out,
+        );
+        assert_eq!(codes(&out), [code::CANT_FIND_EID]);
+        drop(s);
+        assert_eq!(
+            counts.to_json(),
+            serde_json::json!({"mkt_data": 1, "tick_by_tick": 2, "unknown": 1})
+        );
     }
 
     #[test]
