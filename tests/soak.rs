@@ -192,13 +192,10 @@ fn whole_system_fault_soak() {
         format!("--rate={rate}"),
         format!("--send-log={}", layout.send_log.display()),
     ];
-    if env_u64("IB_STREAM_SOAK_TBT_RULE", 0) == 0 {
-        // The engine restarted by `up` cannot know its predecessor's requests, and IB's
-        // 15-second rule refuses them with 10190, which the engine does not retry (the bug
-        // `an_engine_restarted_within_15_seconds_gets_its_ticks_again` shows). Off by
-        // default so the rest is tested; IB_STREAM_SOAK_TBT_RULE=1 turns it on, and the
-        // liveness check below fails when an engine kill lands within 15 s of the previous
-        // engine's requests.
+    if env_u64("IB_STREAM_SOAK_TBT_RULE", 1) == 0 {
+        // IB's 15-second rule stays on by default, as at IB: the engine `up` restarts after a
+        // kill asks again within 15 s of its predecessor, gets 10190 and must retry (it did
+        // not before the soak found it). IB_STREAM_SOAK_TBT_RULE=0 turns the rule off.
         sim_args.push("--tbt-same-instrument-secs=0".to_string());
     }
     let mut up = Up::start(&layout, TRACKED, &sim_args);
@@ -489,25 +486,26 @@ fn whole_system_fault_soak() {
 /// its epoch, from its last record to when the recorder saw the new ring.
 #[test]
 fn an_engine_killed_under_a_running_recorder_leaves_a_writer_restart_gap() {
-    engine_kill_under_recorder(&["--tbt-same-instrument-secs=0".to_string()]);
+    engine_kill_under_recorder("killgap", &["--tbt-same-instrument-secs=0".to_string()]);
 }
 
-/// Found by the soak, not fixed (the engine is not this test's to change): the engine `up`
-/// restarts after a SIGKILL asks for the same tick-by-tick stream within IB's 15 seconds, gets
-/// 10190, marks the tracked subscription `rejected` and never asks again, so the environment
-/// records nothing for it until the engine restarts once more. Run with `--ignored` to see it.
+/// Found by the soak, fixed in the engine (retrying 10190): the engine `up` restarts after a
+/// SIGKILL asks for the same tick-by-tick stream within IB's 15 seconds and gets 10190; it
+/// used to mark the tracked subscription `rejected` and never ask again, so the environment
+/// recorded nothing for it until the engine restarted once more. Now it must get its ticks.
 #[test]
 fn an_engine_restarted_within_15_seconds_gets_its_ticks_again() {
-    engine_kill_under_recorder(&[]);
+    engine_kill_under_recorder("rule15", &[]);
 }
 
-fn engine_kill_under_recorder(sim_args: &[String]) {
+/// `tag` names the run directory: the tests of this file run in parallel in one process.
+fn engine_kill_under_recorder(tag: &str, sim_args: &[String]) {
     use ib_stream::recorder::status::RecorderStatus;
     use ib_stream::storage::binary::BinarySegment;
     use ib_stream::storage::layout::all_segments;
     use ib_stream_ipc::{GapReason, UNDEF_I64};
 
-    let layout = Layout::new("killgap");
+    let layout = Layout::new(tag);
     let tracked = "711280073:MNQ:bid_ask";
     let mut args = vec!["--rate=200".to_string()];
     args.extend_from_slice(sim_args);
