@@ -21,6 +21,10 @@ async fn ticks_arrive_in_order_filtered_with_their_seq_as_id_and_exact_bytes() {
     let start = sse.expect("info").await.json();
     assert_eq!(start["status"], "stream_start");
     assert_eq!(start["contract_id"], CON);
+    let epoch = start["epoch"]
+        .as_str()
+        .expect("stream_start names the engine run");
+    assert!(epoch.len() == 16 && epoch.bytes().all(|b| b.is_ascii_hexdigit()));
     env.wait_sinks(1).await;
     let x = env.strings.intern(b"ISLAND").unwrap();
     let mut want = Vec::new();

@@ -510,6 +510,9 @@ pub fn stream_start(st: &AppState, stream_id: &str, con_id: u32, opts: &StreamOp
             "resume_after": opts.after,
             "since": opts.since_ns.map(|ns| ns.div_euclid(1000)),
             "ring_head": st.hub.stats().ring_head.load(Ordering::Relaxed),
+            // The engine run the ids belong to: a client that kept it can tell a restart
+            // happened while it was away (ids carry no run).
+            "epoch": format!("{:016x}", st.hub.stats().epoch.load(Ordering::Relaxed)),
             "tracked": opts.types.iter().all(|t| st.subs.is_tracked((con_id, *t))),
         }),
     )
