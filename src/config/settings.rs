@@ -165,6 +165,8 @@ pub struct Settings {
     pub serve_host: String,
     /// Web server port.
     pub serve_port: u16,
+    /// A second port serving the original contract service's routes (`/lookup`, ...).
+    pub contract_port: Option<u16>,
     /// Bearer token required when binding beyond loopback.
     pub token: Option<String>,
     /// Most concurrent client streams the web server accepts.
@@ -205,6 +207,7 @@ impl Settings {
             binary_retention_days: 365,
             serve_host: "127.0.0.1".into(),
             serve_port: env.serve_port(),
+            contract_port: None,
             token: None,
             max_streams: 50,
             tracked_contracts: Vec::new(),
@@ -616,6 +619,20 @@ const KEYS: &[KeyDef] = &[
         get: |s| s.serve_port.to_string(),
     },
     KeyDef {
+        key: "IB_STREAM_CONTRACT_PORT",
+        aliases: &["IB_CONTRACTS_PORT"],
+        help: "also serve the original contract service's routes (/lookup, /contracts, \
+               /cache/status) on this port; empty: not",
+        set: |s, v| {
+            s.contract_port = match v.trim() {
+                "" => None,
+                p => Some(parse_num::<u16>(p, "a port number").and_then(nonzero_port)?),
+            };
+            Ok(())
+        },
+        get: |s| s.contract_port.map_or(String::new(), |p| p.to_string()),
+    },
+    KeyDef {
         key: "IB_STREAM_TOKEN",
         aliases: &[],
         help: "bearer token for the web API (required beyond loopback)",
@@ -854,6 +871,13 @@ fn check_consistency(s: &Settings) -> Result<(), ConfigError> {
             s.serve_host
         )));
     }
+    if s.contract_port == Some(s.serve_port) {
+        return Err(ConfigError::Inconsistent(format!(
+            "IB_STREAM_CONTRACT_PORT and IB_STREAM_SERVE_PORT are both {}: the contract \
+             routes need a port of their own (or leave IB_STREAM_CONTRACT_PORT empty)",
+            s.serve_port
+        )));
+    }
     if s.enable_storage && !s.storage_formats.jsonl && !s.storage_formats.binary {
         return Err(ConfigError::Inconsistent(
             "storage is enabled with no format".into(),
@@ -1033,6 +1057,47 @@ mod tests {
             let mut t = Settings::defaults(Environment::Development);
             (k.set)(&mut t, &(k.get)(&s)).unwrap_or_else(|e| panic!("{}: {e}", k.key));
             assert_eq!((k.get)(&t), (k.get)(&s), "{}", k.key);
+        }
+    }
+
+    #[test]
+    fn the_contract_port_is_optional_and_never_the_web_port() {
+        let s = load(&ConfigSources::default()).unwrap().settings;
+        assert_eq!(s.contract_port, None, "off unless configured");
+        let s = load(&ConfigSources {
+            env_vars: vars(&[("IB_CONTRACTS_PORT", "8100")]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.settings.contract_port, Some(8100), "the original's name");
+        let row = s
+            .table()
+            .into_iter()
+            .find(|r| r.0 == "IB_STREAM_CONTRACT_PORT");
+        assert_eq!(
+            row.map(|r| r.1),
+            Some("8100".to_string()),
+            "config check shows it"
+        );
+        let err = load(&ConfigSources {
+            env_vars: vars(&[
+                ("IB_STREAM_SERVE_PORT", "8101"),
+                ("IB_STREAM_CONTRACT_PORT", "8101"),
+            ]),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Inconsistent(_)), "{err}");
+        assert!(err.to_string().contains("IB_STREAM_CONTRACT_PORT"), "{err}");
+        for bad in ["0", "x", "70000"] {
+            assert!(
+                load(&ConfigSources {
+                    env_vars: vars(&[("IB_STREAM_CONTRACT_PORT", bad)]),
+                    ..Default::default()
+                })
+                .is_err(),
+                "{bad}"
+            );
         }
     }
 }

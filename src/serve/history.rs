@@ -118,6 +118,12 @@ pub struct SeqPage {
 
 /// A source of stored ticks (implemented by the storage query library).
 pub trait HistorySource: Send + Sync + std::fmt::Debug + 'static {
+    /// The storage root this source reads, when it is one (the legacy routes list its
+    /// files: `/v3/buffer/{conId}/info`, `/v3/storage/stats`).
+    fn storage_root(&self) -> Option<&std::path::Path> {
+        None
+    }
+
     /// Answers one query. Called on a blocking thread: it may read files.
     fn query(&self, q: &HistoryQuery) -> Result<HistoryPage, HistoryError>;
 

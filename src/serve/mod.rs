@@ -6,11 +6,13 @@
 //! [`run`] binds and serves it. The message schema is in `docs/PROTOCOL.md`.
 
 pub mod auth;
+pub mod contract_service;
 pub mod contracts;
 pub mod control_client;
 pub mod error;
 pub mod history;
 pub mod hub;
+pub mod legacy;
 pub mod limits;
 pub mod messages;
 pub mod ops;
@@ -412,6 +414,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v3/contracts/lookup", get(contracts::lookup))
         .route("/v3/contracts/{con_id}", get(contracts::by_id))
         .route("/v3/history/{con_id}", get(history::query))
+        // The original IB-Stream's and ib-contract's routes (docs/PROTOCOL.md maps them).
+        .merge(legacy::routes())
+        .merge(contract_service::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -525,6 +530,8 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> Result<(), ServeError
         .then(|| Arc::new(storage_history::StorageHistory::new(&settings.storage_path)) as _);
     let state = AppState::new(cfg, history);
     let hub = state.hub.clone();
+    let (contract_stop, contract_server) =
+        contract_service::start(settings, &host, state.clone()).await?;
     // The bound address (port 0 picks a free one: tests and supervisors read it here).
     let bound = listener.local_addr().unwrap_or(addr);
     tracing::info!(addr = %bound, "serving");
@@ -550,6 +557,7 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> Result<(), ServeError
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
         tracing::info!("shutting down");
+        let _ = contract_stop.send(true);
         // Streams end with `complete{server_shutdown}` before the server stops.
         hub.shutdown();
     };
@@ -560,7 +568,8 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> Result<(), ServeError
     )
     .with_graceful_shutdown(shutdown)
     .await
-    .map_err(ServeError::Serve)
+    .map_err(ServeError::Serve)?;
+    contract_service::finish(contract_server).await
 }
 
 /// Runs the server on its own multi-threaded runtime (for `main`).

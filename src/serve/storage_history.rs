@@ -37,6 +37,10 @@ fn storage_err(e: QueryError) -> HistoryError {
 }
 
 impl HistorySource for StorageHistory {
+    fn storage_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
+
     fn query(&self, q: &HistoryQuery) -> Result<HistoryPage, HistoryError> {
         let mut query = Query::new(
             q.con_id,
