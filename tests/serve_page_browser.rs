@@ -1,6 +1,7 @@
 //! The live page in a real headless browser (Debian's `chromium`, installed by
-//! `scripts/install-chromium.sh`), driven over the DevTools protocol: load the page, start a
-//! stream, see ticks in the table, the chart drawn, the connection state and the rates.
+//! `scripts/install-chromium.sh`), driven over the DevTools protocol: load the page, and with
+//! no click see the tracked contract's ticks in the table, the chart drawn with labelled
+//! axes, every time with its zone, the connection state and the rates.
 //!
 //! Ignored by default because it needs chromium:
 //! `./scripts/install-chromium.sh && cargo test --test serve_page_browser -- --ignored`.
@@ -66,7 +67,7 @@ impl Cdp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs chromium: ./scripts/install-chromium.sh, then run with --ignored"]
-async fn the_page_streams_ticks_into_its_table_chart_and_counters() {
+async fn the_page_streams_the_tracked_contract_on_open_with_labelled_axes_and_zoned_times() {
     let mut env = Env::new(EnvOpts::default()).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -84,6 +85,7 @@ async fn the_page_streams_ticks_into_its_table_chart_and_counters() {
             "--remote-debugging-address=127.0.0.1",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
+        .env("TZ", "UTC")
         .arg("about:blank")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -113,7 +115,7 @@ async fn the_page_streams_ticks_into_its_table_chart_and_counters() {
     let target = cdp
         .call(
             "Target.createTarget",
-            json!({"url": format!("http://{addr}/?con_id={TRACKED_CON}")}),
+            json!({"url": format!("http://{addr}/")}),
         )
         .await;
     let attached = cdp
@@ -123,6 +125,12 @@ async fn the_page_streams_ticks_into_its_table_chart_and_counters() {
         )
         .await;
     cdp.session = Some(attached["sessionId"].as_str().unwrap().to_owned());
+    // A desktop window, so that the screenshot shows the whole chart and both axes.
+    cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 1280, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
+    )
+    .await;
     // Wait for the page's script.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while cdp
@@ -136,14 +144,12 @@ async fn the_page_streams_ticks_into_its_table_chart_and_counters() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        cdp.eval("document.getElementById('conn').dataset.state")
-            .await,
-        "idle"
-    );
-    cdp.eval("document.getElementById('controls').requestSubmit()")
-        .await;
+    // Nobody clicks Start: the page opens the tracked contract's stream by itself.
     env.wait_sinks(1).await;
+    assert_eq!(
+        cdp.eval("document.getElementById('conid').value").await,
+        TRACKED_CON.to_string()
+    );
 
     // Publish while the page watches.
     let running = Arc::new(AtomicBool::new(true));
@@ -166,6 +172,11 @@ async fn the_page_streams_ticks_into_its_table_chart_and_counters() {
                  rows: document.querySelectorAll('#ticks tbody tr').length, \
                  rate: Number(document.getElementById('rate').textContent), \
                  first: (document.querySelector('#ticks tbody tr td:nth-child(3)') || {}).textContent, \
+                 time: (document.querySelector('#ticks tbody tr td:nth-child(2)') || {}).textContent, \
+                 logTime: (document.querySelector('#log li') || {}).textContent, \
+                 yAxis: document.getElementById('yaxis').textContent, \
+                 xAxis: document.getElementById('xaxis').textContent, \
+                 yTicks: c.dataset.yTicks, xTicks: c.dataset.xTicks, \
                  painted }; })()";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let seen = loop {
@@ -175,6 +186,7 @@ async fn the_page_streams_ticks_into_its_table_chart_and_counters() {
             && v["rows"].as_u64() == Some(50)
             && v["rate"].as_u64().unwrap_or(0) > 0
             && v["painted"].as_u64().unwrap_or(0) > 0
+            && v["xTicks"].as_str().is_some_and(|t| !t.is_empty())
         {
             break v;
         }
@@ -188,6 +200,32 @@ async fn the_page_streams_ticks_into_its_table_chart_and_counters() {
         matches!(seen["first"].as_str(), Some("bid_ask" | "last")),
         "{seen}"
     );
+    // Both axes are labelled, with values; every time shown carries its zone (chromium runs
+    // with TZ=UTC here, so the zone is UTC).
+    assert_eq!(seen["yAxis"], "price", "{seen}");
+    assert_eq!(seen["xAxis"], "time (UTC)", "{seen}");
+    assert!(
+        seen["yTicks"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .all(|t| t.parse::<f64>().is_ok()),
+        "{seen}"
+    );
+    assert!(
+        seen["xTicks"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .all(|t| t.len() >= 8 && t.as_bytes()[2] == b':' && t.as_bytes()[5] == b':'),
+        "{seen}"
+    );
+    let zoned = |t: &str| {
+        let (clock, zone) = t.split_once(' ').unwrap_or((t, ""));
+        clock.len() == 12 && clock.as_bytes()[8] == b'.' && zone.starts_with("UTC")
+    };
+    assert!(zoned(seen["time"].as_str().unwrap()), "{seen}");
+    assert!(zoned(seen["logTime"].as_str().unwrap()), "{seen}");
     // Keep a picture of the page as a user saw it (target/page-screenshot.png).
     let shot = cdp
         .call("Page.captureScreenshot", json!({"format": "png"}))

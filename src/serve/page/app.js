@@ -3,6 +3,25 @@
 
 const params = new URLSearchParams(location.search);
 const token = params.get("token");
+// Every time shown carries its zone: the browser's, or ?tz=America/New_York (an IANA name).
+const zone = (() => {
+  const want = params.get("tz");
+  try { if (want) { new Intl.DateTimeFormat("en-GB", { timeZone: want }); return want; } } catch (_) { /* unknown zone */ }
+  return Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+})();
+const clockFmt = new Intl.DateTimeFormat("en-GB", { timeZone: zone, hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+const zoneFmt = new Intl.DateTimeFormat("en-GB", { timeZone: zone, timeZoneName: "short" });
+function zoneName(ms) {
+  const p = zoneFmt.formatToParts(new Date(ms)).find((x) => x.type === "timeZoneName");
+  return p ? p.value : zone;
+}
+// "14:30:05" in the page's zone.
+function clock(ms) { return clockFmt.format(new Date(ms)); }
+// "14:30:05.123 UTC": a time with milliseconds and its zone.
+function stamp(ms) {
+  const frac = String(Math.floor(((ms % 1000) + 1000) % 1000)).padStart(3, "0");
+  return clock(ms) + "." + frac + " " + zoneName(ms);
+}
 const $ = (id) => document.getElementById(id);
 const MAX_POINTS = 2000;
 const MAX_ROWS = 50;
@@ -26,7 +45,7 @@ function setState(state, text) {
 function log(kind, text) {
   const li = document.createElement("li");
   li.className = kind;
-  li.textContent = new Date().toLocaleTimeString() + " " + kind + ": " + text;
+  li.textContent = stamp(Date.now()) + " " + kind + ": " + text;
   const ol = $("log");
   ol.prepend(li);
   while (ol.children.length > MAX_LOG) ol.lastChild.remove();
@@ -61,7 +80,7 @@ function onTick(e) {
       break;
   }
   const tr = document.createElement("tr");
-  for (const text of [tick.seq, new Date(t).toISOString().slice(11, 23), tick.tt, values(tick)]) {
+  for (const text of [tick.seq, stamp(t), tick.tt, values(tick)]) {
     const td = document.createElement("td");
     td.textContent = text;
     tr.appendChild(td);
@@ -73,13 +92,25 @@ function onTick(e) {
 }
 
 let dirty = false;
+
+// About `n` round steps between lo and hi (1, 2 or 5 times a power of ten).
+function niceTicks(lo, hi, n) {
+  const raw = (hi - lo) / Math.max(1, n);
+  const p = Math.pow(10, Math.floor(Math.log10(raw)));
+  const step = [1, 2, 5, 10].map((m) => m * p).find((s) => s >= raw) || raw;
+  const out = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Number(v.toFixed(10)));
+  return out;
+}
+
 function draw() {
   requestAnimationFrame(draw);
   if (!dirty) return;
   dirty = false;
   const canvas = $("chart");
-  const w = canvas.width = canvas.clientWidth * devicePixelRatio;
-  const h = canvas.height = canvas.clientHeight * devicePixelRatio;
+  const dpr = devicePixelRatio;
+  const w = canvas.width = canvas.clientWidth * dpr;
+  const h = canvas.height = canvas.clientHeight * dpr;
   const ctx = canvas.getContext("2d");
   ctx.clearRect(0, 0, w, h);
   const all = [].concat(...Object.values(series));
@@ -88,11 +119,39 @@ function draw() {
   for (const [t, v] of all) { t0 = Math.min(t0, t); t1 = Math.max(t1, t); lo = Math.min(lo, v); hi = Math.max(hi, v); }
   if (hi === lo) { hi += 0.5; lo -= 0.5; }
   if (t1 === t0) t1 = t0 + 1;
-  const pad = 50 * devicePixelRatio;
-  const x = (t) => pad + (t - t0) / (t1 - t0) * (w - 2 * pad);
-  const y = (v) => h - pad / 2 - (v - lo) / (hi - lo) * (h - pad);
+  // Room on the left for the price labels, at the bottom for the time labels.
+  const left = 70 * dpr, right = 12 * dpr, top = 10 * dpr, bottom = 22 * dpr;
+  const x = (t) => left + (t - t0) / (t1 - t0) * (w - left - right);
+  const y = (v) => h - bottom - (v - lo) / (hi - lo) * (h - top - bottom);
   const css = getComputedStyle(document.documentElement);
-  ctx.lineWidth = 1.5 * devicePixelRatio;
+  const dim = css.getPropertyValue("--dim").trim();
+  ctx.font = 11 * dpr + "px monospace";
+  ctx.lineWidth = 1;
+  ctx.strokeStyle = "#2a323c";
+  ctx.fillStyle = dim;
+  // Price axis: round values, one grid line each.
+  const yTicks = niceTicks(lo, hi, 5);
+  ctx.textAlign = "right"; ctx.textBaseline = "middle";
+  for (const v of yTicks) {
+    ctx.beginPath(); ctx.moveTo(left, y(v)); ctx.lineTo(w - right, y(v)); ctx.stroke();
+    ctx.fillText(String(v), left - 6 * dpr, y(v));
+  }
+  // Time axis: round steps (tenths of a second up to hours), as clock times in the page's
+  // zone; the zone itself is in the axis title.
+  const spanS = (t1 - t0) / 1000;
+  const stepS = [0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600].find((s) => spanS / s <= 8) || 7200;
+  const xTicks = [];
+  ctx.textAlign = "center"; ctx.textBaseline = "top";
+  for (let t = Math.ceil(t0 / (stepS * 1000)) * stepS * 1000; t <= t1; t += stepS * 1000) {
+    ctx.beginPath(); ctx.moveTo(x(t), top); ctx.lineTo(x(t), h - bottom); ctx.stroke();
+    const label = stepS < 1 ? clock(t) + "." + Math.floor((t % 1000) / 100) : clock(t);
+    ctx.fillText(label, x(t), h - bottom + 5 * dpr);
+    xTicks.push(label);
+  }
+  canvas.dataset.yTicks = yTicks.join(" ");
+  canvas.dataset.xTicks = xTicks.join(" ");
+  $("xaxis").textContent = "time (" + zoneName(t1) + ")";
+  ctx.lineWidth = 1.5 * dpr;
   for (const name of ["bid", "ask", "mid", "last"]) {
     const s = series[name];
     if (s.length === 0) continue;
@@ -101,11 +160,6 @@ function draw() {
     s.forEach(([t, v], i) => (i === 0 ? ctx.moveTo(x(t), y(v)) : ctx.lineTo(x(t), y(v))));
     ctx.stroke();
   }
-  ctx.fillStyle = css.getPropertyValue("--dim").trim();
-  ctx.font = 11 * devicePixelRatio + "px monospace";
-  ctx.fillText(hi.toString(), 4, y(hi) + 10 * devicePixelRatio);
-  ctx.fillText(lo.toString(), 4, y(lo));
-  ctx.fillText(((t1 - t0) / 1000).toFixed(1) + " s", w - pad, h - 4);
 }
 requestAnimationFrame(draw);
 
@@ -168,6 +222,9 @@ function start(ev) {
 $("controls").addEventListener("submit", start);
 $("stop").addEventListener("click", () => stop("stopped"));
 
+$("xaxis").textContent = "time (" + zoneName(Date.now()) + ")";
+if (params.get("con_id")) $("conid").value = params.get("con_id");
+// The stream starts on open: the contract of ?con_id=, else the first tracked contract.
 fetch(withToken("/background/status")).then((r) => r.json()).then((s) => {
   const list = $("tracked");
   for (const c of s.contracts || []) {
@@ -177,5 +234,7 @@ fetch(withToken("/background/status")).then((r) => r.json()).then((s) => {
     list.appendChild(o);
     if (!$("conid").value) $("conid").value = c.con_id;
   }
-}).catch(() => log("error", "cannot read /background/status"));
-if (params.get("con_id")) $("conid").value = params.get("con_id");
+}).catch(() => log("error", "cannot read /background/status")).finally(() => {
+  if ($("conid").value && !source) $("controls").requestSubmit();
+  else if (!source) log("info", "no tracked contract: enter a contract id and press Start");
+});
