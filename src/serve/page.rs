@@ -53,6 +53,14 @@ mod tests {
             "/v3/contracts/lookup",
             "/v3/contracts/{conId}",
             "/v3/history/{conId}",
+            "/v3/info",
+            "/v3/buffer/{conId}/query",
+            "/v3/buffer/{conId}/info",
+            "/v3/storage/stats",
+            "/lookup/{ticker}",
+            "/lookup/{ticker}/{sec_type}",
+            "/contracts/{contract_id}",
+            "/cache/status",
         ] {
             assert!(paths.contains_key(p), "{p} missing from openapi.json");
         }
