@@ -285,7 +285,7 @@ fn health_brief(body: &str) -> String {
 pub fn run(flags: &GlobalFlags, args: &StatusArgs) -> Result<(), StatusError> {
     let loaded = load(flags)?;
     let (text, health) = summarise(&loaded.settings, Duration::from_millis(args.timeout_ms));
-    print!("{text}");
+    say!("{}", text.trim_end_matches('\n'));
     health.map_err(|reasons| StatusError::Unhealthy {
         env: loaded.settings.environment.name().to_string(),
         reasons: reasons.join("; "),
