@@ -140,6 +140,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "control socket: {}",
                 loaded.settings.control_socket().display()
             );
+            let running = ib_stream::up::running_up(&loaded.settings.shm_dir);
+            let mut failed = Vec::new();
+            for c in ib_stream::up::preflight::run(&loaded, running) {
+                use ib_stream::up::preflight::Outcome;
+                match c.outcome {
+                    Outcome::Ok(m) => println!("check {}: {m}", c.what),
+                    Outcome::Note(m) => println!("check {}: {m}", c.what),
+                    Outcome::Failed(m) => {
+                        println!("check {}: FAILED: {m}", c.what);
+                        failed.push(format!("{}: {m}", c.what));
+                    }
+                }
+            }
+            if !failed.is_empty() {
+                anyhow::bail!("{} check(s) failed: {}", failed.len(), failed.join("; "));
+            }
         }
         Command::Engine(opts) => {
             let loaded = load(&cli.global)?;

@@ -14,6 +14,7 @@ macro_rules! say {
 pub mod child;
 pub mod http;
 pub mod plan;
+pub mod preflight;
 pub mod ready;
 pub mod status;
 
@@ -144,6 +145,16 @@ pub fn load(g: &GlobalFlags) -> Result<Loaded, UpError> {
 /// The lock file that makes `up` exclusive per environment (in its shm namespace).
 pub fn lock_target(shm_dir: &std::path::Path) -> PathBuf {
     shm_dir.join("up")
+}
+
+/// The pid of the live `ib-stream up` running the environment whose shm directory is
+/// `shm_dir`, if any (the pid in its lock file).
+pub fn running_up(shm_dir: &std::path::Path) -> Option<u32> {
+    let lock = WriterLock::lock_path(&lock_target(shm_dir));
+    std::fs::read_to_string(lock)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|p| crate::ipc::shm::process_alive(*p) == Some(true))
 }
 
 /// One supervised child and its restart state.
