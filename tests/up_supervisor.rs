@@ -618,7 +618,7 @@ fn a_child_that_cannot_run_stops_up_with_the_childs_own_error() {
     let (st, out) = up_until_exit(&env, READY_WITHIN);
     assert_eq!(st.code(), Some(78), "{out}");
     assert!(
-        out.contains(&format!("up: tws-sim (pid"))
+        out.contains("up: tws-sim (pid")
             && out.contains(&format!(
                 "cannot run: cannot listen on 127.0.0.1:{sim_port}: Address already in use"
             )),

@@ -669,15 +669,15 @@ const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"]
 /// or `target=level`.
 fn check_log_filter(v: &str) -> Result<String, String> {
     let v = v.trim();
-    if v.is_empty() {
-        return Err("the log level is empty".into());
-    }
     let allowed = || {
         format!(
             "a level ({}) or comma-separated target=level directives, e.g. `info,ib_stream::engine=debug`",
             LOG_LEVELS.join(", ")
         )
     };
+    if v.is_empty() {
+        return Err(format!("the log level is empty; expected {}", allowed()));
+    }
     let is_level = |l: &str| LOG_LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
     for d in v.split(',').map(str::trim) {
         let level = d.rsplit_once('=').map_or(d, |(_, l)| l);
