@@ -627,3 +627,56 @@ fn a_child_that_cannot_run_stops_up_with_the_childs_own_error() {
     assert!(!out.contains("started engine"), "{out}");
     let _ = std::fs::remove_dir_all(&env.dir);
 }
+
+#[test]
+fn a_child_that_ran_and_then_cannot_run_is_left_down_while_the_rest_keeps_running() {
+    let env = Env::new("development", "stolenport");
+    let mut up = Up::start(&env);
+    up.wait_for("up: development ready in", 1, READY_WITHIN);
+    let engine = up.child_pid("engine");
+    let recorder = up.child_pid("recorder");
+    // Another program takes the web server's port while the web server is down.
+    let mut squatter = None;
+    for attempt in 1..=5 {
+        signal(up.child_pid("serve"), rustix::process::Signal::KILL);
+        let until = Instant::now() + Duration::from_secs(2);
+        while squatter.is_none() && Instant::now() < until {
+            squatter = TcpListener::bind(("127.0.0.1", env.serve_port)).ok();
+        }
+        if squatter.is_some() {
+            break;
+        }
+        // `up` restarted it first: kill the new one and try again.
+        up.wait_for("up: serve ready (pid", attempt + 1, READY_WITHIN);
+    }
+    assert!(squatter.is_some(), "could not take the port");
+    up.wait_for(
+        "not restarting serve, the others keep running",
+        1,
+        Duration::from_secs(60),
+    );
+    let out = up.output();
+    assert!(
+        out.contains(&format!(
+            "cannot run: cannot listen on 127.0.0.1:{}: Address already in use",
+            env.serve_port
+        )),
+        "{out}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(up.child.try_wait().unwrap().is_none(), "{}", up.output());
+    assert!(running(engine) && running(recorder), "{}", up.output());
+    let restarts = up.output().matches("up: restarted serve").count();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        up.output().matches("up: restarted serve").count(),
+        restarts,
+        "{}",
+        up.output()
+    );
+    let st = up.terminate(Duration::from_secs(90));
+    assert!(st.success(), "{st:?}\n{}", up.output());
+    assert!(!running(engine) && !running(recorder));
+    drop(up);
+    let _ = std::fs::remove_dir_all(&env.dir);
+}

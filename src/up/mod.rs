@@ -172,6 +172,8 @@ struct Slot {
     restart_at: Option<Instant>,
     last_exit: Option<String>,
     restarts: u32,
+    /// Exited with a cause a restart cannot cure after it had run: left down.
+    given_up: bool,
 }
 
 /// A stable run this long forgives earlier crashes (the next crash waits the first delay).
@@ -188,6 +190,9 @@ pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
         flags.env_file = Some(config::absolutize(&cwd, f));
     }
     let loaded = load(&flags)?;
+    for w in loaded.warnings() {
+        say!("up: warning: {w}");
+    }
     let exe = std::env::current_exe().map_err(UpError::Exe)?;
     let mut plan = plan::make_plan(
         &loaded,
@@ -254,6 +259,7 @@ pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
             restart_at: None,
             last_exit: None,
             restarts: 0,
+            given_up: false,
         })
         .collect();
     let mut announced = false;
@@ -279,7 +285,21 @@ pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
                     .as_deref()
                     .map(|c| format!(": {c}"))
                     .unwrap_or_default();
+                if st.code() == Some(i32::from(crate::report::EXIT_PERMANENT)) && slot.ever_ready {
+                    // It ran before: the rest of the environment (recording above all) is
+                    // worth keeping; only this child stays down.
+                    say!(
+                        "up: {name} (pid {}) cannot run{said}\n    ({how}: a restart cannot fix this; not restarting {name}, the others keep running; log {})",
+                        r.pid,
+                        log.display()
+                    );
+                    slot.running = None;
+                    slot.ready = false;
+                    slot.given_up = true;
+                    continue;
+                }
                 if st.code() == Some(i32::from(crate::report::EXIT_PERMANENT)) {
+                    // At start: the environment cannot come up as configured.
                     say!(
                         "up: {name} (pid {}) cannot run{said}\n    ({how}: a restart cannot fix this; not restarting; log {})",
                         r.pid,
@@ -307,7 +327,7 @@ pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
                 slot.last_exit = Some(how);
             }
             // Start or restart.
-            if slot.running.is_none() {
+            if slot.running.is_none() && !slot.given_up {
                 let due = match slot.restart_at {
                     Some(at) => now >= at,
                     None => predecessors_up,

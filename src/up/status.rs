@@ -336,6 +336,9 @@ fn health_brief(body: &str) -> String {
 /// `ib-stream status`: prints the summary; an error (non-zero exit) when not healthy.
 pub fn run(flags: &GlobalFlags, args: &StatusArgs) -> Result<(), StatusError> {
     let loaded = load(flags)?;
+    for w in loaded.warnings() {
+        eprintln!("ib-stream: warning: {w}");
+    }
     let (text, health) = summarise(&loaded.settings, Duration::from_millis(args.timeout_ms));
     say!("{}", text.trim_end_matches('\n'));
     health.map_err(|reasons| StatusError::Unhealthy {
