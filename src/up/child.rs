@@ -235,13 +235,8 @@ impl Pump {
             return;
         }
         let mut said = self.said.lock().unwrap_or_else(|p| p.into_inner());
-        if is_error_line(text) {
-            // `ib-stream: error: X` reads as X in `up`'s messages.
-            let plain = text
-                .split_once(": error: ")
-                .filter(|(prog, _)| !prog.contains(' '))
-                .map_or(text, |(_, rest)| rest);
-            said.error = Some(plain.to_string());
+        if let Some(e) = error_text(text) {
+            said.error = Some(e.to_string());
         }
         if self.stderr {
             said.stderr = Some(text.to_string());
@@ -249,10 +244,18 @@ impl Pump {
     }
 }
 
-/// A line that reports an error: `ib-stream: error: ...`, `tws-sim: error: ...`, or a tracing
-/// line at level ERROR.
-fn is_error_line(text: &str) -> bool {
-    text.contains(": error: ") || text.split_whitespace().take(3).any(|w| w == "ERROR")
+/// The error a line reports, if it reports one: `ib-stream: error: X` and `tws-sim: error: X`
+/// give X (how it reads in `up`'s messages); a tracing line at level ERROR gives itself.
+fn error_text(text: &str) -> Option<&str> {
+    if let Some((prog, rest)) = text.split_once(": error: ")
+        && !prog.contains(' ')
+    {
+        return Some(rest);
+    }
+    text.split_whitespace()
+        .take(3)
+        .any(|w| w == "ERROR")
+        .then_some(text)
 }
 
 /// How an exit reads in messages: `exit code N` or `signal N`.
@@ -275,4 +278,22 @@ pub fn signal_group(pid: u32, sig: rustix::process::Signal) -> std::io::Result<(
 /// Sends SIGTERM (the children's clean-shutdown signal) to the child's process group.
 pub fn terminate(pid: u32) -> std::io::Result<()> {
     signal_group(pid, rustix::process::Signal::TERM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_lines_are_recognised_and_lose_the_program_prefix() {
+        assert_eq!(
+            error_text("ib-stream: error: cannot listen on 127.0.0.1:1: in use"),
+            Some("cannot listen on 127.0.0.1:1: in use")
+        );
+        assert_eq!(error_text("tws-sim: error: x"), Some("x"));
+        let traced = "2026-12-07T09:00:00Z ERROR ib_stream::recorder: write failed";
+        assert_eq!(error_text(traced), Some(traced));
+        assert_eq!(error_text("2026-12-07T09:00:00Z  INFO ready"), None);
+        assert_eq!(error_text("a message about error: codes"), None);
+    }
 }
