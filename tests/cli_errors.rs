@@ -309,3 +309,37 @@ fn status_names_another_environments_web_server_on_its_port() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn tail_waits_for_the_ring_only_while_an_up_is_starting_it_and_says_so() {
+    let d = dir("tailup");
+    let shm = d.join("shm");
+    std::fs::create_dir_all(&shm).unwrap();
+    // A live `up` of the environment: its lock file names a running process (this test).
+    let lock = ib_stream::ipc::WriterLock::lock_path(&ib_stream::up::lock_target(&shm));
+    std::fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
+    let mut tail = ib(&["tail", "--set", &shm_set(&d, "shm")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(tail.stderr.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let still_waiting = tail.try_wait().unwrap().is_none();
+    let _ = tail.kill();
+    let _ = tail.wait();
+    assert!(
+        first.starts_with("tail: waiting up to 10 s for the engine's ring ")
+            && first.contains(&format!(
+                "(`ib-stream up`, pid {}, is starting it)",
+                std::process::id()
+            )),
+        "{first}"
+    );
+    assert!(still_waiting);
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -80,9 +80,6 @@ fn open_ring(
             }
         })
     };
-    if path.exists() {
-        return open(Duration::ZERO);
-    }
     let (secs, why) = match (wait, crate::up::running_up(dir)) {
         (Some(s), _) => (s.max(0.0), String::new()),
         (None, Some(pid)) => (
@@ -91,7 +88,7 @@ fn open_ring(
         ),
         (None, None) => (0.0, String::new()),
     };
-    if secs > 0.0 {
+    if secs > 0.0 && !path.exists() {
         eprintln!(
             "tail: waiting up to {secs} s for the engine's ring {}{why}",
             path.display()
