@@ -5,6 +5,7 @@
 pub mod config;
 pub mod engine;
 pub mod recorder;
+pub mod report;
 pub mod serve;
 pub mod storage;
 pub mod tickjson;

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use ib_stream::config::{self, ConfigSources, Environment};
+use ib_stream::config::{self, ConfigError, Environment};
+use ib_stream::report;
 
 /// ib-stream: Interactive Brokers market data into shared memory, to disk and to the web.
 #[derive(Debug, Parser)]
@@ -65,20 +65,14 @@ enum ConfigCommand {
     Keys,
 }
 
-fn sources(g: &GlobalArgs) -> anyhow::Result<ConfigSources> {
-    let mut flags = Vec::new();
-    for kv in &g.set {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--set {kv}: expected KEY=VALUE"))?;
-        flags.push(("--set".to_string(), k.trim().to_string(), v.to_string()));
+/// Loads the configuration every subcommand runs with; unknown `IB_STREAM_*` variables in the
+/// environment are reported on stderr (they are ignored, so a typo would otherwise go unseen).
+fn load(g: &GlobalArgs) -> anyhow::Result<config::Loaded> {
+    let loaded = ib_stream::up::load(&up_flags(g))?;
+    for w in loaded.warnings() {
+        eprintln!("ib-stream: warning: {w}");
     }
-    Ok(ConfigSources {
-        environment: g.env,
-        env_file: g.env_file.clone(),
-        env_vars: std::env::vars().collect(),
-        flags,
-    })
+    Ok(loaded)
 }
 
 fn up_flags(g: &GlobalArgs) -> ib_stream::up::GlobalFlags {
@@ -94,25 +88,44 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // The error chain in one line: what failed and why, no backtrace noise.
-            eprintln!("ib-stream: error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // The error chain in one line: what failed and why, each cause once, no backtrace.
+            eprintln!("ib-stream: error: {}", report::one_line(e.as_ref()));
+            if is_permanent(&e) {
+                std::process::ExitCode::from(report::EXIT_PERMANENT)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// Whether restarting the command cannot help (so `up` must not retry it): bad configuration,
+/// or an environment problem [`report::is_permanent`] recognises.
+fn is_permanent(e: &anyhow::Error) -> bool {
+    let config = e.chain().any(|c| c.is::<ConfigError>())
+        || matches!(
+            e.downcast_ref::<ib_stream::up::UpError>(),
+            Some(
+                ib_stream::up::UpError::Config(_)
+                    | ib_stream::up::UpError::BadSet(_)
+                    | ib_stream::up::UpError::ChildCannotRun { .. }
+            )
+        );
+    config || report::is_permanent(e.as_ref())
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Record(args) => {
-            let loaded = config::load(&sources(&cli.global)?)?;
+            let loaded = load(&cli.global)?;
             ib_stream::recorder::run_cli(&loaded.settings, &args)?;
         }
         Command::Storage(args) => {
-            let loaded = config::load(&sources(&cli.global)?)?;
+            let loaded = load(&cli.global)?;
             ib_stream::storage::cli::run(&args, &loaded.settings.storage_path)?;
         }
         Command::Config(ConfigCommand::Check) => {
-            let loaded = config::load(&sources(&cli.global)?)?;
+            let loaded = load(&cli.global)?;
             let rows = loaded.table();
             let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
             for (key, value, source, _) in rows {
@@ -123,28 +136,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 println!("{key:<w$}  {value}  [{source}]");
             }
-            for name in &loaded.ignored_env {
-                println!("ignored: {name} (not an ib-stream setting)");
-            }
             println!(
                 "control socket: {}",
                 loaded.settings.control_socket().display()
             );
+            let running = ib_stream::up::running_up(&loaded.settings.shm_dir);
+            let mut failed = Vec::new();
+            for c in ib_stream::up::preflight::run(&loaded, running) {
+                use ib_stream::up::preflight::Outcome;
+                match c.outcome {
+                    Outcome::Ok(m) => println!("check {}: {m}", c.what),
+                    Outcome::Note(m) => println!("check {}: {m}", c.what),
+                    Outcome::Failed(m) => {
+                        println!("check {}: FAILED: {m}", c.what);
+                        failed.push(format!("{}: {m}", c.what));
+                    }
+                }
+            }
+            if !failed.is_empty() {
+                anyhow::bail!("{} check(s) failed: {}", failed.len(), failed.join("; "));
+            }
         }
         Command::Engine(opts) => {
-            let loaded = config::load(&sources(&cli.global)?)?;
+            let loaded = load(&cli.global)?;
             ib_stream::engine::run(loaded.settings, opts)?;
         }
         Command::Tail(args) => {
-            let loaded = config::load(&sources(&cli.global)?)?;
+            let loaded = load(&cli.global)?;
             ib_stream::tools::tail::run(&loaded.settings.shm_dir, &args, &mut std::io::stdout())?;
         }
         Command::Top(args) => {
-            let loaded = config::load(&sources(&cli.global)?)?;
+            let loaded = load(&cli.global)?;
             ib_stream::tools::top::run(&loaded.settings.shm_dir, &args, &mut std::io::stdout())?;
         }
         Command::Serve(args) => {
-            let loaded = config::load(&sources(&cli.global)?)?;
+            let loaded = load(&cli.global)?;
             ib_stream::serve::run_blocking(&loaded.settings, &args)?;
         }
         Command::Up(args) => ib_stream::up::run(&up_flags(&cli.global), &args)?,

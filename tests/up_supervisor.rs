@@ -392,3 +392,291 @@ fn an_engine_left_running_outside_up_is_named_instead_of_fought() {
     );
     let _ = std::fs::remove_dir_all(&env.dir);
 }
+
+/// Whether the process exists and is not a zombie (a reparented child another process has yet
+/// to reap has finished all the same).
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S ...`: the state follows the last `)`.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// The pids whose parent is `parent`, and their children, from /proc.
+fn descendants(parent: u32) -> Vec<u32> {
+    let mut all = Vec::new();
+    let mut frontier = vec![parent];
+    while let Some(p) = frontier.pop() {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if ppid == Some(p) {
+                all.push(pid);
+                frontier.push(pid);
+            }
+        }
+    }
+    all
+}
+
+fn wait_gone(pids: &[u32], within: Duration) -> Vec<u32> {
+    let until = Instant::now() + within;
+    loop {
+        let alive: Vec<u32> = pids.iter().copied().filter(|p| running(*p)).collect();
+        if alive.is_empty() || Instant::now() >= until {
+            return alive;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ready_answers(port: u16) -> bool {
+    http::get("127.0.0.1", port, "/ready", None, Duration::from_secs(2))
+        .is_ok_and(|a| a.status == 200)
+}
+
+#[test]
+fn up_keeps_running_when_its_stdout_reader_goes_away_and_stops_cleanly() {
+    // `ib-stream up | head -3`: the reader takes three lines and closes the pipe.
+    let env = Env::new("development", "headpipe");
+    let mut up = env
+        .command("up")
+        .arg("--simulate")
+        .arg("--stop-timeout-secs")
+        .arg("15")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = up.stderr.take().unwrap();
+    let err_text = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&err_text);
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines() {
+            let Ok(l) = l else { return };
+            let mut s = sink.lock().unwrap();
+            s.push_str(&l);
+            s.push('\n');
+        }
+    });
+    let mut out = BufReader::new(up.stdout.take().unwrap());
+    for _ in 0..3 {
+        let mut l = String::new();
+        assert!(out.read_line(&mut l).unwrap() > 0);
+    }
+    drop(out);
+
+    // Everything after the third line goes to a closed pipe; `up` still starts the rest.
+    let until = Instant::now() + READY_WITHIN;
+    while !ready_answers(env.serve_port) {
+        assert!(
+            up.try_wait().unwrap().is_none(),
+            "up exited after its stdout closed; stderr:\n{}",
+            err_text.lock().unwrap()
+        );
+        assert!(Instant::now() < until, "the web server never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let children = descendants(up.id());
+    assert_eq!(
+        children.len(),
+        4,
+        "tws-sim, engine, recorder, serve: {children:?}"
+    );
+
+    signal(up.id(), rustix::process::Signal::TERM);
+    let until = Instant::now() + Duration::from_secs(90);
+    let st = loop {
+        if let Some(st) = up.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < until, "up did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = err_text.lock().unwrap().clone();
+    assert!(st.success(), "{st:?}; stderr:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        wait_gone(&children, Duration::from_secs(5)),
+        Vec::<u32>::new()
+    );
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+#[test]
+fn no_child_outlives_an_up_killed_with_sigkill() {
+    let env = Env::new("staging", "sigkill");
+    let up = Up::start(&env);
+    up.wait_for("up: staging ready in", 1, READY_WITHIN);
+    let children = descendants(up.child.id());
+    let mut announced = up.all_child_pids();
+    announced.sort_unstable();
+    let mut found = children.clone();
+    found.sort_unstable();
+    assert_eq!(found, announced, "{}", up.output());
+
+    signal(up.child.id(), rustix::process::Signal::KILL);
+    // Each child gets SIGTERM from the kernel and stops cleanly, as on `up`'s own SIGTERM.
+    let left = wait_gone(&children, Duration::from_secs(60));
+    assert!(
+        left.is_empty(),
+        "still running after up was killed: {left:?}"
+    );
+    drop(up);
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+/// Runs `up` until it exits by itself (bounded), returning its status and output.
+fn up_until_exit(env: &Env, within: Duration) -> (std::process::ExitStatus, String) {
+    let mut up = Up::start(env);
+    let until = Instant::now() + within;
+    loop {
+        if let Some(st) = up.child.try_wait().unwrap() {
+            // The output threads finish when the pipes close.
+            std::thread::sleep(Duration::from_millis(200));
+            return (st, up.output());
+        }
+        assert!(
+            Instant::now() < until,
+            "up did not give up within {within:?}:\n{}",
+            up.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_child_that_cannot_run_stops_up_with_the_childs_own_error() {
+    // The web server's port is taken by another program.
+    let env = Env::new("development", "portinuse");
+    let _squatter = TcpListener::bind(("127.0.0.1", env.serve_port)).unwrap();
+    let (st, out) = up_until_exit(&env, READY_WITHIN);
+    assert_eq!(st.code(), Some(78), "{out}");
+    assert!(
+        out.contains(&format!(
+            "cannot run: cannot listen on 127.0.0.1:{}: Address already in use",
+            env.serve_port
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("Address already in use").count(),
+        2,
+        "console and error: {out}"
+    );
+    assert!(!out.contains("restarted serve"), "{out}");
+    assert!(out.contains("not restarting"), "{out}");
+    assert!(out.contains("ib-stream: error: serve cannot run:"), "{out}");
+    // The others were stopped in order.
+    assert!(out.contains("up: engine stopped (exit code 0)"), "{out}");
+    assert!(out.contains("up: development stopped"), "{out}");
+    let _ = std::fs::remove_dir_all(&env.dir);
+
+    // Storage the recorder cannot write.
+    let mut env = Env::new("staging", "rostorage");
+    std::fs::write(env.dir.join("file"), b"not a directory").unwrap();
+    env.flags.push("--set".into());
+    env.flags.push(format!(
+        "IB_STREAM_STORAGE_PATH={}",
+        env.dir.join("file").join("storage").display()
+    ));
+    env.flags.push("--logs".into());
+    env.flags.push(env.dir.join("logs").display().to_string());
+    let (st, out) = up_until_exit(&env, READY_WITHIN);
+    assert_eq!(st.code(), Some(78), "{out}");
+    assert!(
+        out.contains("up: recorder (pid") && out.contains("cannot run: storage:"),
+        "{out}"
+    );
+    assert!(out.contains("Not a directory"), "{out}");
+    assert!(!out.contains("restarted recorder"), "{out}");
+    let _ = std::fs::remove_dir_all(&env.dir);
+
+    // The simulator's port is taken.
+    let env = Env::new("staging", "simport");
+    let sim_port: u16 = env
+        .flags
+        .iter()
+        .find_map(|f| f.strip_prefix("IB_STREAM_PORTS=")?.parse().ok())
+        .unwrap();
+    let _squatter = TcpListener::bind(("127.0.0.1", sim_port)).unwrap();
+    let (st, out) = up_until_exit(&env, READY_WITHIN);
+    assert_eq!(st.code(), Some(78), "{out}");
+    assert!(
+        out.contains("up: tws-sim (pid")
+            && out.contains(&format!(
+                "cannot run: cannot listen on 127.0.0.1:{sim_port}: Address already in use"
+            )),
+        "{out}"
+    );
+    assert!(!out.contains("started engine"), "{out}");
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+#[test]
+fn a_child_that_ran_and_then_cannot_run_is_left_down_while_the_rest_keeps_running() {
+    let env = Env::new("development", "stolenport");
+    let mut up = Up::start(&env);
+    up.wait_for("up: development ready in", 1, READY_WITHIN);
+    let engine = up.child_pid("engine");
+    let recorder = up.child_pid("recorder");
+    // Another program takes the web server's port while the web server is down.
+    let mut squatter = None;
+    for attempt in 1..=5 {
+        signal(up.child_pid("serve"), rustix::process::Signal::KILL);
+        let until = Instant::now() + Duration::from_secs(2);
+        while squatter.is_none() && Instant::now() < until {
+            squatter = TcpListener::bind(("127.0.0.1", env.serve_port)).ok();
+        }
+        if squatter.is_some() {
+            break;
+        }
+        // `up` restarted it first: kill the new one and try again.
+        up.wait_for("up: serve ready (pid", attempt + 1, READY_WITHIN);
+    }
+    assert!(squatter.is_some(), "could not take the port");
+    up.wait_for(
+        "not restarting serve, the others keep running",
+        1,
+        Duration::from_secs(60),
+    );
+    let out = up.output();
+    assert!(
+        out.contains(&format!(
+            "cannot run: cannot listen on 127.0.0.1:{}: Address already in use",
+            env.serve_port
+        )),
+        "{out}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(up.child.try_wait().unwrap().is_none(), "{}", up.output());
+    assert!(running(engine) && running(recorder), "{}", up.output());
+    let restarts = up.output().matches("up: restarted serve").count();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        up.output().matches("up: restarted serve").count(),
+        restarts,
+        "{}",
+        up.output()
+    );
+    let st = up.terminate(Duration::from_secs(90));
+    assert!(st.success(), "{st:?}\n{}", up.output());
+    assert!(!running(engine) && !running(recorder));
+    drop(up);
+    let _ = std::fs::remove_dir_all(&env.dir);
+}

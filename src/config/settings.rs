@@ -670,17 +670,42 @@ const KEYS: &[KeyDef] = &[
     KeyDef {
         key: "IB_STREAM_LOG_LEVEL",
         aliases: &[],
-        help: "log filter (error, warn, info, debug, trace, or tracing directives)",
+        help: "log filter: off, error, warn, info, debug or trace, or comma-separated target=level directives",
         set: |s, v| {
-            if v.trim().is_empty() {
-                return Err("the log level is empty".into());
-            }
-            s.log_level = v.trim().to_string();
+            s.log_level = check_log_filter(v)?;
             Ok(())
         },
         get: |s| s.log_level.clone(),
     },
 ];
+
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// A log filter every process accepts as meant. `tracing` reads a bare word that is not a level
+/// (`warnn`) as a target name and then logs nothing at all, so each directive must be a level
+/// or `target=level`.
+fn check_log_filter(v: &str) -> Result<String, String> {
+    let v = v.trim();
+    let allowed = || {
+        format!(
+            "a level ({}) or comma-separated target=level directives, e.g. `info,ib_stream::engine=debug`",
+            LOG_LEVELS.join(", ")
+        )
+    };
+    if v.is_empty() {
+        return Err(format!("the log level is empty; expected {}", allowed()));
+    }
+    let is_level = |l: &str| LOG_LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    for d in v.split(',').map(str::trim) {
+        let level = d.rsplit_once('=').map_or(d, |(_, l)| l);
+        if !is_level(level) {
+            return Err(format!("`{d}` is not {}", allowed()));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(v)
+        .map_err(|e| format!("{e}; expected {}", allowed()))?;
+    Ok(v.to_string())
+}
 
 fn nonzero_port(p: u16) -> Result<u16, String> {
     if p == 0 {
@@ -752,6 +777,20 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// What to tell the user about the loading (printed by every subcommand): each ignored
+    /// `IB_STREAM_*` variable, with the known key it is probably a typo of.
+    pub fn warnings(&self) -> Vec<String> {
+        self.ignored_env
+            .iter()
+            .map(|name| {
+                format!(
+                    "environment variable {name} is not an ib-stream setting and is ignored{}",
+                    hint_for(name)
+                )
+            })
+            .collect()
+    }
+
     /// Every setting as `(key, value, source, help)`, for `config check`.
     pub fn table(&self) -> Vec<(&'static str, String, String, &'static str)> {
         KEYS.iter()
@@ -1024,6 +1063,58 @@ mod tests {
             err.to_string().contains("did you mean IB_STREAM_CLIENT_ID"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_log_level_that_would_silence_every_log_is_refused() {
+        for bad in ["warnn", "info,ib_stream=loud", "ib_stream", "", "info,"] {
+            let err = load(&ConfigSources {
+                env_vars: vars(&[("IB_STREAM_LOG_LEVEL", bad)]),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("IB_STREAM_LOG_LEVEL")
+                    && err.contains("env IB_STREAM_LOG_LEVEL")
+                    && err.contains("off, error, warn, info, debug, trace"),
+                "{bad}: {err}"
+            );
+        }
+        for good in [
+            "warn",
+            "INFO",
+            "info,ib_stream::engine=debug",
+            "off",
+            "tower=error,trace",
+        ] {
+            let l = load(&ConfigSources {
+                env_vars: vars(&[("IB_STREAM_LOG_LEVEL", good)]),
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
+            assert_eq!(l.settings.log_level, good);
+        }
+    }
+
+    #[test]
+    fn an_unknown_variable_is_warned_about_with_the_key_it_resembles() {
+        let loaded = load(&ConfigSources {
+            env_vars: vars(&[
+                ("IB_STREAM_LOG_LEVLE", "debug"),
+                ("IB_STREAM_ZZZZZZZZZZZZZZZZZ", "1"),
+            ]),
+            ..Default::default()
+        })
+        .unwrap();
+        let w = loaded.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("IB_STREAM_LOG_LEVLE is not an ib-stream setting")
+                && w[0].contains("did you mean IB_STREAM_LOG_LEVEL?"),
+            "{w:?}"
+        );
+        assert!(!w[1].contains("did you mean"), "{w:?}");
     }
 
     #[test]

@@ -121,6 +121,8 @@ pub async fn health(
         "engine": engine,
         "streams": st.registry.len(),
         "max_streams": st.cfg.max_streams,
+        // Which environment answers: `ib-stream status` checks it is its own.
+        "shm_dir": shm_dir_name(&st.cfg.shm_dir),
     });
     let code = if healthy {
         StatusCode::OK
@@ -128,6 +130,14 @@ pub async fn health(
         StatusCode::SERVICE_UNAVAILABLE
     };
     Ok((code, Json(body)).into_response())
+}
+
+/// The shared-memory directory as an absolute path (the environment's identity).
+fn shm_dir_name(dir: &std::path::Path) -> String {
+    std::path::absolute(dir)
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .display()
+        .to_string()
 }
 
 /// `GET /ready`: 200 when the server can stream (the ring is mapped and tailed).

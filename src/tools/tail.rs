@@ -33,9 +33,10 @@ pub struct TailArgs {
     /// Stop after this many seconds.
     #[arg(long)]
     pub seconds: Option<f64>,
-    /// Wait this long for the ring to appear, in seconds.
-    #[arg(long, default_value_t = 10.0)]
-    pub wait: f64,
+    /// Wait this long for the ring to appear, in seconds. By default tail waits 10 s only while
+    /// an `ib-stream up` of the environment is starting it, and otherwise fails at once.
+    #[arg(long)]
+    pub wait: Option<f64>,
 }
 
 fn parse_kind(s: &str) -> Result<RecordKind, String> {
@@ -48,8 +49,8 @@ fn parse_kind(s: &str) -> Result<RecordKind, String> {
 /// Why tail stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
-    /// The ring could not be opened.
-    #[error("open {path}: {source}")]
+    /// The ring could not be opened (the source names the file and what to do).
+    #[error("{source}")]
     Open {
         /// The ring file.
         path: PathBuf,
@@ -60,6 +61,40 @@ pub enum TailError {
     /// Writing to the output failed (a closed pipe ends tail quietly instead).
     #[error("write: {0}")]
     Write(#[from] std::io::Error),
+}
+
+/// Opens the ring, waiting for it only when asked to or while an `up` of the environment is
+/// starting it, and saying on stderr what it waits for: a tail of an environment that is not
+/// running fails at once, with the ring error alone.
+fn open_ring(
+    dir: &Path,
+    path: &Path,
+    start: StartAt,
+    wait: Option<f64>,
+) -> Result<RingReader, TailError> {
+    let open = |wait: Duration| {
+        RingReader::open_wait(path, start, wait, Duration::from_millis(20)).map_err(|source| {
+            TailError::Open {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
+    };
+    let (secs, why) = match (wait, crate::up::running_up(dir)) {
+        (Some(s), _) => (s.max(0.0), String::new()),
+        (None, Some(pid)) => (
+            10.0,
+            format!(" (`ib-stream up`, pid {pid}, is starting it)"),
+        ),
+        (None, None) => (0.0, String::new()),
+    };
+    if secs > 0.0 && !path.exists() {
+        eprintln!(
+            "tail: waiting up to {secs} s for the engine's ring {}{why}",
+            path.display()
+        );
+    }
+    open(Duration::from_secs_f64(secs))
 }
 
 /// The string table as the JSON encoder's lookup (missing table: ids print as `#id`).
@@ -122,16 +157,7 @@ pub fn run(dir: &Path, args: &TailArgs, w: &mut dyn Write) -> Result<(), TailErr
     } else {
         StartAt::Newest
     };
-    let mut reader = RingReader::open_wait(
-        &path,
-        start,
-        Duration::from_secs_f64(args.wait.max(0.0)),
-        Duration::from_millis(20),
-    )
-    .map_err(|source| TailError::Open {
-        path: path.clone(),
-        source,
-    })?;
+    let mut reader = open_ring(dir, &path, start, args.wait)?;
     let registered = reader.register("tail");
     tracing::debug!("ring reader: {registered}");
     let mut strings = open_strings(dir, reader.info().epoch);
@@ -260,7 +286,7 @@ mod tests {
             oldest: true,
             count: Some(5),
             seconds: Some(5.0),
-            wait: 1.0,
+            wait: Some(1.0),
         };
         let mut out = Vec::new();
         run(&dir, &args, &mut out).unwrap();

@@ -4,9 +4,17 @@
 //!
 //! `ib-stream status` ([`status`]) summarises a running environment.
 
+/// Prints a line on `up`'s console, surviving a closed stdout ([`child::say`]).
+macro_rules! say {
+    ($($t:tt)*) => {
+        $crate::up::child::say(format_args!($($t)*))
+    };
+}
+
 pub mod child;
 pub mod http;
 pub mod plan;
+pub mod preflight;
 pub mod ready;
 pub mod status;
 
@@ -99,6 +107,17 @@ pub enum UpError {
     /// A child could not be started at all.
     #[error(transparent)]
     Spawn(#[from] child::SpawnError),
+    /// A child exited with a cause a restart cannot cure (exit code 78: a port in use, storage
+    /// it cannot write, a bad setting); the environment was stopped.
+    #[error("{name} cannot run: {cause} (log {log})")]
+    ChildCannotRun {
+        /// The child.
+        name: &'static str,
+        /// Its last error line, or how it exited.
+        cause: String,
+        /// Its log file.
+        log: PathBuf,
+    },
 }
 
 /// The configuration sources for `flags` plus the process environment.
@@ -118,13 +137,24 @@ pub fn sources(g: &GlobalFlags) -> Result<ConfigSources, UpError> {
     })
 }
 
-fn load(g: &GlobalFlags) -> Result<Loaded, UpError> {
+/// The configuration of `flags` plus the process environment.
+pub fn load(g: &GlobalFlags) -> Result<Loaded, UpError> {
     Ok(config::load(&sources(g)?)?)
 }
 
 /// The lock file that makes `up` exclusive per environment (in its shm namespace).
 pub fn lock_target(shm_dir: &std::path::Path) -> PathBuf {
     shm_dir.join("up")
+}
+
+/// The pid of the live `ib-stream up` running the environment whose shm directory is
+/// `shm_dir`, if any (the pid in its lock file).
+pub fn running_up(shm_dir: &std::path::Path) -> Option<u32> {
+    let lock = WriterLock::lock_path(&lock_target(shm_dir));
+    std::fs::read_to_string(lock)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|p| crate::ipc::shm::process_alive(*p) == Some(true))
 }
 
 /// One supervised child and its restart state.
@@ -142,11 +172,15 @@ struct Slot {
     restart_at: Option<Instant>,
     last_exit: Option<String>,
     restarts: u32,
+    /// Exited with a cause a restart cannot cure after it had run: left down.
+    given_up: bool,
 }
 
 /// A stable run this long forgives earlier crashes (the next crash waits the first delay).
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
+/// How long an exited child's last output may take to arrive through its pipes.
+const CAUSE_WAIT: Duration = Duration::from_secs(1);
 
 /// `ib-stream up`.
 pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
@@ -156,6 +190,9 @@ pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
         flags.env_file = Some(config::absolutize(&cwd, f));
     }
     let loaded = load(&flags)?;
+    for w in loaded.warnings() {
+        say!("up: warning: {w}");
+    }
     let exe = std::env::current_exe().map_err(UpError::Exe)?;
     let mut plan = plan::make_plan(
         &loaded,
@@ -222,12 +259,14 @@ pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
             restart_at: None,
             last_exit: None,
             restarts: 0,
+            given_up: false,
         })
         .collect();
     let mut announced = false;
     let ready_timeout = Duration::from_secs(args.ready_timeout_secs);
+    let mut failed = None;
 
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && failed.is_none() {
         let now = Instant::now();
         for i in 0..slots.len() {
             let predecessors_up = slots[..i]
@@ -239,13 +278,47 @@ pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
                 && let Ok(Some(st)) = r.child.try_wait()
             {
                 let how = describe_exit(st);
+                let name = slot.spec.kind.name();
+                let log = log_path(&plan.log_dir, name);
+                let cause = r.cause(CAUSE_WAIT);
+                let said = cause
+                    .as_deref()
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default();
+                if st.code() == Some(i32::from(crate::report::EXIT_PERMANENT)) && slot.ever_ready {
+                    // It ran before: the rest of the environment (recording above all) is
+                    // worth keeping; only this child stays down.
+                    say!(
+                        "up: {name} (pid {}) cannot run{said}\n    ({how}: a restart cannot fix this; not restarting {name}, the others keep running; log {})",
+                        r.pid,
+                        log.display()
+                    );
+                    slot.running = None;
+                    slot.ready = false;
+                    slot.given_up = true;
+                    continue;
+                }
+                if st.code() == Some(i32::from(crate::report::EXIT_PERMANENT)) {
+                    // At start: the environment cannot come up as configured.
+                    say!(
+                        "up: {name} (pid {}) cannot run{said}\n    ({how}: a restart cannot fix this; not restarting; log {})",
+                        r.pid,
+                        log.display()
+                    );
+                    slot.running = None;
+                    failed = Some(UpError::ChildCannotRun {
+                        name,
+                        cause: cause.unwrap_or(how),
+                        log,
+                    });
+                    break;
+                }
                 let delay = Duration::from_nanos(slot.backoff.next_delay());
-                println!(
-                    "up: {} (pid {}) exited with {how}; restarting in {} ms (log {})",
-                    slot.spec.kind.name(),
+                say!(
+                    "up: {name} (pid {}) exited with {how}{said}; restarting in {} ms (log {})",
                     r.pid,
                     delay.as_millis(),
-                    log_path(&plan.log_dir, slot.spec.kind.name()).display()
+                    log.display()
                 );
                 slot.running = None;
                 slot.ready = false;
@@ -254,7 +327,7 @@ pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
                 slot.last_exit = Some(how);
             }
             // Start or restart.
-            if slot.running.is_none() {
+            if slot.running.is_none() && !slot.given_up {
                 let due = match slot.restart_at {
                     Some(at) => now >= at,
                     None => predecessors_up,
@@ -269,7 +342,7 @@ pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
                     slot.ready = true;
                     slot.ever_ready = true;
                     slot.ready_since = Some(now);
-                    println!(
+                    say!(
                         "up: {} ready (pid {}) after {:.1} s{}",
                         slot.spec.kind.name(),
                         r.pid,
@@ -281,7 +354,7 @@ pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
                     && slot.started.elapsed() >= ready_timeout
                 {
                     slot.warned_slow = true;
-                    println!(
+                    say!(
                         "up: {} is not ready after {} s: {}\n    log: {}",
                         slot.spec.kind.name(),
                         ready_timeout.as_secs(),
@@ -304,15 +377,15 @@ pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
         std::thread::sleep(POLL);
     }
 
-    println!("up: stopping {env} (children in reverse order)");
+    say!("up: stopping {env} (children in reverse order)");
     let grace = Duration::from_secs(args.stop_timeout_secs);
     for slot in slots.iter_mut().rev() {
         if let Some(r) = slot.running.take() {
             stop_child(slot.spec.kind, r, grace);
         }
     }
-    println!("up: {env} stopped");
-    Ok(())
+    say!("up: {env} stopped");
+    failed.map_or(Ok(()), Err)
 }
 
 /// Whether the children after this one may start: it is ready, or (for the engine) its ring is
@@ -330,12 +403,13 @@ fn start(slot: &mut Slot, plan: &Plan, echo: bool) -> Result<(), UpError> {
     let r = child::spawn(&slot.spec, &plan.log_dir, echo)?;
     if let Some(how) = slot.last_exit.take() {
         slot.restarts += 1;
-        println!(
+        say!(
             "up: restarted {name} after {how} (attempt {}), pid {}",
-            slot.restarts, r.pid
+            slot.restarts,
+            r.pid
         );
     } else {
-        println!("up: started {name} (pid {})", r.pid);
+        say!("up: started {name} (pid {})", r.pid);
     }
     slot.started = Instant::now();
     slot.started_ns = crate::ipc::shm::unix_time_ns() as i64;
@@ -348,28 +422,29 @@ fn start(slot: &mut Slot, plan: &Plan, echo: bool) -> Result<(), UpError> {
 fn stop_child(kind: ChildKind, mut r: Running, grace: Duration) {
     let name = kind.name();
     if let Ok(Some(st)) = r.child.try_wait() {
-        println!("up: {name} had already exited ({})", describe_exit(st));
+        say!("up: {name} had already exited ({})", describe_exit(st));
         return;
     }
     if let Err(e) = child::terminate(r.pid) {
-        println!("up: cannot signal {name} (pid {}): {e}", r.pid);
+        say!("up: cannot signal {name} (pid {}): {e}", r.pid);
     }
     let until = Instant::now() + grace;
     loop {
         match r.child.try_wait() {
             Ok(Some(st)) => {
-                println!("up: {name} stopped ({})", describe_exit(st));
+                say!("up: {name} stopped ({})", describe_exit(st));
                 return;
             }
             Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
             _ => break,
         }
     }
-    println!(
+    say!(
         "up: {name} (pid {}) did not stop within {} s; killing it",
         r.pid,
         grace.as_secs()
     );
+    let _ = child::signal_group(r.pid, rustix::process::Signal::KILL);
     let _ = r.child.kill();
     let _ = r.child.wait();
 }
@@ -378,11 +453,11 @@ fn print_intro(plan: &Plan) {
     let s = &plan.settings;
     let env = plan.environment.name();
     match plan.sim_port {
-        Some(p) => println!(
+        Some(p) => say!(
             "up: {env}: simulating an IB Gateway (tws-sim on 127.0.0.1:{p}), client id {}",
             s.client_id
         ),
-        None => println!(
+        None => say!(
             "up: {env}: IB at {}:{}, client id {}",
             s.ib_host,
             s.ib_ports
@@ -393,7 +468,7 @@ fn print_intro(plan: &Plan) {
             s.client_id
         ),
     }
-    println!(
+    say!(
         "up: shm {}, storage {}, logs {}",
         s.shm_dir.display(),
         s.storage_path.display(),
@@ -420,24 +495,25 @@ fn shell_word(a: &str) -> String {
 fn print_banner(plan: &Plan, flags: &GlobalFlags, took: Duration) {
     let s = &plan.settings;
     let base = format!("http://{}:{}", s.serve_host, s.serve_port);
-    println!(
+    say!(
         "up: {} ready in {:.1} s",
         plan.environment.name(),
         took.as_secs_f64()
     );
-    println!("    page:   {base}/");
+    say!("    page:   {base}/");
     if let Some(t) = s.tracked_contracts.first() {
         let kind = t.kinds.first().map(|k| k.name()).unwrap_or("bid_ask");
-        println!(
+        say!(
             "    stream: {base}/v3/stream/{}?tick_types={kind}  ({})",
-            t.con_id, t.symbol
+            t.con_id,
+            t.symbol
         );
     }
-    println!("    logs:   {}", abs(&plan.log_dir).display());
+    say!("    logs:   {}", abs(&plan.log_dir).display());
     let status_args: Vec<String> = plan::global_args(flags, plan.environment)
         .iter()
         .map(|a| shell_word(a))
         .collect();
-    println!("    status: ib-stream status {}", status_args.join(" "));
-    println!("    stop:   Ctrl-C");
+    say!("    status: ib-stream status {}", status_args.join(" "));
+    say!("    stop:   Ctrl-C");
 }

@@ -15,7 +15,7 @@ use crate::ipc::{
 use crate::recorder::status::RecorderStatus;
 
 use super::ready::STATUS_REGION;
-use super::{GlobalFlags, UpError, http, load, lock_target};
+use super::{GlobalFlags, UpError, http, load};
 
 /// Options of `ib-stream status`.
 #[derive(Clone, Debug, clap::Args)]
@@ -53,12 +53,7 @@ pub fn summarise(settings: &Settings, timeout: Duration) -> (String, Result<(), 
         settings.shm_dir.display()
     );
 
-    let lock = crate::ipc::WriterLock::lock_path(&lock_target(&settings.shm_dir));
-    let up_pid = std::fs::read_to_string(&lock)
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .filter(|p| crate::ipc::shm::process_alive(*p) == Some(true));
-    match up_pid {
+    match super::running_up(&settings.shm_dir) {
         Some(p) => {
             let _ = writeln!(out, "up:       running (pid {p})");
         }
@@ -130,13 +125,35 @@ pub fn summarise(settings: &Settings, timeout: Duration) -> (String, Result<(), 
         settings.token.as_deref(),
         timeout,
     ) {
-        Ok(a) => {
-            let brief = health_brief(&a.body);
-            let _ = writeln!(out, "web:      {base}/ /health {} {brief}", a.status);
-            if a.status != 200 {
-                bad.push(format!("/health answered {}: {brief}", a.status));
+        Ok(a) => match whose_server(&a.body, &settings.shm_dir) {
+            Owner::Other(theirs) => {
+                let _ = writeln!(
+                    out,
+                    "web:      {base}/ answers for ANOTHER environment (shm {theirs}; this one's is {})",
+                    absolute(&settings.shm_dir).display()
+                );
+                bad.push(format!(
+                    "port {} is another environment's web server (shm {theirs}); this environment's web server is not running",
+                    settings.serve_port
+                ));
             }
-        }
+            owner => {
+                let brief = health_brief(&a.body);
+                let unknown = if owner == Owner::Unknown {
+                    " (cannot tell whether it is this environment's: /health names no shm_dir)"
+                } else {
+                    ""
+                };
+                let _ = writeln!(
+                    out,
+                    "web:      {base}/ /health {} {brief}{unknown}",
+                    a.status
+                );
+                if a.status != 200 {
+                    bad.push(format!("/health answered {}: {brief}", a.status));
+                }
+            }
+        },
         Err(e) => {
             let _ = writeln!(out, "web:      {base}/ not answering ({e})");
             bad.push("the web server does not answer".into());
@@ -261,6 +278,41 @@ fn engine_section(shm: &Path, now: i64, out: &mut String, bad: &mut Vec<String>)
     }
 }
 
+/// Whose web server answered `/health`.
+#[derive(Debug, PartialEq, Eq)]
+enum Owner {
+    /// This environment's (same shared-memory directory).
+    Ours,
+    /// Another environment's, serving this shm directory.
+    Other(String),
+    /// The answer does not say (not JSON, or a server without `shm_dir`).
+    Unknown,
+}
+
+/// Compares the `shm_dir` a `/health` answer reports with ours: environments share nothing
+/// but may be configured onto the same port, and only one of them can have it.
+fn whose_server(body: &str, ours: &Path) -> Owner {
+    let Some(theirs) = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("shm_dir")?.as_str().map(str::to_string))
+    else {
+        return Owner::Unknown;
+    };
+    let same = |a: &Path, b: &Path| {
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| absolute(p));
+        canon(a) == canon(b)
+    };
+    if same(Path::new(&theirs), ours) {
+        Owner::Ours
+    } else {
+        Owner::Other(theirs)
+    }
+}
+
+fn absolute(p: &Path) -> std::path::PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 /// The `reasons` of a `/health` JSON answer, or its status field.
 fn health_brief(body: &str) -> String {
     let v: serde_json::Value = match serde_json::from_str(body) {
@@ -284,8 +336,11 @@ fn health_brief(body: &str) -> String {
 /// `ib-stream status`: prints the summary; an error (non-zero exit) when not healthy.
 pub fn run(flags: &GlobalFlags, args: &StatusArgs) -> Result<(), StatusError> {
     let loaded = load(flags)?;
+    for w in loaded.warnings() {
+        eprintln!("ib-stream: warning: {w}");
+    }
     let (text, health) = summarise(&loaded.settings, Duration::from_millis(args.timeout_ms));
-    print!("{text}");
+    say!("{}", text.trim_end_matches('\n'));
     health.map_err(|reasons| StatusError::Unhealthy {
         env: loaded.settings.environment.name().to_string(),
         reasons: reasons.join("; "),
@@ -298,6 +353,25 @@ mod tests {
 
     use super::*;
     use crate::ipc::{ReaderRegistry, Record, RecordKind, RingWriter, ShmOptions};
+
+    #[test]
+    fn a_health_answer_is_ours_only_for_our_shm_dir() {
+        let ours = Path::new("/dev/shm/ib-stream/development");
+        let body = |dir: &str| format!(r#"{{"status":"healthy","shm_dir":"{dir}"}}"#);
+        assert_eq!(
+            whose_server(&body("/dev/shm/ib-stream/development"), ours),
+            Owner::Ours
+        );
+        assert_eq!(
+            whose_server(&body("/dev/shm/ib-stream/staging"), ours),
+            Owner::Other("/dev/shm/ib-stream/staging".into())
+        );
+        assert_eq!(
+            whose_server(r#"{"status":"healthy"}"#, ours),
+            Owner::Unknown
+        );
+        assert_eq!(whose_server("not json", ours), Owner::Unknown);
+    }
 
     #[test]
     fn the_readers_line_names_each_reader_with_its_lag() {

@@ -385,7 +385,7 @@ fn run_server(s: &ServeArgs) -> anyhow::Result<()> {
     };
     let shared = Arc::new(Shared::new(cfg, universe)?);
     let listener = TcpListener::bind(localhost(s.port))
-        .with_context(|| format!("bind 127.0.0.1:{}", s.port))?;
+        .with_context(|| format!("cannot listen on 127.0.0.1:{}", s.port))?;
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening {}", listener.local_addr()?)?;
     let (server_tx, server_rx) = std::sync::mpsc::channel();
@@ -413,7 +413,27 @@ fn run_server(s: &ServeArgs) -> anyhow::Result<()> {
     server::run(listener, shared, server_rx)
 }
 
-fn main() -> anyhow::Result<()> {
+/// A failure ends tws-sim with one line (each cause once, no backtrace even under
+/// RUST_BACKTRACE) and, for a cause a restart cannot cure such as a port in use, the exit code
+/// that tells `ib-stream up` not to retry.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "tws-sim: error: {}",
+                ib_stream::report::one_line(e.as_ref())
+            );
+            if ib_stream::report::is_permanent(e.as_ref()) {
+                std::process::ExitCode::from(ib_stream::report::EXIT_PERMANENT)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
