@@ -1,7 +1,7 @@
 //! What `ib-stream config check` verifies beyond parsing: that the processes `up` would start
 //! can run here. The storage directory must be writable (it is created when absent) and the
-//! ports the environment listens on must be free: the web server's, and the simulator's when it
-//! simulates.
+//! ports the environment listens on must be free: the web server's, the contract service's when
+//! configured, and the simulator's when it simulates.
 //!
 //! When the environment is already running (its `up` lock is held by a live process) its own
 //! ports are naturally taken: that is reported as a note, not a failure, so `config check` of a
@@ -48,6 +48,9 @@ pub fn run(loaded: &Loaded, running_up: Option<u32>) -> Vec<Check> {
     let mut ports = vec![("web port", s.serve_host.clone(), s.serve_port)];
     if plan::wants_simulation(loaded, false) {
         ports.push(("simulator port", "127.0.0.1".into(), plan::sim_port(loaded)));
+    }
+    if let Some(port) = s.contract_port {
+        ports.push(("contract port", s.serve_host.clone(), port));
     }
     for (what, host, port) in ports {
         out.push(Check {
@@ -122,12 +125,17 @@ mod tests {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
         let sim = TcpListener::bind("127.0.0.1:0").unwrap();
+        let contract = TcpListener::bind("127.0.0.1:0").unwrap();
         let l = loaded(&[
             (
                 "IB_STREAM_STORAGE_PATH",
                 dir.join("file/storage").display().to_string(),
             ),
             ("IB_STREAM_SERVE_PORT", port.to_string()),
+            (
+                "IB_STREAM_CONTRACT_PORT",
+                contract.local_addr().unwrap().port().to_string(),
+            ),
             (
                 "IB_STREAM_PORTS",
                 sim.local_addr().unwrap().port().to_string(),
@@ -147,6 +155,10 @@ mod tests {
             matches!(outcome(&checks, "simulator port"), Outcome::Failed(_)),
             "{checks:?}"
         );
+        assert!(
+            matches!(outcome(&checks, "contract port"), Outcome::Failed(m) if m.contains("cannot listen")),
+            "{checks:?}"
+        );
         // The environment's own `up` holds them: a note.
         let checks = run(&l, Some(4242));
         assert!(
@@ -157,6 +169,7 @@ mod tests {
         // Absent storage is created; free ports pass.
         drop(taken);
         drop(sim);
+        drop(contract);
         let free = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
