@@ -80,8 +80,11 @@ fn query(c: &Contract) -> ContractQuery {
         symbol: c.symbol.clone(),
         sec_type: c.sec_type.clone(),
         exchange: c.exchange.clone(),
+        primary_exchange: c.primary_exchange.clone(),
         currency: c.currency.clone(),
         local_symbol: c.local_symbol.clone(),
+        trading_class: c.trading_class.clone(),
+        multiplier: c.multiplier.clone(),
         last_trade_date_or_contract_month: c.last_trade_date_or_contract_month.clone(),
     }
 }
@@ -92,11 +95,13 @@ fn request(msg: ClientMsg) -> Incoming {
         ClientMsg::ReqMktData {
             req_id,
             contract,
+            generic_tick_list,
             snapshot,
             ..
         } => Request::MktData {
             req_id,
             contract: query(&contract),
+            generic_tick_list,
             snapshot,
         },
         ClientMsg::CancelMktData { req_id } => Request::CancelMktData { req_id },
