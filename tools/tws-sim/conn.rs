@@ -267,7 +267,7 @@ fn read_loop(mut stream: TcpStream, mut inbound: Inbound, mut pacer: Pacer, tx: 
                             return;
                         }
                     }
-                    if tx.send(Event::Request(Box::new(req))).is_err() {
+                    if tx.send(Event::Request(req)).is_err() {
                         return;
                     }
                 }

@@ -64,7 +64,7 @@ pub(crate) fn encode_ack(version: u32, time: &str, out: &mut Vec<u8>) {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Incoming {
     StartApi { client_id: i32 },
-    Request(Request),
+    Request(Box<Request>),
 }
 
 /// Frames in, requests out.
@@ -90,7 +90,7 @@ fn query(c: &Contract) -> ContractQuery {
 }
 
 fn request(msg: ClientMsg) -> Incoming {
-    Incoming::Request(match msg {
+    Incoming::Request(Box::new(match msg {
         ClientMsg::StartApi { client_id, .. } => return Incoming::StartApi { client_id },
         ClientMsg::ReqMktData {
             req_id,
@@ -137,7 +137,7 @@ fn request(msg: ClientMsg) -> Incoming {
         ClientMsg::ReqExecutions { req_id, .. } => Request::Executions { req_id },
         // Contract details are answered at once, so there is nothing to cancel.
         ClientMsg::CancelContractData { .. } | ClientMsg::Unknown { .. } => Request::Other,
-    })
+    }))
 }
 
 impl Inbound {
