@@ -3,6 +3,8 @@
 //! drives: subscriptions, pacing, backoff and the control protocol.
 
 pub mod backoff;
+pub mod contract_store;
+pub mod contracts;
 pub mod control;
 pub mod farms;
 pub mod ingest;

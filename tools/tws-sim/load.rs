@@ -28,7 +28,11 @@ fn is_tick(msg_id: u32) -> bool {
     matches!(msg_id, 99 | 1 | 2 | 46 | 45)
 }
 
-fn one_client(plan: &LoadPlan, n: usize, contracts: &[Contract]) -> anyhow::Result<(u64, u64, Duration)> {
+fn one_client(
+    plan: &LoadPlan,
+    n: usize,
+    contracts: &[Contract],
+) -> anyhow::Result<(u64, u64, Duration)> {
     let mut s = TcpStream::connect(&plan.addr).with_context(|| format!("connect {}", plan.addr))?;
     s.set_nodelay(true)?;
     let mut out = Vec::new();

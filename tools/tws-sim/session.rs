@@ -683,7 +683,9 @@ fn contract_problem(c: &ContractQuery) -> Option<&'static str> {
     let sec_type_ok = if c.sec_type.is_empty() {
         c.con_id > 0
     } else {
-        SEC_TYPES.iter().any(|t| t.eq_ignore_ascii_case(&c.sec_type))
+        SEC_TYPES
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(&c.sec_type))
     };
     if !sec_type_ok {
         return Some("Please enter a valid security type");
@@ -951,7 +953,10 @@ mod tests {
             (q(0, "AAPL", "STK", ""), code::INVALID_REQUEST),
         ];
         for (n, (contract, want)) in cases.into_iter().enumerate() {
-            for req in [mkt_req(n as i32, contract.clone()), tbt_req(100 + n as i32, contract.clone())] {
+            for req in [
+                mkt_req(n as i32, contract.clone()),
+                tbt_req(100 + n as i32, contract.clone()),
+            ] {
                 let mut out = Vec::new();
                 s.handle(req, &u, Instant::now(), 0, &mut out);
                 assert_eq!(first_error(&out).0, want, "{contract:?}: {out:?}");
@@ -1010,7 +1015,11 @@ mod tests {
                 snapshot,
             };
             s.handle(req, &u, Instant::now(), 0, &mut out);
-            assert_eq!(first_error(&out).0, code::INVALID_REQUEST, "{list} {snapshot}");
+            assert_eq!(
+                first_error(&out).0,
+                code::INVALID_REQUEST,
+                "{list} {snapshot}"
+            );
         }
         let mut out = Vec::new();
         let req = Request::MktData {

@@ -306,8 +306,7 @@ fn describes(q: &ContractQuery, s: &InstrumentSpec) -> bool {
     let exchange_ok = q.exchange.is_empty()
         || q.exchange.eq_ignore_ascii_case(&s.exchange)
         || q.exchange.eq_ignore_ascii_case(&s.primary_exchange)
-        || s
-            .valid_exchanges
+        || s.valid_exchanges
             .split(',')
             .any(|x| x.trim().eq_ignore_ascii_case(&q.exchange));
     let multiplier_ok = q.multiplier.is_empty()
