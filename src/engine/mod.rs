@@ -12,6 +12,7 @@ pub mod logging;
 pub mod pacing;
 pub mod publish;
 pub mod run;
+pub mod sub_gaps;
 pub mod subs;
 
 pub use backoff::Backoff;

@@ -31,6 +31,7 @@ use super::farms::{self, FarmTable};
 use super::ingest::{Ingest, READ_CHUNK};
 use super::pacing::Pacer;
 use super::publish::{Publisher, unix_ns};
+use super::sub_gaps::SubGaps;
 use super::subs::{Escalation, Limits, Request, SubKey, SubKind, SubscriptionManager};
 
 const IB: Token = Token(0);
@@ -209,6 +210,8 @@ pub struct Engine {
     book: ContractBook,
     /// The on-disk store of the book.
     store_path: PathBuf,
+    /// Subscriptions whose data stopped with the session (or 1101) and are not live again.
+    sub_gaps: SubGaps,
     listener: UnixListener,
     socket_path: PathBuf,
     clients: BTreeMap<Token, CtlClient>,
@@ -357,6 +360,7 @@ impl Engine {
             next_lookup_id: FIRST_LOOKUP_REQ_ID,
             book,
             store_path,
+            sub_gaps: SubGaps::default(),
             listener,
             socket_path,
             clients: BTreeMap::new(),
@@ -811,6 +815,7 @@ impl Engine {
                     unix_ns()
                 });
             }
+            self.open_sub_gaps(GapReason::Disconnected, self.down_since.unwrap_or(0));
             self.ingest.subs.on_subscriptions_lost(false);
             self.ingest.subs.set_stale(false);
             self.lost_since = None;
@@ -1155,12 +1160,13 @@ impl Engine {
             }
             codes::CONNECTIVITY_RESTORED_DATA_LOST => {
                 warn!("IB connectivity restored, data lost (1101): resubscribing everything");
+                let from = self.lost_since.take().unwrap_or(ts);
+                self.open_sub_gaps(GapReason::IbConnectivity, from);
                 self.ingest.subs.set_stale(false);
                 self.ingest.subs.on_subscriptions_lost(true);
                 self.ingest
                     .publisher
                     .connection(ConnState::Connected, version, client_id, code);
-                let from = self.lost_since.take().unwrap_or(ts);
                 self.ingest
                     .publisher
                     .gap(GapReason::IbConnectivity, from, ts);
@@ -1256,8 +1262,32 @@ impl Engine {
         (mono as i64).saturating_add(offset)
     }
 
+    /// Every subscription with a request out at IB loses it now: its data stopped at `from`.
+    fn open_sub_gaps(&mut self, reason: GapReason, from: i64) {
+        let out: Vec<SubKey> = self
+            .ingest
+            .subs
+            .list()
+            .filter(|s| s.req_id != 0)
+            .map(|s| s.key)
+            .collect();
+        self.sub_gaps.lost(out, reason, from);
+    }
+
     fn drain_sub_events(&mut self) {
         while let Some(ev) = self.ingest.subs.poll_event() {
+            if let Some((con_id, reason, from, to)) =
+                self.sub_gaps.on_state(ev.key, ev.state, unix_ns())
+            {
+                debug!(
+                    con_id,
+                    kind = ev.key.kind.name(),
+                    from,
+                    to,
+                    "the subscription is live again: writing its gap"
+                );
+                self.ingest.publisher.gap_for(con_id, reason, from, to);
+            }
             let next_attempt = ev.retry.map(|r| self.mono_to_unix(r.next_ns));
             debug!(
                 con_id = ev.key.con_id,
