@@ -115,6 +115,12 @@ fn run_rate(rate: u64, seconds: f64, dir: &Path) -> RunResult {
         Command::new(ENGINE)
             .arg("--set")
             .arg(format!("IB_STREAM_SHM_DIR={}", shm.display()))
+            // The engine's contract store (under the storage root) stays in the bench's dir.
+            .arg("--set")
+            .arg(format!(
+                "IB_STREAM_STORAGE_PATH={}",
+                dir.join("storage").display()
+            ))
             .args(["--set", &format!("IB_STREAM_PORTS={port}")])
             .args(["--set", "IB_STREAM_RING_CAPACITY=262144"])
             .args(["--set", "IB_STREAM_ENGINE_CORE=0"])

@@ -188,9 +188,18 @@ impl Problems {
     }
 }
 
+/// A contract by conId as a client that knows the instrument sends it. rust-ibapi's default
+/// security type is STK, which contradicts a future's or a pair's conId (200 at the gateway,
+/// as at IB), so the type is set to the instrument's.
 fn by_con_id(con_id: i32, exchange: &str) -> Contract {
+    let security_type = match con_id {
+        711_280_073 | 495_512_563 | 563_947_738 | 212_921_504 => SecurityType::Future,
+        12_087_792 | 12_087_797 | 15_016_059 => SecurityType::ForexPair,
+        _ => SecurityType::Stock,
+    };
     Contract {
         contract_id: con_id,
+        security_type,
         exchange: Exchange::from(exchange),
         ..Default::default()
     }

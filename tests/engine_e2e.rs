@@ -542,3 +542,88 @@ fn a_malformed_frame_ends_the_connection_not_the_engine() {
     });
     assert!(eng.log().contains("bad frame"), "{}", eng.log());
 }
+
+/// After a reconnect the session's gap ends when the session is back, but a subscription
+/// that waits for the same-instrument window before it is requested again has no data for
+/// longer: its own gap (instrument = its conId) ends when its first tick arrives.
+#[test]
+fn a_subscription_waiting_after_a_reconnect_has_its_own_gap_until_it_is_live() {
+    let dir = TempDir::new("subgap");
+    let sim = Sim::start(&["--rate", "100", "--tbt-same-instrument-secs", "0"]);
+    // Two kinds of one instrument: the engine spaces their requests by its 2 s window, so
+    // after the reconnect `last` comes back about 2 s after `bid_ask`.
+    let eng = Engine::start(
+        dir.path(),
+        sim.port,
+        &["IB_STREAM_TRACKED_CONTRACTS=265598:AAPL:bid_ask;last"],
+        &[
+            "--tbt-same-instrument-ms",
+            "2000",
+            "--backoff-base-ms",
+            "100",
+        ],
+    );
+    let mut ring = eng.ring();
+    let mut seen = Vec::new();
+    read_until(&mut ring, 30, &mut seen, |s| {
+        count_kind(s, RecordKind::TbtBidAsk, AAPL) >= 5
+            && count_kind(s, RecordKind::TbtLast, AAPL) >= 5
+    });
+    sim.control(r#"{"cmd":"restart","down_ms":300}"#);
+    let before = seen.len();
+    read_until(&mut ring, 30, &mut seen, |s| {
+        let after = &s[before..];
+        let Some(at) = after
+            .iter()
+            .position(|r| is_kind(r, RecordKind::Gap) && r.instrument_id == 0)
+        else {
+            return false;
+        };
+        after
+            .iter()
+            .filter(|r| is_kind(r, RecordKind::Gap) && r.instrument_id == AAPL)
+            .count()
+            >= 2
+            && count_kind(&after[at..], RecordKind::TbtLast, AAPL) >= 1
+            && count_kind(&after[at..], RecordKind::TbtBidAsk, AAPL) >= 1
+    });
+    let after = &seen[before..];
+    let at = after
+        .iter()
+        .position(|r| is_kind(r, RecordKind::Gap) && r.instrument_id == 0)
+        .expect("the session's gap");
+    let session = after[at];
+    // Each kind's first tick of the new session (ticks of the old one may precede the gap);
+    // the manager requests one kind at once and the other a window later.
+    let first = |k: RecordKind| {
+        after[at..]
+            .iter()
+            .find(|r| is_kind(r, k) && r.instrument_id == AAPL)
+            .map(|r| r.ts_recv)
+            .unwrap_or(i64::MAX)
+    };
+    let late = first(RecordKind::TbtLast).max(first(RecordKind::TbtBidAsk));
+    let mine: Vec<&Record> = after
+        .iter()
+        .filter(|r| is_kind(r, RecordKind::Gap) && r.instrument_id == AAPL)
+        .collect();
+    for g in &mine {
+        assert_eq!(g.tick_type, GapReason::Disconnected as u8);
+        assert_eq!(
+            g.body[2], session.body[2],
+            "it starts where the session's gap does"
+        );
+    }
+    // The later one belongs to the kind that waited: it ends with that kind's first tick,
+    // well after the session was back.
+    let end = mine.iter().map(|g| g.body[3]).max().unwrap();
+    assert!(
+        end >= late && end - late < 500_000_000,
+        "gap end {end} vs the waiting kind's first tick {late}"
+    );
+    assert!(
+        end - session.body[3] >= 1_500_000_000,
+        "ends {} ms after the session's gap",
+        (end - session.body[3]) / 1_000_000
+    );
+}

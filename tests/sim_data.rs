@@ -165,7 +165,7 @@ fn snapshot_sends_the_opening_then_its_end() {
     let mut c = Client::ready(&sim.addr, 100, 226, 1);
     c.send(&ClientMsg::ReqMktData {
         req_id: 9,
-        contract: by_con_id(711280073),
+        contract: for_data(711280073),
         generic_tick_list: String::new(),
         snapshot: true,
         regulatory_snapshot: false,

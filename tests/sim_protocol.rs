@@ -263,3 +263,52 @@ fn garbage_instead_of_a_handshake_is_closed_and_the_sim_goes_on() {
         226
     );
 }
+
+/// A real gateway refuses a data request whose contract is a conId alone (321 "Please enter
+/// exchange") and one it cannot resolve (200), in both wire forms; the same request with
+/// the exchange streams.
+#[test]
+fn data_requests_need_the_exchange_and_a_contract_ib_knows() {
+    let sim = Sim::start(&[]);
+    for (n, (min, max)) in RANGES.into_iter().enumerate() {
+        let mut c = Client::ready(&sim.addr, min, max, 40 + n as i32);
+        c.send(&ClientMsg::ReqMktData {
+            req_id: 1,
+            contract: by_con_id(265598),
+            generic_tick_list: String::new(),
+            snapshot: false,
+            regulatory_snapshot: false,
+        });
+        let (req_id, code, msg) = c.next_error();
+        assert_eq!((req_id, code), (1, 321), "{msg}");
+        assert!(msg.contains("Please enter exchange"), "{msg}");
+        c.send(&ClientMsg::ReqTickByTick {
+            req_id: 2,
+            contract: by_con_id(711280073),
+            tick_type: "BidAsk".into(),
+            number_of_ticks: 0,
+            ignore_size: false,
+        });
+        let (req_id, code, msg) = c.next_error();
+        assert_eq!((req_id, code), (2, 321), "{msg}");
+        // Unknown conId, and a future asked on SMART: no security definition.
+        let mut unknown = for_data(999_999);
+        unknown.exchange = "SMART".into();
+        let mut mnq_smart = for_data(711280073);
+        mnq_smart.exchange = "SMART".into();
+        for (req_id, contract) in [(3, unknown), (4, mnq_smart)] {
+            c.send(&ClientMsg::ReqTickByTick {
+                req_id,
+                contract,
+                tick_type: "Last".into(),
+                number_of_ticks: 0,
+                ignore_size: false,
+            });
+            let (id, code, msg) = c.next_error();
+            assert_eq!((id, code), (req_id, 200), "{msg}");
+        }
+        // With its exchange the same conId streams (a kind per pass: the 15-second rule).
+        c.send(&req_tbt(5, 711280073, ["BidAsk", "MidPoint"][n]));
+        c.recv_matching(|m| matches!(m, ServerMsg::TickByTick { req_id: 5, .. }));
+    }
+}

@@ -3,6 +3,8 @@
 //! drives: subscriptions, pacing, backoff and the control protocol.
 
 pub mod backoff;
+pub mod contract_store;
+pub mod contracts;
 pub mod control;
 pub mod farms;
 pub mod ingest;
@@ -10,6 +12,7 @@ pub mod logging;
 pub mod pacing;
 pub mod publish;
 pub mod run;
+pub mod sub_gaps;
 pub mod subs;
 
 pub use backoff::Backoff;

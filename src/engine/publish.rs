@@ -197,6 +197,19 @@ impl Publisher {
         });
     }
 
+    /// A time interval in which one instrument's data may be missing (`instrument_id` =
+    /// its conId; readers of other instruments are not concerned).
+    pub fn gap_for(&mut self, con_id: u32, reason: GapReason, from_ns: i64, to_ns: i64) {
+        self.snap.counters.gaps += 1;
+        self.system(Record {
+            ts_recv: unix_ns(),
+            instrument_id: con_id,
+            tick_type: reason as u8,
+            body: [0, 0, from_ns, to_ns],
+            ..Record::new(RecordKind::Gap)
+        });
+    }
+
     /// A subscription state change: record and status entry. `next_attempt_ns` (Unix ns)
     /// is set while IB's refusal (`code`) is retried: the record carries it in `ts_event`
     /// (a subscription record has no event time of IB's), state `Queued`.

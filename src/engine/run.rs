@@ -3,7 +3,7 @@
 //! deadlines. Busy-poll mode polls with a zero timeout; blocking mode sleeps until the next
 //! deadline or event.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -24,11 +24,14 @@ use crate::tws::{
 };
 
 use super::backoff::Backoff;
+use super::contract_store;
+use super::contracts::{self, BookEvent, ContractBook};
 use super::control::{self, ControlConn, ControlRequest, RequestError, Verdict};
 use super::farms::{self, FarmTable};
 use super::ingest::{Ingest, READ_CHUNK};
 use super::pacing::Pacer;
 use super::publish::{Publisher, unix_ns};
+use super::sub_gaps::SubGaps;
 use super::subs::{Escalation, Limits, Request, SubKey, SubKind, SubscriptionManager};
 
 const IB: Token = Token(0);
@@ -40,6 +43,9 @@ pub const MAX_CONTROL_CLIENTS: usize = 64;
 pub const FIRST_SUB_REQ_ID: i32 = 1000;
 /// First request id of contract lookups (clear of subscriptions).
 pub const FIRST_LOOKUP_REQ_ID: i32 = 1 << 30;
+/// First request id of the contract book's lookups (clear of subscriptions and of the
+/// control socket's lookups).
+pub const FIRST_RESOLVE_REQ_ID: i32 = 1 << 29;
 const LOOKUP_TIMEOUT_NS: u64 = 15_000_000_000;
 /// Socket reads in one turn of the loop before timers and control clients get theirs
 /// (16 x 64 KiB: about 20 000 ticks).
@@ -200,7 +206,12 @@ pub struct Engine {
     ever_ready: bool,
     lookups: BTreeMap<i32, Lookup>,
     next_lookup_id: i32,
-    contracts: HashMap<u32, Contract>,
+    /// Every contract data requests need, resolved with IB before the first request.
+    book: ContractBook,
+    /// The on-disk store of the book.
+    store_path: PathBuf,
+    /// Subscriptions whose data stopped with the session (or 1101) and are not live again.
+    sub_gaps: SubGaps,
     listener: UnixListener,
     socket_path: PathBuf,
     clients: BTreeMap<Token, CtlClient>,
@@ -287,6 +298,18 @@ impl Engine {
         };
         let mut subs = SubscriptionManager::new(limits, FIRST_SUB_REQ_ID);
         subs.set_jitter_seed(crate::ipc::shm::random_u64());
+        // IB refuses a data request whose contract is a conId alone (321): every contract is
+        // resolved first, from the store at once when it holds it.
+        subs.require_contracts();
+        let store_path = contract_store::store_path(&settings.storage_path);
+        let stored = contract_store::load(&store_path);
+        info!(path = %store_path.display(), contracts = stored.len(), "contract store loaded");
+        let book = ContractBook::new(
+            stored,
+            FIRST_RESOLVE_REQ_ID,
+            FIRST_LOOKUP_REQ_ID - 1,
+            contracts::MAX_AGE_NS,
+        );
         let poll = Poll::new().map_err(io_err("create the poller"))?;
         // The ring's writer lock is ours, so a socket file left here belongs to a dead engine.
         let socket_path = settings.control_socket();
@@ -335,7 +358,9 @@ impl Engine {
             ever_ready: false,
             lookups: BTreeMap::new(),
             next_lookup_id: FIRST_LOOKUP_REQ_ID,
-            contracts: HashMap::new(),
+            book,
+            store_path,
+            sub_gaps: SubGaps::default(),
             listener,
             socket_path,
             clients: BTreeMap::new(),
@@ -372,6 +397,7 @@ impl Engine {
                 }
             }
         }
+        engine.resolve_needs(0);
         engine.drain_sub_events();
         engine
             .ingest
@@ -578,6 +604,14 @@ impl Engine {
         if let Some(l) = self.lookups.values().map(|l| l.deadline).min() {
             d = d.min(l);
         }
+        let ready = self.conn.as_ref().is_some_and(|c| c.phase == Phase::Ready);
+        if let Some(t) = self.book.next_deadline(ready) {
+            d = d.min(if ready && t <= now {
+                self.pacer.next_slot(now)
+            } else {
+                t
+            });
+        }
         d.max(now)
     }
 
@@ -603,6 +637,8 @@ impl Engine {
         if now >= self.next_heartbeat {
             self.next_heartbeat = now + SECOND;
             self.ingest.publisher.heartbeat_record();
+            self.book.expire(now);
+            self.book.refresh_due(now, unix_ns());
         }
         if self.opts.silence_secs > 0 && now >= self.next_watchdog {
             self.next_watchdog = now + SECOND;
@@ -779,6 +815,7 @@ impl Engine {
                     unix_ns()
                 });
             }
+            self.open_sub_gaps(GapReason::Disconnected, self.down_since.unwrap_or(0));
             self.ingest.subs.on_subscriptions_lost(false);
             self.ingest.subs.set_stale(false);
             self.lost_since = None;
@@ -789,6 +826,7 @@ impl Engine {
         // Farm states belong to the session; the next one reports them afresh.
         self.farms.clear();
         self.status_dirty = true;
+        self.book.on_disconnect(now);
         let pending: Vec<i32> = self.lookups.keys().copied().collect();
         for id in pending {
             self.fail_lookup(
@@ -1035,11 +1073,18 @@ impl Engine {
                     .on_market_data_type(req_id, market_data_type);
             }
             ServerMsg::ContractData { req_id, details } => {
-                if let Some(l) = self.lookups.get_mut(&req_id) {
+                if self.book.on_details(req_id, &details.contract) {
+                } else if let Some(l) = self.lookups.get_mut(&req_id) {
                     l.results.push(*details);
                 }
             }
-            ServerMsg::ContractDataEnd { req_id } => self.finish_lookup(req_id, now),
+            ServerMsg::ContractDataEnd { req_id } => {
+                if self.book.on_end(req_id, unix_ns()) {
+                    self.apply_book_events();
+                } else {
+                    self.finish_lookup(req_id, now);
+                }
+            }
             ServerMsg::CurrentTime { time } => {
                 info!(time, "IB answered the watchdog's probe");
             }
@@ -1115,12 +1160,13 @@ impl Engine {
             }
             codes::CONNECTIVITY_RESTORED_DATA_LOST => {
                 warn!("IB connectivity restored, data lost (1101): resubscribing everything");
+                let from = self.lost_since.take().unwrap_or(ts);
+                self.open_sub_gaps(GapReason::IbConnectivity, from);
                 self.ingest.subs.set_stale(false);
                 self.ingest.subs.on_subscriptions_lost(true);
                 self.ingest
                     .publisher
                     .connection(ConnState::Connected, version, client_id, code);
-                let from = self.lost_since.take().unwrap_or(ts);
                 self.ingest
                     .publisher
                     .gap(GapReason::IbConnectivity, from, ts);
@@ -1140,6 +1186,11 @@ impl Engine {
             }
             _ if req_id < 0 && farms::classify(code).is_some() => {
                 self.on_farm_notice(code, message, ts);
+            }
+            _ if self.book.owns(req_id) => {
+                warn!(req_id, code, "IB refused a contract lookup: {message}");
+                self.book.on_error(req_id, code, message, now);
+                self.apply_book_events();
             }
             _ if req_id >= FIRST_LOOKUP_REQ_ID && self.lookups.contains_key(&req_id) => {
                 let msg = format!("IB error {code}: {message}");
@@ -1211,8 +1262,32 @@ impl Engine {
         (mono as i64).saturating_add(offset)
     }
 
+    /// Every subscription with a request out at IB loses it now: its data stopped at `from`.
+    fn open_sub_gaps(&mut self, reason: GapReason, from: i64) {
+        let out: Vec<SubKey> = self
+            .ingest
+            .subs
+            .list()
+            .filter(|s| s.req_id != 0)
+            .map(|s| s.key)
+            .collect();
+        self.sub_gaps.lost(out, reason, from);
+    }
+
     fn drain_sub_events(&mut self) {
         while let Some(ev) = self.ingest.subs.poll_event() {
+            if let Some((con_id, reason, from, to)) =
+                self.sub_gaps.on_state(ev.key, ev.state, unix_ns())
+            {
+                debug!(
+                    con_id,
+                    kind = ev.key.kind.name(),
+                    from,
+                    to,
+                    "the subscription is live again: writing its gap"
+                );
+                self.ingest.publisher.gap_for(con_id, reason, from, to);
+            }
             let next_attempt = ev.retry.map(|r| self.mono_to_unix(r.next_ns));
             debug!(
                 con_id = ev.key.con_id,
@@ -1245,24 +1320,67 @@ impl Engine {
         }
     }
 
-    fn contract_for(&self, con_id: u32) -> Contract {
-        match self.contracts.get(&con_id) {
-            Some(c) => c.clone(),
-            None => Contract {
-                con_id: con_id as i32,
-                ..Contract::default()
-            },
+    /// Hands the conIds new subscriptions need to the contract book, and acts on what the
+    /// book says.
+    fn resolve_needs(&mut self, now: u64) {
+        let mut asked = false;
+        while let Some(con_id) = self.ingest.subs.take_contract_need() {
+            self.book.want(con_id, now, unix_ns());
+            asked = true;
+        }
+        if asked {
+            self.apply_book_events();
+        }
+    }
+
+    /// Ready contracts release their subscriptions' requests; a changed one is logged and
+    /// kept in the store; an unresolvable one rejects its subscriptions (records with IB's
+    /// code). The store is rewritten when it changed.
+    fn apply_book_events(&mut self) {
+        while let Some(ev) = self.book.poll_event() {
+            match ev {
+                BookEvent::Ready(con_id) => self.ingest.subs.contract_ready(con_id),
+                BookEvent::Changed { con_id, fields } => {
+                    warn!(
+                        con_id,
+                        changes = %fields.join("; "),
+                        "IB's contract changed since it was stored; requests use the new one"
+                    );
+                }
+                BookEvent::Unresolvable {
+                    con_id,
+                    code,
+                    message,
+                } => {
+                    let n = self.ingest.subs.contract_unresolvable(con_id, code);
+                    warn!(
+                        con_id,
+                        code,
+                        rejected = n,
+                        "IB cannot resolve the contract; its subscriptions are rejected: {message}"
+                    );
+                    self.ingest.publisher.snap.counters.subscriptions_rejected += n as u64;
+                }
+            }
+        }
+        self.drain_sub_events();
+        if let Some(all) = self.book.take_dirty()
+            && let Err(e) = contract_store::save(&self.store_path, &all)
+        {
+            warn!("cannot write the contract store (contracts stay in memory): {e}");
         }
     }
 
     /// Sends what is queued as far as the outbound budget allows.
     fn pump(&mut self, now: u64) {
+        self.resolve_needs(now);
         if !self.conn.as_ref().is_some_and(|c| c.phase == Phase::Ready) {
             return;
         }
         let mut sent = false;
         loop {
             let has_work = !self.extra.is_empty()
+                || self.book.has_due_lookup(now)
                 || self
                     .ingest
                     .subs
@@ -1281,13 +1399,19 @@ impl Engine {
                 }
                 break;
             }
-            let msg = match self.extra.pop_front() {
-                Some(m) => m,
+            let msg = if let Some(m) = self.extra.pop_front() {
+                m
+            } else if let Some((req_id, contract)) = self.book.next_lookup(t) {
+                ClientMsg::ReqContractDetails { req_id, contract }
+            } else {
                 // The send time, not the loop's: the 15-second rule is kept from it.
-                None => match self.ingest.subs.next_request(t) {
-                    Some(r) => self.request_msg(r),
+                match self.ingest.subs.next_request(t) {
+                    Some(r) => match self.request_msg(r) {
+                        Some(m) => m,
+                        None => continue,
+                    },
                     None => break,
-                },
+                }
             };
             let Some(c) = self.conn.as_mut() else { return };
             if let Err(e) = msg.encode(c.version, &mut c.out) {
@@ -1304,11 +1428,13 @@ impl Engine {
         }
     }
 
-    fn request_msg(&self, r: Request) -> ClientMsg {
-        match r {
+    /// The message for a request; `None` (and the subscription rejected) in the one case
+    /// that cannot be sent: no resolved contract, which the manager's gate rules out.
+    fn request_msg(&mut self, r: Request) -> Option<ClientMsg> {
+        Some(match r {
             Request::MktData { req_id, con_id } => ClientMsg::ReqMktData {
                 req_id,
-                contract: self.contract_for(con_id),
+                contract: self.resolved_or_reject(req_id, con_id)?,
                 generic_tick_list: String::new(),
                 snapshot: false,
                 regulatory_snapshot: false,
@@ -1320,7 +1446,7 @@ impl Engine {
                 kind,
             } => ClientMsg::ReqTickByTick {
                 req_id,
-                contract: self.contract_for(con_id),
+                contract: self.resolved_or_reject(req_id, con_id)?,
                 tick_type: kind.ib_name().into(),
                 number_of_ticks: 0,
                 ignore_size: false,
@@ -1329,7 +1455,22 @@ impl Engine {
             Request::MarketDataType(t) => ClientMsg::ReqMarketDataType {
                 market_data_type: t,
             },
+        })
+    }
+
+    /// Never a conId-only request: without a resolved contract the subscription is rejected
+    /// as IB would reject it (321).
+    fn resolved_or_reject(&mut self, req_id: i32, con_id: u32) -> Option<Contract> {
+        let c = self.book.contract(con_id);
+        if c.is_none() {
+            warn!(
+                req_id,
+                con_id,
+                "no resolved contract for a data request; rejecting it instead of sending a conId alone"
+            );
+            self.ingest.subs.on_error(req_id, codes::INVALID_REQUEST);
         }
+        c
     }
 
     // ---- contract lookups ---------------------------------------------------------------
@@ -1401,10 +1542,7 @@ impl Engine {
             return;
         };
         for d in &l.results {
-            if d.contract.con_id > 0 {
-                self.contracts
-                    .insert(d.contract.con_id as u32, d.contract.clone());
-            }
+            self.book.insert_resolved(&d.contract, unix_ns());
         }
         self.scratch.clear();
         match l.purpose {

@@ -355,6 +355,13 @@ pub struct SubscriptionManager {
     stale: bool,
     /// Seeds each retrying subscription's jitter (xorshift state).
     jitter: u64,
+    /// Data requests wait until their conId's contract is resolved (see
+    /// [`SubscriptionManager::require_contracts`]).
+    require_contracts: bool,
+    /// conIds whose full contract the engine holds.
+    contracts_ready: BTreeSet<u32>,
+    /// conIds a new subscription needs resolved, for the engine to look up.
+    contract_needs: VecDeque<u32>,
 }
 
 impl SubscriptionManager {
@@ -373,7 +380,50 @@ impl SubscriptionManager {
             delayed_requested: false,
             stale: false,
             jitter: 0x9e37_79b9_7f4a_7c15,
+            require_contracts: false,
+            contracts_ready: BTreeSet::new(),
+            contract_needs: VecDeque::new(),
         }
+    }
+
+    /// From now on a data request waits until [`SubscriptionManager::contract_ready`] names
+    /// its conId: IB wants the full contract (exchange and all) in a data request, so the
+    /// engine resolves each conId first. New conIds are announced through
+    /// [`SubscriptionManager::take_contract_need`]. (Off by default for callers that have
+    /// no contracts to resolve.)
+    pub fn require_contracts(&mut self) {
+        self.require_contracts = true;
+    }
+
+    /// A conId a new subscription needs resolved, oldest first.
+    pub fn take_contract_need(&mut self) -> Option<u32> {
+        self.contract_needs.pop_front()
+    }
+
+    /// The full contract of `con_id` is known: its queued requests may go.
+    pub fn contract_ready(&mut self, con_id: u32) {
+        self.contracts_ready.insert(con_id);
+    }
+
+    /// IB cannot resolve `con_id`: every subscription to it is rejected with `code` (a
+    /// subscription record says so). Returns how many were rejected.
+    pub fn contract_unresolvable(&mut self, con_id: u32, code: i32) -> usize {
+        self.contracts_ready.remove(&con_id);
+        self.contract_needs.retain(|c| *c != con_id);
+        let keys: Vec<SubKey> = self
+            .subs
+            .keys()
+            .filter(|k| k.con_id == con_id)
+            .copied()
+            .collect();
+        for k in &keys {
+            self.reject(*k, code);
+        }
+        keys.len()
+    }
+
+    fn waits_for_contract(&self, con_id: u32) -> bool {
+        self.require_contracts && !self.contracts_ready.contains(&con_id)
     }
 
     /// Seeds the jitter of retries, so that several engines refused together do not retry
@@ -469,6 +519,9 @@ impl SubscriptionManager {
             },
         );
         self.pending.push_back(Pending::Subscribe(key));
+        if self.waits_for_contract(key.con_id) && !self.contract_needs.contains(&key.con_id) {
+            self.contract_needs.push_back(key.con_id);
+        }
         self.emit(key);
         Ok(SubscribeAck {
             state: SubState::Queued,
@@ -606,15 +659,23 @@ impl SubscriptionManager {
         if !self.connected {
             return None;
         }
-        self.pending.iter().map(|p| self.due_at(p, now)).min()
+        self.pending
+            .iter()
+            .map(|p| self.due_at(p, now))
+            .filter(|&t| t != u64::MAX)
+            .min()
     }
 
     /// When a queued request may go: at once, or after the same-instrument window of the
-    /// last tick-by-tick request for its conId, and not before a refusal's retry time.
+    /// last tick-by-tick request for its conId, and not before a refusal's retry time;
+    /// never (`u64::MAX`) while its contract is not resolved.
     fn due_at(&self, p: &Pending, now: u64) -> u64 {
         let Pending::Subscribe(k) = p else {
             return now;
         };
+        if self.waits_for_contract(k.con_id) {
+            return u64::MAX;
+        }
         let mut at = now;
         if k.kind.is_tick_by_tick()
             && let Some(&t) = self.tbt_last_request.get(&k.con_id)
@@ -1489,5 +1550,43 @@ mod tests {
             vec![Request::CancelTickByTick { req_id: 1000 }]
         );
         assert_eq!(m.list().count(), 1);
+    }
+
+    #[test]
+    fn data_requests_wait_for_their_contract_and_an_unresolvable_one_is_rejected() {
+        let mut m = connected();
+        m.require_contracts();
+        let a = key(265_598, SubKind::BidAsk);
+        let b = key(265_598, SubKind::MktData);
+        let c = key(42, SubKind::Last);
+        for k in [a, b, c] {
+            m.subscribe("web", k, 0).unwrap();
+        }
+        assert_eq!(
+            std::iter::from_fn(|| m.take_contract_need()).collect::<Vec<_>>(),
+            [265_598, 42],
+            "each conId is announced once"
+        );
+        assert!(
+            drain(&mut m, 0).is_empty(),
+            "nothing goes before the contract"
+        );
+        assert_eq!(
+            m.next_deadline(0),
+            None,
+            "and the loop has no reason to wake"
+        );
+        m.contract_ready(265_598);
+        let reqs = drain(&mut m, 0);
+        assert_eq!(reqs.len(), 2, "{reqs:?}");
+        events(&mut m);
+        assert_eq!(m.contract_unresolvable(42, 200), 1);
+        let ev = events(&mut m);
+        assert_eq!(
+            (ev[0].key, ev[0].state, ev[0].code),
+            (c, SubState::Rejected, 200)
+        );
+        assert!(m.list().all(|s| s.key.con_id == 265_598));
+        assert!(drain(&mut m, 0).is_empty());
     }
 }

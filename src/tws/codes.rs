@@ -15,6 +15,8 @@ pub const NO_SECURITY_DEFINITION: i32 = 200;
 pub const CANT_FIND_EID: i32 = 300;
 /// Market depth limit.
 pub const MAX_MARKET_DEPTH: i32 = 309;
+/// Error validating request (a field missing or invalid, e.g. "Please enter exchange").
+pub const INVALID_REQUEST: i32 = 321;
 /// Error processing request (what live gateways send for a duplicate ticker id).
 pub const ERROR_PROCESSING_REQUEST: i32 = 322;
 /// Client id already in use (sent at startApi, then the socket closes).

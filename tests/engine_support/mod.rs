@@ -150,7 +150,13 @@ pub fn engine_cmd(dir: &Path, port: u16, sets: &[&str], args: &[&str]) -> Comman
         .arg("--set")
         .arg("IB_STREAM_RING_CAPACITY=65536")
         .arg("--set")
-        .arg("IB_STREAM_LOG_LEVEL=debug");
+        .arg("IB_STREAM_LOG_LEVEL=debug")
+        // The contract store lives under the storage root: keep it in the test's directory.
+        .arg("--set")
+        .arg(format!(
+            "IB_STREAM_STORAGE_PATH={}",
+            dir.join("storage").display()
+        ));
     for s in sets {
         c.arg("--set").arg(s);
     }

@@ -252,10 +252,30 @@ impl Client {
     }
 }
 
-/// A contract by conId only (what a client sends after qualifying).
+/// A contract by conId only: enough for reqContractDetails, not for a data request (a real
+/// gateway answers 321 "Please enter exchange").
 pub fn by_con_id(con_id: i32) -> Contract {
     Contract {
         con_id,
+        ..Contract::default()
+    }
+}
+
+/// The exchange of a built-in instrument (SMART for the stocks, whatever else).
+pub fn exchange_of(con_id: i32) -> &'static str {
+    match con_id {
+        711280073 | 495512563 | 563947738 => "CME",
+        212921504 => "NYMEX",
+        12087792 | 12087797 | 15016059 => "IDEALPRO",
+        _ => "SMART",
+    }
+}
+
+/// A contract for a data request, as a real client sends it: conId and exchange.
+pub fn for_data(con_id: i32) -> Contract {
+    Contract {
+        con_id,
+        exchange: exchange_of(con_id).into(),
         ..Contract::default()
     }
 }
@@ -274,7 +294,7 @@ pub fn by_symbol(symbol: &str, sec_type: &str, exchange: &str, currency: &str) -
 pub fn req_tbt(req_id: i32, con_id: i32, kind: &str) -> ClientMsg {
     ClientMsg::ReqTickByTick {
         req_id,
-        contract: by_con_id(con_id),
+        contract: for_data(con_id),
         tick_type: kind.into(),
         number_of_ticks: 0,
         ignore_size: false,
@@ -284,7 +304,7 @@ pub fn req_tbt(req_id: i32, con_id: i32, kind: &str) -> ClientMsg {
 pub fn req_mkt(req_id: i32, con_id: i32) -> ClientMsg {
     ClientMsg::ReqMktData {
         req_id,
-        contract: by_con_id(con_id),
+        contract: for_data(con_id),
         generic_tick_list: String::new(),
         snapshot: false,
         regulatory_snapshot: false,

@@ -61,7 +61,7 @@ pub(crate) struct ClientStats {
 /// What reaches the writer loop.
 #[derive(Debug)]
 pub(crate) enum Event {
-    Request(Request),
+    Request(Box<Request>),
     /// The client went over 50 messages a second without +PACEAPI.
     PacingViolation,
     /// The reader stopped: the client closed, or sent bytes that are not a frame.
@@ -387,7 +387,7 @@ impl Writer {
             Event::Request(req) => {
                 debug!(client_id = self.client_id, ?req, "request");
                 self.session.handle(
-                    req,
+                    *req,
                     &self.shared.universe,
                     Instant::now(),
                     clock::unix_secs(),

@@ -28,7 +28,11 @@ fn is_tick(msg_id: u32) -> bool {
     matches!(msg_id, 99 | 1 | 2 | 46 | 45)
 }
 
-fn one_client(plan: &LoadPlan, n: usize, con_ids: &[i32]) -> anyhow::Result<(u64, u64, Duration)> {
+fn one_client(
+    plan: &LoadPlan,
+    n: usize,
+    contracts: &[Contract],
+) -> anyhow::Result<(u64, u64, Duration)> {
     let mut s = TcpStream::connect(&plan.addr).with_context(|| format!("connect {}", plan.addr))?;
     s.set_nodelay(true)?;
     let mut out = Vec::new();
@@ -60,13 +64,10 @@ fn one_client(plan: &LoadPlan, n: usize, con_ids: &[i32]) -> anyhow::Result<(u64
         optional_capabilities: String::new(),
     }
     .encode(version, &mut out)?;
-    for (i, con_id) in con_ids.iter().enumerate() {
+    for (i, contract) in contracts.iter().enumerate() {
         ClientMsg::ReqTickByTick {
             req_id: i as i32 + 1,
-            contract: Contract {
-                con_id: *con_id,
-                ..Contract::default()
-            },
+            contract: contract.clone(),
             tick_type: plan.kind.clone(),
             number_of_ticks: 0,
             ignore_size: false,
@@ -98,12 +99,16 @@ fn one_client(plan: &LoadPlan, n: usize, con_ids: &[i32]) -> anyhow::Result<(u64
 
 /// Runs the plan and prints the figures.
 pub(crate) fn run(plan: &LoadPlan, universe: &Universe) -> anyhow::Result<()> {
-    let con_ids: Vec<i32> = universe.iter().map(|i| i.con_id()).collect();
+    // Full contracts, as a client has them after reqContractDetails: a conId alone is 321.
+    let contracts: Vec<Contract> = universe
+        .iter()
+        .map(|i| crate::wire::contract_details(i).contract)
+        .collect();
     let threads: Vec<_> = (0..plan.clients)
         .map(|n| {
             let plan = plan.clone();
-            let mine: Vec<i32> = (0..plan.subs_per_client)
-                .map(|k| con_ids[(n * plan.subs_per_client + k) % con_ids.len()])
+            let mine: Vec<Contract> = (0..plan.subs_per_client)
+                .map(|k| contracts[(n * plan.subs_per_client + k) % contracts.len()].clone())
                 .collect();
             std::thread::spawn(move || one_client(&plan, n, &mine))
         })

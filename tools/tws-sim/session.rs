@@ -19,6 +19,7 @@ pub(crate) enum Request {
     MktData {
         req_id: i32,
         contract: ContractQuery,
+        generic_tick_list: String,
         snapshot: bool,
     },
     CancelMktData {
@@ -323,8 +324,15 @@ impl Session {
             Request::MktData {
                 req_id,
                 contract,
+                generic_tick_list,
                 snapshot,
-            } => self.mkt_data(req_id, &contract, snapshot, universe, now, out),
+            } => {
+                if let Some(cause) = generic_ticks_problem(&generic_tick_list, snapshot) {
+                    out.push(invalid(req_id, "bW", &cause));
+                    return;
+                }
+                self.mkt_data(req_id, &contract, snapshot, universe, now, out)
+            }
             Request::TickByTick {
                 req_id,
                 contract,
@@ -394,6 +402,10 @@ impl Session {
                 code::DUPLICATE_TICKER,
                 "Error processing request.-'bW' : cause - Duplicate ticker id",
             ));
+            return None;
+        }
+        if let Some(cause) = contract_problem(contract) {
+            out.push(invalid(req_id, "bW", cause));
             return None;
         }
         let inst = match universe.resolve(contract) {
@@ -645,6 +657,56 @@ impl Drop for Session {
     }
 }
 
+/// IB's security types; anything else is "Please enter a valid security type".
+const SEC_TYPES: [&str; 22] = [
+    "STK", "OPT", "FUT", "CONTFUT", "CASH", "IND", "FOP", "CFD", "BAG", "WAR", "BOND", "CMDTY",
+    "NEWS", "FUND", "CRYPTO", "IOPT", "EC", "BILL", "FIXED", "SLB", "BSK", "ICU",
+];
+
+/// 321 with IB's text: "Error validating request.-'<tag>' : cause - <cause>".
+fn invalid(req_id: i32, tag: &str, cause: &str) -> Reply {
+    error(
+        req_id,
+        code::INVALID_REQUEST,
+        format!("Error validating request.-'{tag}' : cause - {cause}"),
+    )
+}
+
+/// What a real gateway refuses in the contract of a market-data or tick-by-tick request
+/// before it looks the contract up (321). A conId does not stand for the exchange: IB
+/// wants the exchange on every data request ("Please enter exchange"). Without a conId the
+/// security type must be given, and when given it must be one of IB's.
+fn contract_problem(c: &ContractQuery) -> Option<&'static str> {
+    if c.exchange.trim().is_empty() {
+        return Some("Please enter exchange");
+    }
+    let sec_type_ok = if c.sec_type.is_empty() {
+        c.con_id > 0
+    } else {
+        SEC_TYPES
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(&c.sec_type))
+    };
+    if !sec_type_ok {
+        return Some("Please enter a valid security type");
+    }
+    None
+}
+
+/// reqMktData's generic tick list: comma-separated tick ids, and none with a snapshot.
+fn generic_ticks_problem(list: &str, snapshot: bool) -> Option<String> {
+    if list.is_empty() {
+        return None;
+    }
+    if snapshot {
+        return Some("Snapshot market data subscription is not applicable to generic ticks".into());
+    }
+    let ok = list
+        .split(',')
+        .all(|t| !t.trim().is_empty() && t.trim().parse::<u16>().is_ok());
+    (!ok).then(|| format!("Incorrect generic tick list of {list}"))
+}
+
 /// "EXCHANGE.LISTING" as IB names a data line in entitlement errors.
 fn listing(inst: &crate::universe::Instrument) -> String {
     let s = &inst.spec;
@@ -675,13 +737,22 @@ mod tests {
         }
     }
 
+    /// A contract as a real client sends it: conId and its exchange.
+    fn by_id(con_id: i32) -> ContractQuery {
+        let u = Universe::builtin();
+        let spec = &u.get(u.by_con_id(con_id).expect("a built-in conId")).spec;
+        ContractQuery {
+            con_id,
+            exchange: spec.exchange.clone(),
+            ..Default::default()
+        }
+    }
+
     fn mkt(req_id: i32, con_id: i32) -> Request {
         Request::MktData {
             req_id,
-            contract: ContractQuery {
-                con_id,
-                ..Default::default()
-            },
+            contract: by_id(con_id),
+            generic_tick_list: String::new(),
             snapshot: false,
         }
     }
@@ -754,10 +825,7 @@ mod tests {
         s.handle(
             Request::TickByTick {
                 req_id: 2,
-                contract: ContractQuery {
-                    con_id: 265598,
-                    ..Default::default()
-                },
+                contract: by_id(265598),
                 tick_type: "BidAsk".into(),
             },
             &u,
@@ -809,5 +877,158 @@ mod tests {
         assert!(!s.streaming());
         s.set_competing(false, &mut out);
         assert!(s.streaming());
+    }
+
+    fn tbt_req(req_id: i32, contract: ContractQuery) -> Request {
+        Request::TickByTick {
+            req_id,
+            contract,
+            tick_type: "BidAsk".into(),
+        }
+    }
+
+    fn mkt_req(req_id: i32, contract: ContractQuery) -> Request {
+        Request::MktData {
+            req_id,
+            contract,
+            generic_tick_list: String::new(),
+            snapshot: false,
+        }
+    }
+
+    fn first_error(out: &[Reply]) -> (i32, String) {
+        out.iter()
+            .find_map(|r| match r {
+                Reply::Error { code, msg, .. } => Some((*code, msg.clone())),
+                _ => None,
+            })
+            .expect("an error reply")
+    }
+
+    #[test]
+    fn a_con_id_without_exchange_is_refused_with_321_like_a_real_gateway() {
+        let u = Universe::builtin();
+        let mut s = Session::new(cfg(5, 5), SharedAccount::default(), false);
+        let bare = ContractQuery {
+            con_id: 265598,
+            ..Default::default()
+        };
+        for (id, req) in [(1, mkt_req(1, bare.clone())), (2, tbt_req(2, bare.clone()))] {
+            let mut out = Vec::new();
+            s.handle(req, &u, Instant::now(), 0, &mut out);
+            let (c, msg) = first_error(&out);
+            assert_eq!(c, code::INVALID_REQUEST, "request {id}: {out:?}");
+            assert!(msg.ends_with("cause - Please enter exchange"), "{msg}");
+        }
+        assert!(s.subs().is_empty());
+        // The same request with the exchange goes through.
+        let mut out = Vec::new();
+        s.handle(tbt_req(3, by_id(265598)), &u, Instant::now(), 0, &mut out);
+        assert!(codes(&out).is_empty(), "{out:?}");
+        assert_eq!(s.subs().len(), 1);
+    }
+
+    #[test]
+    fn contracts_ib_cannot_resolve_get_200_and_bad_fields_321() {
+        let u = Universe::builtin();
+        let mut s = Session::new(cfg(9, 9), SharedAccount::default(), false);
+        let q = |con_id: i32, symbol: &str, sec: &str, exch: &str| ContractQuery {
+            con_id,
+            symbol: symbol.into(),
+            sec_type: sec.into(),
+            exchange: exch.into(),
+            ..Default::default()
+        };
+        let cases = [
+            // Unknown conId, a conId contradicting the symbol, an exchange it does not
+            // trade on (a future is not SMART-routed), an unknown symbol.
+            (q(999_999, "", "", "SMART"), code::NO_SECURITY),
+            (q(265598, "MSFT", "STK", "SMART"), code::NO_SECURITY),
+            (q(711280073, "", "FUT", "SMART"), code::NO_SECURITY),
+            (q(265598, "", "", "CME"), code::NO_SECURITY),
+            (q(0, "NOPE", "STK", "SMART"), code::NO_SECURITY),
+            // No security type without a conId, or one IB does not know.
+            (q(0, "AAPL", "", "SMART"), code::INVALID_REQUEST),
+            (q(265598, "", "SHARES", "SMART"), code::INVALID_REQUEST),
+            (q(0, "AAPL", "STK", ""), code::INVALID_REQUEST),
+        ];
+        for (n, (contract, want)) in cases.into_iter().enumerate() {
+            for req in [
+                mkt_req(n as i32, contract.clone()),
+                tbt_req(100 + n as i32, contract.clone()),
+            ] {
+                let mut out = Vec::new();
+                s.handle(req, &u, Instant::now(), 0, &mut out);
+                assert_eq!(first_error(&out).0, want, "{contract:?}: {out:?}");
+            }
+        }
+        assert!(s.subs().is_empty());
+        // A full description without conId resolves.
+        let mut out = Vec::new();
+        let mut full = q(0, "AAPL", "STK", "SMART");
+        full.currency = "USD".into();
+        s.handle(mkt_req(50, full), &u, Instant::now(), 0, &mut out);
+        assert!(codes(&out).is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn an_ambiguous_description_is_200_and_names_the_ambiguity() {
+        let mut specs = crate::universe::builtin_specs();
+        let mut next = specs[0].clone();
+        next.con_id = 750150186;
+        next.local_symbol = "MNQH7".into();
+        next.last_trade_date_or_contract_month = "20270319".into();
+        specs.push(next);
+        let u = Universe::new(specs).unwrap();
+        let mut s = Session::new(cfg(5, 5), SharedAccount::default(), false);
+        let mut out = Vec::new();
+        let mnq = ContractQuery {
+            symbol: "MNQ".into(),
+            sec_type: "FUT".into(),
+            exchange: "CME".into(),
+            ..Default::default()
+        };
+        s.handle(mkt_req(1, mnq.clone()), &u, Instant::now(), 0, &mut out);
+        let (c, msg) = first_error(&out);
+        assert_eq!(c, code::NO_SECURITY);
+        assert!(msg.contains("ambiguous"), "{msg}");
+        // Naming the expiry makes it one contract.
+        out.clear();
+        let z6 = ContractQuery {
+            last_trade_date_or_contract_month: "202612".into(),
+            ..mnq
+        };
+        s.handle(mkt_req(2, z6), &u, Instant::now(), 0, &mut out);
+        assert!(codes(&out).is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn generic_ticks_must_be_tick_ids_and_not_with_a_snapshot() {
+        let u = Universe::builtin();
+        let mut s = Session::new(cfg(5, 5), SharedAccount::default(), false);
+        for (list, snapshot) in [("abc", false), ("233,", false), ("233", true)] {
+            let mut out = Vec::new();
+            let req = Request::MktData {
+                req_id: 1,
+                contract: by_id(265598),
+                generic_tick_list: list.into(),
+                snapshot,
+            };
+            s.handle(req, &u, Instant::now(), 0, &mut out);
+            assert_eq!(
+                first_error(&out).0,
+                code::INVALID_REQUEST,
+                "{list} {snapshot}"
+            );
+        }
+        let mut out = Vec::new();
+        let req = Request::MktData {
+            req_id: 1,
+            contract: by_id(265598),
+            generic_tick_list: "233,236".into(),
+            snapshot: false,
+        };
+        s.handle(req, &u, Instant::now(), 0, &mut out);
+        assert!(codes(&out).is_empty(), "{out:?}");
     }
 }

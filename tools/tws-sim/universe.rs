@@ -181,8 +181,11 @@ pub(crate) struct ContractQuery {
     pub(crate) symbol: String,
     pub(crate) sec_type: String,
     pub(crate) exchange: String,
+    pub(crate) primary_exchange: String,
     pub(crate) currency: String,
     pub(crate) local_symbol: String,
+    pub(crate) trading_class: String,
+    pub(crate) multiplier: String,
     pub(crate) last_trade_date_or_contract_month: String,
 }
 
@@ -260,35 +263,23 @@ impl Universe {
     }
 
     /// Every instrument the query describes (reqContractDetails answers with all of them).
+    /// A conId names one instrument; every other field given must agree with it, as IB
+    /// finds no security definition for a conId with a contradicting description.
     pub(crate) fn matches(&self, q: &ContractQuery) -> Vec<usize> {
         if q.con_id > 0 {
-            return self.by_con_id(q.con_id).into_iter().collect();
+            return self
+                .by_con_id(q.con_id)
+                .filter(|&n| describes(q, &self.instruments[n].spec))
+                .into_iter()
+                .collect();
         }
         if q.symbol.is_empty() && q.local_symbol.is_empty() {
             return Vec::new();
         }
-        let same = |want: &str, have: &str| want.is_empty() || want.eq_ignore_ascii_case(have);
         self.instruments
             .iter()
             .enumerate()
-            .filter(|(_, i)| {
-                let s = &i.spec;
-                let symbol_ok = q.symbol.is_empty()
-                    || q.symbol.eq_ignore_ascii_case(&s.symbol)
-                    || q.symbol.eq_ignore_ascii_case(&s.local_symbol);
-                let exchange_ok = q.exchange.is_empty()
-                    || q.exchange.eq_ignore_ascii_case("SMART")
-                    || q.exchange.eq_ignore_ascii_case(&s.exchange)
-                    || q.exchange.eq_ignore_ascii_case(&s.primary_exchange);
-                symbol_ok
-                    && exchange_ok
-                    && same(&q.sec_type, &s.sec_type)
-                    && same(&q.currency, &s.currency)
-                    && same(&q.local_symbol, &s.local_symbol)
-                    && (q.last_trade_date_or_contract_month.is_empty()
-                        || s.last_trade_date_or_contract_month
-                            .starts_with(&q.last_trade_date_or_contract_month))
-            })
+            .filter(|(_, i)| describes(q, &i.spec))
             .map(|(n, _)| n)
             .collect()
     }
@@ -302,6 +293,39 @@ impl Universe {
             _ => Resolve::Ambiguous,
         }
     }
+}
+
+/// Whether every field `q` gives agrees with `s` (empty fields agree with anything). The
+/// exchange must be one the instrument trades on (its exchange, primary exchange or one of
+/// its valid exchanges: SMART only where IB routes it, so never for a future).
+fn describes(q: &ContractQuery, s: &InstrumentSpec) -> bool {
+    let same = |want: &str, have: &str| want.is_empty() || want.eq_ignore_ascii_case(have);
+    let symbol_ok = q.symbol.is_empty()
+        || q.symbol.eq_ignore_ascii_case(&s.symbol)
+        || q.symbol.eq_ignore_ascii_case(&s.local_symbol);
+    let exchange_ok = q.exchange.is_empty()
+        || q.exchange.eq_ignore_ascii_case(&s.exchange)
+        || q.exchange.eq_ignore_ascii_case(&s.primary_exchange)
+        || s.valid_exchanges
+            .split(',')
+            .any(|x| x.trim().eq_ignore_ascii_case(&q.exchange));
+    let multiplier_ok = q.multiplier.is_empty()
+        || q.multiplier == s.multiplier
+        || matches!(
+            (q.multiplier.parse::<f64>(), s.multiplier.parse::<f64>()),
+            (Ok(a), Ok(b)) if a == b
+        );
+    symbol_ok
+        && exchange_ok
+        && multiplier_ok
+        && same(&q.sec_type, &s.sec_type)
+        && same(&q.currency, &s.currency)
+        && same(&q.local_symbol, &s.local_symbol)
+        && same(&q.trading_class, &s.trading_class)
+        && same(&q.primary_exchange, &s.primary_exchange)
+        && (q.last_trade_date_or_contract_month.is_empty()
+            || s.last_trade_date_or_contract_month
+                .starts_with(&q.last_trade_date_or_contract_month))
 }
 
 #[allow(clippy::too_many_arguments)]

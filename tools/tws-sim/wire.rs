@@ -64,7 +64,7 @@ pub(crate) fn encode_ack(version: u32, time: &str, out: &mut Vec<u8>) {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Incoming {
     StartApi { client_id: i32 },
-    Request(Request),
+    Request(Box<Request>),
 }
 
 /// Frames in, requests out.
@@ -80,23 +80,28 @@ fn query(c: &Contract) -> ContractQuery {
         symbol: c.symbol.clone(),
         sec_type: c.sec_type.clone(),
         exchange: c.exchange.clone(),
+        primary_exchange: c.primary_exchange.clone(),
         currency: c.currency.clone(),
         local_symbol: c.local_symbol.clone(),
+        trading_class: c.trading_class.clone(),
+        multiplier: c.multiplier.clone(),
         last_trade_date_or_contract_month: c.last_trade_date_or_contract_month.clone(),
     }
 }
 
 fn request(msg: ClientMsg) -> Incoming {
-    Incoming::Request(match msg {
+    Incoming::Request(Box::new(match msg {
         ClientMsg::StartApi { client_id, .. } => return Incoming::StartApi { client_id },
         ClientMsg::ReqMktData {
             req_id,
             contract,
+            generic_tick_list,
             snapshot,
             ..
         } => Request::MktData {
             req_id,
             contract: query(&contract),
+            generic_tick_list,
             snapshot,
         },
         ClientMsg::CancelMktData { req_id } => Request::CancelMktData { req_id },
@@ -132,7 +137,7 @@ fn request(msg: ClientMsg) -> Incoming {
         ClientMsg::ReqExecutions { req_id, .. } => Request::Executions { req_id },
         // Contract details are answered at once, so there is nothing to cancel.
         ClientMsg::CancelContractData { .. } | ClientMsg::Unknown { .. } => Request::Other,
-    })
+    }))
 }
 
 impl Inbound {
