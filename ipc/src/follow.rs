@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::IpcError;
 use crate::readers::Registration;
-use crate::record::Record;
+use crate::record::{GapReason, Record, RecordKind, UNDEF_I64};
 use crate::ring::{LapPolicy, ReadOutcome, RingInfo, RingReader, StartAt, WriterStatus};
 use crate::shm::unix_time_ns;
 
@@ -70,6 +70,28 @@ pub struct WriterRestart {
 }
 
 impl WriterRestart {
+    /// The gap as a ring-format record (what `ib-stream tail` prints and the recorder stores
+    /// when [`WriterRestart::clean`] is false): `seq` = `body[0]` = `old_last_seq + 1`,
+    /// `body[1]` = [`UNDEF_I64`] (open-ended: to the end of the old run) or, after a clean
+    /// stop, `old_last_seq` (an empty range: nothing lost); `body[2..4]` = `t0_ns`, `t1_ns`
+    /// (receive time of the old run's last record, and when the restart was seen);
+    /// `ts_recv` = `t1_ns`.
+    pub fn gap_record(&self, t0_ns: i64, t1_ns: i64) -> Record {
+        let first = self.old_last_seq + 1;
+        let last = if self.clean {
+            self.old_last_seq as i64
+        } else {
+            UNDEF_I64
+        };
+        Record {
+            seq: first,
+            ts_recv: t1_ns,
+            tick_type: GapReason::WriterRestart as u8,
+            body: [first as i64, last, t0_ns, t1_ns],
+            ..Record::new(RecordKind::Gap)
+        }
+    }
+
     /// The first sequence of the old run lost to the restart, the range running to the end
     /// of that run (count unknown); `None` after a clean stop.
     pub fn lost_from(&self) -> Option<u64> {
@@ -338,7 +360,6 @@ impl RingFollower {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::RecordKind;
     use crate::ring::RingWriter;
     use crate::shm::ShmOptions;
     use crate::{ReaderRegistry, readers::READERS_FILE_NAME};
