@@ -303,6 +303,12 @@ impl RingFollower {
         }
     }
 
+    /// Makes the next empty read look at the writer whatever the time since the last check
+    /// (for callers that drain the ring step by step: tests, benchmarks, a final read).
+    pub fn check_writer_now(&mut self) {
+        self.last_check = None;
+    }
+
     /// The writer's state at the last check (initially [`WriterStatus::Alive`]).
     pub fn writer_status(&self) -> WriterStatus {
         self.status
