@@ -285,8 +285,15 @@ fn restarts_under_a_running_recorder_gap_only_the_killed_run() {
     assert_eq!(gaps.len(), 1, "only the killed run has a gap: {gaps:?}");
     let g = gaps[0];
     assert_eq!(g.tick_type, GapReason::WriterRestart as u8);
-    assert_eq!((g.seq, g.body[0], g.body[1]), (13, 13, ib_stream_ipc::UNDEF_I64));
-    assert_eq!(g.body[2], mid(12).ts_recv, "t0: the killed run's last record");
+    assert_eq!(
+        (g.seq, g.body[0], g.body[1]),
+        (13, 13, ib_stream_ipc::UNDEF_I64)
+    );
+    assert_eq!(
+        g.body[2],
+        mid(12).ts_recv,
+        "t0: the killed run's last record"
+    );
     let ticks = recs
         .iter()
         .filter(|r| r.kind() == Some(RecordKind::TbtMidPoint))

@@ -654,7 +654,11 @@ async fn a_restarted_engine_is_followed_with_a_writer_restart_gap() {
     assert_eq!(g["epoch"], format!("{old_epoch:016x}"));
     assert_eq!(g["new_epoch"], format!("{:016x}", env.writer.info().epoch));
     assert_eq!(
-        (g["first_seq"].as_u64(), g["last_seq"].as_u64(), g["count"].as_u64()),
+        (
+            g["first_seq"].as_u64(),
+            g["last_seq"].as_u64(),
+            g["count"].as_u64()
+        ),
         (Some(2), Some(1), Some(0))
     );
     assert_eq!(g["clean"], true);
@@ -668,7 +672,11 @@ async fn a_restarted_engine_is_followed_with_a_writer_restart_gap() {
     let g = sse.expect("gap").await.json();
     assert_eq!(g["epoch"], format!("{old_epoch:016x}"));
     assert_eq!(
-        (g["first_seq"].as_u64(), g["last_seq"].is_null(), g["count"].is_null()),
+        (
+            g["first_seq"].as_u64(),
+            g["last_seq"].is_null(),
+            g["count"].is_null()
+        ),
         (Some(3), true, true)
     );
     assert_eq!(g["clean"], false);
@@ -1079,14 +1087,24 @@ async fn a_resume_across_an_engine_restart_is_exact_from_storage() {
     assert_eq!(gj["reason"], "writer_restart");
     assert_eq!(gj["epoch"], format!("{old_epoch:016x}"));
     assert_eq!(gj["new_epoch"], format!("{:016x}", env.writer.info().epoch));
-    assert_eq!((gj["clean"].as_bool(), gj["count"].as_u64()), (Some(true), Some(0)));
-    assert_eq!(g.id, Some(env.id(0)), "resuming from the run change starts the new run");
+    assert_eq!(
+        (gj["clean"].as_bool(), gj["count"].as_u64()),
+        (Some(true), Some(0))
+    );
+    assert_eq!(
+        g.id,
+        Some(env.id(0)),
+        "resuming from the run change starts the new run"
+    );
     for (id, json) in &missed_new {
         let e = sse.expect("tick").await;
         assert_eq!((e.id.as_ref(), &e.data), (Some(id), json));
     }
     let live = sse.expect("info").await.json();
-    assert_eq!((live["status"].as_str(), live["after_seq"].as_u64()), (Some("live"), Some(5)));
+    assert_eq!(
+        (live["status"].as_str(), live["after_seq"].as_u64()),
+        (Some("live"), Some(5))
+    );
     let q = env.publish(quote(CON, 99));
     let e = sse.expect("tick").await;
     assert_eq!((e.id, e.data), (Some(env.id(q.seq)), env.json_of(&q)));

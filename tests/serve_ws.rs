@@ -693,5 +693,8 @@ async fn after_seq_tokens_name_the_run_and_another_runs_is_never_resumed_silentl
     )
     .await;
     let e = recv(&mut ws2).await;
-    assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some("bad_parameter")));
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("bad_parameter"))
+    );
 }

@@ -469,7 +469,10 @@ mod tests {
         drop(w);
         let (seqs, end) = drain(&mut f);
         assert_eq!(seqs, vec![1]);
-        assert_eq!(end, Follow::Event(FollowEvent::WriterState(WriterStatus::Stopped)));
+        assert_eq!(
+            end,
+            Follow::Event(FollowEvent::WriterState(WriterStatus::Stopped))
+        );
         assert_eq!(f.poll(), Follow::Empty, "said once");
         let mut w2 = RingWriter::create(&path, 16, &opts()).unwrap();
         assert_eq!(

@@ -21,7 +21,8 @@ use ib_stream_ipc::record::RecordKind;
 use ib_stream_ipc::ring::{LapPolicy, RING_MAGIC};
 use ib_stream_ipc::shm::unix_time_ns;
 use ib_stream_ipc::{
-    Follow, FollowConfig, FollowEvent, IpcError, ReadOutcome, RingFollower, Record, RingReader, RingWriter, ShmOptions, StartAt, WriterStatus,
+    Follow, FollowConfig, FollowEvent, IpcError, ReadOutcome, Record, RingFollower, RingReader,
+    RingWriter, ShmOptions, StartAt, WriterStatus,
 };
 
 const ROLE_VAR: &str = "IPC_RING_ROLE";

@@ -946,7 +946,10 @@ impl Tailer {
                 let _ = sink.push(out, stats, max_pending);
             };
             let requested = match epoch {
-                Some(e) => json_token(Pos { epoch: e, seq: last }),
+                Some(e) => json_token(Pos {
+                    epoch: e,
+                    seq: last,
+                }),
                 None => serde_json::json!(last),
             };
             match &self.ring {
@@ -1172,7 +1175,10 @@ impl Tailer {
         // had not read of it yet is lost to them, and said so, then they go on live.
         for id in std::mem::take(&mut self.catching) {
             if let Some(s) = self.sinks.get_mut(&id) {
-                let next = s.catchup.take().map_or(r.old_last_seq + 1, |c| c.next_seq());
+                let next = s
+                    .catchup
+                    .take()
+                    .map_or(r.old_last_seq + 1, |c| c.next_seq());
                 if next <= r.old_last_seq {
                     let g = GapInfo {
                         reason: "resume_unavailable",
@@ -1517,7 +1523,7 @@ mod tests {
                         let g: serde_json::Value = serde_json::from_slice(&json).unwrap();
                         ("gap", g["count"].as_u64().unwrap())
                     } else {
-                        (event, id.unwrap_or(0))
+                        (event, id.map_or(0, |p| p.seq))
                     }
                 }
             });
@@ -1568,6 +1574,50 @@ mod tests {
             "bounded control backlog"
         );
         assert_eq!(s.flag.get(), Some(CloseReason::SlowConsumer));
+    }
+
+    #[test]
+    fn pos_tokens_are_16_hex_digits_a_dash_and_the_sequence_and_parse_back() {
+        use super::super::replay::Resume;
+        let p = Pos {
+            epoch: 0x0022_872d_15be_0476,
+            seq: 1842,
+        };
+        assert_eq!(p.token(), "0022872d15be0476-1842");
+        let max = Pos {
+            epoch: u64::MAX,
+            seq: u64::MAX,
+        };
+        assert_eq!(max.token(), format!("ffffffffffffffff-{}", u64::MAX));
+        for p in [p, max, Pos { epoch: 1, seq: 0 }] {
+            assert_eq!(
+                Resume::parse(&p.token()),
+                Some(Resume {
+                    epoch: Some(p.epoch),
+                    seq: p.seq
+                })
+            );
+        }
+        assert_eq!(
+            Resume::parse(" 17 "),
+            Some(Resume {
+                epoch: None,
+                seq: 17
+            })
+        );
+        for bad in [
+            "",
+            "-",
+            "x-1",
+            "1-",
+            "-1",
+            "12345678901234567-1",
+            "1-2-3",
+            "1-x",
+            "+1",
+        ] {
+            assert_eq!(Resume::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

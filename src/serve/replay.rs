@@ -59,7 +59,9 @@ impl Resume {
                 epoch: None,
                 seq: raw.parse().ok()?,
             }),
-            Some((e, n)) if e.len() <= 16 && all(e, u8::is_ascii_hexdigit) && all(n, u8::is_ascii_digit) => {
+            Some((e, n))
+                if e.len() <= 16 && all(e, u8::is_ascii_hexdigit) && all(n, u8::is_ascii_digit) =>
+            {
                 Some(Resume {
                     epoch: Some(u64::from_str_radix(e, 16).ok()?),
                     seq: n.parse().ok()?,
@@ -72,7 +74,13 @@ impl Resume {
     /// As JSON: the token string when it names a run, else the plain number.
     pub fn to_json(self) -> serde_json::Value {
         match self.epoch {
-            Some(epoch) => json!(Pos { epoch, seq: self.seq }.token()),
+            Some(epoch) => json!(
+                Pos {
+                    epoch,
+                    seq: self.seq
+                }
+                .token()
+            ),
             None => json!(self.seq),
         }
     }
@@ -400,14 +408,14 @@ fn boundary(join: &Join, old: u64, new: u64, end: &RunEnd) -> Out {
     }
 }
 
-/// Replays a whole earlier run `epoch` from `first_seq` (pages through the stream's queue).
+/// Replays an earlier run `epoch` from `first_seq` to its end (pages through the stream's
+/// queue).
 /// `None` when the stream is gone.
 async fn replay_run(
     st: &AppState,
     join: &Join,
     source: &Arc<dyn HistorySource>,
-    epoch: u64,
-    first_seq: u64,
+    (epoch, first_seq): (u64, u64),
     start_ns: Option<i64>,
     sent: &mut u64,
     trouble: &mut Option<String>,
@@ -571,7 +579,13 @@ async fn replay(st: AppState, join: Join, from: StartFrom, slot: SinkSlot) {
         }
         let from = if first == 1 { start_ns } else { None };
         let Some(end) = replay_run(
-            &st, &join, &source, old, first, from, &mut sent, &mut trouble,
+            &st,
+            &join,
+            &source,
+            (old, first),
+            from,
+            &mut sent,
+            &mut trouble,
         )
         .await
         else {

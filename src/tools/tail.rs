@@ -282,10 +282,8 @@ mod tests {
 
     #[test]
     fn follows_a_killed_engine_to_its_new_ring_with_the_open_ended_restart_gap() {
-        let dir = std::env::temp_dir().join(format!(
-            "ib-stream-tail-restart-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("ib-stream-tail-restart-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join(ib_stream_ipc::RING_FILE_NAME);
         let opts = crate::ipc::ShmOptions::default();
