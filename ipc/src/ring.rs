@@ -54,6 +54,8 @@
 //! it and learn about the swap from [`RingReader::writer_status`] (one `stat`, call it when
 //! idle), then [`RingReader::reopen`]. A writer that died shows as a gone pid or a heartbeat
 //! older than the caller's threshold.
+//! [`crate::follow::RingFollower`] does all of this for a reader, with one meaning of a
+//! restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
