@@ -355,12 +355,6 @@ impl RingFollower {
     pub fn registry_slot(&self) -> Option<usize> {
         self.reader.registry_slot()
     }
-
-    /// Restarts reading the current ring at `start` (a resume point), keeping the lap
-    /// policy and the registration.
-    pub fn seek(&mut self, start: StartAt) -> Result<u64, IpcError> {
-        self.reader.reopen(start)
-    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 //!    While the ring still does not hold `S + 1` comfortably and storage has moved on, the
 //!    next page is read (storage catches up with the ring).
 //! 3. `info{live, after_seq: S}`, then the stream is added to the fan-out with
-//!    `Start::After(S)`: the tailer's private reader delivers `S + 1`, `S + 2`, ... from the
+//!    `Start::After { epoch, seq: S }`: the tailer's private reader delivers `S + 1`, `S + 2`, ... from the
 //!    ring, or a `gap{resume_unavailable}` with the exact range when the ring has already
 //!    overwritten them. No tick is lost silently or delivered twice.
 //!
