@@ -2,7 +2,8 @@
 //!
 //! Client requests (text frames, JSON objects; `id` is echoed, any string or number):
 //! `{"type":"subscribe","id":1,"contract_id":711280073,"tick_types":["bid_ask"],
-//!   "limit":100,"timeout":60,"slow":"conflate","after_seq":1234,"since":"5m"}`,
+//!   "limit":100,"timeout":60,"slow":"conflate","after_seq":"22872d15be0476b4-1234","since":"5m"}`
+//! (`after_seq`: the resume token naming the engine run, or a plain number of the current run),
 //! `{"type":"unsubscribe","id":2,"stream_id":"ws-4"}`, `{"type":"ping","id":3}`.
 //! Close codes are listed in `docs/PROTOCOL.md`.
 
