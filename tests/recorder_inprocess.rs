@@ -245,3 +245,66 @@ fn a_damaged_segment_is_set_aside_and_recording_goes_on() {
     drop(w);
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// The engine is killed under a running recorder (no clean stop), a new one starts, later
+/// stops cleanly and a third starts: the killed run ends in a `writer_restart` gap from its
+/// last record on, open-ended (what it received and never published is unknown); the
+/// cleanly stopped run ends with no gap; every record of the three runs is stored once.
+#[test]
+fn restarts_under_a_running_recorder_gap_only_the_killed_run() {
+    let (root, cfg) = setup("restarts");
+    let opts = ShmOptions {
+        prefault: false,
+        ..ShmOptions::default()
+    };
+    let mut w = RingWriter::create(&cfg.ring_path, 1024, &opts).unwrap();
+    let e1 = w.info().epoch;
+    w.publish_batch(&(1..=10).map(mid).collect::<Vec<_>>());
+    let stop = AtomicBool::new(false);
+    let mut rec = Recorder::start(cfg.clone(), &stop).unwrap();
+    assert_eq!(rec.drain_once(), 10);
+    // Published, then killed before the recorder read them: still read from the old ring.
+    w.publish_batch(&(11..=12).map(mid).collect::<Vec<_>>());
+    w.abandon();
+    let mut w2 = RingWriter::create(&cfg.ring_path, 1024, &opts).unwrap();
+    let e2 = w2.info().epoch;
+    w2.publish_batch(&(20..=24).map(mid).collect::<Vec<_>>());
+    assert_eq!(rec.drain_once(), 2 + 5);
+    drop(w2); // a clean stop
+    rec.drain_once();
+    let mut w3 = RingWriter::create(&cfg.ring_path, 1024, &opts).unwrap();
+    let e3 = w3.info().epoch;
+    w3.publish(&mid(30));
+    assert_eq!(rec.drain_once(), 1);
+    drop(rec);
+    let recs = binary_records(&cfg);
+    let gaps: Vec<&Record> = recs
+        .iter()
+        .filter(|r| r.kind() == Some(RecordKind::Gap))
+        .collect();
+    assert_eq!(gaps.len(), 1, "only the killed run has a gap: {gaps:?}");
+    let g = gaps[0];
+    assert_eq!(g.tick_type, GapReason::WriterRestart as u8);
+    assert_eq!(
+        (g.seq, g.body[0], g.body[1]),
+        (13, 13, ib_stream_ipc::UNDEF_I64)
+    );
+    assert_eq!(
+        g.body[2],
+        mid(12).ts_recv,
+        "t0: the killed run's last record"
+    );
+    let ticks = recs
+        .iter()
+        .filter(|r| r.kind() == Some(RecordKind::TbtMidPoint))
+        .count();
+    assert_eq!(ticks, 12 + 5 + 1);
+    let epochs: std::collections::BTreeSet<u64> = all_segments(&cfg.storage_root, Format::Binary)
+        .unwrap()
+        .iter()
+        .map(|s| s.key.epoch)
+        .collect();
+    assert_eq!(epochs, [e1, e2, e3].into_iter().collect());
+    drop(w3);
+    let _ = std::fs::remove_dir_all(root);
+}

@@ -182,7 +182,10 @@ impl Sse {
                 if let Some(v) = l.strip_prefix("event: ") {
                     ev.event = v.into();
                 } else if let Some(v) = l.strip_prefix("id: ") {
-                    ev.id = Some(v.parse().unwrap());
+                    // `<epoch>-<seq>`: the resume token names the engine run.
+                    let (epoch, seq) = v.split_once('-').expect("an id names its run");
+                    assert_eq!(epoch.len(), 16, "{v}");
+                    ev.id = Some(seq.parse().unwrap());
                 } else if let Some(v) = l.strip_prefix("data: ") {
                     ev.data = serde_json::from_str(v).unwrap();
                 }

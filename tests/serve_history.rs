@@ -262,6 +262,7 @@ async fn since_replays_older_epochs_from_the_recorders_files_then_goes_live() {
     assert_eq!(sse.expect("info").await.json()["status"], "history_start");
     let mut got: Vec<(u64, Option<Value>)> = Vec::new();
     let mut epochs = Vec::new();
+    let mut changes = Vec::new();
     let live = loop {
         let e = sse.next_non_heartbeat().await.expect("stream open");
         match e.event.as_str() {
@@ -269,9 +270,17 @@ async fn since_replays_older_epochs_from_the_recorders_files_then_goes_live() {
                 epochs.push(e.json()["epoch"].as_str().unwrap().to_owned());
             }
             "info" if e.json()["status"] == "live" => break e.json(),
+            "gap" if e.json()["reason"] == "writer_restart" => {
+                // The run change, as a connected client saw it, from the run being replayed.
+                let g = e.json();
+                assert_eq!(g["epoch"].as_str(), epochs.last().map(String::as_str));
+                changes.push(g["new_epoch"].as_str().unwrap().to_owned());
+            }
             "tick" => {
-                assert_eq!(e.id, None, "an older epoch's seq is no resume point");
                 let v = e.json();
+                // An older run's tick is a resume point too: its id names the run.
+                let run = epochs.last().expect("a run is announced before its ticks");
+                assert_eq!(e.id, Some(format!("{run}-{}", v["seq"])));
                 got.push((v["seq"].as_u64().unwrap(), Some(v)));
             }
             "gap" => got.push((e.json()["first_seq"].as_u64().unwrap() - 1, None)),
@@ -282,6 +291,8 @@ async fn since_replays_older_epochs_from_the_recorders_files_then_goes_live() {
         epochs,
         [format!("{EPOCH_A:016x}"), format!("{EPOCH_B:016x}")]
     );
+    let current = format!("{:016x}", env.writer.info().epoch);
+    assert_eq!(changes, [format!("{EPOCH_B:016x}"), current]);
     let mut want = stored_items(&all, &strings, EPOCH_A);
     want.extend(stored_items(&all, &strings, EPOCH_B));
     assert_eq!(got, want);
@@ -292,7 +303,7 @@ async fn since_replays_older_epochs_from_the_recorders_files_then_goes_live() {
     // Then the ring, with ids.
     let q = env.publish(quote(CID, 7));
     let e = sse.expect("tick").await;
-    assert_eq!(e.id, Some(q.seq.to_string()));
+    assert_eq!(e.id, Some(env.id(q.seq)));
     // Replayed ticks are a year old: they are not ring-to-client latencies.
     let m = body_text(env.get("/metrics").await).await;
     assert!(

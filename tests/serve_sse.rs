@@ -36,7 +36,7 @@ async fn ticks_arrive_in_order_filtered_with_their_seq_as_id_and_exact_bytes() {
     }
     for q in &want {
         let e = sse.expect("tick").await;
-        assert_eq!(e.id.as_deref(), Some(q.seq.to_string().as_str()));
+        assert_eq!(e.id, Some(env.id(q.seq)));
         assert_eq!(
             e.data,
             env.json_of(q),
@@ -135,13 +135,13 @@ async fn last_event_id_resumes_exactly_after_it() {
     assert_eq!(start["resume_after"].as_u64(), Some(seen));
     for q in &missed {
         let e = sse.expect("tick").await;
-        assert_eq!(e.id, Some(q.seq.to_string()));
+        assert_eq!(e.id, Some(env.id(q.seq)));
         assert_eq!(e.data, env.json_of(q));
     }
     // And then live, with no duplicate at the join.
     let live = env.publish(quote(CON, 99));
     let e = sse.expect("tick").await;
-    assert_eq!(e.id, Some(live.seq.to_string()));
+    assert_eq!(e.id, Some(env.id(live.seq)));
 
     // The same through the query parameter (EventSource's first connect cannot set headers).
     let mut sse = SseReader::new(
@@ -152,8 +152,8 @@ async fn last_event_id_resumes_exactly_after_it() {
         .await,
     );
     sse.expect("info").await;
-    assert_eq!(sse.expect("tick").await.id, Some(missed[4].seq.to_string()));
-    assert_eq!(sse.expect("tick").await.id, Some(live.seq.to_string()));
+    assert_eq!(sse.expect("tick").await.id, Some(env.id(missed[4].seq)));
+    assert_eq!(sse.expect("tick").await.id, Some(env.id(live.seq)));
 }
 
 #[tokio::test]
@@ -191,9 +191,9 @@ async fn resume_past_what_the_ring_holds_reports_the_exact_gap() {
     assert_eq!(v["first_seq"].as_u64(), Some(6));
     assert_eq!(v["last_seq"].as_u64(), Some(head - 64));
     assert_eq!(v["count"].as_u64(), Some(head - 64 - 5));
-    assert_eq!(g.id, Some((head - 64).to_string()));
+    assert_eq!(g.id, Some(env.id(head - 64)));
     for seq in head - 63..=head {
-        assert_eq!(sse.expect("tick").await.id, Some(seq.to_string()));
+        assert_eq!(sse.expect("tick").await.id, Some(env.id(seq)));
     }
 }
 
@@ -250,7 +250,7 @@ async fn a_lapped_tailer_sends_a_gap_with_the_exact_lost_range() {
     assert_eq!(v["count"].as_u64(), Some(resume - before));
     assert!(v["t1"].as_i64().unwrap() > 0, "the interval's end is known");
     for seq in resume..=last {
-        assert_eq!(sse.expect("tick").await.id, Some(seq.to_string()));
+        assert_eq!(sse.expect("tick").await.id, Some(env.id(seq)));
     }
     assert_eq!(
         env.state.hub.stats().overrun_gaps.load(Ordering::Relaxed),
@@ -287,7 +287,7 @@ async fn a_client_that_stops_reading_is_conflated_and_memory_stays_bounded() {
     while ticks.len() < 6 {
         let e = sse.next_non_heartbeat().await.unwrap();
         match e.event.as_str() {
-            "tick" => ticks.push(e.id.unwrap().parse::<u64>().unwrap()),
+            "tick" => ticks.push(seq_of(&e.id.unwrap())),
             "gap" => gap = Some(e.json()),
             other => panic!("unexpected {other}"),
         }
@@ -302,7 +302,7 @@ async fn a_client_that_stops_reading_is_conflated_and_memory_stays_bounded() {
     assert_eq!(g["last_seq"].as_u64(), Some(trades[998].seq));
     // The stream then continues normally.
     let q = env.publish(quote(CON, 5000));
-    assert_eq!(sse.expect("tick").await.id, Some(q.seq.to_string()));
+    assert_eq!(sse.expect("tick").await.id, Some(env.id(q.seq)));
 }
 
 #[tokio::test]
@@ -529,7 +529,7 @@ async fn a_thousand_concurrent_clients_each_get_every_tick() {
                 r.expect("info").await;
                 let mut got = Vec::new();
                 for _ in 0..10 {
-                    got.push(r.expect("tick").await.id.unwrap().parse::<u64>().unwrap());
+                    got.push(seq_of(&r.expect("tick").await.id.unwrap()));
                 }
                 assert_eq!(r.expect("complete").await.json()["count"], 10);
                 got
@@ -599,7 +599,7 @@ async fn engine_gap_and_connection_records_reach_every_stream() {
     other.instrument_id = CON + 1;
     env.publish(other);
     let e = sse.expect("info").await;
-    assert_eq!(e.id, Some(conn.seq.to_string()));
+    assert_eq!(e.id, Some(env.id(conn.seq)));
     let v = e.json();
     assert_eq!(v["status"], "connection");
     assert_eq!(
@@ -607,7 +607,7 @@ async fn engine_gap_and_connection_records_reach_every_stream() {
         (Some("ib_lost"), Some(1100))
     );
     let e = sse.expect("gap").await;
-    assert_eq!(e.id, Some(gap.seq.to_string()));
+    assert_eq!(e.id, Some(env.id(gap.seq)));
     let v = e.json();
     assert_eq!(
         (v["reason"].as_str(), v["count"].as_u64()),
@@ -631,7 +631,7 @@ async fn a_restarted_engine_is_followed_with_a_writer_restart_gap() {
     sse.expect("info").await;
     env.wait_sinks(1).await;
     let q = env.publish(quote(CON, 1));
-    assert_eq!(sse.expect("tick").await.id, Some(q.seq.to_string()));
+    assert_eq!(sse.expect("tick").await.id, Some(env.id(q.seq)));
     let old_epoch = env.writer.info().epoch;
     // A new writer (new epoch) replaces the ring file; the old one is dropped first, as a
     // restarted engine process would be gone.
@@ -649,8 +649,37 @@ async fn a_restarted_engine_is_followed_with_a_writer_restart_gap() {
     assert_eq!(q.seq, 1, "sequences start again");
     let g = sse.expect("gap").await.json();
     assert_eq!(g["reason"], "writer_restart");
+    // The one meaning (ipc's WriterRestart): the old run was delivered through 1 and, as it
+    // stopped cleanly, nothing of it is missing.
+    assert_eq!(g["epoch"], format!("{old_epoch:016x}"));
+    assert_eq!(g["new_epoch"], format!("{:016x}", env.writer.info().epoch));
+    assert_eq!(
+        (
+            g["first_seq"].as_u64(),
+            g["last_seq"].as_u64(),
+            g["count"].as_u64()
+        ),
+        (Some(2), Some(1), Some(0))
+    );
+    assert_eq!(g["clean"], true);
     let e = sse.expect("tick").await;
-    assert_eq!(e.id, Some("1".into()));
+    assert_eq!(e.id, Some(env.id(1)));
+    // Killed this time: the old run is lost from its last record on, open-ended.
+    let old_epoch = env.writer.info().epoch;
+    env.publish(quote(CON, 3));
+    sse.expect("tick").await;
+    restart_engine(&mut env, false).await;
+    let g = sse.expect("gap").await.json();
+    assert_eq!(g["epoch"], format!("{old_epoch:016x}"));
+    assert_eq!(
+        (
+            g["first_seq"].as_u64(),
+            g["last_seq"].is_null(),
+            g["count"].is_null()
+        ),
+        (Some(3), true, true)
+    );
+    assert_eq!(g["clean"], false);
     assert_eq!(e.data, env.json_of(&q));
     assert_eq!(
         env.state.hub.stats().epoch.load(Ordering::Relaxed),
@@ -685,7 +714,7 @@ async fn a_resume_older_than_the_ring_is_filled_from_history_without_a_seam() {
     // 6..=210: from history (which has all of it), then the join, each once, in order.
     for q in &all[5..] {
         let e = sse.expect("tick").await;
-        assert_eq!(e.id, Some(q.seq.to_string()));
+        assert_eq!(e.id, Some(env.id(q.seq)));
         assert_eq!(e.data, env.json_of(q));
     }
     let live = sse.expect("info").await.json();
@@ -695,7 +724,7 @@ async fn a_resume_older_than_the_ring_is_filled_from_history_without_a_seam() {
     let (first, _) = recorded.asked.lock().unwrap()[0];
     assert_eq!(first, 6);
     let live = env.publish(quote(CON, 1000));
-    assert_eq!(sse.expect("tick").await.id, Some(live.seq.to_string()));
+    assert_eq!(sse.expect("tick").await.id, Some(env.id(live.seq)));
 }
 
 async fn since_env(ring: u64) -> (Env, std::sync::Arc<Recorded>, Vec<ib_stream_ipc::Record>) {
@@ -735,7 +764,7 @@ async fn since_replays_stored_ticks_then_joins_the_ring_after_the_last_stored_se
     assert_eq!(sse.expect("info").await.json()["status"], "history_start");
     for q in &all[..80] {
         let e = sse.expect("tick").await;
-        assert_eq!(e.id, Some(q.seq.to_string()));
+        assert_eq!(e.id, Some(env.id(q.seq)));
         assert_eq!(e.data, env.json_of(q));
     }
     let live = sse.expect("info").await.json();
@@ -753,11 +782,11 @@ async fn since_replays_stored_ticks_then_joins_the_ring_after_the_last_stored_se
     // 81..=100 from the ring: each once, in order; then what is published next.
     for q in &all[80..] {
         let e = sse.expect("tick").await;
-        assert_eq!(e.id, Some(q.seq.to_string()));
+        assert_eq!(e.id, Some(env.id(q.seq)));
         assert_eq!(e.data, env.json_of(q));
     }
     let next = env.publish(quote(CON, 1000));
-    assert_eq!(sse.expect("tick").await.id, Some(next.seq.to_string()));
+    assert_eq!(sse.expect("tick").await.id, Some(env.id(next.seq)));
 }
 
 #[tokio::test]
@@ -769,7 +798,7 @@ async fn since_reports_the_exact_gap_when_the_ring_no_longer_holds_what_follows_
     sse.expect("info").await;
     sse.expect("info").await;
     for q in &all[..20] {
-        assert_eq!(sse.expect("tick").await.id, Some(q.seq.to_string()));
+        assert_eq!(sse.expect("tick").await.id, Some(env.id(q.seq)));
     }
     assert_eq!(sse.expect("info").await.json()["after_seq"], 20);
     let g = sse.expect("gap").await.json();
@@ -783,7 +812,7 @@ async fn since_reports_the_exact_gap_when_the_ring_no_longer_holds_what_follows_
         (Some("resume_unavailable"), Some(21), Some(36), Some(16))
     );
     for q in &all[36..] {
-        assert_eq!(sse.expect("tick").await.id, Some(q.seq.to_string()));
+        assert_eq!(sse.expect("tick").await.id, Some(env.id(q.seq)));
     }
 }
 
@@ -926,4 +955,162 @@ async fn a_stop_reaches_a_stream_still_replaying_history() {
     assert!(sse.next().await.is_none(), "the stream ends");
     env.wait(|| env.state.replays.is_empty()).await;
     assert_eq!(env.state.hub.stats().sinks.load(Ordering::Relaxed), 0);
+}
+
+/// Replaces the ring's writer by a new one (a new epoch), as a restarted engine does; the old
+/// one is dropped first (`clean`) or abandoned as by a SIGKILL. Waits until the tailer
+/// follows.
+async fn restart_engine(env: &mut Env, clean: bool) {
+    let path = env.dir.path().join(ib_stream_ipc::ring::RING_FILE_NAME);
+    let opts = ib_stream_ipc::ShmOptions {
+        prefault: false,
+        ..Default::default()
+    };
+    let old = std::mem::replace(&mut env.writer, ib_stream_ipc::RingWriter::heap(4).unwrap());
+    if clean {
+        drop(old);
+    } else {
+        old.abandon();
+    }
+    env.writer = ib_stream_ipc::RingWriter::create(&path, 256, &opts).unwrap();
+    env.writer.heartbeat(now_ns() as u64);
+    let epoch = env.writer.info().epoch;
+    env.wait(|| env.state.hub.stats().epoch.load(Ordering::Relaxed) == epoch)
+        .await;
+}
+
+/// The hole the resume token closes: a client away across an engine restart, whose last id
+/// is at or below the new run's head, must not resume inside the new run as if nothing had
+/// changed. Without history it is told, then goes live.
+#[tokio::test]
+async fn a_resume_across_an_engine_restart_is_never_silent() {
+    let mut env = Env::new(EnvOpts::default()).await;
+    let mut sse = SseReader::new(
+        env.get(&format!("/v3/stream/{CON}?tick_types=bid_ask"))
+            .await,
+    );
+    sse.expect("info").await;
+    env.wait_sinks(1).await;
+    let mut last_id = None;
+    for i in 0..3 {
+        env.publish(quote(CON, i));
+        last_id = sse.expect("tick").await.id;
+    }
+    drop(sse);
+    env.wait_sinks(0).await;
+    restart_engine(&mut env, true).await;
+    // The new run is already past the client's last sequence (3).
+    for i in 0..10 {
+        env.publish(quote(CON, 100 + i));
+    }
+    env.wait(|| env.state.hub.stats().next_seq.load(Ordering::Relaxed) == 11)
+        .await;
+    let req = Request::get(format!("/v3/stream/{CON}?tick_types=bid_ask"))
+        .header("Last-Event-ID", last_id.clone().expect("ticks have ids"))
+        .body(Body::empty())
+        .unwrap();
+    let mut sse = SseReader::new(env.request(req).await);
+    assert_eq!(sse.expect("info").await.json()["status"], "stream_start");
+    let e = sse.next_non_heartbeat().await.expect("stream open");
+    assert_eq!(
+        (e.event.as_str(), e.json()["status"].as_str()),
+        ("info", Some("resume_unavailable")),
+        "a resume point of the old run must be said, not resumed inside the new one: {e:?}"
+    );
+    env.wait_sinks(1).await;
+    let q = env.publish(quote(CON, 999));
+    let e = sse.expect("tick").await;
+    assert_eq!(e.data, env.json_of(&q));
+    assert_eq!(e.id, Some(env.id(q.seq)));
+}
+
+/// With storage, a resume across an engine restart is exact: the rest of the old run from
+/// storage, the run change as the `gap{writer_restart}` a connected client got, the new run
+/// from its start, then live, each tick once and with an id naming its run.
+#[tokio::test]
+async fn a_resume_across_an_engine_restart_is_exact_from_storage() {
+    let recorded = std::sync::Arc::new(Recorded::default());
+    let mut env = Env::new(EnvOpts {
+        history: Some(recorded.clone()),
+        ..EnvOpts::default()
+    })
+    .await;
+    let mut sse = SseReader::new(
+        env.get(&format!("/v3/stream/{CON}?tick_types=bid_ask"))
+            .await,
+    );
+    sse.expect("info").await;
+    env.wait_sinks(1).await;
+    let mut last_id = None;
+    for i in 0..3 {
+        let q = env.publish(quote(CON, i));
+        recorded.record(&env, &q);
+        last_id = sse.expect("tick").await.id;
+    }
+    assert_eq!(last_id, Some(env.id(3)));
+    drop(sse);
+    env.wait_sinks(0).await;
+    let old_epoch = env.writer.info().epoch;
+    // Missed in the old run, then the restart, then the new run.
+    let mut missed_old = Vec::new();
+    for i in 0..3 {
+        let q = env.publish(quote(CON, 10 + i));
+        recorded.record(&env, &q);
+        missed_old.push((env.id(q.seq), env.json_of(&q)));
+    }
+    restart_engine(&mut env, true).await;
+    let mut missed_new = Vec::new();
+    for i in 0..5 {
+        let q = env.publish(quote(CON, 20 + i));
+        recorded.record(&env, &q);
+        missed_new.push((env.id(q.seq), env.json_of(&q)));
+    }
+    env.wait(|| env.state.hub.stats().next_seq.load(Ordering::Relaxed) == 6)
+        .await;
+    let req = Request::get(format!("/v3/stream/{CON}?tick_types=bid_ask"))
+        .header("Last-Event-ID", last_id.unwrap())
+        .body(Body::empty())
+        .unwrap();
+    let mut sse = SseReader::new(env.request(req).await);
+    let start = sse.expect("info").await.json();
+    assert_eq!(start["resume_after"], format!("{old_epoch:016x}-3"));
+    assert_eq!(sse.expect("info").await.json()["status"], "history_start");
+    let run = sse.expect("info").await.json();
+    assert_eq!(run["status"], "history_epoch");
+    assert_eq!(run["epoch"], format!("{old_epoch:016x}"));
+    for (id, json) in &missed_old {
+        let e = sse.expect("tick").await;
+        assert_eq!((e.id.as_ref(), &e.data), (Some(id), json));
+    }
+    let g = sse.expect("gap").await;
+    let gj = g.json();
+    assert_eq!(gj["reason"], "writer_restart");
+    assert_eq!(gj["epoch"], format!("{old_epoch:016x}"));
+    assert_eq!(gj["new_epoch"], format!("{:016x}", env.writer.info().epoch));
+    assert_eq!(
+        (gj["clean"].as_bool(), gj["count"].as_u64()),
+        (Some(true), Some(0))
+    );
+    assert_eq!(
+        g.id,
+        Some(env.id(0)),
+        "resuming from the run change starts the new run"
+    );
+    for (id, json) in &missed_new {
+        let e = sse.expect("tick").await;
+        assert_eq!((e.id.as_ref(), &e.data), (Some(id), json));
+    }
+    let live = sse.expect("info").await.json();
+    assert_eq!(
+        (live["status"].as_str(), live["after_seq"].as_u64()),
+        (Some("live"), Some(5))
+    );
+    let q = env.publish(quote(CON, 99));
+    let e = sse.expect("tick").await;
+    assert_eq!((e.id, e.data), (Some(env.id(q.seq)), env.json_of(&q)));
+}
+
+/// The sequence of an SSE id (`<epoch>-<seq>`).
+fn seq_of(id: &str) -> u64 {
+    id.rsplit('-').next().unwrap().parse().unwrap()
 }

@@ -637,3 +637,64 @@ async fn after_seq_older_than_the_ring_comes_from_history() {
     let q = env.publish(quote(31, 1000));
     assert_eq!(recv_text(&mut ws).await, env.json_of(&q));
 }
+
+#[tokio::test]
+async fn after_seq_tokens_name_the_run_and_another_runs_is_never_resumed_silently() {
+    let mut env = Env::new(EnvOpts::default()).await;
+    let mut all = Vec::new();
+    for i in 0..5 {
+        all.push(env.publish(quote(31, i)));
+    }
+    env.wait(|| {
+        env.state
+            .hub
+            .stats()
+            .next_seq
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 6
+    })
+    .await;
+    let addr = serve(&env).await;
+    let mut ws = connect(addr).await;
+    // This run's token: exactly what follows it.
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": 1, "contract_id": 31, "tick_types": ["bid_ask"], "after_seq": env.id(2)}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "subscribed");
+    let start = recv(&mut ws).await;
+    assert_eq!(start["resume_after"], env.id(2));
+    assert_eq!(start["epoch"], format!("{:016x}", env.writer.info().epoch));
+    for q in &all[2..] {
+        assert_eq!(recv_text(&mut ws).await, env.json_of(q));
+    }
+    // Another run's token, at a sequence this run also has: said, not resumed inside it.
+    let mut ws2 = connect(addr).await;
+    let other = format!("{:016x}-2", env.writer.info().epoch ^ 1);
+    send(
+        &mut ws2,
+        json!({"type": "subscribe", "id": 1, "contract_id": 31, "tick_types": ["bid_ask"], "after_seq": other}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws2).await["type"], "subscribed");
+    assert_eq!(recv(&mut ws2).await["status"], "stream_start");
+    let i = recv(&mut ws2).await;
+    assert_eq!(
+        (i["status"].as_str(), i["requested_after"].as_str()),
+        (Some("resume_unavailable"), Some(other.as_str()))
+    );
+    let q = env.publish(quote(31, 99));
+    assert_eq!(recv_text(&mut ws2).await, env.json_of(&q));
+    // Neither a token nor a number.
+    send(
+        &mut ws2,
+        json!({"type": "subscribe", "id": 2, "contract_id": 32, "after_seq": "x-1"}),
+    )
+    .await;
+    let e = recv(&mut ws2).await;
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("bad_parameter"))
+    );
+}

@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use ib_stream_ipc::record::RecordKind;
 use ib_stream_ipc::shm::unix_time_ns;
-use ib_stream_ipc::{PRICE_SCALE, ReadOutcome, RingReader, SIZE_SCALE, StartAt, WriterStatus};
+use ib_stream_ipc::{
+    Follow, FollowConfig, FollowEvent, PRICE_SCALE, RingFollower, RingReader, SIZE_SCALE, StartAt,
+    WriterStatus,
+};
 
 /// Per-instrument state, in a fixed table filled on first sight (no allocation per record).
 #[derive(Clone, Copy, Default)]
@@ -98,12 +101,21 @@ fn main() -> Result<(), Box<dyn Error>> {
     let ring =
         ring.ok_or("usage: strategy --ring <path> [--seconds N] [--start newest|oldest] [--spin]")?;
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut reader = RingReader::open_wait(
+    let reader = RingReader::open_wait(
         &ring,
         start,
         Duration::from_secs(seconds),
         Duration::from_millis(20),
     )?;
+    // Follows laps, a stopped or dead writer and a restarted one (new epoch) for us; the
+    // writer is looked at only when there is nothing to read, at most every 100 ms.
+    let mut reader = RingFollower::new(
+        reader,
+        FollowConfig {
+            check_every: Duration::from_millis(100),
+            stale_after: Duration::from_secs(2),
+        },
+    );
     // Seen by `ib-stream top` with its lag; a full registry only means it reads unseen.
     let registered = reader.register("strategy");
     println!(
@@ -121,12 +133,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     let (mut records, mut lost, mut lat_sum, mut lat_max, mut lat_n) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut idle_polls = 0u64;
-    let mut last_status = None;
-    let mut last_check = Instant::now();
     let mut next_report = Instant::now() + Duration::from_secs(1);
     while Instant::now() < deadline {
-        match reader.try_read() {
-            ReadOutcome::Record(r) => {
+        match reader.poll() {
+            Follow::Record(r) => {
                 idle_polls = 0;
                 records += 1;
                 // Publish → read latency, sampled on one record in 64 (a clock read costs ~20 ns).
@@ -156,59 +166,44 @@ fn main() -> Result<(), Box<dyn Error>> {
                     _ => {}
                 }
             }
-            ReadOutcome::Lost {
+            Follow::Event(FollowEvent::Lost {
                 count,
                 first_seq,
                 last_seq,
-            } => {
+            }) => {
                 lost += count;
                 eprintln!("lapped: lost {count} records ({first_seq}..={last_seq})");
             }
-            ReadOutcome::Empty => {
+            Follow::Event(FollowEvent::WriterRestart(r)) => match r.lost_from() {
+                None => println!(
+                    "writer restarted after a clean stop: now reading epoch {:#x}",
+                    r.new_epoch
+                ),
+                Some(from) => println!(
+                    "writer restarted without a clean stop: what it got after seq {} of epoch {:#x} is lost; now reading epoch {:#x}",
+                    from - 1,
+                    r.old_epoch,
+                    r.new_epoch
+                ),
+            },
+            Follow::Event(FollowEvent::WriterState(status)) => match status {
+                WriterStatus::Gone { pid } => {
+                    println!("writer (pid {pid}) is gone; waiting for a new one")
+                }
+                WriterStatus::Stale { heartbeat_age_ns } => {
+                    println!("writer silent for {:.1} s", heartbeat_age_ns as f64 / 1e9)
+                }
+                WriterStatus::Stopped => println!("writer stopped cleanly; waiting for a new one"),
+                WriterStatus::Alive { .. } => println!("writer alive"),
+                WriterStatus::Replaced => {}
+            },
+            Follow::Empty => {
                 idle_polls += 1;
                 if spin || idle_polls < 1000 {
                     std::hint::spin_loop();
                 } else {
                     // Quiet: stop burning the core.
                     std::thread::sleep(Duration::from_micros(100));
-                }
-                // While idle, look at the writer now and then (a stat and a kill(pid, 0)).
-                if idle_polls.is_multiple_of(1024)
-                    && last_check.elapsed() > Duration::from_millis(100)
-                {
-                    last_check = Instant::now();
-                    let status = reader.writer_status(unix_time_ns(), 2_000_000_000);
-                    if status == WriterStatus::Replaced {
-                        match reader.reopen(StartAt::Oldest) {
-                            Ok(epoch) => {
-                                println!("writer restarted: now reading epoch {epoch:#x}");
-                                last_status = None;
-                            }
-                            // Removed rather than replaced: keep the old mapping, retry later.
-                            Err(e) if e.is_missing() => {
-                                if last_status != Some(std::mem::discriminant(&status)) {
-                                    last_status = Some(std::mem::discriminant(&status));
-                                    println!("ring file removed; waiting for a writer");
-                                }
-                            }
-                            Err(e) => return Err(e.into()),
-                        }
-                    } else if last_status != Some(std::mem::discriminant(&status)) {
-                        // Say it once per change, not every check.
-                        last_status = Some(std::mem::discriminant(&status));
-                        match status {
-                            WriterStatus::Gone { pid } => {
-                                println!("writer (pid {pid}) is gone; waiting for a new one")
-                            }
-                            WriterStatus::Stale { heartbeat_age_ns } => {
-                                println!("writer silent for {:.1} s", heartbeat_age_ns as f64 / 1e9)
-                            }
-                            WriterStatus::Stopped => {
-                                println!("writer stopped cleanly; waiting for a new one")
-                            }
-                            WriterStatus::Alive { .. } | WriterStatus::Replaced => {}
-                        }
-                    }
                 }
             }
         }
@@ -220,7 +215,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                 lost,
                 lat_sum.checked_div(lat_n).unwrap_or(0),
                 lat_max,
-                reader.lag(),
+                reader.reader().lag(),
             );
         }
     }
@@ -230,7 +225,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         lost,
         lat_sum.checked_div(lat_n).unwrap_or(0),
         lat_max,
-        reader.lag(),
+        reader.reader().lag(),
     );
     Ok(())
 }

@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod follow;
 pub mod readers;
 pub mod record;
 pub mod ring;
@@ -13,6 +14,7 @@ pub mod status;
 pub mod strings;
 
 pub use error::IpcError;
+pub use follow::{Follow, FollowBatch, FollowConfig, FollowEvent, RingFollower, WriterRestart};
 pub use readers::READERS_FILE_NAME;
 pub use readers::{ReaderEntry, ReaderRegistry, ReaderSlot, Registration};
 pub use record::{

@@ -54,6 +54,8 @@
 //! it and learn about the swap from [`RingReader::writer_status`] (one `stat`, call it when
 //! idle), then [`RingReader::reopen`]. A writer that died shows as a gone pid or a heartbeat
 //! older than the caller's threshold.
+//! [`crate::follow::RingFollower`] does all of this for a reader, with one meaning of a
+//! restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -575,6 +577,8 @@ pub struct RingWriter {
     mem: RingMem,
     next: u64,
     _lock: Option<WriterLock>,
+    /// Set by [`RingWriter::abandon`]: leave the ring as a crash would.
+    abandoned: bool,
 }
 
 impl RingWriter {
@@ -594,6 +598,7 @@ impl RingWriter {
             mem,
             next: 1,
             _lock: Some(lock),
+            abandoned: false,
         })
     }
 
@@ -612,6 +617,7 @@ impl RingWriter {
             mem,
             next: 1,
             _lock: None,
+            abandoned: false,
         })
     }
 
@@ -658,6 +664,13 @@ impl RingWriter {
         self.mem.region.path()
     }
 
+    /// Releases the ring and its lock without marking the ring stopped: what a killed writer
+    /// leaves behind (readers see a writer that died, not a clean stop). For tests of
+    /// readers.
+    pub fn abandon(mut self) {
+        self.abandoned = true;
+    }
+
     /// An in-process reader of this ring (file or heap) starting at `start`.
     pub fn reader(&self, start: StartAt) -> RingReader {
         RingReader::from_mem(self.mem.clone(), start)
@@ -666,6 +679,9 @@ impl RingWriter {
 
 impl Drop for RingWriter {
     fn drop(&mut self) {
+        if self.abandoned {
+            return;
+        }
         // Tells readers that the silence that follows is a clean stop, not a crash.
         self.mem
             .word(offsets::STATE)
@@ -901,6 +917,12 @@ impl RingReader {
     /// The writer's last heartbeat, ns since the Unix epoch.
     pub fn heartbeat_ns(&self) -> u64 {
         self.mem.word(offsets::HEARTBEAT_NS).load(Ordering::Acquire)
+    }
+
+    /// True when the writer closed this ring cleanly (its `state` word says stopped): it
+    /// published everything it had. One load.
+    pub fn writer_stopped(&self) -> bool {
+        self.mem.word(offsets::STATE).load(Ordering::Acquire) == WRITER_STOPPED
     }
 
     /// Checks on the writer: replaced file, clean stop, gone pid, or a heartbeat older than

@@ -21,7 +21,8 @@ use ib_stream_ipc::record::RecordKind;
 use ib_stream_ipc::ring::{LapPolicy, RING_MAGIC};
 use ib_stream_ipc::shm::unix_time_ns;
 use ib_stream_ipc::{
-    IpcError, ReadOutcome, Record, RingReader, RingWriter, ShmOptions, StartAt, WriterStatus,
+    Follow, FollowConfig, FollowEvent, IpcError, ReadOutcome, Record, RingFollower, RingReader,
+    RingWriter, ShmOptions, StartAt, WriterStatus,
 };
 
 const ROLE_VAR: &str = "IPC_RING_ROLE";
@@ -114,6 +115,7 @@ fn run_role(role: &str) -> i32 {
         "hammer" => role_hammer(&a),
         "reader" => role_reader(&a),
         "open" => role_open(&a),
+        "follower" => role_follower(&a),
         other => {
             eprintln!("unknown role {other}");
             3
@@ -344,6 +346,75 @@ fn role_reader(a: &Args) -> i32 {
         "summary delivered={delivered} lost={lost} lost_events={lost_events} torn={torn} next={} epoch={} restarts={restarts}",
         r.next_seq(),
         r.info().epoch
+    );
+    0
+}
+
+/// Follows the ring with [`RingFollower`] (checking the writer at every empty read), verifying
+/// every record, and prints each event: `lost first= last= count=`, `state <name>`,
+/// `restart old= new= old_last= clean=`. Stops once it has seen `restarts` restarts and read
+/// through `until` in the last epoch, or after `ms`. Ends with one `summary` line.
+fn role_follower(a: &Args) -> i32 {
+    let path = PathBuf::from(a.str("path"));
+    let start = StartAt::Seq(a.u64("start", 1));
+    let cfg = FollowConfig {
+        check_every: Duration::ZERO,
+        stale_after: Duration::from_secs(60),
+    };
+    let mut f = RingFollower::open(&path, start, cfg).unwrap_or_else(|e| panic!("{e}"));
+    f.set_lap_policy(LapPolicy::Oldest { margin: 0 });
+    println!("opened epoch={} next={}", f.info().epoch, f.next_seq());
+    let deadline = Instant::now() + Duration::from_millis(a.u64("ms", 10_000));
+    let (until, restarts_wanted) = (a.u64("until", u64::MAX), a.u64("restarts", 0));
+    let (mut delivered, mut restarts, mut torn) = (0u64, 0u64, 0u64);
+    let mut expected = f.next_seq();
+    while Instant::now() < deadline && !(restarts >= restarts_wanted && f.next_seq() > until) {
+        match f.poll() {
+            Follow::Record(rec) => {
+                if rec.seq != expected {
+                    println!("order expected={expected} got={}", rec.seq);
+                    return 1;
+                }
+                torn += u64::from(!intact(&rec));
+                delivered += 1;
+                expected += 1;
+            }
+            Follow::Event(FollowEvent::Lost {
+                first_seq,
+                last_seq,
+                count,
+            }) => {
+                println!("lost first={first_seq} last={last_seq} count={count}");
+                expected = last_seq + 1;
+            }
+            Follow::Event(FollowEvent::WriterState(st)) => {
+                let name = match st {
+                    WriterStatus::Alive { .. } => "alive",
+                    WriterStatus::Stopped => "stopped",
+                    WriterStatus::Gone { .. } => "gone",
+                    WriterStatus::Stale { .. } => "stale",
+                    WriterStatus::Replaced => "replaced",
+                };
+                println!("state {name}");
+            }
+            Follow::Event(FollowEvent::WriterRestart(r)) => {
+                println!(
+                    "restart old={} new={} old_last={} clean={}",
+                    r.old_epoch,
+                    r.new_epoch,
+                    r.old_last_seq,
+                    u8::from(r.clean)
+                );
+                restarts += 1;
+                expected = f.next_seq();
+            }
+            Follow::Empty => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    println!(
+        "summary delivered={delivered} torn={torn} next={} epoch={} restarts={restarts}",
+        f.next_seq(),
+        f.info().epoch
     );
     0
 }
@@ -729,6 +800,68 @@ fn writer_killed_and_restarted() {
     r.wait_ok(T);
 }
 
+/// One [`RingFollower`] through a lap, a killed writer, a restart, a clean stop and another
+/// restart: each reported once with its exact range, every other record delivered intact.
+fn follower_through_lap_kill_stop_and_restarts() {
+    let dir = TempDir::new("follower");
+    let p = dir.ring().display().to_string();
+    let mut w1 = Proc::spawn(
+        "writer1",
+        "writer",
+        &[a("path", &p), a("cap", 64), a("count", 300), a("hold", 1)],
+    );
+    let e1 = field(&w1.expect("ready", T), "epoch");
+    w1.expect("done", T);
+    let mut f = Proc::spawn(
+        "follower",
+        "follower",
+        &[
+            a("path", &p),
+            a("start", 1),
+            a("until", 10),
+            a("restarts", 2),
+            a("ms", 15_000),
+        ],
+    );
+    // Started at 1 on a 64-slot ring holding 237..=300: exactly 1..=236 lost.
+    let l = f.expect("lost", T);
+    assert_eq!(
+        (field(&l, "first"), field(&l, "last"), field(&l, "count")),
+        (1, 236, 236)
+    );
+    w1.kill9();
+    f.expect("state gone", T);
+    let mut w2 = Proc::spawn(
+        "writer2",
+        "writer",
+        &[a("path", &p), a("cap", 1024), a("count", 100)],
+    );
+    let e2 = field(&w2.expect("ready", T), "epoch");
+    let r = f.expect("restart", T);
+    assert_eq!((field(&r, "old"), field(&r, "new")), (e1, e2));
+    // Killed: the old run is delivered through 300, and what came after is unknown.
+    assert_eq!((field(&r, "old_last"), field(&r, "clean")), (300, 0));
+    w2.wait_ok(T);
+    f.expect("state stopped", T);
+    let mut w3 = Proc::spawn(
+        "writer3",
+        "writer",
+        &[a("path", &p), a("cap", 1024), a("count", 10), a("hold", 1)],
+    );
+    let e3 = field(&w3.expect("ready", T), "epoch");
+    let r = f.expect("restart", T);
+    assert_eq!((field(&r, "old"), field(&r, "new")), (e2, e3));
+    // A clean stop: all 100 delivered, nothing of that run lost.
+    assert_eq!((field(&r, "old_last"), field(&r, "clean")), (100, 1));
+    let s = f.expect("summary", T);
+    assert_eq!(field(&s, "epoch"), e3, "{s}");
+    assert_eq!(field(&s, "next"), 11, "{s}");
+    assert_eq!(field(&s, "delivered"), 64 + 100 + 10, "{s}");
+    assert_eq!(field(&s, "torn"), 0, "{s}");
+    f.wait_ok(T);
+    drop(w3);
+}
+
 /// A reader started before the writer sees `Missing`, keeps trying, and reads from the start
 /// once the ring appears.
 fn reader_started_before_writer() {
@@ -1002,6 +1135,10 @@ fn main() {
             slow_reader_lapped_while_running,
         ),
         ("writer_killed_and_restarted", writer_killed_and_restarted),
+        (
+            "follower_through_lap_kill_stop_and_restarts",
+            follower_through_lap_kill_stop_and_restarts,
+        ),
         ("reader_started_before_writer", reader_started_before_writer),
         ("torn_read_hunt", torn_read_hunt),
         ("second_writer_refused", second_writer_refused),

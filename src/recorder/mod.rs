@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ib_stream_ipc::{
-    GapReason, IpcError, Record, RecordKind, RingReader, ShmOptions, StartAt, StringTableReader,
-    UNDEF_I64, WriterLock, WriterStatus,
+    FollowConfig, FollowEvent, GapReason, IpcError, Record, RecordKind, RingFollower, RingReader,
+    ShmOptions, StartAt, StringTableReader, UNDEF_I64, WriterLock, WriterRestart, WriterStatus,
 };
 
 use crate::config::{FsyncPolicy, Settings};
@@ -219,7 +219,8 @@ pub struct Recorder {
     /// Only one recorder writes a storage root (`<root>/recorder.lock`).
     _lock: WriterLock,
     cfg: RecorderConfig,
-    reader: RingReader,
+    /// Follows the ring across laps and writer restarts (the one follower of `ipc`).
+    reader: RingFollower,
     strings: Option<StringTableReader>,
     epoch: u64,
     sinks: Vec<Sink>,
@@ -352,7 +353,13 @@ impl Recorder {
                     _ => 1,
                 };
                 reader.reopen(StartAt::Seq(start))?;
-                reader
+                RingFollower::new(
+                    reader,
+                    FollowConfig {
+                        check_every: Duration::from_millis(50),
+                        stale_after: Duration::from_secs(5),
+                    },
+                )
             },
             epoch,
             sinks,
@@ -594,25 +601,18 @@ impl Recorder {
         }
     }
 
-    /// The ring was replaced by a restarted writer: everything of the old one is read;
-    /// close its segments and follow the new one from its first record.
-    fn follow_new_epoch(&mut self) -> Result<(), IpcError> {
+    /// The follower moved to a restarted writer's ring (everything of the old one is read):
+    /// record the restart's loss in the old epoch, close its segments and go on in the new
+    /// one from its first record.
+    fn on_restart(&mut self, r: WriterRestart) {
         let now = Instant::now();
-        if !self.epoch_complete {
+        if let Some(first) = r.lost_from() {
             // The old writer never said it stopped (killed, crashed): whatever it received
             // after its last record and never published is unknown. Say so, exactly as when
             // the restart happens while the recorder is down: `[last_seq + 1, MAX]`, from the
             // last record's receive time to now.
             let t = now_ns();
-            let first = self.last_seq + 1;
-            let gap = gap_record(
-                GapReason::WriterRestart,
-                first,
-                UNDEF_I64,
-                self.last_ts,
-                t,
-                t,
-            );
+            let gap = r.gap_record(self.last_ts, t);
             tracing::warn!(
                 epoch = format!("{:016x}", self.epoch),
                 from_seq = first,
@@ -626,7 +626,7 @@ impl Recorder {
         // this checkpoint marks it complete: a crash before the next one adds no gap.
         self.epoch_complete = true;
         self.flush(now, false);
-        let new_epoch = self.reader.reopen(StartAt::Seq(1))?;
+        let new_epoch = r.new_epoch;
         tracing::info!(
             old = format!("{:016x}", self.epoch),
             new = format!("{new_epoch:016x}"),
@@ -640,7 +640,24 @@ impl Recorder {
         self.last_seq = 0;
         self.epoch_complete = false;
         self.checkpoint();
-        Ok(())
+    }
+
+    /// One event of the follower.
+    fn on_event(&mut self, ev: FollowEvent) {
+        match ev {
+            FollowEvent::Lost {
+                first_seq,
+                last_seq,
+                ..
+            } => self.on_lost(first_seq, last_seq),
+            FollowEvent::WriterRestart(r) => self.on_restart(r),
+            FollowEvent::WriterState(WriterStatus::Stopped) if !self.epoch_complete => {
+                tracing::info!("ring writer stopped cleanly; everything recorded");
+                self.epoch_complete = true;
+                self.checkpoint();
+            }
+            FollowEvent::WriterState(st) => tracing::debug!(?st, "ring writer state"),
+        }
     }
 
     /// Deletes whole hours older than each format's retention, except hours in use.
@@ -667,7 +684,7 @@ impl Recorder {
     pub fn run(mut self, stop: &AtomicBool) -> Result<RunSummary, RecorderError> {
         let mut buf = vec![Record::ZERO; 4096];
         let mut last_status = Instant::now() - Duration::from_secs(10);
-        let mut last_writer_check = Instant::now();
+        let mut last_strings_check = Instant::now();
         let mut last_retention = Instant::now() - Duration::from_secs(3600);
         self.apply_retention();
         last_retention = last_retention.max(Instant::now());
@@ -676,30 +693,20 @@ impl Recorder {
             for r in &buf[..b.records] {
                 self.on_record(r);
             }
-            if let Some((first, last, _)) = b.lost {
-                self.on_lost(first, last);
+            let idle = b.records == 0 && b.event.is_none();
+            if let Some(ev) = b.event {
+                self.on_event(ev);
             }
             let now = Instant::now();
-            let idle = b.records == 0 && b.lost.is_none();
             if now.duration_since(self.last_flush) >= self.cfg.flush_interval
                 || self.staged_bytes() >= self.cfg.max_staged_bytes
             {
                 self.flush(now, false);
             }
-            if idle && now.duration_since(last_writer_check) >= Duration::from_millis(50) {
-                last_writer_check = now;
-                match self.reader.writer_status(now_ns() as u64, 5_000_000_000) {
-                    WriterStatus::Replaced => {
-                        if let Err(e) = self.follow_new_epoch() {
-                            tracing::warn!(error = %e, "new ring not readable yet");
-                        }
-                    }
-                    WriterStatus::Stopped if !self.epoch_complete => {
-                        tracing::info!("ring writer stopped cleanly; everything recorded");
-                        self.epoch_complete = true;
-                        self.checkpoint();
-                    }
-                    _ => {}
+            if idle && now.duration_since(last_strings_check) >= Duration::from_millis(50) {
+                last_strings_check = now;
+                if let Some(e) = self.reader.last_error() {
+                    tracing::debug!(error = %e, "restarted ring not readable yet");
                 }
                 if self.strings.is_none() {
                     self.strings = open_strings(&self.cfg.strings_path, self.epoch);
@@ -741,21 +748,25 @@ impl Recorder {
         })
     }
 
-    /// Reads and stages whatever the ring holds now, then flushes (for benchmarks and
-    /// tests that drive the recorder step by step). Returns the records read.
+    /// Reads and stages whatever the ring holds now, following a stopped or restarted
+    /// writer (checked when the ring has nothing more, whatever the time since the last
+    /// check), then flushes (for benchmarks and tests that drive the recorder step by step).
+    /// Returns the records read.
     pub fn drain_once(&mut self) -> u64 {
         let mut buf = vec![Record::ZERO; 4096];
         let mut n = 0;
         loop {
+            self.reader.check_writer_now();
             let b = self.reader.read_batch(&mut buf);
             for r in &buf[..b.records] {
                 self.on_record(r);
             }
             n += b.records as u64;
-            if let Some((first, last, _)) = b.lost {
-                self.on_lost(first, last);
+            let idle = b.records == 0 && b.event.is_none();
+            if let Some(ev) = b.event {
+                self.on_event(ev);
             }
-            if b.records == 0 && b.lost.is_none() {
+            if idle {
                 break;
             }
             if self.staged_bytes() >= self.cfg.max_staged_bytes {

@@ -17,7 +17,13 @@
 //!
 //! A stream that resumes (`Last-Event-ID`) starts with a private ring reader at the sequence
 //! after the last one it saw and joins the live fan-out once it has caught up with the
-//! tailer; what the ring no longer holds is reported as a `gap` (`resume_unavailable`).
+//! tailer; what the ring no longer holds is reported as a `gap` (`resume_unavailable`). A
+//! resume point of another engine run (epoch) never resumes inside this one: it gets
+//! `info{resume_unavailable}` (the replay layer serves such resumes from storage first).
+//!
+//! The tailer reads the ring through [`RingFollower`], which reports laps and writer restarts
+//! (see `ipc/src/follow.rs` for the one meaning of a restart); each becomes a `gap` to every
+//! stream.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,10 +32,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ib_stream_ipc::ring::BatchRead;
 use ib_stream_ipc::{
-    LapPolicy, ReadOutcome, Record, RecordKind, RingReader, StartAt, StringTableReader, SubState,
-    WriterStatus,
+    FollowBatch, FollowConfig, FollowEvent, LapPolicy, ReadOutcome, Record, RecordKind,
+    RingFollower, RingReader, StartAt, StringTableReader, SubState, WriterRestart, WriterStatus,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -100,6 +105,37 @@ impl SinkFlag {
     }
 }
 
+/// A place in the tick history: a ring sequence of one engine run (ring epoch). Its text
+/// form, the resume token (SSE `id:`), is `<epoch as 16 hex digits>-<seq>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pos {
+    /// The engine run (ring epoch).
+    pub epoch: u64,
+    /// The ring sequence within it.
+    pub seq: u64,
+}
+
+impl Pos {
+    /// Appends the token (`<epoch:016x>-<seq>`) to `out` without allocating.
+    pub fn write_token(self, out: &mut impl Extend<u8>) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = [0u8; 16];
+        for (i, h) in hex.iter_mut().enumerate() {
+            *h = HEX[((self.epoch >> (60 - 4 * i)) & 0xF) as usize];
+        }
+        out.extend(hex);
+        out.extend([b'-']);
+        out.extend(itoa::Buffer::new().format(self.seq).bytes());
+    }
+
+    /// The token as a string.
+    pub fn token(self) -> String {
+        let mut v = Vec::with_capacity(40);
+        self.write_token(&mut v);
+        String::from_utf8(v).unwrap_or_default()
+    }
+}
+
 /// One message for a consumer.
 #[derive(Clone, Debug)]
 pub enum Out {
@@ -109,6 +145,8 @@ pub enum Out {
         tag: u32,
         /// Ring sequence.
         seq: u64,
+        /// The engine run (ring epoch) of `seq`.
+        epoch: u64,
         /// Record kind byte.
         kind: u8,
         /// The JSON object.
@@ -119,8 +157,10 @@ pub enum Out {
     History {
         /// The stream within the consumer.
         tag: u32,
-        /// Ring sequence; `None` for a tick of an older epoch (no resume point).
-        seq: Option<u64>,
+        /// Ring sequence.
+        seq: u64,
+        /// The engine run (ring epoch) of `seq`: any run storage keeps.
+        epoch: u64,
         /// The stored line's bytes.
         json: Bytes,
     },
@@ -130,8 +170,9 @@ pub enum Out {
         tag: u32,
         /// The message type (SSE event name).
         event: &'static str,
-        /// The ring sequence it is about (SSE `id:`), if any.
-        id: Option<u64>,
+        /// The place it is about (SSE `id:`), if any: a client that resumes from it misses
+        /// nothing after it.
+        id: Option<Pos>,
         /// The JSON object.
         json: Bytes,
         /// The stream ends after this message.
@@ -143,8 +184,8 @@ impl Out {
     fn seq(&self) -> u64 {
         match self {
             Out::Tick { seq, .. } => *seq,
-            Out::History { seq, .. } => seq.unwrap_or(0),
-            Out::Control { id, .. } => id.unwrap_or(0),
+            Out::History { seq, .. } => *seq,
+            Out::Control { id, .. } => id.map_or(0, |p| p.seq),
         }
     }
 }
@@ -154,8 +195,14 @@ impl Out {
 pub enum Start {
     /// With the next record published.
     Live,
-    /// Right after this sequence (a resume from `Last-Event-ID`).
-    After(u64),
+    /// Right after this sequence (a resume from `Last-Event-ID`), of this engine run (ring
+    /// epoch); `None`: a plain-number resume point, taken as the ring's current run.
+    After {
+        /// The run the sequence belongs to.
+        epoch: Option<u64>,
+        /// The last sequence the stream had.
+        seq: u64,
+    },
 }
 
 /// A stream to add to the fan-out.
@@ -424,6 +471,11 @@ impl Hub {
     }
 }
 
+/// A resume token as JSON (in `info{resume_unavailable}`).
+fn json_token(p: Pos) -> serde_json::Value {
+    serde_json::Value::String(p.token())
+}
+
 /// The string table as a [`StringLookup`]; unknown ids print as `#id` (see `tickjson`).
 struct Strings(Option<StringTableReader>);
 
@@ -466,6 +518,8 @@ struct Sink {
     notify: Arc<Notify>,
     /// Records below this sequence are not delivered (resume point, or skipped by a lap).
     min_seq: u64,
+    /// The ring epoch of what the tailer delivers now.
+    epoch: u64,
     /// Ticks received before this time (ns) are not delivered.
     min_ts_ns: i64,
     /// A private reader while the stream catches up from a resume point.
@@ -621,11 +675,15 @@ impl Sink {
         }
     }
 
+    /// A control message about sequence `id` of the current epoch.
     fn control(&self, event: &'static str, id: Option<u64>, json: Bytes, end: bool) -> Out {
         Out::Control {
             tag: self.tag,
             event,
-            id,
+            id: id.map(|seq| Pos {
+                epoch: self.epoch,
+                seq,
+            }),
             json,
             end,
         }
@@ -658,6 +716,7 @@ impl Sink {
                 Out::Tick {
                     tag: self.tag,
                     seq: rec.seq,
+                    epoch: self.epoch,
                     kind: rec.kind,
                     json,
                 }
@@ -742,7 +801,7 @@ struct Tailer {
     cfg: HubConfig,
     cmd_rx: mpsc::UnboundedReceiver<Cmd>,
     stats: Arc<HubStats>,
-    ring: Option<RingReader>,
+    ring: Option<RingFollower>,
     enc: Encoder,
     sinks: HashMap<u64, Sink>,
     /// Live streams by contract (streams catching up are not here).
@@ -867,6 +926,7 @@ impl Tailer {
             flag: spec.flag,
             notify: spec.notify,
             min_seq: 0,
+            epoch: self.ring.as_ref().map_or(0, |r| r.info().epoch),
             min_ts_ns: spec.min_ts_ns,
             catchup: None,
             last_ts_ns: 0,
@@ -877,39 +937,71 @@ impl Tailer {
             dropped_last: 0,
         };
         let mut live = true;
-        if let Start::After(last) = spec.start {
+        if let Start::After { epoch, seq: last } = spec.start {
             let first = last.saturating_add(1);
+            let max_pending = self.cfg.max_pending_control;
+            let unavailable = |sink: &mut Sink, details: serde_json::Value, stats: &HubStats| {
+                let msg = messages::info(Some(&sink.stream_id), "resume_unavailable", details);
+                let out = sink.control("info", None, msg, false);
+                let _ = sink.push(out, stats, max_pending);
+            };
+            let requested = match epoch {
+                Some(e) => json_token(Pos {
+                    epoch: e,
+                    seq: last,
+                }),
+                None => serde_json::json!(last),
+            };
             match &self.ring {
-                None => {
-                    let msg = messages::info(
-                        Some(&sink.stream_id),
-                        "resume_unavailable",
-                        serde_json::json!({"requested_after": last, "why": "the ring is not open"}),
-                    );
-                    let out = sink.control("info", None, msg, false);
-                    let _ = sink.push(out, &self.stats, self.cfg.max_pending_control);
-                }
+                None => unavailable(
+                    &mut sink,
+                    serde_json::json!({"requested_after": requested, "why": "the ring is not open"}),
+                    &self.stats,
+                ),
                 Some(ring) => {
                     let main_next = ring.next_seq();
                     let head = ring.head();
-                    if first > head + 1 {
-                        // A sequence this ring never published: another epoch (the engine
-                        // restarted). Say so and go live.
-                        let msg = messages::info(
-                            Some(&sink.stream_id),
-                            "resume_unavailable",
+                    let ring_epoch = ring.info().epoch;
+                    if epoch.is_some_and(|e| e != ring_epoch) {
+                        // Another engine run: its sequences mean nothing in this ring.
+                        unavailable(
+                            &mut sink,
                             serde_json::json!({
-                                "requested_after": last,
+                                "requested_after": requested,
+                                "epoch": format!("{ring_epoch:016x}"),
+                                "ring_head": head,
+                                "why": "the resume point is of another engine run; this stream starts live in the current one",
+                            }),
+                            &self.stats,
+                        );
+                    } else if first > head + 1 {
+                        // A plain number this ring never published: another epoch (the
+                        // engine restarted). Say so and go live.
+                        unavailable(
+                            &mut sink,
+                            serde_json::json!({
+                                "requested_after": requested,
+                                "epoch": format!("{ring_epoch:016x}"),
                                 "ring_head": head,
                                 "why": "sequence not from this ring (the engine restarted?)",
                             }),
+                            &self.stats,
                         );
-                        let out = sink.control("info", None, msg, false);
-                        let _ = sink.push(out, &self.stats, self.cfg.max_pending_control);
                     } else if first >= main_next {
                         sink.min_seq = first;
                     } else {
-                        match RingReader::open(&self.cfg.ring_path, StartAt::Seq(first)) {
+                        let opened = RingReader::open(&self.cfg.ring_path, StartAt::Seq(first))
+                            .and_then(|r| {
+                                if r.info().epoch == ring_epoch {
+                                    Ok(r)
+                                } else {
+                                    // Replaced since the tailer last looked: not this run.
+                                    Err(ib_stream_ipc::IpcError::Missing {
+                                        path: self.cfg.ring_path.clone(),
+                                    })
+                                }
+                            });
+                        match opened {
                             Ok(mut r) => {
                                 r.set_lap_policy(LapPolicy::Oldest { margin: 0 });
                                 sink.catchup = Some(r);
@@ -931,7 +1023,7 @@ impl Tailer {
                                     messages::gap(Some(&sink.stream_id), &g),
                                     false,
                                 );
-                                let _ = sink.push(out, &self.stats, self.cfg.max_pending_control);
+                                let _ = sink.push(out, &self.stats, max_pending);
                             }
                         }
                     }
@@ -973,7 +1065,11 @@ impl Tailer {
     }
 
     fn open_ring(&mut self) {
-        match RingReader::open(&self.cfg.ring_path, StartAt::Newest) {
+        let follow = FollowConfig {
+            check_every: self.cfg.check_every,
+            stale_after: self.cfg.stale_after,
+        };
+        match RingFollower::open(&self.cfg.ring_path, StartAt::Newest, follow) {
             Ok(mut r) => {
                 let cap = r.info().capacity;
                 r.set_lap_policy(LapPolicy::default_for(cap));
@@ -982,8 +1078,15 @@ impl Tailer {
                 self.stats.epoch.store(r.info().epoch, Ordering::Relaxed);
                 self.stats.capacity.store(cap, Ordering::Relaxed);
                 self.stats.ring_open.store(true, Ordering::Relaxed);
+                self.stats
+                    .writer_state
+                    .store(WriterState::Alive as u8, Ordering::Relaxed);
                 tracing::info!(path = %self.cfg.ring_path.display(), epoch = r.info().epoch, "ring opened");
+                let epoch = r.info().epoch;
                 self.ring = Some(r);
+                for s in self.sinks.values_mut() {
+                    s.epoch = epoch;
+                }
                 self.open_strings();
             }
             Err(e) => {
@@ -1010,13 +1113,14 @@ impl Tailer {
         };
     }
 
+    /// When idle: opens the ring if it is not open yet, publishes the writer's state as the
+    /// follower last saw it, and retries a missing string table.
     fn check_writer(&mut self) {
         let Some(ring) = &self.ring else {
             self.open_ring();
             return;
         };
-        let now = now_ns().max(0) as u64;
-        let state = match ring.writer_status(now, self.cfg.stale_after.as_nanos() as u64) {
+        let state = match ring.writer_status() {
             WriterStatus::Alive { heartbeat_age_ns } => {
                 self.stats
                     .heartbeat_age_ns
@@ -1031,12 +1135,13 @@ impl Tailer {
             }
             WriterStatus::Stopped => WriterState::Stopped,
             WriterStatus::Gone { .. } => WriterState::Gone,
-            WriterStatus::Replaced => {
-                // Everything of the old epoch was read (the caller only checks when idle).
-                self.writer_restarted();
-                return;
-            }
+            // The follower moves to a replaced ring itself; until it can, the old writer is
+            // gone.
+            WriterStatus::Replaced => WriterState::Gone,
         };
+        if let Some(e) = ring.last_error() {
+            tracing::debug!(error = %e, "the restarted ring cannot be opened yet");
+        }
         self.stats
             .writer_state
             .store(state as u8, Ordering::Relaxed);
@@ -1045,47 +1150,77 @@ impl Tailer {
         }
     }
 
-    fn writer_restarted(&mut self) {
-        let reopened = match &mut self.ring {
-            Some(r) => r.reopen(StartAt::Oldest).map(|e| (e, r.info().capacity)),
-            None => return,
-        };
-        match reopened {
-            Ok((epoch, capacity)) => {
-                tracing::info!(epoch, "ring writer restarted; following the new ring");
-                self.stats.epoch.store(epoch, Ordering::Relaxed);
-                self.stats.capacity.store(capacity, Ordering::Relaxed);
-                self.stats.writer_restarts.fetch_add(1, Ordering::Relaxed);
-                self.enc.strings.0 = None;
-                self.open_strings();
-                let g = GapInfo {
-                    reason: "writer_restart",
-                    first_seq: 0,
-                    last_seq: 0,
-                    count: 0,
-                    t0_ns: self.last_ts_ns,
-                    t1_ns: 0,
-                };
-                // Resuming streams lose their private readers (they read the old file):
-                // they join the new ring live.
-                for id in std::mem::take(&mut self.catching) {
-                    if let Some(s) = self.sinks.get_mut(&id) {
-                        s.catchup = None;
-                        self.by_con.entry(s.con_id).or_default().push(id);
-                    }
-                }
-                let max_pending = self.cfg.max_pending_control;
-                for (id, s) in self.sinks.iter_mut() {
-                    s.min_seq = 0;
-                    let out = s.control("gap", None, messages::gap(Some(&s.stream_id), &g), false);
+    /// The follower moved to a restarted writer's ring: every stream gets the
+    /// `writer_restart` gap (see [`messages::writer_restart`] for what it says).
+    fn writer_restarted(&mut self, r: WriterRestart) {
+        let capacity = self.ring.as_ref().map_or(0, |f| f.info().capacity);
+        tracing::info!(
+            old = format!("{:016x}", r.old_epoch),
+            new = format!("{:016x}", r.new_epoch),
+            old_last_seq = r.old_last_seq,
+            clean = r.clean,
+            "ring writer restarted; following the new ring"
+        );
+        self.stats.epoch.store(r.new_epoch, Ordering::Relaxed);
+        self.stats.capacity.store(capacity, Ordering::Relaxed);
+        self.stats.writer_restarts.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .writer_state
+            .store(WriterState::Alive as u8, Ordering::Relaxed);
+        self.enc.strings.0 = None;
+        self.open_strings();
+        let now = now_ns();
+        let max_pending = self.cfg.max_pending_control;
+        // Resuming streams lose their private readers (they read the old ring): what they
+        // had not read of it yet is lost to them, and said so, then they go on live.
+        for id in std::mem::take(&mut self.catching) {
+            if let Some(s) = self.sinks.get_mut(&id) {
+                let next = s
+                    .catchup
+                    .take()
+                    .map_or(r.old_last_seq + 1, |c| c.next_seq());
+                if next <= r.old_last_seq {
+                    let g = GapInfo {
+                        reason: "resume_unavailable",
+                        first_seq: next,
+                        last_seq: r.old_last_seq,
+                        count: r.old_last_seq - next + 1,
+                        t0_ns: s.last_ts_ns,
+                        t1_ns: 0,
+                    };
+                    let out = s.control(
+                        "gap",
+                        Some(r.old_last_seq),
+                        messages::gap(Some(&s.stream_id), &g),
+                        false,
+                    );
                     if s.push(out, &self.stats, max_pending) == Verdict::Remove {
-                        self.removals.push(*id);
-                    } else if s.overflowing() {
-                        self.overflowed.push(*id);
+                        self.removals.push(id);
                     }
                 }
+                self.by_con.entry(s.con_id).or_default().push(id);
             }
-            Err(e) => tracing::warn!(error = %e, "cannot reopen the restarted ring"),
+        }
+        for (id, s) in self.sinks.iter_mut() {
+            s.min_seq = 0;
+            s.epoch = r.new_epoch;
+            // Its id is the start of the new run: a client that resumes from it gets the new
+            // run from its first record.
+            let out = Out::Control {
+                tag: s.tag,
+                event: "gap",
+                id: Some(Pos {
+                    epoch: r.new_epoch,
+                    seq: 0,
+                }),
+                json: messages::writer_restart(Some(&s.stream_id), &r, self.last_ts_ns, now),
+                end: false,
+            };
+            if s.push(out, &self.stats, max_pending) == Verdict::Remove {
+                self.removals.push(*id);
+            } else if s.overflowing() {
+                self.overflowed.push(*id);
+            }
         }
     }
 
@@ -1095,32 +1230,51 @@ impl Tailer {
             return 0;
         };
         let mut batch = std::mem::take(&mut self.batch);
-        let BatchRead { records, lost } = ring.read_batch(&mut batch);
+        let FollowBatch { records, event } = ring.read_batch(&mut batch);
         self.stats.ring_head.store(ring.head(), Ordering::Relaxed);
         for rec in &batch[..records] {
             self.dispatch(rec);
         }
-        if let Some((first_seq, last_seq, count)) = lost {
-            self.stats.overrun_gaps.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .overrun_records
-                .fetch_add(count, Ordering::Relaxed);
-            tracing::warn!(first_seq, last_seq, count, "the ring tailer was lapped");
-            // Sent when the next record arrives, so that the gap's interval is known.
-            self.pending_gap = Some(GapInfo {
-                reason: "reader_overrun",
+        match event {
+            Some(FollowEvent::Lost {
                 first_seq,
                 last_seq,
                 count,
-                t0_ns: self.last_ts_ns,
-                t1_ns: 0,
-            });
+            }) => {
+                self.stats.overrun_gaps.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .overrun_records
+                    .fetch_add(count, Ordering::Relaxed);
+                tracing::warn!(first_seq, last_seq, count, "the ring tailer was lapped");
+                // Sent when the next record arrives, so that the gap's interval is known.
+                self.pending_gap = Some(GapInfo {
+                    reason: "reader_overrun",
+                    first_seq,
+                    last_seq,
+                    count,
+                    t0_ns: self.last_ts_ns,
+                    t1_ns: 0,
+                });
+            }
+            Some(FollowEvent::WriterRestart(r)) => {
+                if let Some(mut g) = self.pending_gap.take() {
+                    // A lap just before the end of the old run: said before the restart.
+                    g.t1_ns = now_ns();
+                    self.send_pending_gap(g);
+                }
+                self.writer_restarted(r);
+            }
+            Some(FollowEvent::WriterState(st)) => {
+                tracing::info!(?st, "ring writer state changed");
+            }
+            None => {}
         }
         self.batch = batch;
         if let Some(ring) = &self.ring {
             self.stats
                 .next_seq
                 .store(ring.next_seq(), Ordering::Relaxed);
+            self.stats.ring_head.store(ring.head(), Ordering::Relaxed);
         }
         self.stats
             .records_read
@@ -1128,26 +1282,32 @@ impl Tailer {
         records
     }
 
+    /// Sends a lap's gap to every live stream.
+    fn send_pending_gap(&mut self, g: GapInfo) {
+        let max_pending = self.cfg.max_pending_control;
+        for (id, s) in self.sinks.iter_mut() {
+            if s.catchup.is_some() {
+                continue;
+            }
+            let out = s.control(
+                "gap",
+                Some(g.last_seq),
+                messages::gap(Some(&s.stream_id), &g),
+                false,
+            );
+            if s.push(out, &self.stats, max_pending) == Verdict::Remove {
+                self.removals.push(*id);
+            } else if s.overflowing() {
+                self.overflowed.push(*id);
+            }
+        }
+    }
+
     fn dispatch(&mut self, rec: &Record) {
         let max_pending = self.cfg.max_pending_control;
         if let Some(mut g) = self.pending_gap.take() {
             g.t1_ns = rec.ts_recv;
-            for (id, s) in self.sinks.iter_mut() {
-                if s.catchup.is_some() {
-                    continue;
-                }
-                let out = s.control(
-                    "gap",
-                    Some(g.last_seq),
-                    messages::gap(Some(&s.stream_id), &g),
-                    false,
-                );
-                if s.push(out, &self.stats, max_pending) == Verdict::Remove {
-                    self.removals.push(*id);
-                } else if s.overflowing() {
-                    self.overflowed.push(*id);
-                }
-            }
+            self.send_pending_gap(g);
         }
         self.last_ts_ns = rec.ts_recv;
         let mut cache = None;
@@ -1317,6 +1477,7 @@ mod tests {
             flag: Arc::default(),
             notify: Arc::default(),
             min_seq: 0,
+            epoch: 1,
             min_ts_ns: i64::MIN,
             catchup: None,
             last_ts_ns: 0,
@@ -1333,6 +1494,7 @@ mod tests {
         Out::Tick {
             tag: 0,
             seq,
+            epoch: 1,
             kind,
             json: Bytes::from(format!("{{\"seq\":{seq}}}")),
         }
@@ -1342,7 +1504,7 @@ mod tests {
         Out::Control {
             tag: 0,
             event: "info",
-            id: Some(seq),
+            id: Some(Pos { epoch: 1, seq }),
             json: Bytes::from_static(b"{}"),
             end: false,
         }
@@ -1353,7 +1515,7 @@ mod tests {
         while let Ok(o) = rx.try_recv() {
             v.push(match o {
                 Out::Tick { seq, .. } => ("tick", seq),
-                Out::History { seq, .. } => ("history", seq.unwrap_or(0)),
+                Out::History { seq, .. } => ("history", seq),
                 Out::Control {
                     event, id, json, ..
                 } => {
@@ -1361,7 +1523,7 @@ mod tests {
                         let g: serde_json::Value = serde_json::from_slice(&json).unwrap();
                         ("gap", g["count"].as_u64().unwrap())
                     } else {
-                        (event, id.unwrap_or(0))
+                        (event, id.map_or(0, |p| p.seq))
                     }
                 }
             });
@@ -1412,6 +1574,50 @@ mod tests {
             "bounded control backlog"
         );
         assert_eq!(s.flag.get(), Some(CloseReason::SlowConsumer));
+    }
+
+    #[test]
+    fn pos_tokens_are_16_hex_digits_a_dash_and_the_sequence_and_parse_back() {
+        use super::super::replay::Resume;
+        let p = Pos {
+            epoch: 0x0022_872d_15be_0476,
+            seq: 1842,
+        };
+        assert_eq!(p.token(), "0022872d15be0476-1842");
+        let max = Pos {
+            epoch: u64::MAX,
+            seq: u64::MAX,
+        };
+        assert_eq!(max.token(), format!("ffffffffffffffff-{}", u64::MAX));
+        for p in [p, max, Pos { epoch: 1, seq: 0 }] {
+            assert_eq!(
+                Resume::parse(&p.token()),
+                Some(Resume {
+                    epoch: Some(p.epoch),
+                    seq: p.seq
+                })
+            );
+        }
+        assert_eq!(
+            Resume::parse(" 17 "),
+            Some(Resume {
+                epoch: None,
+                seq: 17
+            })
+        );
+        for bad in [
+            "",
+            "-",
+            "x-1",
+            "1-",
+            "-1",
+            "12345678901234567-1",
+            "1-2-3",
+            "1-x",
+            "+1",
+        ] {
+            assert_eq!(Resume::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -94,6 +94,43 @@ pub fn gap(stream_id: Option<&str>, g: &GapInfo) -> Bytes {
     )
 }
 
+/// The `gap{writer_restart}` message: the engine restarted (a new ring epoch). Its one
+/// meaning (`ipc`'s `WriterRestart`): every sequence of the old run (`epoch`) up to
+/// `first_seq - 1` was delivered or reported; after a clean stop (`clean: true`) nothing of
+/// the old run is missing (`last_seq = first_seq - 1`, `count` 0); otherwise what the old
+/// engine received after its last published record is unknown: `first_seq` on, to the end of
+/// the old run (`last_seq` and `count` null). `new_epoch` is the run that follows, from its
+/// sequence 1; `t0` is the receive time of the last record before, `t1` when the restart
+/// was seen.
+pub fn writer_restart(
+    stream_id: Option<&str>,
+    r: &ib_stream_ipc::WriterRestart,
+    t0_ns: i64,
+    t1_ns: i64,
+) -> Bytes {
+    let first = r.old_last_seq + 1;
+    let (last, count) = if r.clean {
+        (json!(r.old_last_seq), json!(0))
+    } else {
+        (Value::Null, Value::Null)
+    };
+    with_stream(
+        json!({
+            "type": "gap",
+            "reason": "writer_restart",
+            "first_seq": first,
+            "last_seq": last,
+            "count": count,
+            "t0": us_or_null(t0_ns),
+            "t1": us_or_null(t1_ns),
+            "epoch": format!("{:016x}", r.old_epoch),
+            "new_epoch": format!("{:016x}", r.new_epoch),
+            "clean": r.clean,
+        }),
+        stream_id,
+    )
+}
+
 /// An `error` message. `ib_code` is IB's error code when IB caused it.
 pub fn error(
     stream_id: Option<&str>,

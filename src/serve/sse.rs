@@ -1,7 +1,10 @@
 //! `GET /v3/stream/{conId}`: live ticks over Server-Sent Events.
 //!
-//! Every tick is an `event: tick` with `id: <seq>`; a reconnect with `Last-Event-ID` (or
-//! `?last_event_id=` for clients that cannot set headers) resumes right after it.
+//! Every tick is an `event: tick` with `id: <epoch>-<seq>` (the resume token: the engine run
+//! as 16 hex digits, the ring sequence); a reconnect with `Last-Event-ID` (or
+//! `?last_event_id=` for clients that cannot set headers) resumes right after it, in its own
+//! run (see [`super::replay`]). A plain `<seq>` is still accepted, as a sequence of the
+//! current run.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,11 +20,11 @@ use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 
 use super::error::ApiError;
-use super::hub::{CloseReason, Out, SinkFlag, SlowPolicy};
+use super::hub::{CloseReason, Out, Pos, SinkFlag, SlowPolicy};
 use super::limits::{ClientIp, Counted, IpSlot};
 use super::messages::{self, CompleteReason, now_ns};
 use super::params::{self, DEFAULT_TICK_TYPES, Params, TickType};
-use super::replay::{self, Join, SinkSlot, StartFrom, TaskGuard};
+use super::replay::{self, Join, Resume, SinkSlot, StartFrom, TaskGuard};
 use super::subs::{ClientInfo, Lease, Registered};
 use super::{AppState, LatencyBatch, StreamSlot};
 
@@ -41,8 +44,8 @@ pub struct StreamOptions {
     pub timeout_s: Option<u64>,
     /// Slow-client policy.
     pub slow: SlowPolicy,
-    /// Resume after this sequence.
-    pub after: Option<u64>,
+    /// Resume after this point.
+    pub after: Option<Resume>,
     /// History then live from this receive time, ns (`since=`).
     pub since_ns: Option<i64>,
 }
@@ -52,7 +55,7 @@ impl StreamOptions {
     /// EventSource sends both).
     pub fn from(&self) -> StartFrom {
         match (self.after, self.since_ns) {
-            (Some(a), _) => StartFrom::AfterSeq(a),
+            (Some(a), _) => StartFrom::After(a),
             (None, Some(ns)) => StartFrom::Since(ns),
             (None, None) => StartFrom::Live,
         }
@@ -71,10 +74,10 @@ fn slow_policy(raw: Option<&str>, default: SlowPolicy) -> Result<SlowPolicy, Api
     }
 }
 
-fn parse_seq(raw: &str, what: &str) -> Result<u64, ApiError> {
-    raw.trim().parse::<u64>().map_err(|_| {
+fn parse_seq(raw: &str, what: &str) -> Result<Resume, ApiError> {
+    Resume::parse(raw).ok_or_else(|| {
         ApiError::bad_parameter(format!(
-            "{what} must be a ring sequence number, got `{}`",
+            "{what} must be an event id (`<epoch>-<seq>`) or a ring sequence number, got `{}`",
             params::truncate(raw)
         ))
     })
@@ -165,12 +168,6 @@ impl StreamCounter {
         self.limit.is_some_and(|l| self.count >= l)
     }
 
-    /// Counts a tick of an older epoch (no resume point); true when the limit is reached.
-    pub fn tick_unsequenced(&mut self) -> bool {
-        self.count += 1;
-        self.limit.is_some_and(|l| self.count >= l)
-    }
-
     /// The `complete` message.
     pub fn complete(&self, reason: CompleteReason) -> Bytes {
         messages::complete(
@@ -246,12 +243,12 @@ const MAX_EVENTS_PER_FRAME: usize = 256;
 
 /// Appends one SSE event. Every message is single-line JSON from our own encoders (tickjson
 /// and serde_json escape newlines), so one `data:` line carries it.
-fn event(out: &mut BytesMut, name: &str, id: Option<u64>, json: &[u8]) {
+fn event(out: &mut BytesMut, name: &str, id: Option<Pos>, json: &[u8]) {
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(name.as_bytes());
     if let Some(id) = id {
         out.extend_from_slice(b"\nid: ");
-        out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+        id.write_token(out);
     }
     out.extend_from_slice(b"\ndata: ");
     out.extend_from_slice(json);
@@ -274,8 +271,10 @@ impl SseState {
     /// Formats one message; `now_us` is the time it is taken from the queue.
     fn on_out(&mut self, out: Out, now_us: i64) {
         match out {
-            Out::Tick { seq, json, .. } => {
-                event(&mut self.out, "tick", Some(seq), &json);
+            Out::Tick {
+                seq, epoch, json, ..
+            } => {
+                event(&mut self.out, "tick", Some(Pos { epoch, seq }), &json);
                 self.out_ticks += 1;
                 if let Some(us) = latency_us(&json, now_us) {
                     self.latency.record(us);
@@ -284,14 +283,12 @@ impl SseState {
                     self.complete(CompleteReason::LimitReached);
                 }
             }
-            Out::History { seq, json, .. } => {
-                event(&mut self.out, "tick", seq, &json);
+            Out::History {
+                seq, epoch, json, ..
+            } => {
+                event(&mut self.out, "tick", Some(Pos { epoch, seq }), &json);
                 self.out_ticks += 1;
-                let done = match seq {
-                    Some(s) => self.counter.tick(s),
-                    None => self.counter.tick_unsequenced(),
-                };
-                if done {
+                if self.counter.tick(seq) {
                     self.complete(CompleteReason::LimitReached);
                 }
             }
@@ -507,11 +504,11 @@ pub fn stream_start(st: &AppState, stream_id: &str, con_id: u32, opts: &StreamOp
             "slow": opts.slow.name(),
             "limit": opts.limit,
             "timeout": opts.timeout_s,
-            "resume_after": opts.after,
+            "resume_after": opts.after.map(Resume::to_json),
             "since": opts.since_ns.map(|ns| ns.div_euclid(1000)),
             "ring_head": st.hub.stats().ring_head.load(Ordering::Relaxed),
-            // The engine run the ids belong to: a client that kept it can tell a restart
-            // happened while it was away (ids carry no run).
+            // The engine run the stream starts in (ids name their run; WebSocket ticks have
+            // no id: this, `info{live}` and `gap{writer_restart}.new_epoch` tell the run).
             "epoch": format!("{:016x}", st.hub.stats().epoch.load(Ordering::Relaxed)),
             "tracked": opts.types.iter().all(|t| st.subs.is_tracked((con_id, *t))),
         }),

@@ -108,14 +108,20 @@ impl HistorySource for StorageHistory {
         while let Some(rec) = it.next_record().map_err(storage_err)? {
             if rec.kind == RecordKind::Gap as u8 {
                 let b = rec.body;
-                let (first, last) = (b[0].max(0) as u64, b[1].max(0) as u64);
+                // `UNDEF` as the last sequence: to the end of the run (a killed engine's
+                // `writer_restart`), count unknown: `u64::MAX` and 0 here.
+                let open = b[1] == ib_stream_ipc::UNDEF_I64;
+                let (first, last) = (
+                    b[0].max(0) as u64,
+                    if open { u64::MAX } else { b[1].max(0) as u64 },
+                );
                 items.push(SeqItem::Gap {
                     seq: rec.seq,
                     info: GapInfo {
                         reason: tickjson::gap_reason_name(rec.tick_type),
                         first_seq: first,
                         last_seq: last,
-                        count: if first > 0 && last >= first {
+                        count: if first > 0 && last >= first && !open {
                             last - first + 1
                         } else {
                             0

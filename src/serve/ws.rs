@@ -2,7 +2,8 @@
 //!
 //! Client requests (text frames, JSON objects; `id` is echoed, any string or number):
 //! `{"type":"subscribe","id":1,"contract_id":711280073,"tick_types":["bid_ask"],
-//!   "limit":100,"timeout":60,"slow":"conflate","after_seq":1234,"since":"5m"}`,
+//!   "limit":100,"timeout":60,"slow":"conflate","after_seq":"22872d15be0476b4-1234","since":"5m"}`
+//! (`after_seq`: the resume token naming the engine run, or a plain number of the current run),
 //! `{"type":"unsubscribe","id":2,"stream_id":"ws-4"}`, `{"type":"ping","id":3}`.
 //! Close codes are listed in `docs/PROTOCOL.md`.
 
@@ -24,6 +25,7 @@ use super::hub::{CloseReason, Out, SinkFlag, SlowPolicy};
 use super::limits::{ClientIp, Counted};
 use super::messages::{self, CompleteReason, now_ns};
 use super::params::{self, DEFAULT_TICK_TYPES, Params, TickType};
+use super::replay::Resume;
 use super::sse::{self, StreamCounter, StreamHold, StreamOptions};
 use super::{AppState, LatencyBatch};
 
@@ -200,6 +202,26 @@ fn field_u64(v: &Value, key: &str, min: u64, max: u64) -> Result<Option<u64>, St
     }
 }
 
+/// `after_seq`: a resume token `"<epoch>-<seq>"` (the run as 16 hex digits, as in
+/// `info{stream_start}.epoch`, `info{live}.epoch` and `gap{writer_restart}.new_epoch`), or a
+/// plain number (a sequence of the current run).
+fn resume_point(v: &Value) -> Result<Option<Resume>, String> {
+    match v.get("after_seq") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(|seq| Some(Resume { epoch: None, seq }))
+            .ok_or_else(|| "`after_seq` must be a non-negative integer or a resume token".into()),
+        Some(Value::String(t)) => Resume::parse(t).map(Some).ok_or_else(|| {
+            format!(
+                "`after_seq` must be a resume token `<epoch>-<seq>` or a number, got `{}`",
+                params::truncate(t)
+            )
+        }),
+        Some(_) => Err("`after_seq` must be a resume token `<epoch>-<seq>` or a number".into()),
+    }
+}
+
 fn subscribe_options(v: &Value, default_slow: SlowPolicy) -> Result<(u32, StreamOptions), String> {
     const KNOWN: [&str; 9] = [
         "type",
@@ -243,7 +265,7 @@ fn subscribe_options(v: &Value, default_slow: SlowPolicy) -> Result<(u32, Stream
             limit: field_u64(v, "limit", 1, sse::MAX_LIMIT)?,
             timeout_s: field_u64(v, "timeout", 1, sse::MAX_TIMEOUT_S)?,
             slow,
-            after: field_u64(v, "after_seq", 0, u64::MAX)?,
+            after: resume_point(v)?,
             since_ns: match v.get("since") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(params::since(s, now_ns()).map_err(|e| e.message)?),
@@ -458,14 +480,11 @@ impl Conn {
                     self.end_stream(tag, CompleteReason::LimitReached).await?;
                 }
             }
-            Out::History { tag, seq, json } => {
+            Out::History { tag, seq, json, .. } => {
                 let Some(s) = self.streams.get_mut(&tag) else {
                     return Ok(());
                 };
-                let done = match seq {
-                    Some(seq) => s.counter.tick(seq),
-                    None => s.counter.tick_unsequenced(),
-                };
+                let done = s.counter.tick(seq);
                 self.feed(&json).await?;
                 self.burst_ticks += 1;
                 if done {
@@ -755,7 +774,15 @@ mod tests {
         .unwrap();
         assert_eq!(
             (con, o.types, o.limit, o.after),
-            (5, vec![TickType::Last], Some(3), Some(9))
+            (
+                5,
+                vec![TickType::Last],
+                Some(3),
+                Some(Resume {
+                    epoch: None,
+                    seq: 9
+                })
+            )
         );
         let (_, o) = subscribe_options(&json!({"contract_id": 5}), SlowPolicy::Disconnect).unwrap();
         assert_eq!(

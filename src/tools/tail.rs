@@ -1,15 +1,17 @@
 //! `ib-stream tail`: records from the ring as JSON lines (the compact tick JSON of
 //! [`crate::tickjson`]), filtered by contract and kind, from the newest or the oldest record.
-//! A lapped reader prints a `reader_overrun` gap with the lost sequence range; a restarted
-//! engine prints a `writer_restart` gap and the tool follows the new epoch.
+//! It reads through [`crate::ipc::RingFollower`]: a lapped reader prints a `reader_overrun` gap
+//! with the lost sequence range; a restarted engine prints the `writer_restart` gap of
+//! [`crate::ipc::WriterRestart::gap_record`] (`from` = the old run's last record + 1, `to`
+//! open-ended unless the old engine stopped cleanly) and the tool follows the new epoch.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::ipc::{
-    GapReason, ReadOutcome, Record, RecordKind, RingReader, StartAt, StringTableReader,
-    WriterStatus,
+    Follow, FollowConfig, FollowEvent, GapReason, Record, RecordKind, RingFollower, RingReader,
+    StartAt, StringTableReader,
 };
 use crate::tickjson::{self, StringLookup};
 
@@ -137,16 +139,20 @@ impl Filter {
     }
 }
 
-fn gap_line(reason: GapReason, first: u64, last: u64, out: &mut Vec<u8>) {
-    let now = crate::ipc::shm::unix_time_ns() as i64;
-    let rec = Record {
-        ts_recv: now,
-        tick_type: reason as u8,
-        body: [first as i64, last as i64, 0, 0],
-        ..Record::new(RecordKind::Gap)
-    };
-    tickjson::encode(&rec, &crate::tickjson::NoStrings, out);
+fn gap_line(rec: &Record, out: &mut Vec<u8>) {
+    tickjson::encode(rec, &crate::tickjson::NoStrings, out);
     out.push(b'\n');
+}
+
+fn overrun_record(first: u64, last: u64, t0: i64) -> Record {
+    let now = crate::ipc::shm::unix_time_ns() as i64;
+    Record {
+        seq: first,
+        ts_recv: now,
+        tick_type: GapReason::ReaderOverrun as u8,
+        body: [first as i64, last as i64, t0, now],
+        ..Record::new(RecordKind::Gap)
+    }
 }
 
 /// Runs tail on the ring in `dir`, writing JSON lines to `w`.
@@ -157,7 +163,8 @@ pub fn run(dir: &Path, args: &TailArgs, w: &mut dyn Write) -> Result<(), TailErr
     } else {
         StartAt::Newest
     };
-    let mut reader = open_ring(dir, &path, start, args.wait)?;
+    let reader = open_ring(dir, &path, start, args.wait)?;
+    let mut reader = RingFollower::new(reader, FollowConfig::default());
     let registered = reader.register("tail");
     tracing::debug!("ring reader: {registered}");
     let mut strings = open_strings(dir, reader.info().epoch);
@@ -171,15 +178,15 @@ pub fn run(dir: &Path, args: &TailArgs, w: &mut dyn Write) -> Result<(), TailErr
         .map(|s| started + Duration::from_secs_f64(s.max(0.0)));
     let mut printed = 0u64;
     let mut out = Vec::with_capacity(64 * 1024);
-    let mut idle_polls = 0u32;
+    let mut last_ts = 0i64;
     loop {
         if args.count.is_some_and(|c| printed >= c) || deadline.is_some_and(|d| Instant::now() >= d)
         {
             break;
         }
-        match reader.try_read() {
-            ReadOutcome::Record(rec) => {
-                idle_polls = 0;
+        match reader.poll() {
+            Follow::Record(rec) => {
+                last_ts = rec.ts_recv;
                 if filter.pass(&rec) {
                     // Strings interned after we opened the table are visible at once (the
                     // table is shared); reopen only when it belongs to another epoch.
@@ -191,26 +198,22 @@ pub fn run(dir: &Path, args: &TailArgs, w: &mut dyn Write) -> Result<(), TailErr
                     printed += 1;
                 }
             }
-            ReadOutcome::Lost {
+            Follow::Event(FollowEvent::Lost {
                 first_seq,
                 last_seq,
                 ..
-            } => {
-                gap_line(GapReason::ReaderOverrun, first_seq, last_seq, &mut out);
+            }) => gap_line(&overrun_record(first_seq, last_seq, last_ts), &mut out),
+            Follow::Event(FollowEvent::WriterRestart(r)) => {
+                let now = crate::ipc::shm::unix_time_ns() as i64;
+                gap_line(&r.gap_record(last_ts, now), &mut out);
+                strings = open_strings(dir, r.new_epoch);
             }
-            ReadOutcome::Empty => {
+            Follow::Event(FollowEvent::WriterState(st)) => {
+                tracing::info!(?st, "ring writer state changed");
+            }
+            Follow::Empty => {
                 if !out.is_empty() && flush(w, &mut out)? {
                     return Ok(());
-                }
-                idle_polls += 1;
-                if idle_polls.is_multiple_of(50) {
-                    let now = crate::ipc::shm::unix_time_ns();
-                    if let WriterStatus::Replaced = reader.writer_status(now, 5_000_000_000)
-                        && reader.reopen(StartAt::Oldest).is_ok()
-                    {
-                        gap_line(GapReason::WriterRestart, 0, 0, &mut out);
-                        strings = open_strings(dir, reader.info().epoch);
-                    }
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -300,6 +303,67 @@ mod tests {
         assert_eq!(seqs, [1, 3, 5, 7, 9]);
         assert!(lines.iter().all(|l| l["tt"] == "mid_point"));
         drop(w);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn follows_a_killed_engine_to_its_new_ring_with_the_open_ended_restart_gap() {
+        let dir =
+            std::env::temp_dir().join(format!("ib-stream-tail-restart-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join(ib_stream_ipc::RING_FILE_NAME);
+        let opts = crate::ipc::ShmOptions::default();
+        let mut w = crate::ipc::RingWriter::create(&path, 64, &opts).unwrap();
+        for _ in 0..3 {
+            w.publish(&rec(RecordKind::TbtLast, 7));
+        }
+        let reg_path = dir.join(ib_stream_ipc::READERS_FILE_NAME);
+        let swapper = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                // Once tail has read all three (its registry slot says so), the engine is
+                // killed (no clean stop) and a new one starts.
+                for _ in 0..5000 {
+                    let read = crate::ipc::ReaderRegistry::open(&reg_path)
+                        .ok()
+                        .is_some_and(|r| r.entries().iter().any(|e| e.position == 4));
+                    if read {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                w.abandon();
+                let mut w2 = crate::ipc::RingWriter::create(&path, 64, &opts).unwrap();
+                w2.publish(&rec(RecordKind::TbtLast, 7));
+                w2
+            })
+        };
+        let args = TailArgs {
+            con_ids: vec![],
+            kinds: vec![],
+            oldest: true,
+            count: Some(4),
+            seconds: Some(20.0),
+            wait: 1.0,
+        };
+        let mut out = Vec::new();
+        run(&dir, &args, &mut out).unwrap();
+        let w2 = swapper.join().unwrap();
+        let lines: Vec<serde_json::Value> = out
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 1]);
+        let g = &lines[3];
+        assert_eq!(g["tt"], "gap");
+        assert_eq!(g["r"], "writer_restart");
+        assert_eq!(g["from"], 4, "the old run is lost from its last record on");
+        // Open-ended: UNDEF (i64::MAX), the stored format's "to the end of the run".
+        assert_eq!(g["to"].as_i64(), Some(crate::ipc::UNDEF_I64), "{g}");
+        drop(w2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -336,6 +336,11 @@ impl Env {
         .await
     }
 
+    /// The SSE id (resume token) of sequence `seq` of the current writer's run.
+    pub fn id(&self, seq: u64) -> String {
+        format!("{:016x}-{seq}", self.writer.info().epoch)
+    }
+
     pub fn publish(&mut self, rec: Record) -> Record {
         let seq = self.writer.publish(&rec);
         Record { seq, ..rec }
@@ -525,6 +530,8 @@ pub struct Recorded {
     pub through: std::sync::atomic::AtomicU64,
     /// The (first, last) sequences asked for.
     pub asked: Mutex<Vec<(u64, u64)>>,
+    /// The ring epoch of each of `ticks`.
+    pub epochs: Mutex<Vec<u64>>,
 }
 
 impl Default for Recorded {
@@ -533,12 +540,14 @@ impl Default for Recorded {
             ticks: Mutex::default(),
             through: std::sync::atomic::AtomicU64::new(u64::MAX),
             asked: Mutex::default(),
+            epochs: Mutex::default(),
         }
     }
 }
 
 impl Recorded {
     pub fn record(&self, env: &Env, rec: &Record) {
+        self.epochs.lock().unwrap().push(env.writer.info().epoch);
         self.ticks.lock().unwrap().push((
             rec.seq,
             rec.instrument_id,
@@ -568,7 +577,14 @@ impl HistorySource for Recorded {
             .through
             .load(std::sync::atomic::Ordering::Relaxed)
             .min(q.last_seq);
-        let ticks = self.ticks.lock().unwrap();
+        let all = self.ticks.lock().unwrap();
+        let epochs = self.epochs.lock().unwrap();
+        let ticks: Vec<_> = all
+            .iter()
+            .zip(epochs.iter())
+            .filter(|(_, e)| **e == q.epoch)
+            .map(|(t, _)| t.clone())
+            .collect();
         let items: Vec<SeqItem> = ticks
             .iter()
             .filter(|(s, c, ts, _)| {
@@ -592,5 +608,21 @@ impl HistorySource for Recorded {
             items,
             through: through.max(q.first_seq - 1),
         }))
+    }
+
+    fn epochs_since(
+        &self,
+        con_id: u32,
+        _tick_types: &[ib_stream::serve::params::TickType],
+        start_ns: i64,
+    ) -> Result<Vec<u64>, ib_stream::serve::HistoryError> {
+        let ticks = self.ticks.lock().unwrap();
+        let mut out = Vec::new();
+        for ((_, c, ts, _), e) in ticks.iter().zip(self.epochs.lock().unwrap().iter()) {
+            if *c == con_id && *ts >= start_ns && !out.contains(e) {
+                out.push(*e);
+            }
+        }
+        Ok(out)
     }
 }

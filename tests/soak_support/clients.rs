@@ -278,6 +278,7 @@ pub fn spawn_ws_resumer(
                 connect_failures: 0,
             };
             let mut after: Option<u64> = None;
+            let mut run: Option<String> = None;
             let url = format!("ws://127.0.0.1:{port}/v3/ws");
             while !stop.load(Ordering::Relaxed) {
                 let Ok(Ok((mut ws, _))) = tokio::time::timeout(
@@ -293,8 +294,13 @@ pub fn spawn_ws_resumer(
                 let mut sub = serde_json::json!({
                     "type": "subscribe", "id": 1, "contract_id": con_id, "tick_types": kinds,
                 });
+                // The resume token names the engine run (`<epoch>-<seq>`): the run comes from
+                // `stream_start`, `history_epoch`, `live` and `gap{writer_restart}.new_epoch`.
                 if let Some(a) = after {
-                    sub["after_seq"] = a.into();
+                    sub["after_seq"] = match &run {
+                        Some(e) => format!("{e}-{a}").into(),
+                        None => a.into(),
+                    };
                 }
                 if ws.send(Message::text(sub.to_string())).await.is_err() {
                     continue;
@@ -321,6 +327,30 @@ pub fn spawn_ws_resumer(
                             resumed_after: after.map(|a| a.to_string()),
                         });
                         continue;
+                    }
+                    match (v["type"].as_str(), v["status"].as_str()) {
+                        // A fresh stream starts in the current run; a resumed one stays in its
+                        // resume point's run until the server says otherwise.
+                        (Some("info"), Some("stream_start")) if after.is_none() => {
+                            run = v["epoch"].as_str().map(str::to_string);
+                        }
+                        (Some("info"), Some("history_epoch" | "live")) => {
+                            if let Some(e) = v["epoch"].as_str() {
+                                run = Some(e.to_string());
+                            }
+                        }
+                        (Some("info"), Some("resume_unavailable")) => {
+                            // Live in the current run from here: nothing of it seen yet.
+                            after = None;
+                            run = v["epoch"].as_str().map(str::to_string);
+                        }
+                        (Some("gap"), _) if v["reason"] == "writer_restart" => {
+                            if let Some(e) = v["new_epoch"].as_str() {
+                                run = Some(e.to_string());
+                                after = Some(0);
+                            }
+                        }
+                        _ => {}
                     }
                     match classify(&v) {
                         Some(Seen::Tick { seq, .. }) => after = Some(seq),
