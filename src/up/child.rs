@@ -2,7 +2,7 @@
 //! reaches only `up`, which stops the children in order), copying its output to its log file
 //! (and to the terminal with a prefix), and signalling it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -57,12 +57,9 @@ pub fn spawn(spec: &ChildSpec, log_dir: &Path, echo: bool) -> Result<Running, Sp
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(log_dir).map_err(log_err)?;
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(log_err)?;
+    // 0600 in a 0700 directory: logs quote contracts, accounts and errors.
+    crate::storage::private_fs::create_private_dir_all(log_dir).map_err(log_err)?;
+    let mut file = crate::storage::private_fs::open_private_append(&path).map_err(log_err)?;
     writeln!(
         file,
         "=== ib-stream up: starting {} {} ===",
