@@ -394,6 +394,16 @@ impl BinaryReader {
     /// each probe verified: a damaged probe narrows the search downwards (reading from
     /// earlier is always correct; a damaged value must not send the search past records).
     fn lower_bound(&mut self, before: impl Fn(&Record) -> bool) -> Result<u64, QueryError> {
+        // Reading from the start is always correct, so an unverified first record may say
+        // that there is nothing to skip (a whole-file read saves the search).
+        let mut first = [0u8; RECORD_SIZE];
+        if self.n == 0
+            || (read_up_to(&self.file, &mut first, HEADER_LEN as u64).map_err(self.io())?
+                == RECORD_SIZE
+                && !before(&record_of(&first)))
+        {
+            return Ok(0);
+        }
         let (mut lo, mut hi) = (0u64, self.n.div_ceil(self.block));
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
