@@ -253,7 +253,7 @@ fn a_full_last_block_cut_short_ends_before_that_block() {
     // every 7th byte between (a full block is 16 KiB).
     let near = |c: u64| {
         let r = (c - 64) % 64;
-        c < 64 + 257 * 64 || c > 64 + 511 * 64 || r <= 1 || r == 63 || c % 7 == 0
+        !(64 + 257 * 64..=64 + 511 * 64).contains(&c) || r <= 1 || r == 63 || c.is_multiple_of(7)
     };
     cut_binary(512, true, near, |cut| {
         if cut >= 64 + 512 * 64 {
@@ -269,7 +269,7 @@ fn an_open_file_is_read_up_to_its_last_whole_record() {
     // Not closed: the last 88 records have no checksum yet (the recorder's open tail).
     let near = |c: u64| {
         let r = (c - 64) % 64;
-        r <= 1 || r == 63 || c % 5 == 0
+        r <= 1 || r == 63 || c.is_multiple_of(5)
     };
     cut_binary(600, false, near, whole);
 }
@@ -319,7 +319,7 @@ fn a_strings_sidecar_without_its_header_yet_is_no_error() {
     let side = sidecar_path(&bin, "strings");
     for cut in 0..16 {
         std::fs::write(&bin, &std::fs::read(&bin).unwrap()[..64]).unwrap();
-        std::fs::write(&side, &vec![0u8; cut]).unwrap();
+        std::fs::write(&side, vec![0u8; cut]).unwrap();
         assert!(by_time(&root.0, Format::Binary).is_empty());
         assert!(by_seq(&root.0, Format::Binary).is_empty());
     }

@@ -367,6 +367,8 @@ fn stats(root: &Path, only: Option<Format>, out: &mut impl Write) -> Result<(), 
             };
             if seg.key.stream == Stream::System {
                 let recs = match format {
+                    // A file just created (its header not written yet) holds nothing.
+                    Format::Binary if n == 0 => Vec::new(),
                     Format::Binary => BinarySegment::read(&seg.path)?.records,
                     Format::Jsonl => {
                         let j = JsonlSegment::read(&seg.path)?;

@@ -143,8 +143,12 @@ impl fmt::Display for Damage {
         if let Some((seq, ts)) = self.after {
             write!(f, "; after seq {seq} (ts_recv {ts} ns)")?;
         }
-        if let Some((seq, ts)) = self.until {
-            write!(f, "; before seq {seq} (ts_recv {ts} ns)")?;
+        match (self.until, &self.kind) {
+            (Some((seq, ts)), DamageKind::Line { .. }) => {
+                write!(f, "; its prefix says seq {seq} (ts_recv {ts} ns)")?
+            }
+            (Some((seq, ts)), _) => write!(f, "; before seq {seq} (ts_recv {ts} ns)")?,
+            (None, _) => {}
         }
         Ok(())
     }
