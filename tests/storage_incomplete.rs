@@ -341,13 +341,17 @@ fn reads_while_a_writer_appends_see_a_prefix_and_never_fail() {
     let want: Vec<String> = recs.iter().map(|r| json_of(r, &strings)).collect();
     let done = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
+    // Full read passes done by the reader: the writer waits for two after creating files,
+    // so that a read meets files created and not written yet (no timing involved).
+    let passes = Arc::new(AtomicU64::new(0));
     let writer = {
-        let (root, recs, strings, done, written) = (
+        let (root, recs, strings, done, written, passes) = (
             root.0.clone(),
             recs.clone(),
             strings.clone(),
             done.clone(),
             written.clone(),
+            passes.clone(),
         );
         std::thread::spawn(move || {
             let mut cur: Option<(SegmentKey, BinarySegmentWriter, JsonlSegmentWriter)> = None;
@@ -361,13 +365,18 @@ fn reads_while_a_writer_appends_see_a_prefix_and_never_fail() {
                     b.close(false).unwrap();
                     j.close(false).unwrap();
                 }
-                let (_, b, j) = cur.get_or_insert_with(|| {
-                    (
+                if cur.is_none() {
+                    cur = Some((
                         key,
                         BinarySegmentWriter::open(&root, key, T0).unwrap(),
                         JsonlSegmentWriter::open(&root, key).unwrap(),
-                    )
-                });
+                    ));
+                    let seen = passes.load(Ordering::Acquire);
+                    while passes.load(Ordering::Acquire) < seen + 2 {
+                        std::thread::yield_now();
+                    }
+                }
+                let (_, b, j) = cur.as_mut().unwrap();
                 b.push(r, &strings).unwrap();
                 j.push(r, &strings);
                 if i % 37 == 36 {
@@ -401,6 +410,7 @@ fn reads_while_a_writer_appends_see_a_prefix_and_never_fail() {
             }
         }
         reads += 1;
+        passes.fetch_add(1, Ordering::Release);
         if finished {
             break;
         }
