@@ -364,12 +364,20 @@ fn validate_pinpoints_a_changed_record_and_repair_cuts_torn_tails() {
         .lines()
         .find(|l| l.contains("PROBLEM"))
         .unwrap_or_else(|| panic!("{out}"));
+    let (head, tail) = line.split_once("; ").unwrap();
     assert_eq!(
-        line,
+        head,
         format!(
             "binary: PROBLEM {}: block 1 (records 256..=511, bytes 16448..32832): checksum mismatch: the records of this block were changed on disk",
             bin.display()
         )
+    );
+    // The JSON Lines file of the same hour still has those records.
+    assert!(
+        tail.starts_with("the jsonl copy ")
+            && tail.contains("holds these 256 records (seq ")
+            && tail.ends_with("intact: a repair source"),
+        "{tail}"
     );
     assert!(out.ends_with("INVALID\n"));
     assert!(

@@ -248,7 +248,8 @@ impl Recorder {
     /// Opens the ring (waiting for it), repairs storage to the checkpoint and positions the
     /// reader right after it. `stop` ends the wait early.
     pub fn start(cfg: RecorderConfig, stop: &AtomicBool) -> Result<Recorder, RecorderError> {
-        std::fs::create_dir_all(&cfg.storage_root)
+        // 0700 (tightened when older): history is readable by this user only.
+        crate::storage::private_fs::create_private_dir_all(&cfg.storage_root)
             .map_err(|e| StorageError::io(&cfg.storage_root, e))?;
         let lock = WriterLock::acquire(&cfg.storage_root.join("recorder"), &ShmOptions::default())?;
         let ckpt = Checkpoint::load(&cfg.storage_root)?;

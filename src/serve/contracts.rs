@@ -103,13 +103,16 @@ impl ContractCache {
 
     /// Stores an answer (temporary file, then rename: readers never see half a file).
     pub async fn put(&self, key: &str, result: &Value) -> std::io::Result<Cached> {
-        tokio::fs::create_dir_all(&self.dir).await?;
         let fetched_at = now_ns() / 1000;
         let body = serde_json::to_vec(&json!({"fetched_at": fetched_at, "result": result}))
             .map_err(std::io::Error::other)?;
-        let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
-        tokio::fs::write(&tmp, body).await?;
-        tokio::fs::rename(&tmp, self.path(key)).await?;
+        // 0600 in a 0700 directory (private_fs), written aside then renamed.
+        let path = self.path(key);
+        tokio::task::spawn_blocking(move || {
+            crate::storage::private_fs::write_private_atomic(&path, &body, false)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         Ok(Cached {
             result: result.clone(),
             fetched_at,

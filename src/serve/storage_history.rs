@@ -10,7 +10,9 @@ use super::history::{
 use super::messages::GapInfo;
 use super::params::TickType;
 use crate::storage::query::seq::{SeqIter, SeqRange, epochs_from, stored_through};
-use crate::storage::query::{Cursor, Query, QueryError, QueryIter, default_format};
+use crate::storage::query::{
+    Cursor, Damage, DamageKind, Query, QueryError, QueryIter, default_format,
+};
 use crate::tickjson;
 use ib_stream_ipc::RecordKind;
 
@@ -64,12 +66,23 @@ impl HistorySource for StorageHistory {
         }
         let mut it = QueryIter::new(&self.root, &query).map_err(storage_err)?;
         let mut ticks = Vec::new();
+        let mut records = 0usize;
         let mut line = Vec::with_capacity(160);
-        while it.next_json(&mut line).map_err(storage_err)?.is_some() {
-            ticks.push(Bytes::from(std::mem::take(&mut line)));
+        loop {
+            match it.next_json(&mut line) {
+                Ok(Some(_)) => {
+                    ticks.push(Bytes::from(std::mem::take(&mut line)));
+                    records += 1;
+                }
+                Ok(None) => break,
+                // A damaged block or line: a `gap` item with reason `corrupt_*` in its place
+                // (docs/PROTOCOL.md), never its records; the page goes on after it.
+                Err(QueryError::Damaged(d)) => ticks.push(Bytes::from(d.to_json())),
+                Err(e) => return Err(storage_err(e)),
+            }
         }
         // A full page may have more behind it; a short one is the end of the range.
-        let next_cursor = (ticks.len() >= q.limit)
+        let next_cursor = (records >= q.limit)
             .then(|| it.cursor().map(|c| c.to_string()))
             .flatten();
         Ok(HistoryPage { ticks, next_cursor })
@@ -105,7 +118,17 @@ impl HistorySource for StorageHistory {
         let mut it = SeqIter::new(&self.root, &range).map_err(storage_err)?;
         let mut items = Vec::new();
         let mut line = Vec::with_capacity(160);
-        while let Some(rec) = it.next_record().map_err(storage_err)? {
+        loop {
+            let rec = match it.next_record() {
+                Ok(Some(rec)) => rec,
+                Ok(None) => break,
+                Err(QueryError::Damaged(d)) => {
+                    // Said as a gap (reason `corrupt_*`): the records it held are not served.
+                    items.push(damage_gap(&d, q.first_seq));
+                    continue;
+                }
+                Err(e) => return Err(storage_err(e)),
+            };
             if rec.kind == RecordKind::Gap as u8 {
                 let b = rec.body;
                 // `UNDEF` as the last sequence: to the end of the run (a killed engine's
@@ -166,6 +189,31 @@ impl HistorySource for StorageHistory {
             .into_iter()
             .map(|e| e.epoch)
             .collect())
+    }
+}
+
+/// A damaged part of storage as a gap item: the sequences it may cover (from the intact
+/// records around it, 0 when unknown) and the receive times around it.
+fn damage_gap(d: &Damage, first_seq: u64) -> SeqItem {
+    let from = d.after.map_or(0, |(s, _)| s + 1);
+    let to = d.until.map_or(0, |(s, _)| match d.kind {
+        DamageKind::Line { .. } => s,
+        _ => s.saturating_sub(1),
+    });
+    SeqItem::Gap {
+        seq: if from > 0 { from } else { first_seq },
+        info: GapInfo {
+            reason: d.reason(),
+            first_seq: from,
+            last_seq: to,
+            count: if from > 0 && to >= from {
+                to - from + 1
+            } else {
+                0
+            },
+            t0_ns: d.after.map_or(0, |(_, t)| t),
+            t1_ns: d.until.map_or(0, |(_, t)| t),
+        },
     }
 }
 

@@ -6,8 +6,7 @@
 //! the file back to it after an error, so a file never keeps half of a failed window, and
 //! [`AppendFile::commit_window`] makes the written bytes the new base.
 
-use std::fs::{File, OpenOptions};
-use std::io::ErrorKind;
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -31,22 +30,8 @@ impl AppendFile {
     /// Opens `path` for appending at its current end, creating it (and its directory) when
     /// missing. Returns the file and whether it was created.
     pub fn open(path: &Path) -> std::io::Result<(AppendFile, bool)> {
-        let (file, created) = match OpenOptions::new().read(true).write(true).open(path) {
-            Ok(f) => (f, false),
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(path)?;
-                (f, true)
-            }
-            Err(e) => return Err(e),
-        };
+        // 0600 in 0700 directories, tightened when older and looser (see private_fs).
+        let (file, created) = super::private_fs::open_private_rw(path)?;
         let len = file.metadata()?.len();
         Ok((
             AppendFile {

@@ -6,7 +6,6 @@
 //! a format still owes (`failed`: it could not write, and will write the gap when it can).
 //! Anything in the files beyond that is cut off on restart (see [`super::repair`]).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -135,19 +134,8 @@ pub fn write_atomic(
     bytes: &[u8],
     durable: bool,
 ) -> Result<(), StorageError> {
-    let res = (|| {
-        let mut f = std::fs::File::create(tmp)?;
-        f.write_all(bytes)?;
-        if durable {
-            f.sync_data()?;
-        }
-        drop(f);
-        std::fs::rename(tmp, path)?;
-        if durable && let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
+    // Private (0600) whatever the umask: see private_fs.
+    let res = super::private_fs::replace_via(tmp, path, bytes, durable);
     res.map_err(|e: std::io::Error| StorageError::io(path, e))
 }
 

@@ -95,6 +95,12 @@ pub struct ExportArgs {
     /// Format to read (default: binary when present).
     #[arg(long, value_parser = parse_format)]
     pub from: Option<Format>,
+    /// Skip damaged parts (a binary block whose checksum fails, a binary header that is not
+    /// intact, a JSON line that does not decode), report each on stderr (file and block or
+    /// line) with a count at the end, and exit 0. Without it the export stops at the first
+    /// one with the report and a non-zero exit (what was read before it is written).
+    #[arg(long)]
+    pub skip_bad: bool,
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
@@ -361,6 +367,8 @@ fn stats(root: &Path, only: Option<Format>, out: &mut impl Write) -> Result<(), 
             };
             if seg.key.stream == Stream::System {
                 let recs = match format {
+                    // A file just created (its header not written yet) holds nothing.
+                    Format::Binary if n == 0 => Vec::new(),
                     Format::Binary => BinarySegment::read(&seg.path)?.records,
                     Format::Jsonl => {
                         let j = JsonlSegment::read(&seg.path)?;
@@ -528,6 +536,9 @@ pub fn csv_row(r: &Record, strings: &dyn StringLookup, out: &mut Vec<u8>) {
     out.extend_from_slice(set.join("|").as_bytes());
 }
 
+/// Damaged parts `export --skip-bad` names one by one (the rest are counted).
+const MAX_SKIP_REPORTS: u64 = 100;
+
 fn export(root: &Path, a: &ExportArgs, out: &mut impl Write) -> Result<(), CliError> {
     let csv = match a.format.as_str() {
         "jsonl" | "json" => false,
@@ -560,17 +571,37 @@ fn export(root: &Path, a: &ExportArgs, out: &mut impl Write) -> Result<(), CliEr
     }
     let mut p = Progress::new();
     let mut n = 0u64;
+    let mut skipped = 0u64;
     loop {
-        let rec = if csv {
-            match it.next_record()? {
-                Some(r) => {
-                    csv_row(&r, it.strings(), &mut buf);
-                    Some(r)
+        let next = if csv {
+            it.next_record().inspect(|r| {
+                if let Some(r) = r {
+                    csv_row(r, it.strings(), &mut buf);
                 }
-                None => None,
-            }
+            })
         } else {
-            it.next_json(&mut buf)?
+            it.next_json(&mut buf)
+        };
+        let rec = match next {
+            Ok(r) => r,
+            Err(QueryError::Damaged(d)) if a.skip_bad => {
+                skipped += 1;
+                if skipped <= MAX_SKIP_REPORTS {
+                    eprintln!("export: skipped {d}");
+                }
+                continue;
+            }
+            Err(e @ QueryError::Damaged(_)) => {
+                // What came before the damage is good: write it, then fail.
+                out.write_all(&buf)?;
+                out.flush()?;
+                eprintln!("export: {e}");
+                eprintln!(
+                    "export: stopped ({n} records written); --skip-bad skips damaged parts and reports them"
+                );
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
         };
         if rec.is_none() {
             break;
@@ -584,6 +615,15 @@ fn export(root: &Path, a: &ExportArgs, out: &mut impl Write) -> Result<(), CliEr
         }
     }
     out.write_all(&buf)?;
+    if skipped > 0 {
+        if skipped > MAX_SKIP_REPORTS {
+            eprintln!(
+                "export: ... {} more damaged parts",
+                skipped - MAX_SKIP_REPORTS
+            );
+        }
+        eprintln!("export: {n} records written, {skipped} damaged parts skipped");
+    }
     if a.limit.is_some_and(|l| n == l)
         && let Some(c) = it.cursor()
     {

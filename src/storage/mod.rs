@@ -7,6 +7,8 @@
 //! - [`jsonl`]: compact JSON Lines, one [`crate::tickjson`] line per record.
 //! - [`append`]: append-only files with all-or-nothing flush windows (rollback on error).
 //! - [`checkpoint`]: the recorder's atomic checkpoint.
+//! - [`private_fs`]: the owner-only permissions (0600 files, 0700 directories) of everything
+//!   written under the storage path.
 //! - [`repair`]: torn-tail repair and truncation to a checkpoint.
 //! - [`retention`]: deleting expired hours.
 //! - [`validate`]: integrity and completeness checks (what `storage validate` runs).
@@ -18,6 +20,7 @@ pub mod cli;
 pub mod import;
 pub mod jsonl;
 pub mod layout;
+pub mod private_fs;
 pub mod query;
 pub mod repair;
 pub mod retention;

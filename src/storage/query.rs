@@ -12,8 +12,11 @@
 //! of records returned are ids of the query's own table ([`QueryIter::strings`]): binary
 //! segments' sidecar ids are mapped into it, JSON Lines strings interned into it.
 
+pub mod damage;
 pub mod seq;
 pub mod time;
+
+pub use damage::{Damage, DamageKind};
 
 use std::fmt;
 use std::fs::File;
@@ -25,8 +28,9 @@ use std::str::FromStr;
 use ib_stream_ipc::{RECORD_SIZE, Record, RecordKind};
 
 use super::StorageError;
-use super::binary::{BinaryHeader, HEADER_LEN, read_strings};
+use super::binary::{BinaryHeader, HEADER_LEN, sidecar_path};
 use super::layout::{Format, HOUR_NS, Stream, list_segments};
+use super::strings_file;
 use crate::tickjson::{self, LocalStrings, StringIntern};
 
 /// Records read per `pread` from a binary segment (128 KiB).
@@ -47,6 +51,10 @@ pub enum QueryError {
     /// A kind name this build does not know.
     #[error("unknown kind {0:?}")]
     BadKind(String),
+    /// A damaged block, header or line (see [`damage`]): its records are not returned. The
+    /// iterator that returned it can go on: its next call continues after the damage.
+    #[error("{0}")]
+    Damaged(Box<Damage>),
 }
 
 /// A position in a query's order: the record with this key and everything before it have been
@@ -221,80 +229,288 @@ impl Filter {
     }
 }
 
-/// Reads one binary segment from a time on, a chunk at a time.
+/// Reads one binary segment from a block on, a chunk at a time, verifying every block that
+/// has a checksum entry before serving its records.
+///
+/// What a reader of a file the recorder may be appending to sees, and does:
+/// - fewer than 64 bytes: the header is not written yet, the file holds nothing;
+/// - bytes after the last whole record: a record being written, not read;
+/// - a complete block (B records) with a checksum entry: verified; a mismatch is a
+///   [`DamageKind::Block`] and none of its records is served;
+/// - the last block with an entry but fewer records than B (a closed file's last block, or
+///   a reopened one being appended to): served when a prefix of it matches the entry (the
+///   records after that prefix are new ones), otherwise the file was cut short there: the
+///   end of what is stored, nothing of that block is served;
+/// - records after the last entry (the open tail the recorder checksums when the block fills
+///   or the file closes): served unchecked, as no checksum exists for them yet.
+///
+/// The `.crc` sidecar is read before the data length and the strings after it: the recorder
+/// writes strings, then records, then checksums, so every entry read covers records present
+/// and every string a record read refers to is present.
 #[derive(Debug)]
 struct BinaryReader {
     path: PathBuf,
     file: File,
-    /// Records in the file.
+    /// Records in the file (whole ones, as of opening; less if it shrank meanwhile).
     n: u64,
-    /// Next record index to read from the file.
+    /// Records per checksum block.
+    block: u64,
+    /// The `.crc` entries as of opening.
+    crcs: Vec<u32>,
+    /// Next record index to load (a block start).
     next: u64,
     buf: Vec<Record>,
     pos: usize,
+    /// Damaged blocks of the loaded chunk, with the position in `buf` where their records
+    /// would have been.
+    damage: std::collections::VecDeque<(usize, Damage)>,
+    /// The last record loaded: `(seq, ts_recv)`.
+    last_loaded: Option<(u64, i64)>,
     /// Sidecar id to query string id.
     remap: Vec<(u32, u32)>,
     bytes: Vec<u8>,
 }
 
+/// Reads into `buf` at `offset` until it is full or the file ends; returns the bytes read.
+fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+fn record_of(b: &[u8]) -> Record {
+    let mut a = [0u8; RECORD_SIZE];
+    a.copy_from_slice(&b[..RECORD_SIZE]);
+    Record::from_bytes_array(&a)
+}
+
 impl BinaryReader {
-    fn open(
-        path: &Path,
-        start_ns: i64,
-        sorted: bool,
-        strings: &mut LocalStrings,
-    ) -> Result<BinaryReader, StorageError> {
-        let io = |e| StorageError::io(path, e);
-        let file = File::open(path).map_err(io)?;
-        let mut h = [0u8; HEADER_LEN];
-        file.read_exact_at(&mut h, 0).map_err(io)?;
-        BinaryHeader::parse(&h, path)?;
+    /// Opens the segment at `path`; `Ok(None)` when it holds nothing yet (or is gone).
+    fn open(path: &Path, strings: &mut LocalStrings) -> Result<Option<BinaryReader>, QueryError> {
+        let io = |e| QueryError::Storage(StorageError::io(path, e));
+        let file = match File::open(path) {
+            Ok(f) => f,
+            // Deleted by retention since it was listed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let crc_path = sidecar_path(path, "crc");
+        let crcs: Vec<u32> = match std::fs::read(&crc_path) {
+            Ok(b) => b
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(QueryError::Storage(StorageError::io(crc_path, e))),
+        };
         let len = file.metadata().map_err(io)?.len();
-        let n = len.saturating_sub(HEADER_LEN as u64) / RECORD_SIZE as u64;
-        let mut r = BinaryReader {
+        let mut h = [0u8; HEADER_LEN];
+        if len < HEADER_LEN as u64 || read_up_to(&file, &mut h, 0).map_err(io)? < HEADER_LEN {
+            // Created, header not written yet: nothing stored in it so far.
+            return Ok(None);
+        }
+        let header = match BinaryHeader::parse(&h, path) {
+            Ok(h) => h,
+            Err(StorageError::Corrupt { what, .. }) => {
+                return Err(QueryError::Damaged(Box::new(Damage {
+                    path: path.to_path_buf(),
+                    kind: DamageKind::Header { reason: what },
+                    after: None,
+                    until: None,
+                })));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let fs = match strings_file::read(&sidecar_path(path, "strings")) {
+            Ok(fs) => fs.unwrap_or_default(),
+            // Created, its header not written yet: no record read refers to it.
+            Err(_)
+                if std::fs::metadata(sidecar_path(path, "strings"))
+                    .is_ok_and(|m| m.len() < strings_file::STRINGS_FILE_HEADER_LEN as u64) =>
+            {
+                Default::default()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut ids: Vec<_> = fs.strings.iter().collect();
+        ids.sort_by_key(|(id, _)| **id);
+        Ok(Some(BinaryReader {
             path: path.to_path_buf(),
             file,
-            n,
+            n: (len - HEADER_LEN as u64) / RECORD_SIZE as u64,
+            block: u64::from(header.crc_block_records),
+            crcs,
             next: 0,
             buf: Vec::with_capacity(CHUNK_RECORDS),
             pos: 0,
-            remap: Vec::new(),
+            damage: Default::default(),
+            last_loaded: None,
+            remap: ids
+                .into_iter()
+                .map(|(id, s)| (*id, strings.intern(s)))
+                .collect(),
             bytes: Vec::new(),
-        };
-        if sorted {
-            r.next = r.lower_bound_ts(start_ns)?;
+        }))
+    }
+
+    fn io(&self) -> impl FnOnce(std::io::Error) -> QueryError + '_ {
+        move |e| QueryError::Storage(StorageError::io(&self.path, e))
+    }
+
+    /// The last record of block `b` when it can be used to decide a search: verified when
+    /// it is complete and has a checksum entry; `None` when it fails (or cannot be read).
+    fn probe_block(&mut self, b: u64) -> Result<Option<Record>, QueryError> {
+        let start = b * self.block;
+        let end = (start + self.block).min(self.n);
+        if end <= start {
+            return Ok(None);
         }
-        let fs = read_strings(path)?;
-        let mut ids: Vec<_> = fs.strings.iter().collect();
-        ids.sort_by_key(|(id, _)| **id);
-        r.remap = ids
-            .into_iter()
-            .map(|(id, s)| (*id, strings.intern(s)))
-            .collect();
-        Ok(r)
+        let mut bytes = std::mem::take(&mut self.bytes);
+        bytes.resize((end - start) as usize * RECORD_SIZE, 0);
+        let got = read_up_to(
+            &self.file,
+            &mut bytes,
+            HEADER_LEN as u64 + start * RECORD_SIZE as u64,
+        )
+        .map_err(self.io())?;
+        let ok = got == bytes.len()
+            && !(end - start == self.block
+                && (b as usize) < self.crcs.len()
+                && crc32fast::hash(&bytes) != self.crcs[b as usize]);
+        let last = ok.then(|| record_of(&bytes[bytes.len() - RECORD_SIZE..]));
+        self.bytes = bytes;
+        Ok(last)
     }
 
-    fn record_at(&self, i: u64) -> Result<Record, StorageError> {
-        let mut b = [0u8; RECORD_SIZE];
-        self.file
-            .read_exact_at(&mut b, HEADER_LEN as u64 + i * RECORD_SIZE as u64)
-            .map_err(|e| StorageError::io(&self.path, e))?;
-        Ok(Record::from_bytes_array(&b))
-    }
-
-    /// Index of the first record with `ts_recv >= ts_ns`, by binary search with one `pread`
-    /// per step (the file is never read whole).
-    fn lower_bound_ts(&self, ts_ns: i64) -> Result<u64, StorageError> {
-        let (mut lo, mut hi) = (0u64, self.n);
+    /// The start of the first block that may hold a record with `!before(record)` (records
+    /// in file order, `before` true for a prefix of them), by binary search over blocks,
+    /// each probe verified: a damaged probe narrows the search downwards (reading from
+    /// earlier is always correct; a damaged value must not send the search past records).
+    fn lower_bound(&mut self, before: impl Fn(&Record) -> bool) -> Result<u64, QueryError> {
+        // Reading from the start is always correct, so an unverified first record may say
+        // that there is nothing to skip (a whole-file read saves the search).
+        let mut first = [0u8; RECORD_SIZE];
+        if self.n == 0
+            || (read_up_to(&self.file, &mut first, HEADER_LEN as u64).map_err(self.io())?
+                == RECORD_SIZE
+                && !before(&record_of(&first)))
+        {
+            return Ok(0);
+        }
+        let (mut lo, mut hi) = (0u64, self.n.div_ceil(self.block));
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if self.record_at(mid)?.ts_recv < ts_ns {
-                lo = mid + 1;
-            } else {
-                hi = mid;
+            match self.probe_block(mid)? {
+                Some(last) if before(&last) => lo = mid + 1,
+                _ => hi = mid,
             }
         }
-        Ok(lo)
+        Ok(lo * self.block)
+    }
+
+    /// Loads the next chunk; `false` at the end of what is stored.
+    fn load_chunk(&mut self, stats: &mut QueryStats) -> Result<bool, QueryError> {
+        self.buf.clear();
+        self.pos = 0;
+        if self.next >= self.n {
+            return Ok(false);
+        }
+        let per_chunk = (CHUNK_RECORDS as u64 / self.block).max(1) * self.block;
+        let count = (self.n - self.next).min(per_chunk);
+        let mut bytes = std::mem::take(&mut self.bytes);
+        bytes.resize(count as usize * RECORD_SIZE, 0);
+        let got = read_up_to(
+            &self.file,
+            &mut bytes,
+            HEADER_LEN as u64 + self.next * RECORD_SIZE as u64,
+        )
+        .map_err(self.io())?;
+        let got_recs = (got / RECORD_SIZE) as u64;
+        if got_recs < count {
+            // Cut short meanwhile (a rollback or repair): what is there is all there is.
+            self.n = self.next + got_recs;
+        }
+        let mut i = 0u64;
+        while i < got_recs {
+            let idx = self.next + i;
+            let blk = idx / self.block;
+            let avail = ((blk + 1) * self.block).min(self.next + got_recs) - idx;
+            let range = i as usize * RECORD_SIZE..(i + avail) as usize * RECORD_SIZE;
+            let recs = &bytes[range.clone()];
+            let serve = match self.crcs.get(blk as usize) {
+                // The open tail: no checksum yet.
+                None => true,
+                Some(&want) if avail == self.block => {
+                    let ok = crc32fast::hash(recs) == want;
+                    if !ok {
+                        let after_idx = idx + avail;
+                        let until = if after_idx < self.next + got_recs {
+                            Some(record_of(&bytes[range.end..]))
+                        } else if after_idx < self.n {
+                            let mut b = [0u8; RECORD_SIZE];
+                            (read_up_to(
+                                &self.file,
+                                &mut b,
+                                HEADER_LEN as u64 + after_idx * RECORD_SIZE as u64,
+                            )
+                            .map_err(self.io())?
+                                == RECORD_SIZE)
+                                .then(|| record_of(&b))
+                        } else {
+                            None
+                        };
+                        self.damage.push_back((
+                            self.buf.len(),
+                            Damage {
+                                path: self.path.clone(),
+                                kind: DamageKind::Block {
+                                    index: blk,
+                                    offset: HEADER_LEN as u64 + idx * RECORD_SIZE as u64,
+                                    records: avail,
+                                },
+                                after: self.last_loaded,
+                                until: until.map(|r| (r.seq, r.ts_recv)),
+                            },
+                        ));
+                    }
+                    ok
+                }
+                Some(&want) => {
+                    // Shorter than its checksum's block: a prefix matching the entry is
+                    // what was checksummed (later records are new); no prefix matching
+                    // means the file was cut inside the block: the end of what is stored.
+                    let mut h = crc32fast::Hasher::new();
+                    let matched = recs.chunks_exact(RECORD_SIZE).any(|r| {
+                        h.update(r);
+                        h.clone().finalize() == want
+                    });
+                    if !matched {
+                        self.n = idx;
+                        break;
+                    }
+                    true
+                }
+            };
+            if serve {
+                self.buf
+                    .extend(recs.chunks_exact(RECORD_SIZE).map(record_of));
+                stats.records_decoded += avail;
+                if let Some(r) = self.buf.last() {
+                    self.last_loaded = Some((r.seq, r.ts_recv));
+                }
+            }
+            i += avail;
+        }
+        self.next += i;
+        self.bytes = bytes;
+        Ok(!self.buf.is_empty() || !self.damage.is_empty())
     }
 
     fn map_id(&self, id: u32, strings: &mut LocalStrings) -> u32 {
@@ -308,33 +524,25 @@ impl BinaryReader {
         }
     }
 
+    /// The next record; a damaged block is an `Err(QueryError::Damaged)` at its place, after
+    /// which reading goes on.
     fn next(
         &mut self,
         strings: &mut LocalStrings,
         stats: &mut QueryStats,
-    ) -> Result<Option<Record>, StorageError> {
-        if self.pos == self.buf.len() {
-            if self.next >= self.n {
+    ) -> Result<Option<Record>, QueryError> {
+        loop {
+            if self.damage.front().is_some_and(|(p, _)| *p == self.pos)
+                && let Some((_, d)) = self.damage.pop_front()
+            {
+                return Err(QueryError::Damaged(Box::new(d)));
+            }
+            if self.pos < self.buf.len() {
+                break;
+            }
+            if !self.load_chunk(stats)? {
                 return Ok(None);
             }
-            let count = (self.n - self.next).min(CHUNK_RECORDS as u64) as usize;
-            self.bytes.resize(count * RECORD_SIZE, 0);
-            self.file
-                .read_exact_at(
-                    &mut self.bytes,
-                    HEADER_LEN as u64 + self.next * RECORD_SIZE as u64,
-                )
-                .map_err(|e| StorageError::io(&self.path, e))?;
-            self.buf.clear();
-            self.buf
-                .extend(self.bytes.chunks_exact(RECORD_SIZE).map(|c| {
-                    let mut a = [0u8; RECORD_SIZE];
-                    a.copy_from_slice(c);
-                    Record::from_bytes_array(&a)
-                }));
-            self.next += count as u64;
-            self.pos = 0;
-            stats.records_decoded += count as u64;
         }
         let mut r = self.buf[self.pos];
         self.pos += 1;
@@ -376,6 +584,8 @@ struct JsonlReader {
     offset: u64,
     /// Lines with `st` below this are skipped undecoded (only for time-sorted files).
     skip_below_us: Option<i64>,
+    /// `(seq, ts_recv)` of the last line decoded.
+    last_good: Option<(u64, i64)>,
 }
 
 /// Below this many bytes left to search, [`seek_start`] stops and lines are skipped one by one.
@@ -441,14 +651,18 @@ impl JsonlReader {
             line: Vec::with_capacity(256),
             offset,
             skip_below_us: sorted.then_some(start_us),
+            last_good: None,
         })
     }
 
+    /// The next record; a complete line that does not decode is an
+    /// `Err(QueryError::Damaged)`, after which reading goes on with the next line. A last
+    /// line without its `\n` is one being written: the end of what is stored.
     fn next(
         &mut self,
         strings: &mut LocalStrings,
         stats: &mut QueryStats,
-    ) -> Result<Option<Record>, StorageError> {
+    ) -> Result<Option<Record>, QueryError> {
         loop {
             self.line.clear();
             let n = self
@@ -469,12 +683,45 @@ impl JsonlReader {
                 }
             }
             stats.records_decoded += 1;
-            let rec = tickjson::decode(line, strings).map_err(|e| {
-                StorageError::corrupt(&self.path, format!("line at byte {at}: {e}"))
-            })?;
-            return Ok(Some(rec));
+            match tickjson::decode(line, strings) {
+                Ok(rec) => {
+                    self.last_good = Some((rec.seq, rec.ts_recv));
+                    return Ok(Some(rec));
+                }
+                Err(e) => {
+                    let until = super::jsonl::line_seq(line)
+                        .zip(line_st_us(line).map(|us| us.saturating_mul(1000)));
+                    return Err(QueryError::Damaged(Box::new(Damage {
+                        path: self.path.clone(),
+                        kind: DamageKind::Line {
+                            line: line_number(self.reader.get_ref(), at)
+                                .map_err(|e| StorageError::io(&self.path, e))?,
+                            offset: at,
+                            reason: e.to_string(),
+                        },
+                        after: self.last_good,
+                        until,
+                    })));
+                }
+            }
         }
     }
+}
+
+/// The number (from 1) of the line starting at byte `at`: newlines before it, plus one.
+fn line_number(file: &File, at: u64) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut off, mut lines) = (0u64, 1u64);
+    while off < at {
+        let want = (at - off).min(buf.len() as u64) as usize;
+        let n = file.read_at(&mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        off += n as u64;
+    }
+    Ok(lines)
 }
 
 #[derive(Debug)]
@@ -495,6 +742,10 @@ struct Source {
     current: Option<SegmentReader>,
     /// The next record this source returns, with its key.
     head: Option<(Cursor, Record)>,
+    /// Its head was taken (or never read, or reading it failed): read the next one.
+    needs_advance: bool,
+    /// Damage met while reading a system file whole, reported before its records.
+    deferred: std::collections::VecDeque<Damage>,
     done: bool,
 }
 
@@ -509,10 +760,6 @@ pub struct QueryIter {
     strings: LocalStrings,
     stats: QueryStats,
     last: Option<Cursor>,
-    started: bool,
-    /// The source whose head was returned last: advanced on the next call, so that a query
-    /// stopping at its limit reads nothing more.
-    pending: Option<usize>,
 }
 
 impl QueryIter {
@@ -573,6 +820,8 @@ impl QueryIter {
                         files: [seg.path].into(),
                         current: None,
                         head: None,
+                        needs_advance: true,
+                        deferred: Default::default(),
                         done: false,
                     }),
                 }
@@ -587,8 +836,6 @@ impl QueryIter {
             strings: LocalStrings::default(),
             stats: QueryStats::default(),
             last: None,
-            started: false,
-            pending: None,
         })
     }
 
@@ -618,14 +865,14 @@ impl QueryIter {
         if self.remaining == Some(0) {
             return Ok(None);
         }
-        if !self.started {
-            self.started = true;
-            for i in 0..self.sources.len() {
+        // Only the source whose head was returned last is read again, so that a query
+        // stopping at its limit reads nothing more. A source whose read failed (damage) is
+        // read again on the next call and goes on after the damage.
+        for i in 0..self.sources.len() {
+            if self.sources[i].needs_advance {
                 self.advance(i)?;
+                self.sources[i].needs_advance = false;
             }
-        }
-        if let Some(i) = self.pending.take() {
-            self.advance(i)?;
         }
         let mut best: Option<usize> = None;
         for (i, s) in self.sources.iter().enumerate() {
@@ -641,7 +888,7 @@ impl QueryIter {
         let Some((key, rec)) = self.sources[i].head.take() else {
             return Ok(None);
         };
-        self.pending = Some(i);
+        self.sources[i].needs_advance = true;
         self.last = Some(key);
         self.stats.records_returned += 1;
         if let Some(r) = self.remaining.as_mut() {
@@ -659,67 +906,112 @@ impl QueryIter {
         Ok(rec)
     }
 
+    /// Whether damage met in source `i` may hide records this query wants (damage entirely
+    /// before the start, or after the end, is stepped over silently).
+    fn damage_matters(&self, d: &Damage, system: bool) -> bool {
+        let us = |ts: i64| ts.div_euclid(1000);
+        !(d.until.is_some_and(|(_, ts)| us(ts) < self.filter.start_us)
+            || (!system && d.after.is_some_and(|(_, ts)| us(ts) >= self.filter.end_us)))
+    }
+
     /// Moves source `i` to its next wanted record (or marks it done).
     fn advance(&mut self, i: usize) -> Result<(), QueryError> {
-        let s = &mut self.sources[i];
-        while !s.done {
+        loop {
+            let s = &mut self.sources[i];
+            if let Some(d) = s.deferred.pop_front() {
+                if self.damage_matters(&d, true) {
+                    return Err(QueryError::Damaged(Box::new(d)));
+                }
+                continue;
+            }
+            if s.done {
+                break;
+            }
             if s.current.is_none() {
                 let Some(path) = s.files.pop_front() else {
                     s.done = true;
                     break;
                 };
                 self.stats.files_opened += 1;
-                // System files may hold recorder gap records written later than the
-                // records around them: read them whole instead of seeking by time.
-                let sorted = !s.system;
-                s.current = Some(match self.format {
-                    Format::Binary => SegmentReader::Binary(BinaryReader::open(
-                        &path,
-                        self.filter.start_us.saturating_mul(1000),
-                        sorted,
-                        &mut self.strings,
-                    )?),
+                let system = s.system;
+                let reader = match self.format {
+                    Format::Binary => match BinaryReader::open(&path, &mut self.strings)? {
+                        Some(mut r) => {
+                            // System files may hold recorder gap records written later
+                            // than the records around them: read them whole instead of
+                            // seeking by time.
+                            if !system {
+                                let start = self.filter.start_us.saturating_mul(1000);
+                                r.next = r.lower_bound(|rec| rec.ts_recv < start)?;
+                            }
+                            SegmentReader::Binary(r)
+                        }
+                        None => continue,
+                    },
                     Format::Jsonl => SegmentReader::Jsonl(JsonlReader::open(
                         &path,
                         self.filter.start_us,
-                        sorted,
+                        !system,
                     )?),
-                });
-                if s.system {
+                };
+                self.sources[i].current = Some(reader);
+                if system {
                     // A recorder gap record has the receive time of when it was written,
                     // which can be later than records after it in the file. System files
                     // are small (events, not ticks): sort the wanted records by key so the
                     // merge order, and with it cursor paging, stays exact.
                     let mut keep = Vec::new();
+                    let mut deferred = std::collections::VecDeque::new();
                     loop {
-                        let next = match s.current.as_mut() {
+                        let next = match self.sources[i].current.as_mut() {
                             Some(SegmentReader::Binary(r)) => {
-                                r.next(&mut self.strings, &mut self.stats)?
+                                r.next(&mut self.strings, &mut self.stats)
                             }
                             Some(SegmentReader::Jsonl(r)) => {
-                                r.next(&mut self.strings, &mut self.stats)?
+                                r.next(&mut self.strings, &mut self.stats)
                             }
-                            _ => None,
+                            _ => Ok(None),
                         };
-                        let Some(rec) = next else { break };
-                        if self.filter.accepts(&rec, true) {
-                            keep.push(rec);
+                        match next {
+                            Ok(Some(rec)) => {
+                                if self.filter.accepts(&rec, true) {
+                                    keep.push(rec);
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(QueryError::Damaged(d)) => deferred.push_back(*d),
+                            Err(e) => return Err(e),
                         }
                     }
                     keep.sort_by_key(|r| (r.ts_recv.div_euclid(1000), r.seq));
+                    let s = &mut self.sources[i];
                     s.current = Some(SegmentReader::Sorted(keep.into_iter()));
+                    s.deferred = deferred;
+                    continue;
                 }
             }
-            let next = match s.current.as_mut() {
-                Some(SegmentReader::Binary(r)) => r.next(&mut self.strings, &mut self.stats)?,
-                Some(SegmentReader::Jsonl(r)) => r.next(&mut self.strings, &mut self.stats)?,
-                Some(SegmentReader::Sorted(v)) => v.next(),
-                None => None,
+            let system = self.sources[i].system;
+            let next = match self.sources[i].current.as_mut() {
+                Some(SegmentReader::Binary(r)) => r.next(&mut self.strings, &mut self.stats),
+                Some(SegmentReader::Jsonl(r)) => r.next(&mut self.strings, &mut self.stats),
+                Some(SegmentReader::Sorted(v)) => Ok(v.next()),
+                None => Ok(None),
             };
-            let Some(rec) = next else {
-                s.current = None;
-                continue;
+            let rec = match next {
+                Ok(Some(rec)) => rec,
+                Ok(None) => {
+                    self.sources[i].current = None;
+                    continue;
+                }
+                Err(QueryError::Damaged(d)) => {
+                    if self.damage_matters(&d, system) {
+                        return Err(QueryError::Damaged(d));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
+            let s = &mut self.sources[i];
             let key = Cursor::after_record(&rec, s.epoch);
             if !s.system && key.ts_us >= self.filter.end_us {
                 // Sorted by time: nothing later in this stream is in range.

@@ -218,7 +218,7 @@ struct Checked {
     bytes: u64,
 }
 
-fn check_segment(seg: &SegmentFile, problems: &mut Vec<Problem>) -> Option<Checked> {
+fn check_segment(root: &Path, seg: &SegmentFile, problems: &mut Vec<Problem>) -> Option<Checked> {
     let bytes = std::fs::metadata(&seg.path).map_or(0, |m| m.len());
     // Each record with where it is (text made only for a problem).
     let records: Vec<(Loc, Record)> = match seg.format {
@@ -260,6 +260,14 @@ fn check_segment(seg: &SegmentFile, problems: &mut Vec<Problem>) -> Option<Check
             let b = u64::from(s.header.crc_block_records);
             for blk in &check.bad_blocks {
                 let (first, last) = (blk * b, ((blk + 1) * b).min(s.records.len() as u64) - 1);
+                // The block's own sequences are not to be trusted: its neighbours bound them.
+                let lo = first
+                    .checked_sub(1)
+                    .map_or(0, |i| s.records[i as usize].seq + 1);
+                let hi = s
+                    .records
+                    .get(last as usize + 1)
+                    .map_or(u64::MAX, |r| r.seq - 1);
                 problems.push(problem(
                     seg,
                     format!(
@@ -267,7 +275,10 @@ fn check_segment(seg: &SegmentFile, problems: &mut Vec<Problem>) -> Option<Check
                         HEADER_LEN as u64 + first * RECORD_SIZE as u64,
                         HEADER_LEN as u64 + (last + 1) * RECORD_SIZE as u64
                     ),
-                    "checksum mismatch: the records of this block were changed on disk",
+                    format!(
+                        "checksum mismatch: the records of this block were changed on disk; {}",
+                        other_copy(root, seg, lo, hi, Some(last + 1 - first))
+                    ),
                 ));
             }
             if check.extra_entries > 0 {
@@ -343,9 +354,23 @@ fn check_segment(seg: &SegmentFile, problems: &mut Vec<Problem>) -> Option<Check
             let mut out = Vec::new();
             let mut offset = 0usize;
             let mut bad = 0usize;
+            // Reported bad lines waiting for the next good line's sequence: (problem index,
+            // sequence of the good line before).
+            let mut open: Vec<(usize, u64)> = Vec::new();
+            let mut prev_seq = 0u64;
+            let resolve = |open: &mut Vec<(usize, u64)>, next: u64, problems: &mut Vec<Problem>| {
+                for (pi, before) in open.drain(..) {
+                    let note = other_copy(root, seg, before + 1, next.saturating_sub(1), None);
+                    problems[pi].what.push_str(&format!("; {note}"));
+                }
+            };
             for (i, line) in s.lines().enumerate() {
                 match tickjson::decode(line, &mut strings) {
-                    Ok(r) => out.push((Loc::Line(i + 1, offset), r)),
+                    Ok(r) => {
+                        resolve(&mut open, r.seq, problems);
+                        prev_seq = r.seq;
+                        out.push((Loc::Line(i + 1, offset), r));
+                    }
                     Err(e) => {
                         bad += 1;
                         if bad <= MAX_RECORD_PROBLEMS {
@@ -354,11 +379,13 @@ fn check_segment(seg: &SegmentFile, problems: &mut Vec<Problem>) -> Option<Check
                                 format!("line {} (byte {offset})", i + 1),
                                 format!("does not decode: {e}"),
                             ));
+                            open.push((problems.len() - 1, prev_seq));
                         }
                     }
                 }
                 offset += line.len() + 1;
             }
+            resolve(&mut open, u64::MAX, problems);
             if bad > MAX_RECORD_PROBLEMS {
                 problems.push(problem(
                     seg,
@@ -437,6 +464,70 @@ fn check_segment(seg: &SegmentFile, problems: &mut Vec<Problem>) -> Option<Check
     })
 }
 
+/// Whether the other format's file of `seg`'s hour, instrument, kind and epoch holds the
+/// records with sequences in `lo..=hi` (`want` of them, when known) that are damaged in
+/// `seg`: one sentence for the operator, who then knows whether a repair source exists.
+fn other_copy(root: &Path, seg: &SegmentFile, lo: u64, hi: u64, want: Option<u64>) -> String {
+    let other = match seg.format {
+        Format::Binary => Format::Jsonl,
+        Format::Jsonl => Format::Binary,
+    };
+    let path = seg.key.path(root, other);
+    let name = other.dir_name();
+    let range = if hi == u64::MAX {
+        format!("seq {lo}..")
+    } else {
+        format!("seq {lo}..={hi}")
+    };
+    if !path.exists() {
+        return format!(
+            "no {name} copy of this file ({}): no repair source",
+            path.display()
+        );
+    }
+    // Records of the range the other file holds intact (decoded lines; binary records in
+    // blocks whose checksum matches, or not checksummed yet).
+    let found: Result<u64, StorageError> = match other {
+        Format::Jsonl => JsonlSegment::read(&path).map(|j| {
+            let mut strings = LocalStrings::default();
+            j.lines()
+                .filter_map(|l| tickjson::decode(l, &mut strings).ok())
+                .filter(|r| (lo..=hi).contains(&r.seq))
+                .count() as u64
+        }),
+        Format::Binary => BinarySegment::read(&path).map(|b| {
+            let check = b.verify();
+            let per = u64::from(b.header.crc_block_records).max(1);
+            b.records
+                .iter()
+                .enumerate()
+                .filter(|(i, r)| {
+                    (lo..=hi).contains(&r.seq) && !check.bad_blocks.contains(&(*i as u64 / per))
+                })
+                .count() as u64
+        }),
+    };
+    match (found, want) {
+        (Err(e), _) => format!("the {name} copy cannot be read ({e}): no repair source"),
+        (Ok(0), _) => format!(
+            "the {name} copy {} holds none of {range}: no repair source",
+            path.display()
+        ),
+        (Ok(n), Some(w)) if n == w => format!(
+            "the {name} copy {} holds these {n} records ({range}) intact: a repair source",
+            path.display()
+        ),
+        (Ok(n), Some(w)) => format!(
+            "the {name} copy {} holds {n} of these {w} records ({range}): a partial repair source",
+            path.display()
+        ),
+        (Ok(n), None) => format!(
+            "the {name} copy {} holds {n} records of {range} intact: a repair source",
+            path.display()
+        ),
+    }
+}
+
 /// Keeps the first few record problems of a file and counts the rest (a file that is wrong
 /// throughout must not turn into one message per record).
 fn note(bad: &mut Vec<(Loc, String)>, count: &mut usize, p: (Loc, String)) {
@@ -476,6 +567,7 @@ struct Chain {
 }
 
 struct EpochWalk<'a> {
+    root: &'a Path,
     rep: &'a mut FormatReport,
     gaps: Vec<(u64, u64)>,
     done: u64,
@@ -489,7 +581,7 @@ impl EpochWalk<'_> {
             let seg = chain.files.pop_front()?;
             self.rep.files += 1;
             self.done += 1;
-            let checked = check_segment(&seg, &mut self.rep.problems);
+            let checked = check_segment(self.root, &seg, &mut self.rep.problems);
             progress(self.done, self.total);
             let Some(c) = checked else {
                 continue;
@@ -533,6 +625,7 @@ fn validate_format(
     let mut done = 0u64;
     for (epoch, chains) in epochs {
         let mut walk = EpochWalk {
+            root,
             rep: &mut rep,
             gaps: Vec::new(),
             done,

@@ -3,7 +3,7 @@
 //! never outlives `up`, even one killed with SIGKILL), copying its output to its log file (and
 //! to the terminal with a prefix), remembering its last error line, and signalling it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -98,12 +98,9 @@ pub fn spawn(spec: &ChildSpec, log_dir: &Path, echo: bool) -> Result<Running, Sp
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(log_dir).map_err(log_err)?;
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(log_err)?;
+    // 0600 in a 0700 directory: logs quote contracts, accounts and errors.
+    crate::storage::private_fs::create_private_dir_all(log_dir).map_err(log_err)?;
+    let mut file = crate::storage::private_fs::open_private_append(&path).map_err(log_err)?;
     writeln!(
         file,
         "=== ib-stream up: starting {} {} ===",

@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 use ib_stream_ipc::{Record, RecordKind};
 
 use super::{
-    BinaryReader, JsonlReader, QueryError, QueryStats, default_format, line_after, line_st_us,
+    BinaryReader, Damage, JsonlReader, QueryError, QueryStats, default_format, line_after,
+    line_st_us,
 };
 use crate::storage::StorageError;
 use crate::storage::checkpoint::Checkpoint;
@@ -84,6 +85,8 @@ struct Chain {
     files: VecDeque<PathBuf>,
     current: Option<Reader>,
     head: Option<Record>,
+    /// Its head was taken (or never read, or reading it failed): read the next one.
+    needs_advance: bool,
     done: bool,
 }
 
@@ -97,23 +100,7 @@ pub struct SeqIter {
     strings: LocalStrings,
     stats: QueryStats,
     remaining: Option<u64>,
-    started: bool,
-    pending: Option<usize>,
     last: Option<u64>,
-}
-
-/// Index of the first record with `seq >= seq` in a segment (one `pread` per step).
-fn binary_lower_bound_seq(r: &BinaryReader, seq: u64) -> Result<u64, StorageError> {
-    let (mut lo, mut hi) = (0u64, r.n);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if r.record_at(mid)?.seq < seq {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    Ok(lo)
 }
 
 /// A line start at or before the first line with `seq >= first` (bisecting byte offsets, as
@@ -160,6 +147,7 @@ fn open_jsonl(path: &Path, r: &SeqRange, system: bool) -> Result<JsonlReader, St
         line: Vec::with_capacity(256),
         offset,
         skip_below_us: (!system && r.start_ns != i64::MIN).then_some(start_us),
+        last_good: None,
     })
 }
 
@@ -207,6 +195,7 @@ impl SeqIter {
                             files: [seg.path].into(),
                             current: None,
                             head: None,
+                            needs_advance: true,
                             done: false,
                         },
                     )),
@@ -221,8 +210,6 @@ impl SeqIter {
             strings: LocalStrings::default(),
             stats: QueryStats::default(),
             remaining: r.limit,
-            started: false,
-            pending: None,
             last: None,
         })
     }
@@ -252,14 +239,13 @@ impl SeqIter {
         if self.remaining == Some(0) {
             return Ok(None);
         }
-        if !self.started {
-            self.started = true;
-            for i in 0..self.chains.len() {
+        // Only the chain whose head was returned last is read again; one whose read failed
+        // (damage) is read again on the next call and goes on after the damage.
+        for i in 0..self.chains.len() {
+            if self.chains[i].needs_advance {
                 self.advance(i)?;
+                self.chains[i].needs_advance = false;
             }
-        }
-        if let Some(i) = self.pending.take() {
-            self.advance(i)?;
         }
         let best = self
             .chains
@@ -273,7 +259,7 @@ impl SeqIter {
         let Some(rec) = self.chains[i].head.take() else {
             return Ok(None);
         };
-        self.pending = Some(i);
+        self.chains[i].needs_advance = true;
         self.last = Some(rec.seq);
         self.stats.records_returned += 1;
         if let Some(r) = self.remaining.as_mut() {
@@ -306,48 +292,70 @@ impl SeqIter {
         }
     }
 
+    /// Whether damage met in a chain may hide records of the range (damage entirely
+    /// before `first_seq` or the start time, or after `last_seq`, is stepped over).
+    fn damage_matters(&self, d: &Damage, system: bool) -> bool {
+        let before_start = d.until.is_some_and(|(seq, ts)| {
+            seq < self.range.first_seq
+                || (!system && ts.div_euclid(1000) < self.range.start_ns.div_euclid(1000))
+        });
+        let after_end = d.after.is_some_and(|(seq, _)| seq >= self.range.last_seq);
+        !(before_start || after_end)
+    }
+
     fn advance(&mut self, i: usize) -> Result<(), QueryError> {
         loop {
             let c = &mut self.chains[i];
             if c.done {
                 return Ok(());
             }
+            let system = c.system;
             if c.current.is_none() {
                 let Some(path) = c.files.pop_front() else {
                     c.done = true;
                     return Ok(());
                 };
                 self.stats.files_opened += 1;
-                let system = c.system;
                 let reader = match self.format {
-                    Format::Binary => {
-                        // Time-sorted market-data files start at the time; every file of an
-                        // epoch is sequence-sorted.
-                        let start = if system {
-                            i64::MIN
-                        } else {
-                            self.range.start_ns
-                        };
-                        let mut b = BinaryReader::open(&path, start, !system, &mut self.strings)?;
-                        b.next = b
-                            .next
-                            .max(binary_lower_bound_seq(&b, self.range.first_seq)?);
-                        Reader::Binary(b)
-                    }
+                    Format::Binary => match BinaryReader::open(&path, &mut self.strings)? {
+                        Some(mut b) => {
+                            // Every file of an epoch is sequence-sorted; time-sorted
+                            // market-data files also start at the start time.
+                            let (first, start) = (self.range.first_seq, self.range.start_ns);
+                            b.next = if system || start == i64::MIN {
+                                b.lower_bound(|r| r.seq < first)?
+                            } else {
+                                b.lower_bound(|r| r.seq < first || r.ts_recv < start)?
+                            };
+                            Reader::Binary(b)
+                        }
+                        None => continue,
+                    },
                     Format::Jsonl => Reader::Jsonl(open_jsonl(&path, &self.range, system)?),
                 };
                 self.chains[i].current = Some(reader);
             }
             let c = &mut self.chains[i];
             let next = match c.current.as_mut() {
-                Some(Reader::Binary(r)) => r.next(&mut self.strings, &mut self.stats)?,
-                Some(Reader::Jsonl(r)) => r.next(&mut self.strings, &mut self.stats)?,
-                None => None,
+                Some(Reader::Binary(r)) => r.next(&mut self.strings, &mut self.stats),
+                Some(Reader::Jsonl(r)) => r.next(&mut self.strings, &mut self.stats),
+                None => Ok(None),
             };
-            let Some(rec) = next else {
-                c.current = None;
-                continue;
+            let rec = match next {
+                Ok(Some(rec)) => rec,
+                Ok(None) => {
+                    self.chains[i].current = None;
+                    continue;
+                }
+                Err(QueryError::Damaged(d)) => {
+                    if self.damage_matters(&d, system) {
+                        return Err(QueryError::Damaged(d));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
+            let c = &mut self.chains[i];
             if rec.seq > self.range.last_seq {
                 // Sequence-sorted: nothing later in this chain is in range.
                 c.current = None;
@@ -355,7 +363,6 @@ impl SeqIter {
                 c.done = true;
                 return Ok(());
             }
-            let system = c.system;
             if self.wanted(&rec, system) {
                 self.chains[i].head = Some(rec);
                 return Ok(());
