@@ -21,20 +21,27 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 /// File descriptors kept free beyond the connection cap: the ring, string table, status
 /// region, control socket, stored history files, the runtime's own.
 pub const FD_HEADROOM: u64 = 64;
+
+/// A connection this young is evicted only when no older one can be: its request may be in
+/// its socket, not yet read (a burst is accepted faster than it is parsed).
+pub const EVICT_GRACE: Duration = Duration::from_millis(500);
 
 /// How long shutdown waits for open connections to finish their last messages.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -84,13 +91,17 @@ pub struct ConnStats {
     pub header_timeouts: AtomicU64,
     /// Accept errors (EMFILE and the like).
     pub accept_errors: AtomicU64,
+    /// Heap trims after bursts of connections ([`super::memory::trim`]).
+    pub trims: AtomicU64,
 }
 
 #[derive(Debug)]
 struct Conn {
-    /// A complete request header arrived: no longer evictable.
-    started: Arc<AtomicBool>,
+    /// Requests being answered (their response bodies not yet done), plus one for good once
+    /// the connection is upgraded (WebSocket): only a connection at 0 may be evicted.
+    in_flight: Arc<AtomicUsize>,
     close: Arc<Notify>,
+    accepted: tokio::time::Instant,
 }
 
 /// Open connections by age (ids increase).
@@ -105,12 +116,16 @@ impl Table {
         self.conns.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Closes the oldest connection without a complete request header; false if none.
+    /// Closes the oldest connection with no request in progress, preferring one older than
+    /// [`EVICT_GRACE`]; false if every connection has a request in progress.
     fn evict_oldest_idle(&self) -> bool {
         let mut m = self.lock();
+        let now = tokio::time::Instant::now();
+        let idle = |c: &Conn| c.in_flight.load(Ordering::Acquire) == 0;
         let victim = m
             .iter()
-            .find(|(_, c)| !c.started.load(Ordering::Acquire))
+            .find(|(_, c)| idle(c) && now - c.accepted >= EVICT_GRACE)
+            .or_else(|| m.iter().find(|(_, c)| idle(c)))
             .map(|(id, _)| *id);
         match victim.and_then(|id| m.remove(&id)) {
             Some(c) => {
@@ -168,12 +183,29 @@ pub async fn serve(
     let mut tasks = tokio::task::JoinSet::new();
     let mut next_id = 0u64;
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut trim_check = tokio::time::interval(super::memory::TRIM_CHECK);
+    trim_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut churn_at_trim = 0u64;
     loop {
         let accepted = tokio::select! {
             () = &mut shutdown => break,
             r = listener.accept() => r,
             // Finished connection tasks are reaped as they end (the set does not grow).
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            _ = trim_check.tick() => {
+                // Many connections opened or closed since the last trim: give back the
+                // memory they used (glibc keeps it otherwise). Closes count, so the trim
+                // after a burst comes once its connections are gone.
+                let accepted = stats.accepted.load(Ordering::Relaxed);
+                let closed = accepted.saturating_sub(stats.open.load(Ordering::Relaxed));
+                let churn = accepted + closed;
+                if churn - churn_at_trim >= super::memory::TRIM_AFTER_CONNECTIONS {
+                    churn_at_trim = churn;
+                    stats.trims.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::spawn_blocking(super::memory::trim);
+                }
+                continue;
+            }
         };
         let (sock, peer) = match accepted {
             Ok(a) => a,
@@ -206,27 +238,32 @@ pub async fn serve(
         }
         next_id += 1;
         let conn = Conn {
-            started: Arc::new(AtomicBool::new(false)),
+            in_flight: Arc::new(AtomicUsize::new(0)),
             close: Arc::new(Notify::new()),
+            accepted: tokio::time::Instant::now(),
         };
-        let started = Arc::clone(&conn.started);
+        let in_flight = Arc::clone(&conn.in_flight);
         let close = Arc::clone(&conn.close);
         table.lock().insert(next_id, conn);
         stats.open.fetch_add(1, Ordering::Relaxed);
-        let guard = OpenGuard {
-            id: next_id,
-            table: Arc::clone(&table),
-            stats: Arc::clone(&stats),
+        // The slot lives as long as the socket: an upgraded (WebSocket) connection keeps it.
+        let io = SlotIo {
+            io: sock,
+            _slot: Slot {
+                id: next_id,
+                table: Arc::clone(&table),
+                stats: Arc::clone(&stats),
+            },
         };
         tasks.spawn(serve_conn(
-            sock,
+            io,
             peer,
             app.clone(),
             limits.header_timeout,
-            started,
+            in_flight,
             close,
             stop.subscribe(),
-            guard,
+            Arc::clone(&stats),
         ));
     }
     drop(listener);
@@ -241,44 +278,149 @@ pub async fn serve(
     }
 }
 
-/// Removes a connection from the table and the open count when its task ends.
-struct OpenGuard {
+/// Removes a connection from the table and the open count when its socket closes.
+#[derive(Debug)]
+struct Slot {
     id: u64,
     table: Arc<Table>,
     stats: Arc<ConnStats>,
 }
 
-impl Drop for OpenGuard {
+impl Drop for Slot {
     fn drop(&mut self) {
         self.table.lock().remove(&self.id);
         self.stats.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
+/// The accepted socket with its slot.
+#[derive(Debug)]
+struct SlotIo {
+    io: TcpStream,
+    _slot: Slot,
+}
+
+impl AsyncRead for SlotIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SlotIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Counts a request in flight until its response body is done (dropped by hyper).
+#[derive(Debug)]
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(n: &Arc<AtomicUsize>) -> InFlight {
+        n.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(n))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that holds its request's [`InFlight`].
+struct Tracked {
+    inner: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Largest request header accepted (start line included); larger: 431. It also bounds what
+/// a connection buffers before its request is complete.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
 #[allow(clippy::too_many_arguments)]
 async fn serve_conn(
-    sock: TcpStream,
+    io: SlotIo,
     peer: SocketAddr,
     app: Router,
     header_timeout: Duration,
-    started: Arc<AtomicBool>,
+    in_flight: Arc<AtomicUsize>,
     close: Arc<Notify>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-    guard: OpenGuard,
+    stats: Arc<ConnStats>,
 ) {
+    let counter = Arc::clone(&in_flight);
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        started.store(true, Ordering::Release);
+        let guard = InFlight::new(&counter);
         // The peer address feeds the per-address caps.
         req.extensions_mut().insert(ConnectInfo(peer));
         let mut app = app.clone();
-        async move { tower_service::Service::call(&mut app, req).await }
+        async move {
+            let resp = tower_service::Service::call(&mut app, req).await?;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| {
+                axum::body::Body::new(Tracked {
+                    inner: b,
+                    _in_flight: guard,
+                })
+            }))
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(header_timeout)
+        .max_header_size(MAX_HEADER_BYTES);
     let conn = builder
-        .serve_connection(TokioIo::new(sock), svc)
+        .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
@@ -290,10 +432,17 @@ async fn serve_conn(
             conn.await
         }
     };
-    if let Err(e) = result {
-        if e.is_timeout() {
-            guard.stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+    match result {
+        // Ended, or upgraded: an upgraded socket lives on in its WebSocket task and is
+        // never evicted (its slot goes when the socket closes).
+        Ok(()) => {
+            in_flight.fetch_add(1, Ordering::AcqRel);
         }
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+        Err(e) => {
+            if e.is_timeout() {
+                stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod history;
 pub mod hub;
 pub mod limits;
 pub mod listen;
+pub mod memory;
 pub mod messages;
 pub mod ops;
 pub mod page;

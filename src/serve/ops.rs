@@ -450,6 +450,12 @@ pub async fn metrics(
             "Accept errors (EMFILE and the like).",
             &c.accept_errors,
         ),
+        (
+            "ib_stream_serve_heap_trims_total",
+            "counter",
+            "Heap trims (malloc_trim) after bursts of connections.",
+            &c.trims,
+        ),
     ] {
         metric(&mut out, name, kind, help, &one(ld(v)));
     }
