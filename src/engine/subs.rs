@@ -584,6 +584,11 @@ impl SubscriptionManager {
                 }
                 self.emit(key);
                 if key.kind.is_tick_by_tick() {
+                    // Forget instruments whose window has passed: unknown contracts asked
+                    // for once each would otherwise stay in this map for good.
+                    let window = self.limits.tbt_same_instrument_ns;
+                    self.tbt_last_request
+                        .retain(|_, t| now.saturating_sub(*t) < window);
                     self.tbt_last_request.insert(key.con_id, now);
                     Request::TickByTick {
                         req_id,
@@ -1047,6 +1052,29 @@ mod tests {
             m.on_tick(1000, 1),
             None,
             "late ticks of a cancelled id are not routed"
+        );
+    }
+
+    /// Rejected subscriptions (unknown contracts) leave nothing behind in the manager: not
+    /// the subscription, and not their same-instrument times once the window has passed.
+    #[test]
+    fn rejected_subscriptions_are_forgotten() {
+        let mut m = connected();
+        for c in 0..300u32 {
+            let now = u64::from(c) * S;
+            m.subscribe("web", key(10_000 + c, SubKind::BidAsk), now)
+                .unwrap();
+            let reqs = drain(&mut m, now);
+            let [Request::TickByTick { req_id, .. }] = reqs[..] else {
+                panic!("{reqs:?}")
+            };
+            m.on_error(req_id, 200);
+        }
+        assert_eq!(m.list().count(), 0);
+        assert!(
+            m.tbt_last_request.len() <= 16,
+            "{} same-instrument times kept",
+            m.tbt_last_request.len()
         );
     }
 
