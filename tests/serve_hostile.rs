@@ -45,6 +45,12 @@ fn stack(
     let mut ecmd = ib_stream(shm.path(), storage.path(), &base);
     ecmd.arg("engine").args(engine_args);
     let engine = Proc::spawn(ecmd, logs.path().join("engine.log"));
+    let sock = shm.path().join("control.sock");
+    wait_until("the engine to connect to the simulator", 30, || {
+        sock.exists()
+            && try_engine_call(shm.path(), r#"{"id":0,"op":"status"}"#)
+                .is_some_and(|v| v["conn_state"] == "connected")
+    });
     let sets: Vec<String> = base
         .iter()
         .cloned()
@@ -258,4 +264,108 @@ fn memory_returns_after_floods_of_refused_streams() {
     );
     // And the server still serves.
     assert!(get(port, "/health", Duration::from_secs(5)).is_some());
+}
+
+/// One request on the engine's control socket; `None` if it cannot be made.
+fn try_engine_call(shm: &std::path::Path, line: &str) -> Option<serde_json::Value> {
+    use std::io::BufRead;
+    let s = std::os::unix::net::UnixStream::connect(shm.join("control.sock")).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut w = s.try_clone().ok()?;
+    w.write_all(line.as_bytes()).ok()?;
+    w.write_all(b"\n").ok()?;
+    let mut reply = String::new();
+    std::io::BufReader::new(s).read_line(&mut reply).ok()?;
+    serde_json::from_str(&reply).ok()
+}
+
+fn engine_call(shm: &std::path::Path, line: &str) -> serde_json::Value {
+    try_engine_call(shm, line).unwrap_or_else(|| panic!("engine control: {line}"))
+}
+
+fn unix_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+/// A stream of an untracked contract asked for again within IB's same-instrument window
+/// (5 s here, for both the simulator and the engine, instead of 15): the engine must hold
+/// the tick-by-tick request back. The answer comes at once anyway, with an `info` saying the
+/// subscription is queued and when it will be sent; the ticks follow after that time.
+#[test]
+fn a_stream_asked_again_within_the_window_is_answered_at_once_and_says_when() {
+    const AAPL: u32 = 265_598;
+    const WINDOW_US: i64 = 5_000_000;
+    let st = stack(
+        "requeue",
+        &["--rate", "50", "--tbt-same-instrument-secs", "5"],
+        &["--tbt-same-instrument-ms", "5000"],
+        &[],
+        None,
+    );
+    let shm = st._shm.path().to_path_buf();
+    let path = format!("/v3/stream/{AAPL}?tick_types=bid_ask");
+
+    // First asked: the engine sends the request at once; ticks.
+    let first_asked = unix_us();
+    let mut s1 = Sse::open(st.port, &path);
+    assert_eq!(s1.status, 200);
+    s1.ticks(2);
+    drop(s1);
+    // The server lets the subscription go when its last client leaves.
+    wait_until("the server to release the subscription", 10, || {
+        let list = engine_call(&shm, r#"{"id":1,"op":"list"}"#);
+        list["subscriptions"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|s| s["con_id"] != AAPL))
+    });
+
+    // Asked again within the window.
+    let asked = unix_us();
+    assert!(
+        asked - first_asked < WINDOW_US - 1_000_000,
+        "precondition: asked again {} ms after the first request",
+        (asked - first_asked) / 1000
+    );
+    let t0 = Instant::now();
+    let mut s2 = Sse::open(st.port, &path);
+    assert_eq!(s2.status, 200);
+    assert!(
+        s2.headers_after < Duration::from_secs(2),
+        "headers after {:?}",
+        s2.headers_after
+    );
+    let start = s2.next().unwrap();
+    assert_eq!(start.data["status"], "stream_start", "{start:?}");
+    let queued = s2.next().unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "the queued notice came after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(queued.event, "info");
+    assert_eq!(queued.data["status"], "subscription_queued", "{queued:?}");
+    assert_eq!(queued.data["contract_id"], AAPL);
+    assert_eq!(queued.data["tick_type"], "bid_ask");
+    assert_eq!(queued.data["state"], "queued");
+    let next = queued.data["next_attempt"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no next_attempt: {queued:?}"));
+    assert!(
+        next > asked && next <= first_asked + WINDOW_US + 500_000,
+        "next attempt {} ms after asking again, {} ms after the first request",
+        (next - asked) / 1000,
+        (next - first_asked) / 1000
+    );
+    // The ticks come, after that time.
+    let evs = s2.ticks(3);
+    let first_tick = evs.iter().find(|e| e.event == "tick").unwrap();
+    let tick_us = first_tick.data["st"].as_i64().unwrap();
+    assert!(
+        tick_us >= next - 50_000,
+        "a tick received {} ms before the announced attempt",
+        (next - tick_us) / 1000
+    );
 }

@@ -605,6 +605,16 @@ impl SubscriptionManager {
         })
     }
 
+    /// When a queued subscription's request will go out, if it waits on time (the
+    /// same-instrument window, or a refusal's retry): `None` once it is out or due now.
+    pub fn queued_until(&self, key: SubKey, now: u64) -> Option<u64> {
+        let p = Pending::Subscribe(key);
+        if !self.pending.contains(&p) {
+            return None;
+        }
+        Some(self.due_at(&p, now)).filter(|at| *at > now)
+    }
+
     /// When the next queued request becomes due (for the loop's timer); `None` when
     /// nothing waits on time.
     pub fn next_deadline(&self, now: u64) -> Option<u64> {
@@ -1053,6 +1063,23 @@ mod tests {
             None,
             "late ticks of a cancelled id are not routed"
         );
+    }
+
+    /// A request held back by the 15-second rule says when it will be sent.
+    #[test]
+    fn a_request_held_by_the_same_instrument_window_says_when_it_goes() {
+        let mut m = connected();
+        let k = key(265_598, SubKind::BidAsk);
+        m.subscribe("web", k, 0).unwrap();
+        assert_eq!(drain(&mut m, 0).len(), 1);
+        assert_eq!(m.queued_until(k, S), None, "out at IB");
+        m.unsubscribe("web", k);
+        drain(&mut m, S);
+        m.subscribe("web", k, 2 * S).unwrap();
+        assert_eq!(m.queued_until(k, 2 * S), Some(15 * S));
+        assert!(drain(&mut m, 2 * S).is_empty());
+        assert_eq!(m.queued_until(k, 15 * S), None, "due now");
+        assert_eq!(drain(&mut m, 15 * S).len(), 1);
     }
 
     /// Rejected subscriptions (unknown contracts) leave nothing behind in the manager: not
