@@ -224,12 +224,7 @@ fn memory_returns_after_floods_of_refused_streams() {
     );
     let port = st.port;
     let pid = st.serve.pid();
-    assert_eq!(
-        get(port, "/health", Duration::from_secs(10))
-            .map(|r| r.0)
-            .is_some(),
-        true
-    );
+    assert!(get(port, "/health", Duration::from_secs(10)).is_some());
     // A first round sizes everything that stays (runtime, buffers of the streams' hub).
     let (ok, refused) = stream_flood(port, 2000);
     assert_eq!(

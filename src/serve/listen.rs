@@ -9,12 +9,16 @@
 //!   `header_read_timeout`; its clock starts when the connection opens and again when a
 //!   keep-alive connection waits for its next request), or it is closed. A connection that
 //!   sends nothing is closed the same way.
-//! - At most `max_connections` are open. When a new connection arrives with the cap reached,
-//!   the oldest connection that has not yet sent a complete request header is closed to make
-//!   room; if every open connection has (streams, requests in progress), the new one gets a
-//!   `503 too_many_connections` and is closed. Streams and requests that were accepted are
-//!   never closed for a newcomer, and a client that sends its request at once (`/health`)
+//! - At most `max_connections` are open. A connection is busy while a request of it is in
+//!   progress (its response body not finished: every stream; an upgraded WebSocket for good)
+//!   and idle otherwise (no complete header yet, or waiting on keep-alive). When a new
+//!   connection arrives with the cap reached, the oldest idle connection is closed to make
+//!   room (one older than [`EVICT_GRACE`] first); if every open connection is busy, the new
+//!   one gets a `503 too_many_connections` and is closed. Streams and requests in progress
+//!   are never closed for a newcomer, and a client that sends its request at once (`/health`)
 //!   gets in even while the cap is full of idle connections.
+//! - Bursts of connections leave freed memory in glibc's arenas: the loop trims the heap
+//!   after them ([`super::memory`]).
 //! - The cap is lowered to fit the process's file-descriptor limit (`RLIMIT_NOFILE` minus
 //!   [`FD_HEADROOM`]), so accept does not run out of descriptors; if it still does (EMFILE),
 //!   the oldest idle connection is closed and accepting resumes within milliseconds.
