@@ -142,13 +142,24 @@ impl Table {
     }
 }
 
-/// The answer to a connection over the cap: written without reading the request.
-const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-content-type: application/json\r\n\
-connection: close\r\n\
-retry-after: 1\r\n\
-content-length: 111\r\n\r\n\
-{\"error\":{\"code\":\"too_many_connections\",\"message\":\"the server has no free connection slot\",\"status\":503}}";
+/// The answer to a connection over the cap when every slot is busy: written without reading
+/// the request, in the API's error shape.
+pub fn refusal() -> &'static [u8] {
+    static REFUSAL: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    REFUSAL.get_or_init(|| {
+        let body = serde_json::json!({"error": {
+            "code": "too_many_connections",
+            "message": "every connection slot of this server is busy; retry shortly",
+        }})
+        .to_string();
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+             connection: close\r\nretry-after: 1\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    })
+}
 
 fn is_fd_exhaustion(e: &std::io::Error) -> bool {
     // EMFILE (24) and ENFILE (23): no descriptor for the new socket.
@@ -233,7 +244,7 @@ pub async fn serve(
             } else {
                 stats.refused.fetch_add(1, Ordering::Relaxed);
                 // A full socket buffer is not waited for: the refusal is best effort.
-                let _ = sock.try_write(REFUSAL);
+                let _ = sock.try_write(refusal());
                 continue;
             }
         }
@@ -448,5 +459,38 @@ async fn serve_conn(
             }
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_is_a_complete_503_in_the_api_error_shape() {
+        let text = std::str::from_utf8(refusal()).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(len, body.len());
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "too_many_connections");
+    }
+
+    #[test]
+    fn the_cap_fits_the_descriptor_limit() {
+        let l = ConnLimits {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+        };
+        assert_eq!(l.effective_max(None), 1024);
+        assert_eq!(l.effective_max(Some(20_000)), 1024);
+        assert_eq!(l.effective_max(Some(256)), 192);
+        assert_eq!(l.effective_max(Some(10)), 1);
     }
 }
