@@ -105,3 +105,16 @@ async fn idle_connections_give_way_busy_ones_never_and_a_full_house_gets_503() {
     let got = read_some(&mut s1).await;
     assert!(got.contains("event: tick"), "{got}");
 }
+
+#[tokio::test]
+async fn a_header_over_16_kib_is_431_and_the_connection_closes() {
+    let env = Env::new(EnvOpts::default()).await;
+    let (addr, _stats) = serve(&env, 8).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let big = "a".repeat(20 * 1024);
+    let req = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    // The server may close before it has read all of it.
+    let _ = s.write_all(req.as_bytes()).await;
+    let r = read_some(&mut s).await;
+    assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+}
