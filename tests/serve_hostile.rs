@@ -175,6 +175,11 @@ fn slowloris_connections_are_closed_while_health_and_streams_keep_working() {
         192.0,
         "the cap fits 256 descriptors minus the headroom"
     );
+    assert_eq!(
+        metric(port, "ib_stream_serve_accept_errors_total").unwrap(),
+        0.0,
+        "the headroom kept accept from running out of descriptors (EMFILE)"
+    );
     // The stream that was there first never stopped.
     sse.ticks(20);
     drop(st.serve);
