@@ -228,7 +228,9 @@ pub async fn serve(
                 stats.accept_errors.fetch_add(1, Ordering::Relaxed);
                 if is_fd_exhaustion(&e) {
                     // Free a descriptor rather than wait: the next client may be /health.
-                    table.evict_oldest_idle();
+                    if table.evict_oldest_idle() {
+                        stats.evicted.fetch_add(1, Ordering::Relaxed);
+                    }
                     tracing::warn!(error = %e, "accept: out of file descriptors");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 } else {
