@@ -171,6 +171,10 @@ pub struct Settings {
     pub token: Option<String>,
     /// Most concurrent client streams the web server accepts.
     pub max_streams: u32,
+    /// Most open HTTP connections of the web server (lowered to fit RLIMIT_NOFILE).
+    pub http_max_connections: u32,
+    /// Time an HTTP client has to send a complete request header.
+    pub http_header_timeout: Duration,
     /// Contracts recorded all the time.
     pub tracked_contracts: Vec<TrackedContract>,
     /// Log filter (`tracing` env-filter syntax).
@@ -210,6 +214,8 @@ impl Settings {
             contract_port: None,
             token: None,
             max_streams: 50,
+            http_max_connections: 1024,
+            http_header_timeout: Duration::from_secs(10),
             tracked_contracts: Vec::new(),
             log_level: "info".into(),
         }
@@ -656,6 +662,30 @@ const KEYS: &[KeyDef] = &[
             Ok(())
         },
         get: |s| s.max_streams.to_string(),
+    },
+    KeyDef {
+        key: "IB_STREAM_HTTP_MAX_CONNECTIONS",
+        aliases: &[],
+        help: "most open web-server connections (lowered to fit RLIMIT_NOFILE minus 64)",
+        set: |s, v| {
+            let n: u32 = parse_num(v, "a count")?;
+            if n == 0 {
+                return Err("0 connections would serve nobody".into());
+            }
+            s.http_max_connections = n;
+            Ok(())
+        },
+        get: |s| s.http_max_connections.to_string(),
+    },
+    KeyDef {
+        key: "IB_STREAM_HTTP_HEADER_TIMEOUT",
+        aliases: &[],
+        help: "seconds a web client has to send a complete request header (idle connections close)",
+        set: |s, v| {
+            s.http_header_timeout = parse_secs(v)?;
+            Ok(())
+        },
+        get: |s| format!("{}", s.http_header_timeout.as_secs_f64()),
     },
     KeyDef {
         key: "IB_STREAM_TRACKED_CONTRACTS",

@@ -7,13 +7,13 @@
 //! new one, never half of either. A store that cannot be read or parsed is treated as empty
 //! with a warning; the engine then resolves its contracts again.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::ipc::UNDEF_I64;
+use crate::storage::private_fs;
 use crate::tws::Contract;
 
 /// The store's format version (`version` in the file).
@@ -201,50 +201,15 @@ pub fn save(path: &Path, contracts: &[StoredContract]) -> Result<(), StoreError>
         move |source| StoreError { path: p, source }
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    create_private_dir(dir).map_err(err(dir))?;
-    let body = serde_json::to_vec_pretty(&StoreFile {
+    private_fs::create_private_dir_all(dir).map_err(err(dir))?;
+    let mut body = serde_json::to_vec_pretty(&StoreFile {
         version: STORE_VERSION,
         contracts: contracts.to_vec(),
     })
     .map_err(|e| std::io::Error::other(e.to_string()))
     .map_err(err(path))?;
-    let tmp = path.with_extension(format!("json.tmp.{}", std::process::id()));
-    let res = (|| {
-        let mut f = create_private_file(&tmp)?;
-        f.write_all(&body)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.map_err(err(path))
-}
-
-/// Creates `dir` and its missing parents 0700, and makes `dir` itself 0700 whatever the
-/// umask. (A shared helper for private files is coming in the storage module; this small
-/// one keeps the engine independent until then.)
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-}
-
-/// A new file, 0600 whatever the umask (truncating one left by a crashed run).
-fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    Ok(f)
+    body.push(b'\n');
+    private_fs::write_private_atomic(path, &body, true).map_err(err(path))
 }
 
 #[cfg(test)]

@@ -254,18 +254,22 @@ impl Publisher {
             }
             return;
         }
-        let entry = match snap.find_subscription_mut(con_id, kind) {
-            Some(e) => e,
-            None => {
-                let fresh = crate::ipc::SubStatus::new(con_id, kind, state, req_id);
+        if snap.find_subscription(con_id, kind).is_none() {
+            let fresh = crate::ipc::SubStatus::new(con_id, kind, state, req_id);
+            if let Err(fresh) = snap.push_subscription(fresh) {
+                // Full: the oldest rejected entry gives way (to a live subscription, or to a
+                // newer rejection); with 256 live ones, the newcomer is not listed.
+                let Some(i) = oldest_rejected(snap) else {
+                    return;
+                };
+                remove_in_order(snap, i);
                 if snap.push_subscription(fresh).is_err() {
                     return;
                 }
-                match snap.find_subscription_mut(con_id, kind) {
-                    Some(e) => e,
-                    None => return,
-                }
             }
+        }
+        let Some(entry) = snap.find_subscription_mut(con_id, kind) else {
+            return;
         };
         if entry.state != state as u8 {
             entry.state_since_ns = now;
@@ -294,6 +298,7 @@ impl Publisher {
     /// Publishes the status snapshot and beats the ring's heartbeat.
     pub fn publish_status(&mut self) {
         let now = unix_ns();
+        tidy_subscriptions(&mut self.snap, now);
         self.snap.counters.strings_interned = self.strings.interned;
         self.snap.counters.strings_dropped = self.strings.dropped;
         self.status.publish(&self.snap, now);
@@ -301,8 +306,145 @@ impl Publisher {
     }
 }
 
+/// How long a rejected subscription stays listed in the status region (ns), so that
+/// `status` and `top` can show why it failed. The manager forgets it at once (it has no
+/// holders); here it also gives its place to any live subscription that needs one.
+pub const REJECTED_LISTED_NS: i64 = 60_000_000_000;
+
+fn is_rejected(s: &crate::ipc::SubStatus) -> bool {
+    s.state == SubState::Rejected as u8
+}
+
+/// Removes entry `i`, keeping the others in order.
+fn remove_in_order(snap: &mut StatusSnapshot, i: usize) {
+    let subs = snap.subscriptions_mut();
+    let last = subs.len() - 1;
+    subs[i..].rotate_left(1);
+    snap.swap_remove_subscription(last);
+}
+
+/// The index of the rejected entry rejected longest ago.
+fn oldest_rejected(snap: &StatusSnapshot) -> Option<usize> {
+    snap.subscriptions()
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| is_rejected(s))
+        .min_by_key(|(_, s)| s.state_since_ns)
+        .map(|(i, _)| i)
+}
+
+/// Drops rejected entries listed longer than [`REJECTED_LISTED_NS`] and lists live
+/// subscriptions before rejected ones (keeping each group's order). In place, no
+/// allocation: it runs with every status publish.
+pub fn tidy_subscriptions(snap: &mut StatusSnapshot, now_ns: i64) {
+    while let Some(i) = snap
+        .subscriptions()
+        .iter()
+        .position(|s| is_rejected(s) && now_ns - s.state_since_ns > REJECTED_LISTED_NS)
+    {
+        remove_in_order(snap, i);
+    }
+    let subs = snap.subscriptions_mut();
+    let mut live_end = 0;
+    for i in 0..subs.len() {
+        if !is_rejected(&subs[i]) {
+            subs[live_end..=i].rotate_right(1);
+            live_end += 1;
+        }
+    }
+}
+
 /// Now, in ns since the Unix epoch (a vDSO clock read, no syscall).
 #[inline]
 pub fn unix_ns() -> i64 {
     crate::ipc::shm::unix_time_ns() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(p: &Publisher) -> Vec<(u32, u8)> {
+        p.snap
+            .subscriptions()
+            .iter()
+            .map(|s| (s.con_id, s.state))
+            .collect()
+    }
+
+    /// 300 rejected subscriptions (unknown contracts) no longer fill the table: a live one
+    /// arriving after them is listed, first.
+    #[test]
+    fn rejected_entries_never_crowd_out_live_ones() {
+        let mut p = Publisher::heap(1024).unwrap();
+        let k = RecordKind::L1Price;
+        p.subscription(7, k, SubState::Active, 0, 1000, 1, None);
+        for c in 0..300u32 {
+            p.subscription(10_000 + c, k, SubState::Queued, 0, 0, 1, None);
+            p.subscription(
+                10_000 + c,
+                k,
+                SubState::Requested,
+                0,
+                2000 + c as i32,
+                1,
+                None,
+            );
+            p.subscription(10_000 + c, k, SubState::Rejected, 200, 0, 1, None);
+        }
+        assert_eq!(p.snap.subscriptions().len(), crate::ipc::MAX_SUBSCRIPTIONS);
+        // The live subscription that was there first is still listed.
+        assert!(p.snap.find_subscription(7, k).is_some());
+        // The newest rejections are the ones kept.
+        assert!(p.snap.find_subscription(10_299, k).is_some());
+        assert!(p.snap.find_subscription(10_000, k).is_none());
+        // A real subscription after the flood is listed, live ones first.
+        p.subscription(265_598, k, SubState::Queued, 0, 0, 1, None);
+        p.subscription(265_598, k, SubState::Active, 0, 3000, 1, None);
+        tidy_subscriptions(&mut p.snap, unix_ns());
+        let l = listed(&p);
+        assert_eq!(l.len(), crate::ipc::MAX_SUBSCRIPTIONS);
+        assert_eq!(
+            &l[..2],
+            &[
+                (7, SubState::Active as u8),
+                (265_598, SubState::Active as u8)
+            ]
+        );
+        assert!(l[2..].iter().all(|(_, s)| *s == SubState::Rejected as u8));
+        // Live ones fill the table: the rejected give way one by one.
+        for c in 0..300u32 {
+            p.subscription(50_000 + c, k, SubState::Queued, 0, 0, 1, None);
+        }
+        let l = listed(&p);
+        assert_eq!(l.len(), crate::ipc::MAX_SUBSCRIPTIONS);
+        assert!(l.iter().all(|(_, s)| *s != SubState::Rejected as u8));
+        assert!(p.snap.find_subscription(7, k).is_some());
+        assert!(p.snap.find_subscription(265_598, k).is_some());
+        // With 256 live ones, a rejection is not listed.
+        p.subscription(99, k, SubState::Rejected, 200, 0, 1, None);
+        assert!(p.snap.find_subscription(99, k).is_none());
+    }
+
+    /// Rejected entries are listed for a while, then forgotten; live ones stay.
+    #[test]
+    fn rejected_entries_expire() {
+        let mut p = Publisher::heap(1024).unwrap();
+        let k = RecordKind::L1Price;
+        p.subscription(1, k, SubState::Rejected, 200, 0, 1, None);
+        p.subscription(2, k, SubState::Active, 0, 1000, 1, None);
+        p.subscription(3, k, SubState::Rejected, 200, 0, 1, None);
+        let t0 = p.snap.find_subscription(3, k).unwrap().state_since_ns;
+        tidy_subscriptions(&mut p.snap, t0 + 1);
+        assert_eq!(
+            listed(&p),
+            vec![
+                (2, SubState::Active as u8),
+                (1, SubState::Rejected as u8),
+                (3, SubState::Rejected as u8)
+            ]
+        );
+        tidy_subscriptions(&mut p.snap, t0 + REJECTED_LISTED_NS + 1_000_000_000);
+        assert_eq!(listed(&p), vec![(2, SubState::Active as u8)]);
+    }
 }

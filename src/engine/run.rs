@@ -1736,6 +1736,9 @@ impl Engine {
                     v["ib_code"] = ack.code.into();
                     v["refusals"] = r.refusals.into();
                     v["next_attempt_ns"] = self.mono_to_unix(r.next_ns).into();
+                } else if let Some(at) = self.ingest.subs.queued_until(key, now) {
+                    // Held back by IB's 15-second rule: when it will be sent.
+                    v["next_attempt_ns"] = self.mono_to_unix(at).into();
                 }
                 control::ok_reply(&id, v, out)
             }

@@ -637,6 +637,11 @@ impl SubscriptionManager {
                 }
                 self.emit(key);
                 if key.kind.is_tick_by_tick() {
+                    // Forget instruments whose window has passed: unknown contracts asked
+                    // for once each would otherwise stay in this map for good.
+                    let window = self.limits.tbt_same_instrument_ns;
+                    self.tbt_last_request
+                        .retain(|_, t| now.saturating_sub(*t) < window);
                     self.tbt_last_request.insert(key.con_id, now);
                     Request::TickByTick {
                         req_id,
@@ -651,6 +656,16 @@ impl SubscriptionManager {
                 }
             }
         })
+    }
+
+    /// When a queued subscription's request will go out, if it waits on time (the
+    /// same-instrument window, or a refusal's retry): `None` once it is out or due now.
+    pub fn queued_until(&self, key: SubKey, now: u64) -> Option<u64> {
+        let p = Pending::Subscribe(key);
+        if !self.pending.contains(&p) {
+            return None;
+        }
+        Some(self.due_at(&p, now)).filter(|at| *at > now)
     }
 
     /// When the next queued request becomes due (for the loop's timer); `None` when
@@ -1108,6 +1123,46 @@ mod tests {
             m.on_tick(1000, 1),
             None,
             "late ticks of a cancelled id are not routed"
+        );
+    }
+
+    /// A request held back by the 15-second rule says when it will be sent.
+    #[test]
+    fn a_request_held_by_the_same_instrument_window_says_when_it_goes() {
+        let mut m = connected();
+        let k = key(265_598, SubKind::BidAsk);
+        m.subscribe("web", k, 0).unwrap();
+        assert_eq!(drain(&mut m, 0).len(), 1);
+        assert_eq!(m.queued_until(k, S), None, "out at IB");
+        m.unsubscribe("web", k);
+        drain(&mut m, S);
+        m.subscribe("web", k, 2 * S).unwrap();
+        assert_eq!(m.queued_until(k, 2 * S), Some(15 * S));
+        assert!(drain(&mut m, 2 * S).is_empty());
+        assert_eq!(m.queued_until(k, 15 * S), None, "due now");
+        assert_eq!(drain(&mut m, 15 * S).len(), 1);
+    }
+
+    /// Rejected subscriptions (unknown contracts) leave nothing behind in the manager: not
+    /// the subscription, and not their same-instrument times once the window has passed.
+    #[test]
+    fn rejected_subscriptions_are_forgotten() {
+        let mut m = connected();
+        for c in 0..300u32 {
+            let now = u64::from(c) * S;
+            m.subscribe("web", key(10_000 + c, SubKind::BidAsk), now)
+                .unwrap();
+            let reqs = drain(&mut m, now);
+            let [Request::TickByTick { req_id, .. }] = reqs[..] else {
+                panic!("{reqs:?}")
+            };
+            m.on_error(req_id, 200);
+        }
+        assert_eq!(m.list().count(), 0);
+        assert!(
+            m.tbt_last_request.len() <= 16,
+            "{} same-instrument times kept",
+            m.tbt_last_request.len()
         );
     }
 

@@ -7,7 +7,6 @@
 //! (`lookup`, reqContractDetails at IB) behind the server's disk cache. Only the response
 //! shapes are the original's.
 
-use std::net::SocketAddr;
 
 use axum::Json;
 use axum::Router;
@@ -55,21 +54,20 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves [`app`] on `listener` until `stop` turns true.
+/// Serves [`app`] on `listener` until `stop` turns true, behind the same accept loop as the
+/// web port (header timeout, connection cap), with its own connection table and counters.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
+    limits: super::listen::ConnLimits,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    axum::serve(
-        super::nodelay_listener(listener),
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let stats = std::sync::Arc::new(super::listen::ConnStats::default());
+    super::listen::serve(listener, app(state), limits, stats, shutdown).await;
+    Ok(())
 }
 
 /// The contract-port server, when one runs beside the web server.
@@ -92,7 +90,11 @@ pub async fn start(
         .map_err(|source| ServeError::Bind { addr, source })?;
     let bound = listener.local_addr().unwrap_or(addr);
     tracing::info!(addr = %bound, "serving the contract routes");
-    Ok((stop, Some(tokio::spawn(serve(listener, state, stopped)))))
+    let limits = super::listen::ConnLimits::of(settings);
+    Ok((
+        stop,
+        Some(tokio::spawn(serve(listener, state, limits, stopped))),
+    ))
 }
 
 /// Waits for the contract-port server [`start`] began.

@@ -14,6 +14,8 @@ pub mod history;
 pub mod hub;
 pub mod legacy;
 pub mod limits;
+pub mod listen;
+pub mod memory;
 pub mod messages;
 pub mod ops;
 pub mod page;
@@ -295,6 +297,8 @@ pub struct Inner {
     pub per_ip: Arc<limits::IpCounts>,
     /// Streams replaying history (not yet in the tailer).
     pub replays: Arc<replay::Replays>,
+    /// The accept loop's counters (connections open, evicted, refused, timed out).
+    pub connections: Arc<listen::ConnStats>,
     next_stream: AtomicU64,
     /// When the server started.
     pub started: Instant,
@@ -350,6 +354,7 @@ impl AppState {
             active_streams: AtomicUsize::new(0),
             per_ip: Arc::default(),
             replays: Arc::default(),
+            connections: Arc::default(),
             next_stream: AtomicU64::new(1),
             started: Instant::now(),
         }))
@@ -561,14 +566,9 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> Result<(), ServeError
         // Streams end with `complete{server_shutdown}` before the server stops.
         hub.shutdown();
     };
-    // The peer address feeds the per-address caps.
-    axum::serve(
-        nodelay_listener(listener),
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .map_err(ServeError::Serve)?;
+    let limits = listen::ConnLimits::of(settings);
+    let stats = Arc::clone(&state.connections);
+    listen::serve(listener, app(state), limits, stats, shutdown).await;
     contract_service::finish(contract_server).await
 }
 

@@ -416,6 +416,59 @@ pub async fn metrics(
         "Streams refused at max_streams.",
         &one(ld(&m.streams_refused)),
     );
+    let c = &st.connections;
+    for (name, kind, help, v) in [
+        (
+            "ib_stream_serve_connections_open",
+            "gauge",
+            "HTTP connections open now.",
+            &c.open,
+        ),
+        (
+            "ib_stream_serve_connections_cap",
+            "gauge",
+            "The connection cap in force (IB_STREAM_HTTP_MAX_CONNECTIONS, fitted to RLIMIT_NOFILE).",
+            &c.cap,
+        ),
+        (
+            "ib_stream_serve_connections_accepted_total",
+            "counter",
+            "HTTP connections accepted.",
+            &c.accepted,
+        ),
+        (
+            "ib_stream_serve_connections_evicted_total",
+            "counter",
+            "Connections without a complete request header closed to make room at the cap.",
+            &c.evicted,
+        ),
+        (
+            "ib_stream_serve_connections_refused_total",
+            "counter",
+            "Connections answered 503 at the cap (every slot held an accepted request).",
+            &c.refused,
+        ),
+        (
+            "ib_stream_serve_header_timeouts_total",
+            "counter",
+            "Connections closed for not sending a request header within the header timeout.",
+            &c.header_timeouts,
+        ),
+        (
+            "ib_stream_serve_accept_errors_total",
+            "counter",
+            "Accept errors (EMFILE and the like).",
+            &c.accept_errors,
+        ),
+        (
+            "ib_stream_serve_heap_trims_total",
+            "counter",
+            "Heap trims (malloc_trim) after bursts of connections.",
+            &c.trims,
+        ),
+    ] {
+        metric(&mut out, name, kind, help, &one(ld(v)));
+    }
     metric(
         &mut out,
         "ib_stream_serve_slow_client_closes_total",

@@ -515,6 +515,37 @@ pub fn stream_start(st: &AppState, stream_id: &str, con_id: u32, opts: &StreamOp
     )
 }
 
+/// The `info{subscription_queued}` message of a subscription the engine holds back (IB's
+/// 15-second rule for tick-by-tick requests on one instrument, or a refusal being retried),
+/// sent with the response headers so the client knows why ticks have not started and when
+/// they should.
+pub fn queued_info(stream_id: &str, lease: &Lease) -> Option<Bytes> {
+    let q = lease.queued?;
+    let (con_id, tick_type) = lease.key();
+    let when = q.next_attempt_ns.map(|ns| ns.div_euclid(1000));
+    let message = match (q.state, when) {
+        ("retrying", Some(_)) => {
+            "IB refused the request; the engine asks again at next_attempt".to_string()
+        }
+        (_, Some(_)) => "IB allows one tick-by-tick request per instrument every 15 s; \
+                         the engine sends this one at next_attempt"
+            .to_string(),
+        _ => "the engine has queued the request; ticks follow once IB accepts it".to_string(),
+    };
+    Some(messages::info(
+        Some(stream_id),
+        "subscription_queued",
+        json!({
+            "contract_id": con_id,
+            "tick_type": tick_type.name(),
+            "state": q.state,
+            "next_attempt": when,
+            "ib_code": q.ib_code,
+            "message": message,
+        }),
+    ))
+}
+
 /// `GET /v3/stream/{conId}`.
 pub async fn stream(
     State(st): State<AppState>,
@@ -549,6 +580,11 @@ pub async fn stream(
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let first = stream_start(&st, &stream_id, con_id, &opts);
+    let waits: Vec<Bytes> = hold
+        .leases
+        .iter()
+        .filter_map(|l| queued_info(&stream_id, l))
+        .collect();
     let mut state = SseState {
         st: st.clone(),
         rx,
@@ -564,6 +600,9 @@ pub async fn stream(
         _hold: hold,
     };
     event(&mut state.out, "info", None, &first);
+    for w in &waits {
+        event(&mut state.out, "info", None, w);
+    }
     let body = futures_util::stream::unfold(state, next_frame);
     let mut resp = Body::from_stream(body).into_response();
     let h = resp.headers_mut();

@@ -23,6 +23,45 @@ pub type Key = (u32, TickType);
 struct Entry {
     holders: usize,
     since_ns: i64,
+    /// The engine queued the subscription when this process asked for it.
+    queued: Option<Queued>,
+}
+
+/// The engine holds a subscription back (IB's 15-second rule for tick-by-tick requests on
+/// one instrument, or a refusal being retried): what its `subscribe` reply said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queued {
+    /// `queued` or `retrying`.
+    pub state: &'static str,
+    /// When the request will be sent, ns since the Unix epoch, when the engine knows.
+    pub next_attempt_ns: Option<i64>,
+    /// IB's code of the refusal being retried (10190), if any.
+    pub ib_code: Option<i64>,
+}
+
+impl Queued {
+    /// The note of a `subscribe` reply, if it says the request waits.
+    pub fn of_reply(reply: &serde_json::Value) -> Option<Queued> {
+        let state = match reply.get("state").and_then(serde_json::Value::as_str)? {
+            "queued" => "queued",
+            "retrying" => "retrying",
+            _ => return None,
+        };
+        Some(Queued {
+            state,
+            next_attempt_ns: reply
+                .get("next_attempt_ns")
+                .and_then(serde_json::Value::as_i64),
+            ib_code: reply.get("ib_code").and_then(serde_json::Value::as_i64),
+        })
+    }
+
+    /// Still worth telling a client at `now_ns`: a known attempt time not yet passed.
+    fn pending_at(self, now_ns: i64) -> Option<Queued> {
+        self.next_attempt_ns
+            .is_some_and(|t| t > now_ns)
+            .then_some(self)
+    }
 }
 
 /// One shared subscription as listed by `/v3/streams`.
@@ -55,6 +94,15 @@ pub struct SharedSubs {
 pub struct Lease {
     subs: Arc<SharedSubs>,
     key: Key,
+    /// Set when the engine holds the subscription back: the client is told at once.
+    pub queued: Option<Queued>,
+}
+
+impl Lease {
+    /// The contract and tick type held.
+    pub fn key(&self) -> Key {
+        self.key
+    }
 }
 
 impl Drop for Lease {
@@ -132,18 +180,25 @@ impl SharedSubs {
     pub async fn acquire(self: &Arc<Self>, key: Key) -> Result<Lease, ApiError> {
         let key_lock = self.key_lock(key);
         let _g = key_lock.lock().await;
-        let holders = lock(&self.entries).get(&key).map_or(0, |e| e.holders);
+        let (holders, known) = lock(&self.entries)
+            .get(&key)
+            .map_or((0, None), |e| (e.holders, e.queued));
+        // A later holder learns of a wait the first one was told about, while it lasts.
+        let mut queued = known.and_then(|q| q.pending_at(now_ns()));
         if holders == 0 && !self.is_tracked(key) {
-            self.control
+            let reply = self
+                .control
                 .subscribe(&self.identity, key.0, key.1.name())
                 .await
                 .map_err(|e| {
                     tracing::warn!(con_id = key.0, kind = key.1.name(), error = %e, "subscribe failed");
                     control_error(&e)
                 })?;
+            queued = Queued::of_reply(&reply);
             tracing::info!(
                 con_id = key.0,
                 kind = key.1.name(),
+                queued = queued.map(|q| q.state),
                 "subscribed at the engine"
             );
         }
@@ -152,11 +207,13 @@ impl SharedSubs {
             .or_insert(Entry {
                 holders: 0,
                 since_ns: now_ns(),
+                queued,
             })
             .holders += 1;
         Ok(Lease {
             subs: Arc::clone(self),
             key,
+            queued,
         })
     }
 

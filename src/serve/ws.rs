@@ -705,6 +705,11 @@ impl Conn {
             notify: Arc::clone(&self.notify),
         };
         let (hold, flag) = prepared.attach(&self.st, &opts, consumer);
+        let waits: Vec<Bytes> = hold
+            .leases
+            .iter()
+            .filter_map(|l| sse::queued_info(&stream_id, l))
+            .collect();
         self.st
             .metrics
             .ws_subscriptions
@@ -731,6 +736,9 @@ impl Conn {
         self.feed(&Bytes::from(ack.to_string())).await?;
         let start = sse::stream_start(&self.st, &stream_id, con_id, &opts);
         self.feed(&start).await?;
+        for w in &waits {
+            self.feed(w).await?;
+        }
         self.socket.flush().await.map_err(|_| Stop::Gone)
     }
 }

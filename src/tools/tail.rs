@@ -344,7 +344,7 @@ mod tests {
             oldest: true,
             count: Some(4),
             seconds: Some(20.0),
-            wait: 1.0,
+            wait: Some(1.0),
         };
         let mut out = Vec::new();
         run(&dir, &args, &mut out).unwrap();

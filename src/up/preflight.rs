@@ -63,7 +63,7 @@ pub fn run(loaded: &Loaded, running_up: Option<u32>) -> Vec<Check> {
 
 /// Whether `dir` can be written: created when absent, then a probe file written and removed.
 fn writable(dir: &Path) -> Outcome {
-    if let Err(e) = std::fs::create_dir_all(dir) {
+    if let Err(e) = crate::storage::private_fs::create_private_dir_all(dir) {
         return Outcome::Failed(format!("cannot create it: {e}"));
     }
     let probe = dir.join(format!(".ib-stream-write-check-{}", std::process::id()));

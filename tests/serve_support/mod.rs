@@ -30,6 +30,10 @@ use tower::ServiceExt;
 pub const REFUSED_CON: u32 = 999;
 /// A contract whose engine subscription is held until [`EngineLog::release`] is set.
 pub const SLOW_CON: u32 = 998;
+/// A contract whose engine subscription is queued (IB's 15-second rule): the reply says
+/// when the request goes out, [`QUEUED_AFTER_NS`] from now.
+pub const QUEUED_CON: u32 = 997;
+pub const QUEUED_AFTER_NS: i64 = 12_000_000_000;
 /// The tracked contract of the default configuration.
 pub const TRACKED_CON: u32 = 711_280_073;
 
@@ -145,6 +149,13 @@ fn answer(log: &EngineLog, id: Option<Value>, req: ControlRequest, out: &mut Vec
                     "code": "rejected", "message": "No security definition has been found", "ib_code": 200}});
                 out.extend_from_slice(v.to_string().as_bytes());
                 out.push(b'\n');
+            } else if key.con_id == QUEUED_CON {
+                ok_reply(
+                    &id,
+                    json!({"state": "queued", "shared": false, "holders": 1,
+                        "next_attempt_ns": now_ns() + QUEUED_AFTER_NS}),
+                    out,
+                );
             } else {
                 ok_reply(
                     &id,
