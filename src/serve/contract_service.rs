@@ -7,7 +7,6 @@
 //! (`lookup`, reqContractDetails at IB) behind the server's disk cache. Only the response
 //! shapes are the original's.
 
-
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
