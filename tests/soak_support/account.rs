@@ -12,8 +12,8 @@
 //!   is placed at the first k (from the instance's next unmatched one) where every tick equals
 //!   what was sent and was received after it was sent. A run that fits nowhere starts with a
 //!   duplicate (equal to the last matched tick) or an unexplained tick.
-//! - A sent tick not stored is "in a gap" when a gap record of the same format (any reason,
-//!   all gaps are system-wide) has `t0 - slack <= send time <= t1`, where slack is the largest
+//! - A sent tick not stored is "in a gap" when a gap record of the same format (any reason;
+//!   system-wide, or its own contract's) has `t0 - slack <= send time <= t1`, where slack is the largest
 //!   send-to-receive latency of the run's stored ticks (the send log is stamped just before
 //!   the write, so a tick may sit in the simulator or the kernel that long before the engine
 //!   sees it). Otherwise it is lost.
@@ -268,6 +268,9 @@ pub struct Stored {
 #[derive(Clone, Debug)]
 pub struct GapRec {
     pub epoch: u64,
+    /// The instrument it covers, or 0 for a system-wide gap (the engine's session gaps, the
+    /// recorder's); a subscription's own gap after a reconnect names its conId.
+    pub instrument: u32,
     /// The gap record's own sequence (the engine's gaps are ring records; the recorder's
     /// carry their first lost sequence).
     pub seq: u64,
@@ -291,16 +294,16 @@ pub fn read_storage(root: &Path, format: Format, streams: &[(u32, RecordKind)]) 
     let mut cons: Vec<u32> = streams.iter().map(|s| s.0).collect();
     cons.dedup();
     let mut gap_keys = HashSet::new();
-    for (i, con) in cons.iter().enumerate() {
+    for con in &cons {
         let mut kinds: Vec<RecordKind> = streams
             .iter()
             .filter(|s| s.0 == *con)
             .map(|s| s.1)
             .collect();
         kinds.push(RecordKind::Subscription);
-        if i == 0 {
-            kinds.push(RecordKind::Gap);
-        }
+        // Every contract's query: system-wide gaps come with each (deduplicated below) and
+        // a subscription's own gaps only with its contract's.
+        kinds.push(RecordKind::Gap);
         let q = Query {
             kinds,
             format: Some(format),
@@ -313,6 +316,7 @@ pub fn read_storage(root: &Path, format: Format, streams: &[(u32, RecordKind)]) 
                 Some(RecordKind::Gap) if gap_keys.insert((epoch, r.seq, r.ts_recv)) => {
                     st.gaps.push(GapRec {
                         epoch,
+                        instrument: r.instrument_id,
                         seq: r.seq,
                         reason: GapReason::from_u8(r.tick_type)
                             .map_or("?".into(), |g| format!("{g:?}")),
@@ -527,10 +531,11 @@ pub fn account(
             let cover = if ignore {
                 None
             } else {
-                storage
-                    .gaps
-                    .iter()
-                    .find(|g| g.t0 - a.slack_ns <= ns && ns <= g.t1)
+                storage.gaps.iter().find(|g| {
+                    let ours = g.instrument == 0
+                        || inst.stream.is_some_and(|(con, _)| con == g.instrument);
+                    ours && g.t0 - a.slack_ns <= ns && ns <= g.t1
+                })
             };
             match cover {
                 Some(g) => {
