@@ -38,6 +38,11 @@ pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
         if p.as_os_str().is_empty() || p.is_dir() {
             break;
         }
+        if p.exists() {
+            // A path through a file: say so as the kernel would (ENOTDIR), not EEXIST, so the
+            // cause reads right and `report::is_permanent` knows a restart cannot cure it.
+            return Err(rustix::io::Errno::NOTDIR.into());
+        }
         missing.push(p);
         d = p.parent();
     }
@@ -217,5 +222,13 @@ mod tests {
         assert_eq!((mode(&j), mode(&root.join("cache"))), (0o600, 0o700));
         let left: Vec<_> = std::fs::read_dir(root.join("cache")).unwrap().collect();
         assert_eq!(left.len(), 1, "no temporary file left");
+    }
+
+    #[test]
+    fn a_path_through_a_file_is_not_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file"), b"x").unwrap();
+        let e = create_private_dir_all(&dir.path().join("file/storage")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotADirectory, "{e}");
     }
 }
