@@ -13,37 +13,37 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::Mode;
 use crate::capture::CaptureWriter;
 use crate::conn::{self, ClientStats, Event, Fault};
 use crate::limits::SharedAccount;
+use crate::schedule::Mode;
 use crate::schedule::Schedule;
 use crate::session::SessionConfig;
 use crate::universe::Universe;
 
 /// Settings of a running simulator.
 #[derive(Debug, Clone)]
-pub(crate) struct ServerConfig {
-    pub(crate) max_version: u32,
-    pub(crate) mode: Mode,
-    pub(crate) rate: f64,
-    pub(crate) rate_for: HashMap<i32, f64>,
-    pub(crate) burst_size: u64,
-    pub(crate) session: SessionConfig,
-    pub(crate) competing: bool,
-    pub(crate) capture: Option<PathBuf>,
-    pub(crate) send_log: Option<PathBuf>,
+pub struct ServerConfig {
+    pub max_version: u32,
+    pub mode: Mode,
+    pub rate: f64,
+    pub rate_for: HashMap<i32, f64>,
+    pub burst_size: u64,
+    pub session: SessionConfig,
+    pub competing: bool,
+    pub capture: Option<PathBuf>,
+    pub send_log: Option<PathBuf>,
 }
 
 /// How the server reaches a connected client.
 #[derive(Debug)]
-pub(crate) struct ClientHandle {
-    pub(crate) tx: Sender<Event>,
+pub struct ClientHandle {
+    pub tx: Sender<Event>,
     /// A clone of the socket: shutting it down ends the connection even when its writer is
     /// blocked on a client that does not read.
-    pub(crate) stream: TcpStream,
+    pub stream: TcpStream,
     /// Set when the simulator itself closes the connection (drop fault, restart).
-    pub(crate) dropped: Arc<AtomicBool>,
+    pub dropped: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -53,17 +53,17 @@ struct Registry {
 
 /// Which clients a command addresses.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Target {
+pub enum Target {
     All,
     Client(i32),
 }
 
 /// Everything the connection threads share.
 #[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) cfg: ServerConfig,
-    pub(crate) universe: Universe,
-    pub(crate) account: SharedAccount,
+pub struct Shared {
+    pub cfg: ServerConfig,
+    pub universe: Universe,
+    pub account: SharedAccount,
     registry: Mutex<Registry>,
     competing: AtomicBool,
     send_log: Option<Mutex<BufWriter<File>>>,
@@ -76,7 +76,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(cfg: ServerConfig, universe: Universe) -> anyhow::Result<Self> {
+    pub fn new(cfg: ServerConfig, universe: Universe) -> anyhow::Result<Self> {
         let send_log = match &cfg.send_log {
             Some(p) => Some(Mutex::new(BufWriter::new(File::create(p)?))),
             None => None,
@@ -98,19 +98,19 @@ impl Shared {
         })
     }
 
-    pub(crate) fn schedule_for(&self, con_id: i32) -> Schedule {
+    pub fn schedule_for(&self, con_id: i32) -> Schedule {
         self.schedules
             .get(&con_id)
             .copied()
             .unwrap_or(self.default_schedule)
     }
 
-    pub(crate) fn competing(&self) -> bool {
+    pub fn competing(&self) -> bool {
         self.competing.load(Ordering::Relaxed)
     }
 
     /// Registers a client id; false when it is taken.
-    pub(crate) fn register(&self, client_id: i32, conn_no: u64, handle: ClientHandle) -> bool {
+    pub fn register(&self, client_id: i32, conn_no: u64, handle: ClientHandle) -> bool {
         let mut reg = lock(&self.registry);
         if reg.clients.contains_key(&client_id) {
             return false;
@@ -119,7 +119,7 @@ impl Shared {
         true
     }
 
-    pub(crate) fn deregister(&self, client_id: i32, conn_no: u64) {
+    pub fn deregister(&self, client_id: i32, conn_no: u64) {
         let mut reg = lock(&self.registry);
         if reg
             .clients
@@ -130,7 +130,7 @@ impl Shared {
         }
     }
 
-    pub(crate) fn open_capture(&self, conn_no: u64, start: Instant) -> Option<CaptureWriter> {
+    pub fn open_capture(&self, conn_no: u64, start: Instant) -> Option<CaptureWriter> {
         let base = self.cfg.capture.as_ref()?;
         let path = if conn_no == 0 {
             base.clone()
@@ -148,11 +148,11 @@ impl Shared {
         }
     }
 
-    pub(crate) fn send_log_enabled(&self) -> bool {
+    pub fn send_log_enabled(&self) -> bool {
         self.send_log.is_some()
     }
 
-    pub(crate) fn log_sends(&self, client_id: i32, entries: &[conn::LogEntry], unix_ns: u128) {
+    pub fn log_sends(&self, client_id: i32, entries: &[conn::LogEntry], unix_ns: u128) {
         let Some(log) = &self.send_log else { return };
         let mut w = lock(log);
         let mut result = Ok(());
@@ -170,12 +170,12 @@ impl Shared {
         }
     }
 
-    pub(crate) fn client_count(&self) -> usize {
+    pub fn client_count(&self) -> usize {
         lock(&self.registry).clients.len()
     }
 
     /// Sends a fault to the addressed clients; returns how many got it.
-    pub(crate) fn fault(&self, target: Target, fault: &Fault) -> usize {
+    pub fn fault(&self, target: Target, fault: &Fault) -> usize {
         if let (Fault::Competing(on), Target::All) = (fault, target) {
             self.competing.store(*on, Ordering::Relaxed);
         }
@@ -183,7 +183,7 @@ impl Shared {
     }
 
     /// Drops the addressed connections; returns how many.
-    pub(crate) fn drop_clients(&self, target: Target) -> usize {
+    pub fn drop_clients(&self, target: Target) -> usize {
         self.each(target, |h| {
             h.dropped.store(true, Ordering::Relaxed);
             h.stream.shutdown(Shutdown::Both).is_ok()
@@ -191,12 +191,12 @@ impl Shared {
     }
 
     /// Cancels the account received since start, by kind (see [`crate::session::CancelCounts`]).
-    pub(crate) fn cancels(&self) -> serde_json::Value {
+    pub fn cancels(&self) -> serde_json::Value {
         crate::session::CANCELS.to_json()
     }
 
     /// Collects the stats of the addressed clients.
-    pub(crate) fn stats(&self, target: Target) -> Vec<ClientStats> {
+    pub fn stats(&self, target: Target) -> Vec<ClientStats> {
         let waiting: Vec<Receiver<ClientStats>> = {
             let reg = lock(&self.registry);
             reg.clients
@@ -234,14 +234,14 @@ impl Shared {
 
 /// Server-wide commands for the accept loop.
 #[derive(Debug)]
-pub(crate) enum ServerCommand {
+pub enum ServerCommand {
     /// Close the listener and every connection, stay down this long, then listen again on
     /// the same port.
     Restart { down: Duration },
 }
 
 /// The accept loop. Returns only on a listener error.
-pub(crate) fn run(
+pub fn run(
     listener: TcpListener,
     shared: Arc<Shared>,
     commands: Receiver<ServerCommand>,

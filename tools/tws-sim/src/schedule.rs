@@ -2,11 +2,20 @@
 
 use std::time::Duration;
 
-use crate::Mode;
+/// How ticks are paced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Evenly spaced, --rate ticks a second per subscription.
+    Steady,
+    /// --burst-size ticks at once, as often as needed to average --rate.
+    Burst,
+    /// As fast as the client reads (the socket's backpressure is the only limit).
+    Asap,
+}
 
 /// The pacing of one subscription.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Schedule {
+pub struct Schedule {
     mode: Mode,
     /// Ticks a second.
     rate: f64,
@@ -14,7 +23,7 @@ pub(crate) struct Schedule {
 }
 
 impl Schedule {
-    pub(crate) fn new(mode: Mode, rate: f64, burst: u64) -> Self {
+    pub fn new(mode: Mode, rate: f64, burst: u64) -> Self {
         Self {
             mode,
             rate: rate.max(1e-6),
@@ -22,13 +31,13 @@ impl Schedule {
         }
     }
 
-    pub(crate) fn is_asap(&self) -> bool {
+    pub fn is_asap(&self) -> bool {
         self.mode == Mode::Asap
     }
 
     /// How many ticks in total may have been sent `elapsed` after the subscription started
     /// (the first one goes at once).
-    pub(crate) fn due(&self, elapsed: Duration) -> u64 {
+    pub fn due(&self, elapsed: Duration) -> u64 {
         let periods = elapsed.as_secs_f64() * self.rate;
         match self.mode {
             Mode::Steady => periods as u64 + 1,
@@ -39,7 +48,7 @@ impl Schedule {
 
     /// When tick number `sent` becomes due, as an offset from the start (None in asap mode,
     /// where it is due now).
-    pub(crate) fn next_at(&self, sent: u64) -> Option<Duration> {
+    pub fn next_at(&self, sent: u64) -> Option<Duration> {
         let secs = match self.mode {
             Mode::Steady => sent as f64 / self.rate,
             Mode::Burst => (sent / self.burst * self.burst) as f64 / self.rate,

@@ -23,7 +23,7 @@ use crate::wire::{self, Inbound, Incoming, TickEncoder};
 
 /// A fault the control channel or the schedule injects into one connection.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Fault {
+pub enum Fault {
     /// Send nothing for this long.
     Stall(Duration),
     /// Cut the next `bytes` bytes into writes of 1..=max_chunk bytes.
@@ -42,25 +42,25 @@ pub(crate) enum Fault {
 
 /// Subscription counters for `stats`.
 #[derive(Debug, Clone, serde::Serialize)]
-pub(crate) struct SubStats {
-    pub(crate) req_id: i32,
-    pub(crate) con_id: i32,
-    pub(crate) kind: &'static str,
-    pub(crate) ticks: u64,
+pub struct SubStats {
+    pub req_id: i32,
+    pub con_id: i32,
+    pub kind: &'static str,
+    pub ticks: u64,
 }
 
 /// One client for `stats`.
 #[derive(Debug, Clone, serde::Serialize)]
-pub(crate) struct ClientStats {
-    pub(crate) client_id: i32,
-    pub(crate) server_version: u32,
-    pub(crate) ticks: u64,
-    pub(crate) subscriptions: Vec<SubStats>,
+pub struct ClientStats {
+    pub client_id: i32,
+    pub server_version: u32,
+    pub ticks: u64,
+    pub subscriptions: Vec<SubStats>,
 }
 
 /// What reaches the writer loop.
 #[derive(Debug)]
-pub(crate) enum Event {
+pub enum Event {
     Request(Box<Request>),
     /// The client went over 50 messages a second without +PACEAPI.
     PacingViolation,
@@ -72,7 +72,7 @@ pub(crate) enum Event {
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ConnError {
+pub enum ConnError {
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
     #[error("protocol: {0}")]
@@ -124,7 +124,7 @@ fn read_until<T>(
 }
 
 /// Serves one accepted connection until it ends.
-pub(crate) fn serve(stream: TcpStream, shared: Arc<Shared>, conn_no: u64) {
+pub fn serve(stream: TcpStream, shared: Arc<Shared>, conn_no: u64) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -173,7 +173,7 @@ fn serve_inner(mut stream: TcpStream, shared: &Arc<Shared>, conn_no: u64) -> Res
         inbound.feed(b);
         b.clear();
         loop {
-            match inbound.next()? {
+            match inbound.next_message()? {
                 Some(Incoming::StartApi { client_id }) => return Ok(Some(client_id)),
                 // Requests before START_API are not served by TWS either.
                 Some(other) => debug!(?other, "ignored before START_API"),
@@ -255,7 +255,7 @@ fn read_loop(mut stream: TcpStream, mut inbound: Inbound, mut pacer: Pacer, tx: 
     loop {
         // Frames that arrived with START_API are already buffered: serve them before reading.
         loop {
-            match inbound.next() {
+            match inbound.next_message() {
                 Ok(Some(Incoming::Request(req))) => {
                     match pacer.on_message(Instant::now()) {
                         Pace::Ok => {}
@@ -304,10 +304,10 @@ struct Split {
 
 /// One send-log line waiting for its write to finish.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct LogEntry {
-    pub(crate) req_id: i32,
-    pub(crate) first_k: u64,
-    pub(crate) count: u64,
+pub struct LogEntry {
+    pub req_id: i32,
+    pub first_k: u64,
+    pub count: u64,
 }
 
 struct Writer {

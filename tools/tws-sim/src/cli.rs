@@ -1,24 +1,11 @@
-//! tws-sim: a simulated IB Gateway that speaks the real TWS API protocol.
+//! The `tws-sim` command line: parses the flags and runs the server, `expected`, `load` or
+//! `replay`. The binary (`src/bin/tws-sim.rs` of the main package) adds logging and the error
+//! report.
 //!
 //! It serves many clients at once (one thread pair per connection), negotiates the protocol
 //! version like a gateway, answers contract details from a built-in universe, streams
 //! deterministic market data at a chosen rate, applies IB's limits and errors, injects faults
 //! on command, and records or replays what it sends. Run `tws-sim --help` for every knob.
-
-mod capture;
-mod clock;
-mod conn;
-mod control;
-mod decimal;
-mod expected;
-mod generator;
-mod limits;
-mod load;
-mod schedule;
-mod server;
-mod session;
-mod universe;
-mod wire;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -30,12 +17,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::control::Executor;
+use crate::control::{self, Executor};
 use crate::generator::TbtKind;
 use crate::limits::LimitConfig;
+use crate::schedule::Mode;
 use crate::server::{ServerConfig, Shared};
 use crate::session::SessionConfig;
 use crate::universe::{Entitlement, Universe};
+use crate::{capture, expected, load, server};
 
 /// A simulated IB Gateway speaking the real TWS API protocol (text up to server version 200,
 /// binary message ids and protobuf from 201), for tests and benchmarks with no IB account.
@@ -90,17 +79,6 @@ enum Command {
     /// Serve a capture file to one client: the recorded bytes, at the original pace or as fast
     /// as the client reads.
     Replay(ReplayArgs),
-}
-
-/// How ticks are paced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Mode {
-    /// Evenly spaced, --rate ticks a second per subscription.
-    Steady,
-    /// --burst-size ticks at once, as often as needed to average --rate.
-    Burst,
-    /// As fast as the client reads (the socket's backpressure is the only limit).
-    Asap,
 }
 
 #[derive(Debug, Args)]
@@ -413,34 +391,8 @@ fn run_server(s: &ServeArgs) -> anyhow::Result<()> {
     server::run(listener, shared, server_rx)
 }
 
-/// A failure ends tws-sim with one line (each cause once, no backtrace even under
-/// RUST_BACKTRACE) and, for a cause a restart cannot cure such as a port in use, the exit code
-/// that tells `ib-stream up` not to retry.
-fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!(
-                "tws-sim: error: {}",
-                ib_stream::report::one_line(e.as_ref())
-            );
-            if ib_stream::report::is_permanent(e.as_ref()) {
-                std::process::ExitCode::from(ib_stream::report::EXIT_PERMANENT)
-            } else {
-                std::process::ExitCode::FAILURE
-            }
-        }
-    }
-}
-
-fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+/// Parses the command line and runs what it asks for; returns only when that ends.
+pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Expected(a)) => run_expected(a),
