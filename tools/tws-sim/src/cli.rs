@@ -18,10 +18,11 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::control::{self, Executor};
+use crate::gateway::{Gateway, GatewayConfig, WallClock};
 use crate::generator::TbtKind;
+use crate::hub::{Hub, Recording};
 use crate::limits::LimitConfig;
 use crate::schedule::Mode;
-use crate::server::{ServerConfig, Shared};
 use crate::session::SessionConfig;
 use crate::universe::{Entitlement, Universe};
 use crate::{capture, expected, load, server};
@@ -340,7 +341,7 @@ fn run_server(s: &ServeArgs) -> anyhow::Result<()> {
     };
     schedule.extend(control::parse_schedule(&s.fault.join("\n")).context("--fault")?);
     schedule.sort_by_key(|(t, _)| *t);
-    let cfg = ServerConfig {
+    let cfg = GatewayConfig {
         max_version: s.max_version,
         mode: s.mode,
         rate: s.rate,
@@ -358,17 +359,22 @@ fn run_server(s: &ServeArgs) -> anyhow::Result<()> {
             },
         },
         competing: s.competing_session,
+    };
+    let recording = Recording {
         capture: s.capture.clone(),
         send_log: s.send_log.clone(),
     };
-    let shared = Arc::new(Shared::new(cfg, universe)?);
+    let hub = Arc::new(Hub::new(
+        Gateway::new(cfg, universe, WallClock::system()),
+        recording,
+    )?);
     let listener = TcpListener::bind(localhost(s.port))
         .with_context(|| format!("cannot listen on 127.0.0.1:{}", s.port))?;
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening {}", listener.local_addr()?)?;
     let (server_tx, server_rx) = std::sync::mpsc::channel();
     let exec = Executor {
-        shared: Arc::clone(&shared),
+        hub: Arc::clone(&hub),
         server: server_tx,
     };
     if let Some(port) = s.control_port {
@@ -388,7 +394,7 @@ fn run_server(s: &ServeArgs) -> anyhow::Result<()> {
             .spawn(move || control::run_schedule(schedule, exec, start))?;
     }
     tracing::info!(max_version = s.max_version, seed = s.seed, mode = ?s.mode, rate = s.rate, "tws-sim ready");
-    server::run(listener, shared, server_rx)
+    server::run(listener, hub, server_rx)
 }
 
 /// Parses the command line and runs what it asks for; returns only when that ends.

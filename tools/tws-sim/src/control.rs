@@ -31,8 +31,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::conn::Fault;
-use crate::server::{ServerCommand, Shared, Target};
+use crate::connection::Fault;
+use crate::hub::{Hub, Target};
+use crate::server::ServerCommand;
 use crate::session::code;
 
 /// One control command.
@@ -98,7 +99,7 @@ fn target(client: Option<i32>) -> Target {
 /// Carries out commands against the running server.
 #[derive(Debug, Clone)]
 pub struct Executor {
-    pub shared: Arc<Shared>,
+    pub hub: Arc<Hub>,
     pub server: Sender<ServerCommand>,
 }
 
@@ -106,10 +107,10 @@ impl Executor {
     /// Runs one command; the answer is the JSON line to send back.
     pub fn run(&self, cmd: Command) -> serde_json::Value {
         info!(?cmd, "control command");
-        let fault = |client: Option<i32>, f: Fault| json!({"ok": true, "clients": self.shared.fault(target(client), &f)});
+        let fault = |client: Option<i32>, f: Fault| json!({"ok": true, "clients": self.hub.fault(target(client), &f)});
         match cmd {
             Command::Drop { client } => {
-                json!({"ok": true, "clients": self.shared.drop_clients(target(client))})
+                json!({"ok": true, "clients": self.hub.drop_clients(target(client))})
             }
             Command::Stall { client, ms } => fault(client, Fault::Stall(Duration::from_millis(ms))),
             Command::Split {
@@ -141,8 +142,8 @@ impl Executor {
             Command::Stats { client } => {
                 json!({
                     "ok": true,
-                    "clients": self.shared.stats(target(client)),
-                    "cancels": self.shared.cancels(),
+                    "clients": self.hub.stats(target(client)),
+                    "cancels": self.hub.gateway.cancels(),
                 })
             }
         }

@@ -27,6 +27,8 @@ pub struct LimitConfig {
 pub struct Account {
     pub mkt_lines: usize,
     pub tbt_active: usize,
+    /// The cancels the account received, kept after the clients that sent them are gone.
+    pub cancels: CancelCounts,
     tbt_last_request: HashMap<(i32, TbtKind), Instant>,
 }
 
@@ -59,6 +61,30 @@ impl Account {
     /// Forgets every window: a restarted gateway remembers nothing.
     pub fn forget_all_tbt_requests(&mut self) {
         self.tbt_last_request.clear();
+    }
+}
+
+/// Cancels received from every client since the simulator started, kept after a client
+/// disconnects: a test can check that a client cancelled its subscriptions at IB before it
+/// closed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CancelCounts {
+    /// cancelMktData messages.
+    pub mkt_data: u64,
+    /// cancelTickByTickData messages.
+    pub tick_by_tick: u64,
+    /// Cancels of either kind for a request id the session did not know (answered with 300).
+    pub unknown: u64,
+}
+
+impl CancelCounts {
+    /// The counts as JSON (`mkt_data`, `tick_by_tick`, `unknown`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "mkt_data": self.mkt_data,
+            "tick_by_tick": self.tick_by_tick,
+            "unknown": self.unknown,
+        })
     }
 }
 

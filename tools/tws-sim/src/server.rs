@@ -1,236 +1,27 @@
-//! The listener, the registry of connected clients (client ids are unique: a duplicate gets
-//! 326), the shared settings, and server-wide faults (restart).
+//! The socket server: a thin driver around the sans-IO [`Connection`]. The accept loop gives
+//! each client a thread that owns its [`Connection`] and writes its output, and a reader
+//! thread that passes the bytes read on; server-wide faults (restart) are done here.
 
-use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::capture::CaptureWriter;
-use crate::conn::{self, ClientStats, Event, Fault};
-use crate::limits::SharedAccount;
-use crate::schedule::Mode;
-use crate::schedule::Schedule;
-use crate::session::SessionConfig;
-use crate::universe::Universe;
+use crate::clock;
+use crate::connection::Connection;
+use crate::hub::{ClientHandle, Event, Hub, Target};
 
-/// Settings of a running simulator.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub max_version: u32,
-    pub mode: Mode,
-    pub rate: f64,
-    pub rate_for: HashMap<i32, f64>,
-    pub burst_size: u64,
-    pub session: SessionConfig,
-    pub competing: bool,
-    pub capture: Option<PathBuf>,
-    pub send_log: Option<PathBuf>,
-}
-
-/// How the server reaches a connected client.
-#[derive(Debug)]
-pub struct ClientHandle {
-    pub tx: Sender<Event>,
-    /// A clone of the socket: shutting it down ends the connection even when its writer is
-    /// blocked on a client that does not read.
-    pub stream: TcpStream,
-    /// Set when the simulator itself closes the connection (drop fault, restart).
-    pub dropped: Arc<AtomicBool>,
-}
-
-#[derive(Debug, Default)]
-struct Registry {
-    clients: HashMap<i32, (u64, ClientHandle)>,
-}
-
-/// Which clients a command addresses.
-#[derive(Debug, Clone, Copy)]
-pub enum Target {
-    All,
-    Client(i32),
-}
-
-/// Everything the connection threads share.
-#[derive(Debug)]
-pub struct Shared {
-    pub cfg: ServerConfig,
-    pub universe: Universe,
-    pub account: SharedAccount,
-    registry: Mutex<Registry>,
-    competing: AtomicBool,
-    send_log: Option<Mutex<BufWriter<File>>>,
-    schedules: HashMap<i32, Schedule>,
-    default_schedule: Schedule,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Shared {
-    pub fn new(cfg: ServerConfig, universe: Universe) -> anyhow::Result<Self> {
-        let send_log = match &cfg.send_log {
-            Some(p) => Some(Mutex::new(BufWriter::new(File::create(p)?))),
-            None => None,
-        };
-        let schedules = cfg
-            .rate_for
-            .iter()
-            .map(|(c, r)| (*c, Schedule::new(cfg.mode, *r, cfg.burst_size)))
-            .collect();
-        Ok(Self {
-            default_schedule: Schedule::new(cfg.mode, cfg.rate, cfg.burst_size),
-            schedules,
-            competing: AtomicBool::new(cfg.competing),
-            universe,
-            account: SharedAccount::default(),
-            registry: Mutex::default(),
-            send_log,
-            cfg,
-        })
-    }
-
-    pub fn schedule_for(&self, con_id: i32) -> Schedule {
-        self.schedules
-            .get(&con_id)
-            .copied()
-            .unwrap_or(self.default_schedule)
-    }
-
-    pub fn competing(&self) -> bool {
-        self.competing.load(Ordering::Relaxed)
-    }
-
-    /// Registers a client id; false when it is taken.
-    pub fn register(&self, client_id: i32, conn_no: u64, handle: ClientHandle) -> bool {
-        let mut reg = lock(&self.registry);
-        if reg.clients.contains_key(&client_id) {
-            return false;
-        }
-        reg.clients.insert(client_id, (conn_no, handle));
-        true
-    }
-
-    pub fn deregister(&self, client_id: i32, conn_no: u64) {
-        let mut reg = lock(&self.registry);
-        if reg
-            .clients
-            .get(&client_id)
-            .is_some_and(|(n, _)| *n == conn_no)
-        {
-            reg.clients.remove(&client_id);
-        }
-    }
-
-    pub fn open_capture(&self, conn_no: u64, start: Instant) -> Option<CaptureWriter> {
-        let base = self.cfg.capture.as_ref()?;
-        let path = if conn_no == 0 {
-            base.clone()
-        } else {
-            let mut p = base.clone().into_os_string();
-            p.push(format!(".{conn_no}"));
-            PathBuf::from(p)
-        };
-        match CaptureWriter::create(&path, start) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                warn!("capture {} not written: {e}", path.display());
-                None
-            }
-        }
-    }
-
-    pub fn send_log_enabled(&self) -> bool {
-        self.send_log.is_some()
-    }
-
-    pub fn log_sends(&self, client_id: i32, entries: &[conn::LogEntry], unix_ns: u128) {
-        let Some(log) = &self.send_log else { return };
-        let mut w = lock(log);
-        let mut result = Ok(());
-        for e in entries {
-            result = result.and_then(|()| {
-                writeln!(
-                    w,
-                    "{client_id} {} {} {} {unix_ns}",
-                    e.req_id, e.first_k, e.count
-                )
-            });
-        }
-        if let Err(e) = result.and_then(|()| w.flush()) {
-            warn!("send log write failed: {e}");
-        }
-    }
-
-    pub fn client_count(&self) -> usize {
-        lock(&self.registry).clients.len()
-    }
-
-    /// Sends a fault to the addressed clients; returns how many got it.
-    pub fn fault(&self, target: Target, fault: &Fault) -> usize {
-        if let (Fault::Competing(on), Target::All) = (fault, target) {
-            self.competing.store(*on, Ordering::Relaxed);
-        }
-        self.each(target, |h| h.tx.send(Event::Fault(fault.clone())).is_ok())
-    }
-
-    /// Drops the addressed connections; returns how many.
-    pub fn drop_clients(&self, target: Target) -> usize {
-        self.each(target, |h| {
-            h.dropped.store(true, Ordering::Relaxed);
-            h.stream.shutdown(Shutdown::Both).is_ok()
-        })
-    }
-
-    /// Cancels the account received since start, by kind (see [`crate::session::CancelCounts`]).
-    pub fn cancels(&self) -> serde_json::Value {
-        crate::session::CANCELS.to_json()
-    }
-
-    /// Collects the stats of the addressed clients.
-    pub fn stats(&self, target: Target) -> Vec<ClientStats> {
-        let waiting: Vec<Receiver<ClientStats>> = {
-            let reg = lock(&self.registry);
-            reg.clients
-                .iter()
-                .filter(|(id, _)| {
-                    matches!(target, Target::All)
-                        || matches!(target, Target::Client(c) if c == **id)
-                })
-                .filter_map(|(_, (_, h))| {
-                    let (tx, rx) = std::sync::mpsc::channel();
-                    h.tx.send(Event::Stats(tx)).ok().map(|()| rx)
-                })
-                .collect()
-        };
-        let mut out: Vec<ClientStats> = waiting
-            .into_iter()
-            .filter_map(|rx| rx.recv_timeout(Duration::from_secs(2)).ok())
-            .collect();
-        out.sort_by_key(|s| s.client_id);
-        out
-    }
-
-    fn each(&self, target: Target, mut f: impl FnMut(&ClientHandle) -> bool) -> usize {
-        let reg = lock(&self.registry);
-        reg.clients
-            .iter()
-            .filter(|(id, _)| match target {
-                Target::All => true,
-                Target::Client(c) => c == **id,
-            })
-            .filter(|(_, (_, h))| f(h))
-            .count()
-    }
-}
+/// The longest wait when no timer is set (a fault or bytes end it sooner).
+const IDLE_WAIT: Duration = Duration::from_millis(250);
+/// The shortest sleep between two batches of a steady or bursty stream: at high rates the next
+/// tick is microseconds away, so a few go out in one write instead of one write each (the send
+/// log records the real send time).
+const MIN_TURN: Duration = Duration::from_micros(100);
 
 /// Server-wide commands for the accept loop.
 #[derive(Debug)]
@@ -243,7 +34,7 @@ pub enum ServerCommand {
 /// The accept loop. Returns only on a listener error.
 pub fn run(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    hub: Arc<Hub>,
     commands: Receiver<ServerCommand>,
 ) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
@@ -255,14 +46,14 @@ pub fn run(
             Ok(ServerCommand::Restart { down }) => {
                 info!(?down, "restart: closing the listener and every connection");
                 drop(listener.take());
-                shared.drop_clients(Target::All);
+                hub.drop_clients(Target::All);
                 // A restarted gateway knows no old client: wait (bounded) until every closed
-                // session has left the registry, so a reconnect never meets a stale 326.
+                // session has given up its client id, so a reconnect never meets a stale 326.
                 let until = Instant::now() + Duration::from_secs(2);
-                while shared.client_count() > 0 && Instant::now() < until {
+                while hub.gateway.client_count() > 0 && Instant::now() < until {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                shared.account.lock().forget_all_tbt_requests();
+                hub.gateway.restarted();
                 std::thread::sleep(down);
                 let l = TcpListener::bind(addr)?;
                 l.set_nonblocking(true)?;
@@ -276,16 +67,173 @@ pub fn run(
             Ok((stream, _)) => {
                 stream.set_nonblocking(false)?;
                 let conn_no = conn_seq.fetch_add(1, Ordering::Relaxed);
-                let shared = Arc::clone(&shared);
+                let hub = Arc::clone(&hub);
                 std::thread::Builder::new()
                     .name(format!("tws-sim-conn-{conn_no}"))
-                    .spawn(move || conn::serve(stream, shared, conn_no))?;
+                    .spawn(move || serve(stream, &hub, conn_no))?;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 // Polling keeps restart simple; 2 ms is far below any client's connect timeout.
                 std::thread::sleep(Duration::from_millis(2));
             }
             Err(e) => warn!("accept failed: {e}"),
         }
     }
+}
+
+/// Serves one accepted connection until it ends.
+fn serve(stream: TcpStream, hub: &Arc<Hub>, conn_no: u64) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    match drive(stream, hub, conn_no) {
+        Ok(()) => debug!(conn_no, %peer, "connection closed"),
+        Err(e) => info!(conn_no, %peer, "connection ended: {e}"),
+    }
+}
+
+/// Drives one [`Connection`] over its socket: events in, output written (blocking, so a
+/// client that does not read holds the ticks back), timers from `next_deadline`.
+fn drive(mut stream: TcpStream, hub: &Arc<Hub>, conn_no: u64) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let start = Instant::now();
+    let mut capture = hub.open_capture(conn_no, start);
+    let mut conn = Connection::new(Arc::clone(&hub.gateway), conn_no, start);
+    conn.record_sent_ticks(hub.send_log_enabled());
+    let (tx, rx) = channel();
+    let reader_stream = stream.try_clone()?;
+    let reader_tx = tx.clone();
+    let reader = std::thread::Builder::new()
+        .name(format!("tws-sim-rd-{conn_no}"))
+        .spawn(move || read_loop(reader_stream, &reader_tx))?;
+    let dropped = Arc::new(AtomicBool::new(false));
+    let mut registered = false;
+    let result = loop {
+        conn.on_timeout(Instant::now());
+        if let Err(e) = write_out(&mut stream, &mut conn, capture.as_mut(), hub) {
+            break Err(e);
+        }
+        if conn.end().is_some() {
+            break Ok(());
+        }
+        if !registered && let Some(client_id) = conn.client_id() {
+            hub.add(
+                conn_no,
+                ClientHandle {
+                    client_id,
+                    tx: tx.clone(),
+                    stream: stream.try_clone()?,
+                    dropped: Arc::clone(&dropped),
+                },
+            );
+            registered = true;
+        }
+        let wait = conn.next_deadline().map_or(IDLE_WAIT, |at| {
+            let wait = at.saturating_duration_since(Instant::now());
+            // Zero: work left over from a full turn, go on at once.
+            if wait.is_zero() {
+                wait
+            } else {
+                wait.clamp(MIN_TURN, IDLE_WAIT)
+            }
+        });
+        let mut next = match rx.recv_timeout(wait) {
+            Ok(ev) => Some(ev),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break Ok(()),
+        };
+        while let Some(ev) = next {
+            on_event(&mut conn, ev, &dropped);
+            next = rx.try_recv().ok();
+        }
+    };
+    let _ = stream.shutdown(Shutdown::Both);
+    if dropped.load(Ordering::Relaxed) {
+        conn.drop_by_gateway();
+    }
+    hub.remove(conn_no);
+    let client_id = conn.client_id();
+    drop(conn);
+    let _ = reader.join();
+    if let Some(client_id) = client_id {
+        info!(client_id, "client disconnected");
+    }
+    result
+}
+
+fn on_event(conn: &mut Connection, ev: Event, dropped: &AtomicBool) {
+    let now = Instant::now();
+    match ev {
+        Event::Bytes(b) => conn.on_bytes(&b, now),
+        Event::ReaderDone(why) => {
+            if let Some(why) = why {
+                info!(client_id = ?conn.client_id(), "reader stopped: {why}");
+            }
+            if dropped.load(Ordering::Relaxed) {
+                conn.drop_by_gateway();
+            } else {
+                conn.on_eof();
+            }
+        }
+        Event::Fault(f) => {
+            info!(client_id = ?conn.client_id(), ?f, "fault");
+            conn.inject(f, now);
+        }
+        Event::Stats(reply) => {
+            if let Some(stats) = conn.stats() {
+                let _ = reply.send(stats);
+            }
+        }
+    }
+}
+
+/// Writes what the connection has to send, piece by piece; each piece is one write, recorded
+/// in the capture, its ticks in the send log just before it goes.
+fn write_out(
+    stream: &mut TcpStream,
+    conn: &mut Connection,
+    mut capture: Option<&mut CaptureWriter>,
+    hub: &Hub,
+) -> std::io::Result<()> {
+    loop {
+        if hub.send_log_enabled()
+            && let Some(client_id) = conn.client_id()
+        {
+            // Taken just before the bytes go to the kernel, so a receiver's latency measured
+            // against it is never negative.
+            let now = clock::unix_nanos();
+            hub.log_sends(client_id, conn.drain_sent_ticks(), now);
+        }
+        let Some(piece) = conn.poll_output(Instant::now()) else {
+            return Ok(());
+        };
+        if let Some(c) = capture.as_deref_mut() {
+            c.record(piece);
+        }
+        stream.write_all(piece)?;
+        let n = piece.len();
+        conn.advance(n, Instant::now());
+    }
+}
+
+/// The reader thread: bytes in, passed on to the connection's thread.
+fn read_loop(mut stream: TcpStream, tx: &Sender<Event>) {
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                if tx.send(Event::Bytes(chunk[..n].to_vec())).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                let _ = tx.send(Event::ReaderDone(Some(e.to_string())));
+                return;
+            }
+        }
+    }
+    let _ = tx.send(Event::ReaderDone(None));
 }

@@ -6,7 +6,6 @@
 //! 10189, delayed data with 10167), competing sessions (10197), connectivity loss (1100, 1101
 //! drops the subscriptions, 1102 keeps them).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::generator::{L1Gen, L1Tick, TbtGen, TbtKind};
@@ -202,47 +201,6 @@ impl Sub {
     }
 }
 
-/// Cancels received from every client since the simulator started, kept after a client
-/// disconnects: a test can check that a client cancelled its subscriptions at IB before it
-/// closed. One simulator process simulates one account, so the counts are process-wide.
-#[derive(Debug)]
-pub struct CancelCounts {
-    /// cancelMktData messages.
-    pub mkt_data: AtomicU64,
-    /// cancelTickByTickData messages.
-    pub tick_by_tick: AtomicU64,
-    /// Cancels of either kind for a request id the session did not know (answered with 300).
-    pub unknown: AtomicU64,
-}
-
-impl CancelCounts {
-    pub const fn new() -> Self {
-        Self {
-            mkt_data: AtomicU64::new(0),
-            tick_by_tick: AtomicU64::new(0),
-            unknown: AtomicU64::new(0),
-        }
-    }
-
-    /// The counts as JSON (`mkt_data`, `tick_by_tick`, `unknown`).
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "mkt_data": self.mkt_data.load(Ordering::Relaxed),
-            "tick_by_tick": self.tick_by_tick.load(Ordering::Relaxed),
-            "unknown": self.unknown.load(Ordering::Relaxed),
-        })
-    }
-}
-
-impl Default for CancelCounts {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// The account's cancel counts (see [`CancelCounts`]).
-pub static CANCELS: CancelCounts = CancelCounts::new();
-
 /// Session settings shared by every client.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -266,7 +224,6 @@ pub struct Session {
     connectivity_lost: bool,
     competing: bool,
     subs: Vec<Sub>,
-    cancels: &'static CancelCounts,
 }
 
 impl Session {
@@ -280,15 +237,7 @@ impl Session {
             connectivity_lost: false,
             competing,
             subs: Vec::new(),
-            cancels: &CANCELS,
         }
-    }
-
-    /// Counts cancels into `counts` instead of the account's (unit tests run in parallel).
-    #[cfg(test)]
-    fn with_cancel_counts(mut self, counts: &'static CancelCounts) -> Self {
-        self.cancels = counts;
-        self
     }
 
     /// What follows START_API: managed accounts, the next order id and the farm notices.
@@ -570,12 +519,14 @@ impl Session {
     }
 
     fn cancel(&mut self, req_id: i32, tbt: bool, out: &mut Vec<Reply>) {
-        let counter = if tbt {
-            &self.cancels.tick_by_tick
-        } else {
-            &self.cancels.mkt_data
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        {
+            let cancels = &mut self.account.lock().cancels;
+            if tbt {
+                cancels.tick_by_tick += 1;
+            } else {
+                cancels.mkt_data += 1;
+            }
+        }
         let pos = self
             .subs
             .iter()
@@ -586,7 +537,7 @@ impl Session {
                 self.release(&sub);
             }
             None => {
-                self.cancels.unknown.fetch_add(1, Ordering::Relaxed);
+                self.account.lock().cancels.unknown += 1;
                 out.push(error(
                     req_id,
                     code::CANT_FIND_EID,
@@ -821,11 +772,10 @@ mod tests {
 
     #[test]
     fn cancels_are_counted_by_kind_and_kept_after_the_session_ends() {
-        let counts: &'static CancelCounts = Box::leak(Box::new(CancelCounts::new()));
+        let acct = SharedAccount::default();
         let u = Universe::builtin();
         let now = Instant::now();
-        let mut s =
-            Session::new(cfg(5, 5), SharedAccount::default(), false).with_cancel_counts(counts);
+        let mut s = Session::new(cfg(5, 5), acct.clone(), false);
         let mut out = Vec::new();
         s.handle(mkt(1, 265598), &u, now, 0, &mut out);
         s.handle(
@@ -859,7 +809,7 @@ mod tests {
         assert_eq!(codes(&out), [code::CANT_FIND_EID]);
         drop(s);
         assert_eq!(
-            counts.to_json(),
+            acct.lock().cancels.to_json(),
             serde_json::json!({"mkt_data": 1, "tick_by_tick": 2, "unknown": 1})
         );
     }

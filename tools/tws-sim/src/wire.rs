@@ -7,7 +7,6 @@ use ib_stream_tws::{
     TbtTrade, TickByTickData, negotiate as codec_negotiate,
 };
 
-use crate::clock;
 use crate::expected::trade_strings;
 use crate::generator::{L1Tick, TbtTick};
 use crate::session::{Reply, Request};
@@ -213,15 +212,21 @@ pub fn contract_details(inst: &Instrument) -> ContractDetails {
     }
 }
 
-/// Encodes one reply.
-pub fn encode_reply(out: &mut Vec<u8>, version: u32, reply: &Reply, universe: &Universe) {
+/// Encodes one reply; `unix_ms` is the gateway's clock, the time an error carries.
+pub fn encode_reply(
+    out: &mut Vec<u8>,
+    version: u32,
+    reply: &Reply,
+    universe: &Universe,
+    unix_ms: i64,
+) {
     let msg = match reply {
         Reply::Error { req_id, code, msg } => ServerMsg::Error {
             req_id: *req_id,
             code: *code,
             message: msg.clone(),
             advanced_order_reject_json: String::new(),
-            error_time_ms: (clock::unix_nanos() / 1_000_000) as i64,
+            error_time_ms: unix_ms,
         },
         Reply::NextValidId(id) => ServerMsg::NextValidId { order_id: *id },
         Reply::ManagedAccounts(a) => ServerMsg::ManagedAccounts {
