@@ -111,23 +111,29 @@ fn drive(mut stream: TcpStream, hub: &Arc<Hub>, conn_no: u64) -> std::io::Result
     let mut registered = false;
     let result = loop {
         conn.on_timeout(Instant::now());
-        if let Err(e) = write_out(&mut stream, &mut conn, capture.as_mut(), hub) {
-            break Err(e);
-        }
-        if conn.end().is_some() {
-            break Ok(());
-        }
+        // Reachable by the control channel before the client sees its welcome, so a command
+        // sent as soon as the client is ready finds it.
         if !registered && let Some(client_id) = conn.client_id() {
+            let stream = match stream.try_clone() {
+                Ok(s) => s,
+                Err(e) => break Err(e),
+            };
             hub.add(
                 conn_no,
                 ClientHandle {
                     client_id,
                     tx: tx.clone(),
-                    stream: stream.try_clone()?,
+                    stream,
                     dropped: Arc::clone(&dropped),
                 },
             );
             registered = true;
+        }
+        if let Err(e) = write_out(&mut stream, &mut conn, capture.as_mut(), hub) {
+            break Err(e);
+        }
+        if conn.end().is_some() {
+            break Ok(());
         }
         let wait = conn.next_deadline().map_or(IDLE_WAIT, |at| {
             let wait = at.saturating_duration_since(Instant::now());
