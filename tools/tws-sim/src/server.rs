@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::capture::CaptureWriter;
 use crate::clock;
-use crate::connection::Connection;
+use crate::connection::{Connection, End};
 use crate::hub::{ClientHandle, Event, Hub, Target};
 
 /// The longest wait when no timer is set (a fault or bytes end it sooner).
@@ -22,6 +22,10 @@ const IDLE_WAIT: Duration = Duration::from_millis(250);
 /// tick is microseconds away, so a few go out in one write instead of one write each (the send
 /// log records the real send time).
 const MIN_TURN: Duration = Duration::from_micros(100);
+
+/// How long a connection the gateway closes after an error (100, 326) keeps reading what the
+/// client still sends.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// Server-wide commands for the accept loop.
 #[derive(Debug)]
@@ -154,6 +158,18 @@ fn drive(mut stream: TcpStream, hub: &Arc<Hub>, conn_no: u64) -> std::io::Result
             next = rx.try_recv().ok();
         }
     };
+    if matches!(conn.end(), Some(End::Pacing | End::DuplicateClientId(_))) {
+        // The client may still be sending (a burst past the pacing limit): closing now would
+        // answer its bytes with a reset, which can discard the error before the client reads
+        // it. Half-close, drain until it closes too (bounded), then close.
+        let _ = stream.shutdown(Shutdown::Write);
+        let until = Instant::now() + LINGER;
+        while let Ok(ev) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            if matches!(ev, Event::ReaderDone(_)) {
+                break;
+            }
+        }
+    }
     let _ = stream.shutdown(Shutdown::Both);
     if dropped.load(Ordering::Relaxed) {
         conn.drop_by_gateway();
