@@ -151,6 +151,8 @@ pub struct Connection {
     end: Option<End>,
     /// Send what is encoded before the close (326, 100).
     flush_before_close: bool,
+    /// The client closed its side: paced requests are still served, nothing is sent.
+    input_closed: bool,
     /// The latest time the caller passed in.
     now: Instant,
 }
@@ -177,6 +179,7 @@ impl Connection {
             sent: Vec::new(),
             end: None,
             flush_before_close: false,
+            input_closed: false,
             now,
         }
     }
@@ -225,6 +228,9 @@ impl Connection {
     /// Bytes from the client, arrived at `now`.
     pub fn on_bytes(&mut self, bytes: &[u8], now: Instant) {
         self.now = now;
+        if self.input_closed {
+            return;
+        }
         match &mut self.phase {
             Phase::Closed => {}
             Phase::Hello { buf } => {
@@ -242,8 +248,25 @@ impl Connection {
         }
     }
 
-    /// The client closed its side (or the socket failed).
+    /// The client closed its side (or the socket failed). Requests it sent that pacing holds
+    /// back are still served at their times, as a gateway reads everything a client sent (its
+    /// cancels count); nothing more is sent. The connection ends when they are done.
     pub fn on_eof(&mut self) {
+        self.input_closed = true;
+        self.out.clear();
+        self.written = 0;
+        self.end_if_drained();
+    }
+
+    fn end_if_drained(&mut self) {
+        if !self.input_closed {
+            return;
+        }
+        if let Phase::Live(live) = &self.phase
+            && !live.paced.is_empty()
+        {
+            return;
+        }
         self.close(End::ClientClosed, false);
     }
 
@@ -407,6 +430,7 @@ impl Connection {
             if let Some((_, req)) = live.paced.pop_front() {
                 self.serve(*req, now);
             }
+            self.end_if_drained();
         }
     }
 
@@ -424,7 +448,9 @@ impl Connection {
     fn encode_replies(&mut self, now: Instant) {
         let unix_ms = (self.gw.wall().unix_nanos(now) / 1_000_000) as i64;
         for r in self.replies.drain(..) {
-            wire::encode_reply(&mut self.out, self.version, &r, self.gw.universe(), unix_ms);
+            if !self.input_closed {
+                wire::encode_reply(&mut self.out, self.version, &r, self.gw.universe(), unix_ms);
+            }
         }
     }
 
@@ -505,7 +531,11 @@ impl Connection {
         {
             at(t);
         }
-        if self.stall_until.is_none() && self.pending() < BATCH_BYTES && live.session.streaming() {
+        if self.stall_until.is_none()
+            && !self.input_closed
+            && self.pending() < BATCH_BYTES
+            && live.session.streaming()
+        {
             for sub in live.session.subs() {
                 match self.gw.schedule_for(sub.con_id).next_at(sub.sent) {
                     None => at(self.now),
@@ -543,7 +573,7 @@ impl Connection {
         let Phase::Live(live) = &mut self.phase else {
             return;
         };
-        if !live.session.streaming() {
+        if !live.session.streaming() || self.input_closed {
             return;
         }
         let time = self.gw.wall().unix_secs(now);

@@ -57,9 +57,21 @@ struct Client {
 
 impl Client {
     fn connect(gw: &Arc<Gateway>, conn_no: u64, client_id: i32, now: Instant) -> Client {
+        Client::connect_with(gw, conn_no, client_id, "", now)
+    }
+
+    fn connect_with(
+        gw: &Arc<Gateway>,
+        conn_no: u64,
+        client_id: i32,
+        options: &str,
+        now: Instant,
+    ) -> Client {
         let mut conn = Connection::new(Arc::clone(gw), conn_no, now);
         let mut hello = Vec::new();
-        ClientHello::new(100, 226).encode(&mut hello);
+        let mut client_hello = ClientHello::new(100, 226);
+        client_hello.options = options.into();
+        client_hello.encode(&mut hello);
         conn.on_bytes(&hello, now);
         let mut c = Client {
             conn,
@@ -300,6 +312,33 @@ fn pacing_violation_is_100_then_the_close_and_frees_the_client_id() {
     c.send(&ClientMsg::ReqCurrentTime, t0);
     assert_eq!(error_codes(&c.recv(t0)), [100]);
     assert_eq!(c.conn.end(), Some(&End::Pacing));
+    assert_eq!(gw.client_count(), 0);
+}
+
+/// A +PACEAPI client that sends a burst and closes: the gateway still serves every request it
+/// read, at the paced times (its cancels count), and only then ends the connection.
+#[test]
+fn requests_held_by_pacing_are_served_after_the_client_closes() {
+    let t0 = Instant::now();
+    let gw = gateway(t0);
+    let mut c = Client::connect_with(&gw, 0, 1, "+PACEAPI", t0);
+    c.recv(t0);
+    for req_id in 0..60 {
+        c.send(&ClientMsg::CancelTickByTick { req_id }, t0);
+    }
+    c.conn.on_eof();
+    assert_eq!(gw.account().lock().cancels.tick_by_tick, 50, "50 a second");
+    assert_eq!(c.conn.end(), None, "10 requests are still held");
+    let at = c.conn.next_deadline().expect("the paced requests' time");
+    assert_eq!(at, t0 + Duration::from_secs(1));
+    c.conn.on_timeout(at);
+    assert_eq!(gw.account().lock().cancels.tick_by_tick, 60);
+    assert_eq!(gw.account().lock().cancels.unknown, 60);
+    assert_eq!(c.conn.end(), Some(&End::ClientClosed));
+    assert!(
+        c.recv(at).is_empty(),
+        "nothing is sent to a client that closed"
+    );
     assert_eq!(gw.client_count(), 0);
 }
 
