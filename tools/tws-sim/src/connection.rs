@@ -151,8 +151,10 @@ pub struct Connection {
     end: Option<End>,
     /// Send what is encoded before the close (326, 100).
     flush_before_close: bool,
-    /// The client closed its side: paced requests are still served, nothing is sent.
+    /// The client closed its side: paced requests are still served.
     input_closed: bool,
+    /// Nothing more is sent (the client closed, or writes fail).
+    output_closed: bool,
     /// The latest time the caller passed in.
     now: Instant,
 }
@@ -180,6 +182,7 @@ impl Connection {
             end: None,
             flush_before_close: false,
             input_closed: false,
+            output_closed: false,
             now,
         }
     }
@@ -253,9 +256,16 @@ impl Connection {
     /// cancels count); nothing more is sent. The connection ends when they are done.
     pub fn on_eof(&mut self) {
         self.input_closed = true;
+        self.on_write_closed();
+        self.end_if_drained();
+    }
+
+    /// Writes to the client fail (it is gone): nothing more is encoded or sent, but what it
+    /// sent before is still read and served until [`Connection::on_eof`].
+    pub fn on_write_closed(&mut self) {
+        self.output_closed = true;
         self.out.clear();
         self.written = 0;
-        self.end_if_drained();
     }
 
     fn end_if_drained(&mut self) {
@@ -448,7 +458,7 @@ impl Connection {
     fn encode_replies(&mut self, now: Instant) {
         let unix_ms = (self.gw.wall().unix_nanos(now) / 1_000_000) as i64;
         for r in self.replies.drain(..) {
-            if !self.input_closed {
+            if !self.output_closed {
                 wire::encode_reply(&mut self.out, self.version, &r, self.gw.universe(), unix_ms);
             }
         }
@@ -477,7 +487,9 @@ impl Connection {
                 return true;
             }
             Fault::Malformed => {
-                wire::malformed_frame(&mut self.out);
+                if !self.output_closed {
+                    wire::malformed_frame(&mut self.out);
+                }
                 return true;
             }
             _ => {}
@@ -532,7 +544,7 @@ impl Connection {
             at(t);
         }
         if self.stall_until.is_none()
-            && !self.input_closed
+            && !self.output_closed
             && self.pending() < BATCH_BYTES
             && live.session.streaming()
         {
@@ -573,7 +585,7 @@ impl Connection {
         let Phase::Live(live) = &mut self.phase else {
             return;
         };
-        if !live.session.streaming() || self.input_closed {
+        if !live.session.streaming() || self.output_closed {
             return;
         }
         let time = self.gw.wall().unix_secs(now);

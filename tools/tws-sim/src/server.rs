@@ -113,6 +113,7 @@ fn drive(mut stream: TcpStream, hub: &Arc<Hub>, conn_no: u64) -> std::io::Result
         .spawn(move || read_loop(reader_stream, &reader_tx))?;
     let dropped = Arc::new(AtomicBool::new(false));
     let mut registered = false;
+    let mut write_error = None;
     let result = loop {
         conn.on_timeout(Instant::now());
         // Reachable by the control channel before the client sees its welcome, so a command
@@ -133,8 +134,13 @@ fn drive(mut stream: TcpStream, hub: &Arc<Hub>, conn_no: u64) -> std::io::Result
             );
             registered = true;
         }
-        if let Err(e) = write_out(&mut stream, &mut conn, capture.as_mut(), hub) {
-            break Err(e);
+        if write_error.is_none()
+            && let Err(e) = write_out(&mut stream, &mut conn, capture.as_mut(), hub)
+        {
+            // The client is gone, but what it sent before (its cancels) is still read and
+            // served until the reader reports the end.
+            conn.on_write_closed();
+            write_error = Some(e);
         }
         if conn.end().is_some() {
             break Ok(());
@@ -181,7 +187,10 @@ fn drive(mut stream: TcpStream, hub: &Arc<Hub>, conn_no: u64) -> std::io::Result
     if let Some(client_id) = client_id {
         info!(client_id, "client disconnected");
     }
-    result
+    match write_error {
+        Some(e) => Err(e),
+        None => result,
+    }
 }
 
 fn on_event(conn: &mut Connection, ev: Event, dropped: &AtomicBool) {

@@ -342,6 +342,42 @@ fn requests_held_by_pacing_are_served_after_the_client_closes() {
     assert_eq!(gw.client_count(), 0);
 }
 
+/// Writes fail (the client is gone) while its last requests are still unread: they are served
+/// (the cancels count), nothing more is encoded, and the end comes with the reader's.
+#[test]
+fn what_the_client_sent_before_writes_failed_is_still_served() {
+    let t0 = Instant::now();
+    let gw = gateway(t0);
+    let mut c = Client::connect(&gw, 0, 1, t0);
+    c.recv(t0);
+    c.send(
+        &ClientMsg::ReqTickByTick {
+            req_id: 9,
+            contract: aapl(),
+            tick_type: "BidAsk".into(),
+            number_of_ticks: 0,
+            ignore_size: false,
+        },
+        t0,
+    );
+    c.conn.on_timeout(t0);
+    assert!(c.conn.pending() > 0);
+    c.conn.on_write_closed();
+    assert_eq!(c.conn.pending(), 0);
+    c.send(&ClientMsg::CancelTickByTick { req_id: 9 }, t0);
+    assert_eq!(gw.account().lock().cancels.tick_by_tick, 1);
+    assert_eq!(gw.account().lock().tbt_active, 0);
+    c.conn.on_timeout(t0 + Duration::from_secs(1));
+    assert_eq!(
+        c.conn.pending(),
+        0,
+        "nothing is encoded for a client that is gone"
+    );
+    assert_eq!(c.conn.end(), None);
+    c.conn.on_eof();
+    assert_eq!(c.conn.end(), Some(&End::ClientClosed));
+}
+
 #[test]
 fn a_second_connection_with_the_same_client_id_gets_326_until_the_first_is_dropped() {
     let t0 = Instant::now();
