@@ -333,7 +333,7 @@ impl Connection {
         };
         self.version = version;
         self.ticks = TickEncoder::new(version);
-        let time = clock::connection_time(self.gw.wall().unix_secs(now));
+        let time = clock::connection_time(self.gw.unix_secs(now));
         wire::encode_ack(version, &time, &mut self.out);
         let mut inbound = Inbound::new(version);
         inbound.feed(&rest);
@@ -449,14 +449,14 @@ impl Connection {
             return;
         };
         debug!(client_id = live.client_id, ?req, "request");
-        let epoch = self.gw.wall().unix_secs(now);
+        let epoch = self.gw.unix_secs(now);
         live.session
             .handle(req, self.gw.universe(), now, epoch, &mut self.replies);
         self.encode_replies(now);
     }
 
     fn encode_replies(&mut self, now: Instant) {
-        let unix_ms = (self.gw.wall().unix_nanos(now) / 1_000_000) as i64;
+        let unix_ms = (self.gw.unix_nanos(now) / 1_000_000) as i64;
         for r in self.replies.drain(..) {
             if !self.output_closed {
                 wire::encode_reply(&mut self.out, self.version, &r, self.gw.universe(), unix_ms);
@@ -588,7 +588,7 @@ impl Connection {
         if !live.session.streaming() || self.output_closed {
             return;
         }
-        let time = self.gw.wall().unix_secs(now);
+        let time = self.gw.unix_secs(now);
         let gw = &self.gw;
         let universe = gw.universe();
         let all_asap = live

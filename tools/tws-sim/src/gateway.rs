@@ -5,7 +5,7 @@
 //! ([`crate::connection::Connection`]) on one of these.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -75,6 +75,8 @@ pub struct Gateway {
     schedules: HashMap<i32, Schedule>,
     default_schedule: Schedule,
     wall: WallClock,
+    /// Nanoseconds the wall clock was moved by [`Gateway::jump_wall_clock`].
+    wall_jump: AtomicI64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -97,6 +99,7 @@ impl Gateway {
             account: SharedAccount::default(),
             clients: Mutex::default(),
             wall,
+            wall_jump: AtomicI64::new(0),
             cfg,
         }
     }
@@ -113,8 +116,27 @@ impl Gateway {
         &self.account
     }
 
-    pub fn wall(&self) -> &WallClock {
-        &self.wall
+    /// Unix time in nanoseconds at `now`, as this gateway's clock shows it.
+    pub fn unix_nanos(&self, now: Instant) -> u128 {
+        let jump = self.wall_jump.load(Ordering::Relaxed);
+        let base = self.wall.unix_nanos(now);
+        if jump >= 0 {
+            base.saturating_add(jump.unsigned_abs().into())
+        } else {
+            base.saturating_sub(jump.unsigned_abs().into())
+        }
+    }
+
+    /// Unix seconds at `now`, as this gateway's clock shows it.
+    pub fn unix_secs(&self, now: Instant) -> i64 {
+        (self.unix_nanos(now) / 1_000_000_000) as i64
+    }
+
+    /// Moves the gateway's wall clock by `by_nanos` (back when negative), as when its host's
+    /// clock is stepped: times it sends from then on (current time, tick and error times, a
+    /// new connection's handshake) follow; the pacing of ticks, on the monotonic `now`, does not.
+    pub fn jump_wall_clock(&self, by_nanos: i64) {
+        self.wall_jump.fetch_add(by_nanos, Ordering::Relaxed);
     }
 
     /// The pacing of a subscription to this instrument.

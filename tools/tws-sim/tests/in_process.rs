@@ -298,6 +298,25 @@ fn a_connection_runs_on_a_virtual_clock_and_repeats_byte_for_byte() {
     );
 }
 
+/// The gateway's host clock is stepped: the times it sends follow, the tick pacing does not.
+#[test]
+fn a_wall_clock_jump_shows_in_the_times_the_gateway_sends() {
+    let t0 = Instant::now();
+    let gw = gateway(t0);
+    let mut c = Client::connect(&gw, 0, 1, t0);
+    c.recv(t0);
+    gw.jump_wall_clock(3_600_000_000_000);
+    c.send(&ClientMsg::ReqCurrentTime, t0);
+    assert!(
+        matches!(c.recv(t0)[..], [ServerMsg::CurrentTime { time }] if time == EPOCH as i64 + 3600)
+    );
+    gw.jump_wall_clock(-7_200_000_000_000);
+    c.send(&ClientMsg::ReqCurrentTime, t0);
+    assert!(
+        matches!(c.recv(t0)[..], [ServerMsg::CurrentTime { time }] if time == EPOCH as i64 - 3600)
+    );
+}
+
 #[test]
 fn pacing_violation_is_100_then_the_close_and_frees_the_client_id() {
     let t0 = Instant::now();
