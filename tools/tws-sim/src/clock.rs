@@ -8,10 +8,6 @@ pub fn unix_nanos() -> u128 {
         .map_or(0, |d| d.as_nanos())
 }
 
-pub fn unix_secs() -> i64 {
-    (unix_nanos() / 1_000_000_000) as i64
-}
-
 /// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;

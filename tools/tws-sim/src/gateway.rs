@@ -57,10 +57,6 @@ impl WallClock {
     pub fn unix_nanos(&self, now: Instant) -> u128 {
         self.unix_nanos + now.saturating_duration_since(self.at).as_nanos()
     }
-
-    pub fn unix_secs(&self, now: Instant) -> i64 {
-        (self.unix_nanos(now) / 1_000_000_000) as i64
-    }
 }
 
 /// What every connection of one simulated gateway shares.
