@@ -13,4 +13,5 @@ pub mod tools;
 pub mod up;
 
 pub use ib_stream_ipc as ipc;
-pub mod tws;
+/// The TWS API codec (its own crate, `tws/`, so the simulator can use it without the engine).
+pub use ib_stream_tws as tws;

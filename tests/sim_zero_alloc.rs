@@ -1,35 +1,16 @@
 //! The simulator's hot path allocates nothing: generating a tick and encoding it (every
 //! tick-by-tick kind and the L1 stream, text and protobuf form) into a buffer with room,
-//! counted with an instrumented global allocator. The simulator's modules are compiled in
-//! here by path (the binary has no library); their own unit tests come along, so each check
-//! re-runs this test binary with only itself selected, where no other thread allocates.
-#![allow(dead_code)]
-
-#[path = "../tools/tws-sim/clock.rs"]
-mod clock;
-#[path = "../tools/tws-sim/decimal.rs"]
-mod decimal;
-#[path = "../tools/tws-sim/expected.rs"]
-mod expected;
-#[path = "../tools/tws-sim/generator.rs"]
-mod generator;
-#[path = "../tools/tws-sim/limits.rs"]
-mod limits;
-#[path = "../tools/tws-sim/session.rs"]
-mod session;
-#[path = "../tools/tws-sim/universe.rs"]
-mod universe;
-#[path = "../tools/tws-sim/wire.rs"]
-mod wire;
+//! counted with an instrumented global allocator. Each check re-runs this test binary with
+//! only itself selected, where no other thread allocates.
 
 use std::alloc::System;
 use std::process::Command;
 
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
-use generator::{L1Gen, TbtGen, TbtKind};
-use universe::Universe;
-use wire::TickEncoder;
+use tws_sim::generator::{L1Gen, TbtGen, TbtKind};
+use tws_sim::universe::Universe;
+use tws_sim::wire::TickEncoder;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;

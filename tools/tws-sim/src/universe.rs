@@ -13,7 +13,7 @@ use crate::decimal::{PRICE_SCALE, SIZE_SCALE, parse_fixed};
 
 /// Why a universe file was refused.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum UniverseError {
+pub enum UniverseError {
     #[error("cannot read universe file {path}: {source}")]
     Read {
         path: String,
@@ -41,7 +41,7 @@ pub(crate) enum UniverseError {
 /// What the account may see of an instrument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum Entitlement {
+pub enum Entitlement {
     /// Real-time data allowed.
     #[default]
     Live,
@@ -54,57 +54,57 @@ pub(crate) enum Entitlement {
 /// One instrument as written in a universe file (and as the built-in list is declared).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct InstrumentSpec {
-    pub(crate) con_id: i32,
-    pub(crate) symbol: String,
-    pub(crate) sec_type: String,
+pub struct InstrumentSpec {
+    pub con_id: i32,
+    pub symbol: String,
+    pub sec_type: String,
     #[serde(default)]
-    pub(crate) last_trade_date_or_contract_month: String,
+    pub last_trade_date_or_contract_month: String,
     #[serde(default)]
-    pub(crate) multiplier: String,
-    pub(crate) exchange: String,
+    pub multiplier: String,
+    pub exchange: String,
     #[serde(default)]
-    pub(crate) primary_exchange: String,
-    pub(crate) currency: String,
+    pub primary_exchange: String,
+    pub currency: String,
     #[serde(default)]
-    pub(crate) local_symbol: String,
+    pub local_symbol: String,
     #[serde(default)]
-    pub(crate) trading_class: String,
+    pub trading_class: String,
     #[serde(default)]
-    pub(crate) long_name: String,
+    pub long_name: String,
     #[serde(default)]
-    pub(crate) time_zone_id: String,
+    pub time_zone_id: String,
     #[serde(default)]
-    pub(crate) trading_hours: String,
+    pub trading_hours: String,
     #[serde(default)]
-    pub(crate) valid_exchanges: String,
+    pub valid_exchanges: String,
     #[serde(default)]
-    pub(crate) industry: String,
+    pub industry: String,
     /// Minimum price increment, e.g. "0.25".
-    pub(crate) min_tick: String,
+    pub min_tick: String,
     /// Where the random walk starts, e.g. "21500".
-    pub(crate) start_price: String,
+    pub start_price: String,
     /// The spread is 1..=max_spread_ticks ticks.
     #[serde(default = "one")]
-    pub(crate) max_spread_ticks: u32,
+    pub max_spread_ticks: u32,
     /// Quote and trade sizes are multiples of this, e.g. "100" shares or "1" contract.
-    pub(crate) lot: String,
+    pub lot: String,
     /// Sizes go up to lot * max_lots.
     #[serde(default = "ten")]
-    pub(crate) max_lots: u32,
+    pub max_lots: u32,
     /// Exchanges that print trades (tick-by-tick Last/AllLast).
-    pub(crate) trade_exchanges: Vec<String>,
+    pub trade_exchanges: Vec<String>,
     /// Special-condition strings that trades carry, the first one the most common.
     #[serde(default)]
-    pub(crate) trade_conditions: Vec<String>,
+    pub trade_conditions: Vec<String>,
     /// The BBO exchange reported in tickReqParams.
     #[serde(default)]
-    pub(crate) bbo_exchange: String,
+    pub bbo_exchange: String,
     #[serde(default)]
-    pub(crate) entitlement: Entitlement,
+    pub entitlement: Entitlement,
     /// Whether tick-by-tick data is permitted (10189 when not).
     #[serde(default = "yes")]
-    pub(crate) tick_by_tick: bool,
+    pub tick_by_tick: bool,
 }
 
 fn one() -> u32 {
@@ -119,14 +119,14 @@ fn yes() -> bool {
 
 /// A validated instrument with its numbers in fixed point.
 #[derive(Debug, Clone)]
-pub(crate) struct Instrument {
-    pub(crate) spec: InstrumentSpec,
+pub struct Instrument {
+    pub spec: InstrumentSpec,
     /// Price fixed point (1e-9).
-    pub(crate) min_tick: i64,
+    pub min_tick: i64,
     /// Price fixed point (1e-9).
-    pub(crate) start_price: i64,
+    pub start_price: i64,
     /// Size fixed point (1e-8).
-    pub(crate) lot: i64,
+    pub lot: i64,
 }
 
 impl Instrument {
@@ -169,29 +169,29 @@ impl Instrument {
         })
     }
 
-    pub(crate) fn con_id(&self) -> i32 {
+    pub fn con_id(&self) -> i32 {
         self.spec.con_id
     }
 }
 
 /// What a request names: the contract fields a client sends.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct ContractQuery {
-    pub(crate) con_id: i32,
-    pub(crate) symbol: String,
-    pub(crate) sec_type: String,
-    pub(crate) exchange: String,
-    pub(crate) primary_exchange: String,
-    pub(crate) currency: String,
-    pub(crate) local_symbol: String,
-    pub(crate) trading_class: String,
-    pub(crate) multiplier: String,
-    pub(crate) last_trade_date_or_contract_month: String,
+pub struct ContractQuery {
+    pub con_id: i32,
+    pub symbol: String,
+    pub sec_type: String,
+    pub exchange: String,
+    pub primary_exchange: String,
+    pub currency: String,
+    pub local_symbol: String,
+    pub trading_class: String,
+    pub multiplier: String,
+    pub last_trade_date_or_contract_month: String,
 }
 
 impl ContractQuery {
     /// A short description for error texts.
-    pub(crate) fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         if self.con_id > 0 {
             format!("conId {}", self.con_id)
         } else if !self.local_symbol.is_empty() {
@@ -204,20 +204,20 @@ impl ContractQuery {
 
 /// The set of instruments, looked up by conId or by description.
 #[derive(Debug, Clone)]
-pub(crate) struct Universe {
+pub struct Universe {
     instruments: Vec<Instrument>,
 }
 
 /// How a lookup for exactly one instrument ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Resolve {
+pub enum Resolve {
     Found(usize),
     NotFound,
     Ambiguous,
 }
 
 impl Universe {
-    pub(crate) fn new(specs: Vec<InstrumentSpec>) -> Result<Self, UniverseError> {
+    pub fn new(specs: Vec<InstrumentSpec>) -> Result<Self, UniverseError> {
         if specs.is_empty() {
             return Err(UniverseError::Empty);
         }
@@ -231,7 +231,7 @@ impl Universe {
         Ok(Self { instruments })
     }
 
-    pub(crate) fn load(path: &Path) -> Result<Self, UniverseError> {
+    pub fn load(path: &Path) -> Result<Self, UniverseError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| UniverseError::Read {
             path: shown.clone(),
@@ -245,27 +245,27 @@ impl Universe {
         Self::new(specs)
     }
 
-    pub(crate) fn builtin() -> Self {
+    pub fn builtin() -> Self {
         // The built-in list is validated by a unit test; failing here would be a code bug.
         Self::new(builtin_specs()).expect("the built-in universe is valid")
     }
 
-    pub(crate) fn get(&self, index: usize) -> &Instrument {
+    pub fn get(&self, index: usize) -> &Instrument {
         &self.instruments[index]
     }
 
-    pub(crate) fn by_con_id(&self, con_id: i32) -> Option<usize> {
+    pub fn by_con_id(&self, con_id: i32) -> Option<usize> {
         self.instruments.iter().position(|i| i.con_id() == con_id)
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Instrument> {
+    pub fn iter(&self) -> impl Iterator<Item = &Instrument> {
         self.instruments.iter()
     }
 
     /// Every instrument the query describes (reqContractDetails answers with all of them).
     /// A conId names one instrument; every other field given must agree with it, as IB
     /// finds no security definition for a conId with a contradicting description.
-    pub(crate) fn matches(&self, q: &ContractQuery) -> Vec<usize> {
+    pub fn matches(&self, q: &ContractQuery) -> Vec<usize> {
         if q.con_id > 0 {
             return self
                 .by_con_id(q.con_id)
@@ -285,7 +285,7 @@ impl Universe {
     }
 
     /// The one instrument a market-data request names.
-    pub(crate) fn resolve(&self, q: &ContractQuery) -> Resolve {
+    pub fn resolve(&self, q: &ContractQuery) -> Resolve {
         let m = self.matches(q);
         match m.len() {
             0 => Resolve::NotFound,
@@ -440,7 +440,7 @@ fn fx(con_id: i32, base: &str, quote: &str, min_tick: &str, start: &str) -> Inst
 }
 
 /// The built-in instruments.
-pub(crate) fn builtin_specs() -> Vec<InstrumentSpec> {
+pub fn builtin_specs() -> Vec<InstrumentSpec> {
     vec![
         future(
             711280073,

@@ -1,24 +1,11 @@
-//! tws-sim: a simulated IB Gateway that speaks the real TWS API protocol.
+//! The `tws-sim` command line: parses the flags and runs the server, `expected`, `load` or
+//! `replay`. The binary (`src/bin/tws-sim.rs` of the main package) adds logging and the error
+//! report.
 //!
 //! It serves many clients at once (one thread pair per connection), negotiates the protocol
 //! version like a gateway, answers contract details from a built-in universe, streams
 //! deterministic market data at a chosen rate, applies IB's limits and errors, injects faults
 //! on command, and records or replays what it sends. Run `tws-sim --help` for every knob.
-
-mod capture;
-mod clock;
-mod conn;
-mod control;
-mod decimal;
-mod expected;
-mod generator;
-mod limits;
-mod load;
-mod schedule;
-mod server;
-mod session;
-mod universe;
-mod wire;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -30,12 +17,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::control::Executor;
+use crate::control::{self, Executor};
+use crate::gateway::{Gateway, GatewayConfig, WallClock};
 use crate::generator::TbtKind;
+use crate::hub::{Hub, Recording};
 use crate::limits::LimitConfig;
-use crate::server::{ServerConfig, Shared};
+use crate::schedule::Mode;
 use crate::session::SessionConfig;
 use crate::universe::{Entitlement, Universe};
+use crate::{capture, expected, load, server};
 
 /// A simulated IB Gateway speaking the real TWS API protocol (text up to server version 200,
 /// binary message ids and protobuf from 201), for tests and benchmarks with no IB account.
@@ -90,17 +80,6 @@ enum Command {
     /// Serve a capture file to one client: the recorded bytes, at the original pace or as fast
     /// as the client reads.
     Replay(ReplayArgs),
-}
-
-/// How ticks are paced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Mode {
-    /// Evenly spaced, --rate ticks a second per subscription.
-    Steady,
-    /// --burst-size ticks at once, as often as needed to average --rate.
-    Burst,
-    /// As fast as the client reads (the socket's backpressure is the only limit).
-    Asap,
 }
 
 #[derive(Debug, Args)]
@@ -362,7 +341,7 @@ fn run_server(s: &ServeArgs) -> anyhow::Result<()> {
     };
     schedule.extend(control::parse_schedule(&s.fault.join("\n")).context("--fault")?);
     schedule.sort_by_key(|(t, _)| *t);
-    let cfg = ServerConfig {
+    let cfg = GatewayConfig {
         max_version: s.max_version,
         mode: s.mode,
         rate: s.rate,
@@ -380,17 +359,22 @@ fn run_server(s: &ServeArgs) -> anyhow::Result<()> {
             },
         },
         competing: s.competing_session,
+    };
+    let recording = Recording {
         capture: s.capture.clone(),
         send_log: s.send_log.clone(),
     };
-    let shared = Arc::new(Shared::new(cfg, universe)?);
+    let hub = Arc::new(Hub::new(
+        Gateway::new(cfg, universe, WallClock::system()),
+        recording,
+    )?);
     let listener = TcpListener::bind(localhost(s.port))
         .with_context(|| format!("cannot listen on 127.0.0.1:{}", s.port))?;
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening {}", listener.local_addr()?)?;
     let (server_tx, server_rx) = std::sync::mpsc::channel();
     let exec = Executor {
-        shared: Arc::clone(&shared),
+        hub: Arc::clone(&hub),
         server: server_tx,
     };
     if let Some(port) = s.control_port {
@@ -410,37 +394,11 @@ fn run_server(s: &ServeArgs) -> anyhow::Result<()> {
             .spawn(move || control::run_schedule(schedule, exec, start))?;
     }
     tracing::info!(max_version = s.max_version, seed = s.seed, mode = ?s.mode, rate = s.rate, "tws-sim ready");
-    server::run(listener, shared, server_rx)
+    server::run(listener, hub, server_rx)
 }
 
-/// A failure ends tws-sim with one line (each cause once, no backtrace even under
-/// RUST_BACKTRACE) and, for a cause a restart cannot cure such as a port in use, the exit code
-/// that tells `ib-stream up` not to retry.
-fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!(
-                "tws-sim: error: {}",
-                ib_stream::report::one_line(e.as_ref())
-            );
-            if ib_stream::report::is_permanent(e.as_ref()) {
-                std::process::ExitCode::from(ib_stream::report::EXIT_PERMANENT)
-            } else {
-                std::process::ExitCode::FAILURE
-            }
-        }
-    }
-}
-
-fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+/// Parses the command line and runs what it asks for; returns only when that ends.
+pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Expected(a)) => run_expected(a),

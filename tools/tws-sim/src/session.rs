@@ -6,7 +6,6 @@
 //! 10189, delayed data with 10167), competing sessions (10197), connectivity loss (1100, 1101
 //! drops the subscriptions, 1102 keeps them).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::generator::{L1Gen, L1Tick, TbtGen, TbtKind};
@@ -15,7 +14,7 @@ use crate::universe::{ContractQuery, Entitlement, Resolve, Universe};
 
 /// A decoded client request, in the simulator's terms.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Request {
+pub enum Request {
     MktData {
         req_id: i32,
         contract: ContractQuery,
@@ -61,7 +60,7 @@ pub(crate) enum Request {
 
 /// A reply the session wants sent, in the simulator's terms.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Reply {
+pub enum Reply {
     Error {
         req_id: i32,
         code: i32,
@@ -99,26 +98,26 @@ pub(crate) enum Reply {
 }
 
 /// IB's error codes and texts.
-pub(crate) mod code {
-    pub(crate) const PACING: i32 = 100;
-    pub(crate) const MAX_TICKERS: i32 = 101;
-    pub(crate) const NO_SECURITY: i32 = 200;
-    pub(crate) const CANT_FIND_EID: i32 = 300;
-    pub(crate) const INVALID_REQUEST: i32 = 321;
-    pub(crate) const DUPLICATE_TICKER: i32 = 322;
-    pub(crate) const CLIENT_ID_IN_USE: i32 = 326;
-    pub(crate) const NOT_SUBSCRIBED: i32 = 354;
-    pub(crate) const CONNECTIVITY_LOST: i32 = 1100;
-    pub(crate) const RESTORED_DATA_LOST: i32 = 1101;
-    pub(crate) const RESTORED_DATA_KEPT: i32 = 1102;
-    pub(crate) const NEEDS_API_SUBSCRIPTION: i32 = 10089;
-    pub(crate) const DISPLAYING_DELAYED: i32 = 10167;
-    pub(crate) const TBT_NO_PERMISSION: i32 = 10189;
-    pub(crate) const TBT_CAP: i32 = 10190;
-    pub(crate) const COMPETING_SESSION: i32 = 10197;
+pub mod code {
+    pub const PACING: i32 = 100;
+    pub const MAX_TICKERS: i32 = 101;
+    pub const NO_SECURITY: i32 = 200;
+    pub const CANT_FIND_EID: i32 = 300;
+    pub const INVALID_REQUEST: i32 = 321;
+    pub const DUPLICATE_TICKER: i32 = 322;
+    pub const CLIENT_ID_IN_USE: i32 = 326;
+    pub const NOT_SUBSCRIBED: i32 = 354;
+    pub const CONNECTIVITY_LOST: i32 = 1100;
+    pub const RESTORED_DATA_LOST: i32 = 1101;
+    pub const RESTORED_DATA_KEPT: i32 = 1102;
+    pub const NEEDS_API_SUBSCRIPTION: i32 = 10089;
+    pub const DISPLAYING_DELAYED: i32 = 10167;
+    pub const TBT_NO_PERMISSION: i32 = 10189;
+    pub const TBT_CAP: i32 = 10190;
+    pub const COMPETING_SESSION: i32 = 10197;
 
     /// The text IB sends with a code (reqId-independent part).
-    pub(crate) fn text(code: i32) -> &'static str {
+    pub fn text(code: i32) -> &'static str {
         match code {
             PACING => "Max rate of messages per second has been exceeded.",
             MAX_TICKERS => "Max number of tickers has been reached.",
@@ -156,7 +155,7 @@ pub(crate) mod code {
     }
 
     /// Whether a code is one of the farm notices the control channel can send.
-    pub(crate) fn is_farm_notice(code: i32) -> bool {
+    pub fn is_farm_notice(code: i32) -> bool {
         matches!(code, 2103..=2108 | 2119 | 2157 | 2158)
     }
 }
@@ -175,26 +174,26 @@ fn std_error(req_id: i32, c: i32) -> Reply {
 
 /// The data a subscription streams.
 #[derive(Debug, Clone)]
-pub(crate) enum Feed {
+pub enum Feed {
     Tbt(TbtGen),
     L1(L1Gen),
 }
 
 /// One live subscription.
 #[derive(Debug, Clone)]
-pub(crate) struct Sub {
-    pub(crate) req_id: i32,
-    pub(crate) instrument: usize,
-    pub(crate) con_id: i32,
-    pub(crate) feed: Feed,
+pub struct Sub {
+    pub req_id: i32,
+    pub instrument: usize,
+    pub con_id: i32,
+    pub feed: Feed,
     /// Ticks sent so far (the generator's k).
-    pub(crate) sent: u64,
+    pub sent: u64,
     /// When the subscription started, for rate scheduling.
-    pub(crate) started: Instant,
+    pub started: Instant,
 }
 
 impl Sub {
-    pub(crate) fn kind_name(&self) -> &'static str {
+    pub fn kind_name(&self) -> &'static str {
         match &self.feed {
             Feed::Tbt(g) => g.kind().name(),
             Feed::L1(_) => "mktdata",
@@ -202,56 +201,21 @@ impl Sub {
     }
 }
 
-/// Cancels received from every client since the simulator started, kept after a client
-/// disconnects: a test can check that a client cancelled its subscriptions at IB before it
-/// closed. One simulator process simulates one account, so the counts are process-wide.
-#[derive(Debug)]
-pub(crate) struct CancelCounts {
-    /// cancelMktData messages.
-    pub(crate) mkt_data: AtomicU64,
-    /// cancelTickByTickData messages.
-    pub(crate) tick_by_tick: AtomicU64,
-    /// Cancels of either kind for a request id the session did not know (answered with 300).
-    pub(crate) unknown: AtomicU64,
-}
-
-impl CancelCounts {
-    pub(crate) const fn new() -> Self {
-        Self {
-            mkt_data: AtomicU64::new(0),
-            tick_by_tick: AtomicU64::new(0),
-            unknown: AtomicU64::new(0),
-        }
-    }
-
-    /// The counts as JSON (`mkt_data`, `tick_by_tick`, `unknown`).
-    pub(crate) fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "mkt_data": self.mkt_data.load(Ordering::Relaxed),
-            "tick_by_tick": self.tick_by_tick.load(Ordering::Relaxed),
-            "unknown": self.unknown.load(Ordering::Relaxed),
-        })
-    }
-}
-
-/// The account's cancel counts (see [`CancelCounts`]).
-pub(crate) static CANCELS: CancelCounts = CancelCounts::new();
-
 /// Session settings shared by every client.
 #[derive(Debug, Clone)]
-pub(crate) struct SessionConfig {
-    pub(crate) seed: u64,
-    pub(crate) account: String,
-    pub(crate) next_valid_id: i32,
-    pub(crate) limits: LimitConfig,
+pub struct SessionConfig {
+    pub seed: u64,
+    pub account: String,
+    pub next_valid_id: i32,
+    pub limits: LimitConfig,
 }
 
 /// Messages a snapshot reqMktData carries before tickSnapshotEnd.
-pub(crate) const SNAPSHOT_TICKS: u64 = 10;
+pub const SNAPSHOT_TICKS: u64 = 10;
 
 /// One client's state.
 #[derive(Debug)]
-pub(crate) struct Session {
+pub struct Session {
     cfg: SessionConfig,
     account: SharedAccount,
     next_id: i32,
@@ -260,11 +224,10 @@ pub(crate) struct Session {
     connectivity_lost: bool,
     competing: bool,
     subs: Vec<Sub>,
-    cancels: &'static CancelCounts,
 }
 
 impl Session {
-    pub(crate) fn new(cfg: SessionConfig, account: SharedAccount, competing: bool) -> Self {
+    pub fn new(cfg: SessionConfig, account: SharedAccount, competing: bool) -> Self {
         let next_id = cfg.next_valid_id;
         Self {
             cfg,
@@ -274,19 +237,11 @@ impl Session {
             connectivity_lost: false,
             competing,
             subs: Vec::new(),
-            cancels: &CANCELS,
         }
     }
 
-    /// Counts cancels into `counts` instead of the account's (unit tests run in parallel).
-    #[cfg(test)]
-    fn with_cancel_counts(mut self, counts: &'static CancelCounts) -> Self {
-        self.cancels = counts;
-        self
-    }
-
     /// What follows START_API: managed accounts, the next order id and the farm notices.
-    pub(crate) fn welcome(&self, out: &mut Vec<Reply>) {
+    pub fn welcome(&self, out: &mut Vec<Reply>) {
         out.push(Reply::ManagedAccounts(self.cfg.account.clone()));
         out.push(Reply::NextValidId(self.next_id));
         for c in [2104, 2106, 2158] {
@@ -295,15 +250,15 @@ impl Session {
     }
 
     /// Whether ticks may flow now.
-    pub(crate) fn streaming(&self) -> bool {
+    pub fn streaming(&self) -> bool {
         !self.connectivity_lost && !self.competing
     }
 
-    pub(crate) fn subs(&self) -> &[Sub] {
+    pub fn subs(&self) -> &[Sub] {
         &self.subs
     }
 
-    pub(crate) fn subs_mut(&mut self) -> &mut [Sub] {
+    pub fn subs_mut(&mut self) -> &mut [Sub] {
         &mut self.subs
     }
 
@@ -312,7 +267,7 @@ impl Session {
     }
 
     /// Handles one request. `epoch_secs` is the wall clock for reqCurrentTime.
-    pub(crate) fn handle(
+    pub fn handle(
         &mut self,
         req: Request,
         universe: &Universe,
@@ -564,12 +519,14 @@ impl Session {
     }
 
     fn cancel(&mut self, req_id: i32, tbt: bool, out: &mut Vec<Reply>) {
-        let counter = if tbt {
-            &self.cancels.tick_by_tick
-        } else {
-            &self.cancels.mkt_data
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        {
+            let cancels = &mut self.account.lock().cancels;
+            if tbt {
+                cancels.tick_by_tick += 1;
+            } else {
+                cancels.mkt_data += 1;
+            }
+        }
         let pos = self
             .subs
             .iter()
@@ -580,7 +537,7 @@ impl Session {
                 self.release(&sub);
             }
             None => {
-                self.cancels.unknown.fetch_add(1, Ordering::Relaxed);
+                self.account.lock().cancels.unknown += 1;
                 out.push(error(
                     req_id,
                     code::CANT_FIND_EID,
@@ -606,7 +563,7 @@ impl Session {
 
     /// Exempts this session's tick-by-tick subscriptions from the 15-second rule: the gateway
     /// side dropped them, so the client is expected to request them again at once.
-    pub(crate) fn forget_tbt_windows(&self) {
+    pub fn forget_tbt_windows(&self) {
         let mut acct = self.account.lock();
         for sub in &self.subs {
             if let Feed::Tbt(g) = &sub.feed {
@@ -616,13 +573,13 @@ impl Session {
     }
 
     /// Connectivity to IB lost (1100): ticks stop.
-    pub(crate) fn connectivity_lost(&mut self, out: &mut Vec<Reply>) {
+    pub fn connectivity_lost(&mut self, out: &mut Vec<Reply>) {
         self.connectivity_lost = true;
         out.push(std_error(-1, code::CONNECTIVITY_LOST));
     }
 
     /// Connectivity restored: 1101 drops every subscription, 1102 resumes them.
-    pub(crate) fn connectivity_restored(&mut self, data_kept: bool, out: &mut Vec<Reply>) {
+    pub fn connectivity_restored(&mut self, data_kept: bool, out: &mut Vec<Reply>) {
         self.connectivity_lost = false;
         if data_kept {
             out.push(std_error(-1, code::RESTORED_DATA_KEPT));
@@ -634,7 +591,7 @@ impl Session {
     }
 
     /// A competing live session starts (10197 for every subscription, data stops) or ends.
-    pub(crate) fn set_competing(&mut self, on: bool, out: &mut Vec<Reply>) {
+    pub fn set_competing(&mut self, on: bool, out: &mut Vec<Reply>) {
         if on && !self.competing {
             out.extend(
                 self.subs
@@ -646,7 +603,7 @@ impl Session {
     }
 
     /// A farm notice (2103..2108, 2119, 2157, 2158).
-    pub(crate) fn farm_notice(&self, c: i32, out: &mut Vec<Reply>) {
+    pub fn farm_notice(&self, c: i32, out: &mut Vec<Reply>) {
         out.push(std_error(-1, c));
     }
 }
@@ -815,11 +772,10 @@ mod tests {
 
     #[test]
     fn cancels_are_counted_by_kind_and_kept_after_the_session_ends() {
-        let counts: &'static CancelCounts = Box::leak(Box::new(CancelCounts::new()));
+        let acct = SharedAccount::default();
         let u = Universe::builtin();
         let now = Instant::now();
-        let mut s =
-            Session::new(cfg(5, 5), SharedAccount::default(), false).with_cancel_counts(counts);
+        let mut s = Session::new(cfg(5, 5), acct.clone(), false);
         let mut out = Vec::new();
         s.handle(mkt(1, 265598), &u, now, 0, &mut out);
         s.handle(
@@ -853,7 +809,7 @@ mod tests {
         assert_eq!(codes(&out), [code::CANT_FIND_EID]);
         drop(s);
         assert_eq!(
-            counts.to_json(),
+            acct.lock().cancels.to_json(),
             serde_json::json!({"mkt_data": 1, "tick_by_tick": 2, "unknown": 1})
         );
     }

@@ -2,14 +2,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub(crate) fn unix_nanos() -> u128 {
+pub fn unix_nanos() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
-}
-
-pub(crate) fn unix_secs() -> i64 {
-    (unix_nanos() / 1_000_000_000) as i64
 }
 
 /// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -28,7 +24,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// The connection time a gateway sends in its handshake answer. rust-ibapi parses the zone,
 /// so it is always UTC.
-pub(crate) fn connection_time(secs: i64) -> String {
+pub fn connection_time(secs: i64) -> String {
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
     format!(

@@ -1,13 +1,12 @@
-//! The bridge between the simulator's terms and the `ib_stream::tws` codec: handshake,
+//! The bridge between the simulator's terms and the `ib_stream_tws` codec: handshake,
 //! request decoding, reply and tick encoding. Every byte the simulator sends is encoded by the
 //! codec, so the text or protobuf form always matches the negotiated version.
 
-use ib_stream::tws::{
+use ib_stream_tws::{
     ClientHello, ClientMsg, Contract, ContractDetails, FrameReader, ServerAck, ServerMsg, TbtQuote,
     TbtTrade, TickByTickData, negotiate as codec_negotiate,
 };
 
-use crate::clock;
 use crate::expected::trade_strings;
 use crate::generator::{L1Tick, TbtTick};
 use crate::session::{Reply, Request};
@@ -15,23 +14,23 @@ use crate::universe::{ContractQuery, Instrument, Universe};
 
 /// Why the client's bytes could not be understood.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum WireError {
+pub enum WireError {
     #[error("handshake: {0}")]
-    Handshake(#[from] ib_stream::tws::HandshakeError),
+    Handshake(#[from] ib_stream_tws::HandshakeError),
     #[error("framing: {0}")]
-    Frame(#[from] ib_stream::tws::FrameError),
+    Frame(#[from] ib_stream_tws::FrameError),
 }
 
 /// The client's first bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Hello {
-    pub(crate) min: u32,
-    pub(crate) max: u32,
-    pub(crate) pace_api: bool,
+pub struct Hello {
+    pub min: u32,
+    pub max: u32,
+    pub pace_api: bool,
 }
 
 /// Parses `API\0` + the version range; `Ok(None)` until complete.
-pub(crate) fn parse_hello(buf: &[u8]) -> Result<Option<(Hello, usize)>, WireError> {
+pub fn parse_hello(buf: &[u8]) -> Result<Option<(Hello, usize)>, WireError> {
     Ok(ClientHello::parse(buf)?.map(|(h, used)| {
         let pace_api = h
             .options
@@ -48,11 +47,11 @@ pub(crate) fn parse_hello(buf: &[u8]) -> Result<Option<(Hello, usize)>, WireErro
     }))
 }
 
-pub(crate) fn negotiate(client_min: u32, client_max: u32, ours: u32) -> Option<u32> {
+pub fn negotiate(client_min: u32, client_max: u32, ours: u32) -> Option<u32> {
     codec_negotiate(client_min, client_max, ours)
 }
 
-pub(crate) fn encode_ack(version: u32, time: &str, out: &mut Vec<u8>) {
+pub fn encode_ack(version: u32, time: &str, out: &mut Vec<u8>) {
     ServerAck {
         version,
         time: time.to_owned(),
@@ -62,14 +61,14 @@ pub(crate) fn encode_ack(version: u32, time: &str, out: &mut Vec<u8>) {
 
 /// What a client frame means to the simulator.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Incoming {
+pub enum Incoming {
     StartApi { client_id: i32 },
     Request(Box<Request>),
 }
 
 /// Frames in, requests out.
 #[derive(Debug)]
-pub(crate) struct Inbound {
+pub struct Inbound {
     reader: FrameReader,
     version: u32,
 }
@@ -141,20 +140,20 @@ fn request(msg: ClientMsg) -> Incoming {
 }
 
 impl Inbound {
-    pub(crate) fn new(version: u32) -> Self {
+    pub fn new(version: u32) -> Self {
         Self {
             reader: FrameReader::with_capacity(64 * 1024),
             version,
         }
     }
 
-    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+    pub fn feed(&mut self, bytes: &[u8]) {
         self.reader.feed(bytes);
     }
 
     /// The next whole message. A message that does not decode is logged and skipped (TWS
     /// ignores what it cannot parse); a broken frame is an error for the connection.
-    pub(crate) fn next(&mut self) -> Result<Option<Incoming>, WireError> {
+    pub fn next_message(&mut self) -> Result<Option<Incoming>, WireError> {
         loop {
             let Some(frame) = self.reader.next_frame(self.version)? else {
                 return Ok(None);
@@ -168,7 +167,7 @@ impl Inbound {
 }
 
 /// contractData as the simulator describes an instrument.
-pub(crate) fn contract_details(inst: &Instrument) -> ContractDetails {
+pub fn contract_details(inst: &Instrument) -> ContractDetails {
     let s = &inst.spec;
     let contract = Contract {
         con_id: s.con_id,
@@ -213,15 +212,21 @@ pub(crate) fn contract_details(inst: &Instrument) -> ContractDetails {
     }
 }
 
-/// Encodes one reply.
-pub(crate) fn encode_reply(out: &mut Vec<u8>, version: u32, reply: &Reply, universe: &Universe) {
+/// Encodes one reply; `unix_ms` is the gateway's clock, the time an error carries.
+pub fn encode_reply(
+    out: &mut Vec<u8>,
+    version: u32,
+    reply: &Reply,
+    universe: &Universe,
+    unix_ms: i64,
+) {
     let msg = match reply {
         Reply::Error { req_id, code, msg } => ServerMsg::Error {
             req_id: *req_id,
             code: *code,
             message: msg.clone(),
             advanced_order_reject_json: String::new(),
-            error_time_ms: (clock::unix_nanos() / 1_000_000) as i64,
+            error_time_ms: unix_ms,
         },
         Reply::NextValidId(id) => ServerMsg::NextValidId { order_id: *id },
         Reply::ManagedAccounts(a) => ServerMsg::ManagedAccounts {
@@ -263,7 +268,7 @@ pub(crate) fn encode_reply(out: &mut Vec<u8>, version: u32, reply: &Reply, unive
 
 /// Encodes ticks at one version, reusing its string buffers so that a tick never allocates.
 #[derive(Debug)]
-pub(crate) struct TickEncoder {
+pub struct TickEncoder {
     version: u32,
     exchange: String,
     conditions: String,
@@ -271,7 +276,7 @@ pub(crate) struct TickEncoder {
 }
 
 impl TickEncoder {
-    pub(crate) fn new(version: u32) -> Self {
+    pub fn new(version: u32) -> Self {
         Self {
             version,
             exchange: String::new(),
@@ -280,7 +285,7 @@ impl TickEncoder {
         }
     }
 
-    pub(crate) fn encode_tbt(
+    pub fn encode_tbt(
         &mut self,
         out: &mut Vec<u8>,
         req_id: i32,
@@ -349,7 +354,7 @@ impl TickEncoder {
         }
     }
 
-    pub(crate) fn encode_l1(&mut self, out: &mut Vec<u8>, req_id: i32, tick: &L1Tick) {
+    pub fn encode_l1(&mut self, out: &mut Vec<u8>, req_id: i32, tick: &L1Tick) {
         let msg = match *tick {
             L1Tick::Price {
                 tick_type,
@@ -393,7 +398,7 @@ impl TickEncoder {
 }
 
 /// A frame no client accepts: a length prefix beyond the protocol's 0xFFFFFF maximum.
-pub(crate) fn malformed_frame(out: &mut Vec<u8>) {
+pub fn malformed_frame(out: &mut Vec<u8>) {
     out.extend_from_slice(&0x7FFF_FFFFu32.to_be_bytes());
     out.extend_from_slice(b"garbage\0");
 }

@@ -31,14 +31,15 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::conn::Fault;
-use crate::server::{ServerCommand, Shared, Target};
+use crate::connection::Fault;
+use crate::hub::{Hub, Target};
+use crate::server::ServerCommand;
 use crate::session::code;
 
 /// One control command.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-pub(crate) enum Command {
+pub enum Command {
     Drop {
         client: Option<i32>,
     },
@@ -97,19 +98,19 @@ fn target(client: Option<i32>) -> Target {
 
 /// Carries out commands against the running server.
 #[derive(Debug, Clone)]
-pub(crate) struct Executor {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) server: Sender<ServerCommand>,
+pub struct Executor {
+    pub hub: Arc<Hub>,
+    pub server: Sender<ServerCommand>,
 }
 
 impl Executor {
     /// Runs one command; the answer is the JSON line to send back.
-    pub(crate) fn run(&self, cmd: Command) -> serde_json::Value {
+    pub fn run(&self, cmd: Command) -> serde_json::Value {
         info!(?cmd, "control command");
-        let fault = |client: Option<i32>, f: Fault| json!({"ok": true, "clients": self.shared.fault(target(client), &f)});
+        let fault = |client: Option<i32>, f: Fault| json!({"ok": true, "clients": self.hub.fault(target(client), &f)});
         match cmd {
             Command::Drop { client } => {
-                json!({"ok": true, "clients": self.shared.drop_clients(target(client))})
+                json!({"ok": true, "clients": self.hub.drop_clients(target(client))})
             }
             Command::Stall { client, ms } => fault(client, Fault::Stall(Duration::from_millis(ms))),
             Command::Split {
@@ -141,15 +142,15 @@ impl Executor {
             Command::Stats { client } => {
                 json!({
                     "ok": true,
-                    "clients": self.shared.stats(target(client)),
-                    "cancels": self.shared.cancels(),
+                    "clients": self.hub.stats(target(client)),
+                    "cancels": self.hub.gateway.cancels(),
                 })
             }
         }
     }
 
     /// Parses and runs one line.
-    pub(crate) fn run_line(&self, line: &str) -> serde_json::Value {
+    pub fn run_line(&self, line: &str) -> serde_json::Value {
         match serde_json::from_str::<Command>(line) {
             Ok(cmd) => self.run(cmd),
             Err(e) => json!({"ok": false, "error": format!("bad command: {e}")}),
@@ -158,7 +159,7 @@ impl Executor {
 }
 
 /// Serves the control port: a thread per connection, a line in, a line out.
-pub(crate) fn serve(listener: TcpListener, exec: Executor) {
+pub fn serve(listener: TcpListener, exec: Executor) {
     for stream in listener.incoming() {
         match stream {
             Ok(s) => {
@@ -196,7 +197,7 @@ fn serve_one(stream: TcpStream, exec: &Executor) -> std::io::Result<()> {
 
 /// Why a fault schedule was refused.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ScheduleError {
+pub enum ScheduleError {
     #[error("cannot read fault schedule: {0}")]
     Read(#[from] std::io::Error),
     #[error("fault schedule line {line}: {why}")]
@@ -205,7 +206,7 @@ pub(crate) enum ScheduleError {
 
 /// Parses a schedule: lines `<ms after start> <command JSON>`, blank lines and `#` comments
 /// ignored. Sorted by time.
-pub(crate) fn parse_schedule(text: &str) -> Result<Vec<(Duration, Command)>, ScheduleError> {
+pub fn parse_schedule(text: &str) -> Result<Vec<(Duration, Command)>, ScheduleError> {
     let mut items = Vec::new();
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -226,12 +227,12 @@ pub(crate) fn parse_schedule(text: &str) -> Result<Vec<(Duration, Command)>, Sch
     Ok(items)
 }
 
-pub(crate) fn load_schedule(path: &Path) -> Result<Vec<(Duration, Command)>, ScheduleError> {
+pub fn load_schedule(path: &Path) -> Result<Vec<(Duration, Command)>, ScheduleError> {
     parse_schedule(&std::fs::read_to_string(path)?)
 }
 
 /// Runs a schedule from `start` on its own thread.
-pub(crate) fn run_schedule(items: Vec<(Duration, Command)>, exec: Executor, start: Instant) {
+pub fn run_schedule(items: Vec<(Duration, Command)>, exec: Executor, start: Instant) {
     for (at, cmd) in items {
         std::thread::sleep((start + at).saturating_duration_since(Instant::now()));
         let answer = exec.run(cmd);

@@ -4,25 +4,25 @@
 //! scales), so the generator never touches a float and `expected` prints exactly the digits
 //! the text protocol carries.
 
-use ib_stream::tws::decimal::{PRICE_DIGITS, SIZE_DIGITS, fixed_to_string};
+use ib_stream_tws::decimal::{PRICE_DIGITS, SIZE_DIGITS, fixed_to_string};
 
-pub(crate) use ib_stream::ipc::{PRICE_SCALE, SIZE_SCALE};
+pub use ib_stream_ipc::{PRICE_SCALE, SIZE_SCALE};
 
 /// A price as the text encoding writes it (the codec's formatter, so `expected` and the wire
 /// can never disagree).
-pub(crate) fn price_str(value: i64) -> String {
+pub fn price_str(value: i64) -> String {
     fixed_to_string(value, PRICE_DIGITS)
 }
 
 /// A size as the text encoding writes it.
-pub(crate) fn size_str(value: i64) -> String {
+pub fn size_str(value: i64) -> String {
     fixed_to_string(value, SIZE_DIGITS)
 }
 
 /// Parses a decimal string (e.g. "189.25", "0.00005", "-3") into fixed point with `scale`.
 /// Strict, for configuration: `None` for exponents or more digits than the scale holds
 /// (the codec's parser rounds those, which would silently change a universe file's tick).
-pub(crate) fn parse_fixed(text: &str, scale: i64) -> Option<i64> {
+pub fn parse_fixed(text: &str, scale: i64) -> Option<i64> {
     let (neg, body) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, text),

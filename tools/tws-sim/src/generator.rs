@@ -12,7 +12,7 @@ use crate::universe::Instrument;
 
 /// The four tick-by-tick kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum TbtKind {
+pub enum TbtKind {
     Last,
     AllLast,
     BidAsk,
@@ -20,16 +20,16 @@ pub(crate) enum TbtKind {
 }
 
 impl TbtKind {
-    pub(crate) const ALL: [TbtKind; 4] = [Self::Last, Self::AllLast, Self::BidAsk, Self::MidPoint];
+    pub const ALL: [TbtKind; 4] = [Self::Last, Self::AllLast, Self::BidAsk, Self::MidPoint];
 
     /// The request's tickType string ("Last", "AllLast", "BidAsk", "MidPoint").
-    pub(crate) fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         Self::ALL
             .into_iter()
             .find(|k| k.name().eq_ignore_ascii_case(s))
     }
 
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::Last => "Last",
             Self::AllLast => "AllLast",
@@ -39,7 +39,7 @@ impl TbtKind {
     }
 
     /// The tickType number in a tickByTick message.
-    pub(crate) fn wire_type(self) -> i32 {
+    pub fn wire_type(self) -> i32 {
         match self {
             Self::Last => 1,
             Self::AllLast => 2,
@@ -56,7 +56,7 @@ impl TbtKind {
 /// One tick-by-tick tick. Exchange and conditions are indexes into the instrument's lists so
 /// that producing a tick never allocates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TbtTick {
+pub enum TbtTick {
     Trade {
         price: i64,
         size: i64,
@@ -157,7 +157,7 @@ impl Walk {
 
 /// The tick-by-tick stream of one subscription.
 #[derive(Debug, Clone)]
-pub(crate) struct TbtGen {
+pub struct TbtGen {
     kind: TbtKind,
     key: u64,
     p: Params,
@@ -167,7 +167,7 @@ pub(crate) struct TbtGen {
 }
 
 impl TbtGen {
-    pub(crate) fn new(seed: u64, inst: &Instrument, kind: TbtKind) -> Self {
+    pub fn new(seed: u64, inst: &Instrument, kind: TbtKind) -> Self {
         let p = Params::of(inst);
         Self {
             kind,
@@ -179,7 +179,7 @@ impl TbtGen {
         }
     }
 
-    pub(crate) fn kind(&self) -> TbtKind {
+    pub fn kind(&self) -> TbtKind {
         self.kind
     }
 }
@@ -236,23 +236,23 @@ impl Iterator for TbtGen {
 }
 
 /// reqMktData tick types (live ids; [`delayed_tick_type`] maps them).
-pub(crate) mod l1 {
-    pub(crate) const BID_SIZE: i32 = 0;
-    pub(crate) const BID: i32 = 1;
-    pub(crate) const ASK: i32 = 2;
-    pub(crate) const ASK_SIZE: i32 = 3;
-    pub(crate) const LAST: i32 = 4;
-    pub(crate) const HIGH: i32 = 6;
-    pub(crate) const LOW: i32 = 7;
-    pub(crate) const VOLUME: i32 = 8;
-    pub(crate) const CLOSE: i32 = 9;
-    pub(crate) const OPEN: i32 = 14;
-    pub(crate) const LAST_TIMESTAMP: i32 = 45;
-    pub(crate) const HALTED: i32 = 49;
+pub mod l1 {
+    pub const BID_SIZE: i32 = 0;
+    pub const BID: i32 = 1;
+    pub const ASK: i32 = 2;
+    pub const ASK_SIZE: i32 = 3;
+    pub const LAST: i32 = 4;
+    pub const HIGH: i32 = 6;
+    pub const LOW: i32 = 7;
+    pub const VOLUME: i32 = 8;
+    pub const CLOSE: i32 = 9;
+    pub const OPEN: i32 = 14;
+    pub const LAST_TIMESTAMP: i32 = 45;
+    pub const HALTED: i32 = 49;
 }
 
 /// The delayed id of a live tick type (IB's 66..76 and 88), or the same id when none exists.
-pub(crate) fn delayed_tick_type(live: i32) -> i32 {
+pub fn delayed_tick_type(live: i32) -> i32 {
     match live {
         l1::BID => 66,
         l1::ASK => 67,
@@ -271,14 +271,14 @@ pub(crate) fn delayed_tick_type(live: i32) -> i32 {
 }
 
 /// canAutoExecute in a tickPrice attribute mask.
-pub(crate) const ATTR_CAN_AUTO_EXECUTE: i32 = 1;
+pub const ATTR_CAN_AUTO_EXECUTE: i32 = 1;
 
 /// The epoch second the synthetic lastTimestamp strings count from (2026-01-01 14:30 UTC).
-pub(crate) const L1_BASE_EPOCH: i64 = 1_767_277_800;
+pub const L1_BASE_EPOCH: i64 = 1_767_277_800;
 
 /// One reqMktData message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum L1Tick {
+pub enum L1Tick {
     Price {
         tick_type: i32,
         price: i64,
@@ -304,7 +304,7 @@ pub(crate) enum L1Tick {
 /// The reqMktData (L1) stream of one subscription: a fixed opening (close, open, high, low,
 /// volume, halted) and then quote, size, trade, volume and timestamp updates.
 #[derive(Debug, Clone)]
-pub(crate) struct L1Gen {
+pub struct L1Gen {
     key: u64,
     p: Params,
     start: i64,
@@ -319,7 +319,7 @@ const L1_TAG: u64 = 5;
 const L1_OPENING: u64 = 6;
 
 impl L1Gen {
-    pub(crate) fn new(seed: u64, inst: &Instrument, delayed: bool) -> Self {
+    pub fn new(seed: u64, inst: &Instrument, delayed: bool) -> Self {
         let p = Params::of(inst);
         Self {
             key: stream_key(seed, inst.con_id(), L1_TAG),

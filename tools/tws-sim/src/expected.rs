@@ -53,7 +53,7 @@ enum L1Line {
 }
 
 /// The text of a trade's exchange and condition indexes.
-pub(crate) fn trade_strings(inst: &Instrument, exchange: usize, conditions: usize) -> (&str, &str) {
+pub fn trade_strings(inst: &Instrument, exchange: usize, conditions: usize) -> (&str, &str) {
     let s = &inst.spec;
     (
         s.trade_exchanges[exchange].as_str(),
@@ -64,7 +64,7 @@ pub(crate) fn trade_strings(inst: &Instrument, exchange: usize, conditions: usiz
 }
 
 /// One tick-by-tick tick as its JSON line.
-pub(crate) fn tbt_line(inst: &Instrument, tick: &TbtTick) -> serde_json::Result<String> {
+pub fn tbt_line(inst: &Instrument, tick: &TbtTick) -> serde_json::Result<String> {
     match *tick {
         TbtTick::Trade {
             price,
@@ -106,7 +106,7 @@ pub(crate) fn tbt_line(inst: &Instrument, tick: &TbtTick) -> serde_json::Result<
 }
 
 /// One L1 message as its JSON line.
-pub(crate) fn l1_line(tick: &L1Tick) -> serde_json::Result<String> {
+pub fn l1_line(tick: &L1Tick) -> serde_json::Result<String> {
     serde_json::to_string(&match *tick {
         L1Tick::Price {
             tick_type,
@@ -136,13 +136,13 @@ pub(crate) fn l1_line(tick: &L1Tick) -> serde_json::Result<String> {
 
 /// What `--tick-type` names.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Stream {
+pub enum Stream {
     Tbt(TbtKind),
     MktData { delayed: bool },
 }
 
 /// Writes the first `count` ticks of a subscription.
-pub(crate) fn print(
+pub fn print(
     out: &mut impl Write,
     seed: u64,
     inst: &Instrument,

@@ -9,31 +9,33 @@ use crate::generator::TbtKind;
 
 /// Limit settings, from the command line.
 #[derive(Debug, Clone)]
-pub(crate) struct LimitConfig {
+pub struct LimitConfig {
     /// Concurrent reqMktData lines of the account (error 101 beyond).
-    pub(crate) max_mkt_lines: usize,
+    pub max_mkt_lines: usize,
     /// Concurrent tick-by-tick subscriptions of the account (error 10190 beyond).
-    pub(crate) max_tbt: usize,
+    pub max_tbt: usize,
     /// A tick-by-tick request for the same instrument and kind within this window is refused
     /// with 10190; zero turns the rule off.
-    pub(crate) tbt_same_instrument: Duration,
+    pub tbt_same_instrument: Duration,
     /// Messages a second a client may send (error 100, then disconnect, unless +PACEAPI).
-    pub(crate) max_msgs_per_sec: usize,
+    pub max_msgs_per_sec: usize,
 }
 
 /// What every session of the simulated account shares: IB counts lines per account, across
 /// client ids.
 #[derive(Debug, Default)]
-pub(crate) struct Account {
-    pub(crate) mkt_lines: usize,
-    pub(crate) tbt_active: usize,
+pub struct Account {
+    pub mkt_lines: usize,
+    pub tbt_active: usize,
+    /// The cancels the account received, kept after the clients that sent them are gone.
+    pub cancels: CancelCounts,
     tbt_last_request: HashMap<(i32, TbtKind), Instant>,
 }
 
 impl Account {
     /// Whether a tick-by-tick request for (conId, kind) falls inside the window of an earlier
     /// one; records `now` when it does not.
-    pub(crate) fn tbt_request_allowed(
+    pub fn tbt_request_allowed(
         &mut self,
         con_id: i32,
         kind: TbtKind,
@@ -52,22 +54,46 @@ impl Account {
 
     /// Forgets the 15-second window of a subscription that the gateway side dropped (1101):
     /// the client is expected to resubscribe at once.
-    pub(crate) fn forget_tbt_request(&mut self, con_id: i32, kind: TbtKind) {
+    pub fn forget_tbt_request(&mut self, con_id: i32, kind: TbtKind) {
         self.tbt_last_request.remove(&(con_id, kind));
     }
 
     /// Forgets every window: a restarted gateway remembers nothing.
-    pub(crate) fn forget_all_tbt_requests(&mut self) {
+    pub fn forget_all_tbt_requests(&mut self) {
         self.tbt_last_request.clear();
+    }
+}
+
+/// Cancels received from every client since the simulator started, kept after a client
+/// disconnects: a test can check that a client cancelled its subscriptions at IB before it
+/// closed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CancelCounts {
+    /// cancelMktData messages.
+    pub mkt_data: u64,
+    /// cancelTickByTickData messages.
+    pub tick_by_tick: u64,
+    /// Cancels of either kind for a request id the session did not know (answered with 300).
+    pub unknown: u64,
+}
+
+impl CancelCounts {
+    /// The counts as JSON (`mkt_data`, `tick_by_tick`, `unknown`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "mkt_data": self.mkt_data,
+            "tick_by_tick": self.tick_by_tick,
+            "unknown": self.unknown,
+        })
     }
 }
 
 /// Shared handle on the account.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct SharedAccount(Arc<Mutex<Account>>);
+pub struct SharedAccount(Arc<Mutex<Account>>);
 
 impl SharedAccount {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Account> {
+    pub fn lock(&self) -> MutexGuard<'_, Account> {
         // A poisoned lock only means another session panicked mid-update of plain counters;
         // the counters are still usable.
         self.0
@@ -78,7 +104,7 @@ impl SharedAccount {
 
 /// What the pacer says about one incoming message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Pace {
+pub enum Pace {
     Ok,
     /// +PACEAPI: hold the message until this instant, then process it.
     DelayUntil(Instant),
@@ -88,14 +114,14 @@ pub(crate) enum Pace {
 
 /// A sliding one-second window of message arrival times.
 #[derive(Debug)]
-pub(crate) struct Pacer {
+pub struct Pacer {
     max: usize,
     pace_api: bool,
     window: VecDeque<Instant>,
 }
 
 impl Pacer {
-    pub(crate) fn new(max_per_sec: usize, pace_api: bool) -> Self {
+    pub fn new(max_per_sec: usize, pace_api: bool) -> Self {
         Self {
             max: max_per_sec,
             pace_api,
@@ -104,7 +130,7 @@ impl Pacer {
     }
 
     /// Accounts one message arriving at `now`.
-    pub(crate) fn on_message(&mut self, now: Instant) -> Pace {
+    pub fn on_message(&mut self, now: Instant) -> Pace {
         if self.max == 0 {
             return Pace::Ok;
         }

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 /// Why a capture could not be read.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum CaptureError {
+pub enum CaptureError {
     #[error("capture file: {0}")]
     Io(#[from] std::io::Error),
     #[error("capture file is cut off inside record {0}")]
@@ -23,14 +23,14 @@ pub(crate) enum CaptureError {
 
 /// Appends what a connection sends.
 #[derive(Debug)]
-pub(crate) struct CaptureWriter {
+pub struct CaptureWriter {
     out: BufWriter<File>,
     start: Instant,
     failed: bool,
 }
 
 impl CaptureWriter {
-    pub(crate) fn create(path: &Path, start: Instant) -> std::io::Result<Self> {
+    pub fn create(path: &Path, start: Instant) -> std::io::Result<Self> {
         Ok(Self {
             out: BufWriter::with_capacity(1 << 20, File::create(path)?),
             start,
@@ -39,7 +39,7 @@ impl CaptureWriter {
     }
 
     /// Records one write. A failing disk stops the capture (logged once), never the connection.
-    pub(crate) fn record(&mut self, bytes: &[u8]) {
+    pub fn record(&mut self, bytes: &[u8]) {
         if self.failed || bytes.is_empty() {
             return;
         }
@@ -59,13 +59,13 @@ impl CaptureWriter {
 
 /// One recorded write.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CaptureRecord {
-    pub(crate) at: Duration,
-    pub(crate) bytes: Vec<u8>,
+pub struct CaptureRecord {
+    pub at: Duration,
+    pub bytes: Vec<u8>,
 }
 
 /// Reads a whole capture file.
-pub(crate) fn read_capture(path: &Path) -> Result<Vec<CaptureRecord>, CaptureError> {
+pub fn read_capture(path: &Path) -> Result<Vec<CaptureRecord>, CaptureError> {
     let mut r = BufReader::new(File::open(path)?);
     let mut records = Vec::new();
     loop {
@@ -98,11 +98,7 @@ pub(crate) fn read_capture(path: &Path) -> Result<Vec<CaptureRecord>, CaptureErr
 /// Serves the capture to each client that connects, one at a time: waits for the client's
 /// handshake bytes, then sends the records (at their recorded offsets unless `asap`), then
 /// keeps the socket open until the client closes it.
-pub(crate) fn replay(
-    listener: TcpListener,
-    records: &[CaptureRecord],
-    asap: bool,
-) -> anyhow::Result<()> {
+pub fn replay(listener: TcpListener, records: &[CaptureRecord], asap: bool) -> anyhow::Result<()> {
     loop {
         let (stream, peer) = listener.accept()?;
         info!(%peer, "replaying {} writes", records.len());

@@ -5,14 +5,14 @@
 //! * [`handshake`]: `API\0` + version range, and the server's answer.
 //! * [`frame`]: length-prefixed frames, text (<= 200) or binary id + protobuf (>= 201).
 //! * [`msg`]: [`ClientMsg`] and [`ServerMsg`] with encode/decode in both forms.
-//! * [`tick`]: the hot path, tick frames straight into [`crate::ipc::Record`]s.
+//! * [`tick`]: the hot path, tick frames straight into [`ipc::Record`]s.
 //! * [`codes`]: IB error codes and texts.
 //!
 //! A client's side of a connection, with the socket replaced by two buffers:
 //!
 //! ```
-//! use ib_stream::ipc::Record;
-//! use ib_stream::tws::{
+//! use ib_stream_ipc::Record;
+//! use ib_stream_tws::{
 //!     ClientHello, ClientMsg, Decoded, Decoder, FrameReader, ServerAck, ServerMsg, VecInterner,
 //! };
 //!
@@ -23,7 +23,7 @@
 //! // Server: parse the hello, answer the negotiated version, stream a tick.
 //! let (hello, used) = ClientHello::parse(&to_server).unwrap().unwrap();
 //! assert_eq!(used, to_server.len());
-//! let version = ib_stream::tws::negotiate(hello.min, hello.max, 226).unwrap();
+//! let version = ib_stream_tws::negotiate(hello.min, hello.max, 226).unwrap();
 //! let mut to_client = Vec::new();
 //! ServerAck { version, time: "20260101 09:30:00 EST".into() }.encode(&mut to_client);
 //! ServerMsg::TickSize { req_id: 7, tick_type: 8, size: 300 * 100_000_000 }.encode(version, &mut to_client);
@@ -44,6 +44,11 @@
 //!     }
 //! }
 //! ```
+
+// The codec's modules name each other `crate::tws::...` and the ring `crate::ipc::...`, as they
+// did inside the main crate (which re-exports this crate as `ib_stream::tws`).
+use crate as tws;
+pub use ib_stream_ipc as ipc;
 
 pub mod codes;
 pub mod contract;

@@ -7,20 +7,20 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use ib_stream::tws::{ClientHello, ClientMsg, Contract, FrameReader, ServerAck};
+use ib_stream_tws::{ClientHello, ClientMsg, Contract, FrameReader, ServerAck};
 
 use crate::universe::Universe;
 
 /// What one load run does.
 #[derive(Debug, Clone)]
-pub(crate) struct LoadPlan {
-    pub(crate) addr: String,
-    pub(crate) clients: usize,
-    pub(crate) subs_per_client: usize,
-    pub(crate) kind: String,
-    pub(crate) seconds: f64,
-    pub(crate) min_version: u32,
-    pub(crate) max_version: u32,
+pub struct LoadPlan {
+    pub addr: String,
+    pub clients: usize,
+    pub subs_per_client: usize,
+    pub kind: String,
+    pub seconds: f64,
+    pub min_version: u32,
+    pub max_version: u32,
 }
 
 /// tickByTick, tickPrice, tickSize, tickString, tickGeneric: the frames that count as ticks.
@@ -98,7 +98,7 @@ fn one_client(
 }
 
 /// Runs the plan and prints the figures.
-pub(crate) fn run(plan: &LoadPlan, universe: &Universe) -> anyhow::Result<()> {
+pub fn run(plan: &LoadPlan, universe: &Universe) -> anyhow::Result<()> {
     // Full contracts, as a client has them after reqContractDetails: a conId alone is 321.
     let contracts: Vec<Contract> = universe
         .iter()
