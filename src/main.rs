@@ -159,7 +159,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Engine(opts) => {
             let loaded = load(&cli.global)?;
-            ib_stream::engine::run(loaded.settings, opts)?;
+            let ran = ib_stream::engine::run(loaded.settings, opts);
+            // The last lines (the clean stop's report) are still in the log thread's queue.
+            ib_stream::engine::logging::flush(std::time::Duration::from_millis(500));
+            ran?;
         }
         Command::Tail(args) => {
             let loaded = load(&cli.global)?;

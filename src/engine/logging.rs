@@ -11,6 +11,9 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 pub const LOG_QUEUE: usize = 4096;
 
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Lines handed to the log thread, and lines it has written: `flush` waits for them to meet.
+static QUEUED: AtomicU64 = AtomicU64::new(0);
+static WRITTEN: AtomicU64 = AtomicU64::new(0);
 static SENDER: OnceLock<SyncSender<Vec<u8>>> = OnceLock::new();
 
 /// Log lines dropped because the log thread fell behind.
@@ -43,7 +46,9 @@ impl Drop for LineWriter {
         let line = std::mem::take(&mut self.buf);
         match &self.tx {
             Some(tx) => match tx.try_send(line) {
-                Ok(()) => {}
+                Ok(()) => {
+                    QUEUED.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                     DROPPED.fetch_add(1, Ordering::Relaxed);
                 }
@@ -74,6 +79,18 @@ fn drain(rx: Receiver<Vec<u8>>) {
     while let Ok(line) = rx.recv() {
         let mut e = stderr.lock();
         let _ = e.write_all(&line);
+        WRITTEN.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Waits up to `limit` for the log thread to write every line queued so far. The process
+/// calls it before it exits: otherwise the last lines (the clean stop's report) can die in
+/// the channel with the process.
+pub fn flush(limit: std::time::Duration) {
+    let target = QUEUED.load(Ordering::Relaxed);
+    let until = std::time::Instant::now() + limit;
+    while WRITTEN.load(Ordering::Acquire) < target && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
