@@ -210,6 +210,8 @@ pub struct Engine {
     book: ContractBook,
     /// The on-disk store of the book.
     store_path: PathBuf,
+    /// Unix ns of the store's last successful write by this engine (None: not yet).
+    store_written_ns: Option<i64>,
     /// Subscriptions whose data stopped with the session (or 1101) and are not live again.
     sub_gaps: SubGaps,
     listener: UnixListener,
@@ -360,6 +362,7 @@ impl Engine {
             next_lookup_id: FIRST_LOOKUP_REQ_ID,
             book,
             store_path,
+            store_written_ns: None,
             sub_gaps: SubGaps::default(),
             listener,
             socket_path,
@@ -1193,8 +1196,11 @@ impl Engine {
                 self.apply_book_events();
             }
             _ if req_id >= FIRST_LOOKUP_REQ_ID && self.lookups.contains_key(&req_id) => {
-                let msg = format!("IB error {code}: {message}");
-                self.fail_lookup(req_id, "ib_error", &msg);
+                if let Some(l) = self.lookups.remove(&req_id) {
+                    self.scratch.clear();
+                    control::ib_error_reply(&l.id, code, message, &mut self.scratch);
+                    self.send_to_client(l.token);
+                }
             }
             _ if req_id >= 0 => match self.ingest.subs.on_error(req_id, code) {
                 super::subs::ErrorRoute::Subscription(key, state) => {
@@ -1364,10 +1370,13 @@ impl Engine {
             }
         }
         self.drain_sub_events();
-        if let Some(all) = self.book.take_dirty()
-            && let Err(e) = contract_store::save(&self.store_path, &all)
-        {
-            warn!("cannot write the contract store (contracts stay in memory): {e}");
+        if let Some(all) = self.book.take_dirty() {
+            match contract_store::save(&self.store_path, &all) {
+                Ok(()) => self.store_written_ns = Some(unix_ns()),
+                Err(e) => {
+                    warn!("cannot write the contract store (contracts stay in memory): {e}")
+                }
+            }
         }
     }
 
@@ -1859,6 +1868,11 @@ impl Engine {
                             "notice_ns": f.notice_ns,
                         })).collect::<Vec<Value>>(),
                         "farm_notices_dropped": self.farms.dropped(),
+                        "contract_store": {
+                            "path": self.store_path.display().to_string(),
+                            "entries": self.book.entries().count(),
+                            "last_written_ns": self.store_written_ns,
+                        },
                     }),
                     out,
                 );
