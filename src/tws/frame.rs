@@ -171,26 +171,13 @@ impl FrameReader {
     /// The next whole payload (without its length prefix), or `None` until more bytes arrive.
     /// `min` is the smallest length accepted.
     pub fn next_payload_min(&mut self, min: u32) -> Result<Option<&[u8]>, FrameError> {
-        let avail = &self.buf[self.start..self.end];
-        let Some(lb) = avail.get(..4) else {
+        let Some((_, end)) = split_frame(&self.buf[self.start..self.end], min)? else {
             return Ok(None);
         };
-        let len = u32::from_be_bytes([lb[0], lb[1], lb[2], lb[3]]);
-        if !(min..=MAX_FRAME_LEN).contains(&len) {
-            return Err(FrameError::BadLength {
-                len,
-                min,
-                max: MAX_FRAME_LEN,
-            });
-        }
-        let end = 4 + len as usize;
-        if avail.len() < end {
-            return Ok(None);
-        }
         let s = self.start + 4;
         self.start += end;
         self.frames += 1;
-        Ok(Some(&self.buf[s..s + len as usize]))
+        Ok(Some(&self.buf[s..self.start]))
     }
 
     /// The next whole payload at `version` (length bounds of that version's framing).
@@ -212,6 +199,26 @@ impl FrameReader {
             None => Ok(None),
         }
     }
+}
+
+/// The one length-prefix parser: the payload at the start of `buf` and the bytes it used
+/// with its prefix, `Ok(None)` until all of it arrived. A length outside `min..=`
+/// [`MAX_FRAME_LEN`] is an error (fatal for the connection).
+#[inline]
+pub fn split_frame(buf: &[u8], min: u32) -> Result<Option<(&[u8], usize)>, FrameError> {
+    let Some(lb) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([lb[0], lb[1], lb[2], lb[3]]);
+    if !(min..=MAX_FRAME_LEN).contains(&len) {
+        return Err(FrameError::BadLength {
+            len,
+            min,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    let end = 4 + len as usize;
+    Ok(buf.get(4..end).map(|p| (p, end)))
 }
 
 /// Start a frame: reserve the length prefix; returns where the payload starts.
