@@ -20,9 +20,11 @@ use tracing::{info, warn};
 use crate::config::Settings;
 use crate::ipc::{IpcError, ShmOptions};
 
+mod control_io;
+
 use super::contract_store;
 use super::publish::{Publisher, unix_ns};
-use super::session::{Action, Clock, EngineOptions, Session, TOO_MANY_CLIENTS};
+use super::session::{Action, Clock, EngineOptions, Session};
 
 const IB: Token = Token(0);
 const LISTENER: Token = Token(1);
@@ -492,108 +494,6 @@ impl Engine {
             ms = (self.clock().mono - start) / 1_000_000,
             "cancelled the subscriptions at IB"
         );
-    }
-
-    // ---- control socket -----------------------------------------------------------------
-
-    fn accept_clients(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((mut stream, _)) => {
-                    let id = self.next_token;
-                    if !self.session.control_open(id) {
-                        let _ = stream.write(TOO_MANY_CLIENTS);
-                        continue;
-                    }
-                    self.next_token += 1;
-                    if self
-                        .poll
-                        .registry()
-                        .register(
-                            &mut stream,
-                            Token(id),
-                            Interest::READABLE | Interest::WRITABLE,
-                        )
-                        .is_err()
-                    {
-                        let clock = self.clock();
-                        self.session.on_control_closed(clock, id);
-                        continue;
-                    }
-                    self.clients.insert(id, stream);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    warn!("control accept: {e}");
-                    return;
-                }
-            }
-        }
-    }
-
-    fn on_client_event(&mut self, id: usize, readable: bool) {
-        let mut close = false;
-        if readable {
-            let mut buf = [0u8; 16 * 1024];
-            loop {
-                let Some(s) = self.clients.get_mut(&id) else {
-                    return;
-                };
-                match s.read(&mut buf) {
-                    Ok(0) => {
-                        close = true;
-                        break;
-                    }
-                    Ok(n) => {
-                        let clock = self.clock();
-                        if !self.session.on_control_bytes(clock, id, &buf[..n]) {
-                            close = true;
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        close = true;
-                        break;
-                    }
-                }
-            }
-        }
-        let flushed = self.flush_client(id);
-        if close || !flushed {
-            self.close_client(id);
-        }
-        self.after_input();
-    }
-
-    fn close_client(&mut self, id: usize) {
-        if let Some(mut s) = self.clients.remove(&id) {
-            let _ = self.poll.registry().deregister(&mut s);
-        }
-        let clock = self.clock();
-        self.session.on_control_closed(clock, id);
-    }
-
-    /// Writes what the client has pending; false when the client is gone or must be closed.
-    fn flush_client(&mut self, id: usize) -> bool {
-        let Some(s) = self.clients.get_mut(&id) else {
-            return false;
-        };
-        loop {
-            let pending = self.session.control_out(id);
-            if pending.is_empty() {
-                return !self.session.control_closing(id);
-            }
-            match s.write(pending) {
-                Ok(0) => return false,
-                Ok(n) => self.session.control_written(id, n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
     }
 }
 
