@@ -363,7 +363,6 @@ impl Engine {
     /// control clients had their turn: a stream faster than we read must not starve them.
     fn read_ib(&mut self) {
         self.ib_pending = false;
-        let mono = self.start.elapsed().as_nanos() as u64;
         for reads in 0..=MAX_READS_PER_TURN {
             if reads == MAX_READS_PER_TURN {
                 self.ib_pending = true;
@@ -372,20 +371,16 @@ impl Engine {
             let Some(s) = self.ib.as_mut() else { return };
             match s.read(self.session.recv_buf()) {
                 Ok(0) => {
-                    let clock = Clock {
-                        mono,
-                        unix: unix_ns(),
-                    };
+                    let clock = self.clock();
                     self.session.on_closed(clock, "closed by the gateway");
                     self.after_input();
                     return;
                 }
                 Ok(n) => {
-                    let ts_recv = unix_ns();
-                    let clock = Clock {
-                        mono,
-                        unix: ts_recv,
-                    };
+                    // The clocks of this read (two vDSO reads per read, not per tick): the
+                    // pacer must not see a time older than the send it records.
+                    let clock = self.clock();
+                    let ts_recv = clock.unix;
                     let open = self.session.on_received(clock, ts_recv, n);
                     let published = self.session.take_published();
                     if published > 0 {
