@@ -220,6 +220,12 @@ fn tracked_contracts_are_resolved_then_requested_with_their_exchange_and_a_resta
     let store: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let list = store["contracts"].as_array().unwrap();
     assert_eq!(list.len(), 2, "{store}");
+    // The engine's status says where the store is, what it holds and when it was written.
+    let st = eng.control().call(r#"{"id":1,"op":"status"}"#);
+    let cs = &st["contract_store"];
+    assert_eq!(cs["path"], path.display().to_string(), "{st}");
+    assert_eq!(cs["entries"], 2, "{st}");
+    assert!(cs["last_written_ns"].as_i64().unwrap() > 0, "{st}");
     eng.kill();
     // The next engine makes a new ring; a reader must not find the old one first.
     std::fs::remove_file(dir.path().join("ticks.ring")).unwrap();

@@ -374,6 +374,8 @@ fn contracts_are_looked_up_and_subscribed_by_description() {
         r["error"]["message"].as_str().unwrap().contains("200"),
         "{r}"
     );
+    // IB's code as a number: clients decide on it, not on the text.
+    assert_eq!(r["error"]["ib_code"], 200, "{r}");
 }
 
 #[test]

@@ -286,6 +286,12 @@ async fn contract_service_routes_answer_through_the_engine_and_its_cache() {
     let v = body_json(env.get("/cache/status").await).await;
     assert_eq!(v["total_file_entries"], 0, "nothing cached yet: {v}");
     assert_eq!(v["engine"]["available"], true);
+    // The engine's contract store, passed through.
+    assert_eq!(v["engine"]["contract_store"]["entries"], 2, "{v}");
+    assert_eq!(
+        v["engine"]["contract_store"]["path"],
+        "/fake/contracts/contracts.json"
+    );
 
     // One security type: one engine lookup, the original's grouping.
     let r = env.get("/lookup/aapl/stk").await;
@@ -369,12 +375,17 @@ fn an_ib_200_from_the_engine_is_no_such_contract() {
     use ib_stream::serve::contracts::no_such_contract;
     assert!(no_such_contract("not_found", "", None));
     assert!(no_such_contract("ib_error", "x", Some(200)));
-    assert!(no_such_contract(
+    // The number decides, not the text.
+    assert!(!no_such_contract(
         "ib_error",
         "IB error 200: No security definition has been found for the request",
         None
     ));
-    assert!(!no_such_contract("ib_error", "IB error 321: bad", None));
+    assert!(!no_such_contract(
+        "ib_error",
+        "IB error 321: bad",
+        Some(321)
+    ));
     assert!(!no_such_contract("not_connected", "", None));
 }
 

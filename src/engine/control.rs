@@ -270,6 +270,27 @@ pub fn error_reply(e: &RequestError, out: &mut Vec<u8>) {
     out.push(b'\n');
 }
 
+/// Writes the error reply of a request IB refused: code `ib_error`, IB's message and its
+/// numeric code (`ib_code`), so that clients decide on the number, not on the text.
+pub fn ib_error_reply(
+    id: &Option<serde_json::Value>,
+    ib_code: i32,
+    message: &str,
+    out: &mut Vec<u8>,
+) {
+    let v = serde_json::json!({
+        "id": id.clone().unwrap_or(serde_json::Value::Null),
+        "ok": false,
+        "error": {
+            "code": "ib_error",
+            "message": format!("IB error {ib_code}: {message}"),
+            "ib_code": ib_code,
+        },
+    });
+    let _ = serde_json::to_writer(&mut *out, &v);
+    out.push(b'\n');
+}
+
 /// Answers one request by appending its reply line to the buffer.
 pub type Handler<'a> = dyn FnMut(Option<serde_json::Value>, ControlRequest, &mut Vec<u8>) + 'a;
 

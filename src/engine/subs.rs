@@ -18,6 +18,10 @@
 //!
 //! The per-tick call, [`SubscriptionManager::on_tick`], is an index into a vector: no
 //! hashing, no allocation.
+//!
+//! Size: about 1 060 lines of code and 530 of tests, over the engine's 600-line guide: one
+//! state machine whose quotas, queue, retries and routing all work on the one subscription
+//! table.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 

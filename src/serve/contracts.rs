@@ -162,10 +162,10 @@ pub struct LookupAnswer {
 }
 
 /// Whether the engine's refusal means "IB knows no such contract" (IB error 200). The
-/// engine says so with `not_found`, `ib_code` 200, or (lookups today) `ib_error` and the
-/// message `IB error 200: ...`.
-pub fn no_such_contract(code: &str, message: &str, ib_code: Option<i64>) -> bool {
-    code == "not_found" || ib_code == Some(200) || message.starts_with("IB error 200:")
+/// engine says so with `not_found` or with IB's code, `ib_code` 200 (the message is for
+/// people and is not read).
+pub fn no_such_contract(code: &str, _message: &str, ib_code: Option<i64>) -> bool {
+    code == "not_found" || ib_code == Some(200)
 }
 
 /// A lookup through the engine's control socket (`lookup` with `fields`), answered from the

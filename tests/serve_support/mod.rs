@@ -212,9 +212,14 @@ fn answer(log: &EngineLog, id: Option<Value>, req: ControlRequest, out: &mut Vec
             );
         }
         ControlRequest::Ping => ok_reply(&id, json!({}), out),
-        ControlRequest::List | ControlRequest::Status | ControlRequest::Shutdown => {
-            ok_reply(&id, json!({}), out)
-        }
+        // The contract store as the engine's status describes it (`/cache/status` shows it).
+        ControlRequest::Status => ok_reply(
+            &id,
+            json!({"contract_store": {
+                "path": "/fake/contracts/contracts.json", "entries": 2, "last_written_ns": 1}}),
+            out,
+        ),
+        ControlRequest::List | ControlRequest::Shutdown => ok_reply(&id, json!({}), out),
     }
 }
 

@@ -170,30 +170,19 @@ impl FrameReader {
 
     /// The next whole payload (without its length prefix), or `None` until more bytes arrive.
     /// `min` is the smallest length accepted.
+    #[inline]
     pub fn next_payload_min(&mut self, min: u32) -> Result<Option<&[u8]>, FrameError> {
-        let avail = &self.buf[self.start..self.end];
-        let Some(lb) = avail.get(..4) else {
+        let Some(end) = frame_end(&self.buf[self.start..self.end], min)? else {
             return Ok(None);
         };
-        let len = u32::from_be_bytes([lb[0], lb[1], lb[2], lb[3]]);
-        if !(min..=MAX_FRAME_LEN).contains(&len) {
-            return Err(FrameError::BadLength {
-                len,
-                min,
-                max: MAX_FRAME_LEN,
-            });
-        }
-        let end = 4 + len as usize;
-        if avail.len() < end {
-            return Ok(None);
-        }
         let s = self.start + 4;
         self.start += end;
         self.frames += 1;
-        Ok(Some(&self.buf[s..s + len as usize]))
+        Ok(Some(&self.buf[s..self.start]))
     }
 
     /// The next whole payload at `version` (length bounds of that version's framing).
+    #[inline]
     pub fn next_payload(&mut self, version: u32) -> Result<Option<&[u8]>, FrameError> {
         let min = if binary_msg_id(version) {
             MIN_FRAME_LEN
@@ -205,13 +194,42 @@ impl FrameReader {
 
     /// The next whole frame at `version`, or `None` until more bytes arrive. A bad length
     /// is fatal for the connection ([`FrameError::is_fatal`]); a bad message id consumes
-    /// the frame and the stream continues.
+    /// the frame and the stream continues. On the per-tick path (inlined into the decoder's
+    /// loop).
+    #[inline]
     pub fn next_frame(&mut self, version: u32) -> Result<Option<Frame<'_>>, FrameError> {
         match self.next_payload(version)? {
             Some(p) => Frame::parse(p, version).map(Some),
             None => Ok(None),
         }
     }
+}
+
+/// The one length-prefix parser: how many bytes the frame at the start of `buf` takes with
+/// its 4-byte prefix, `Ok(None)` until all of it arrived. A length outside `min..=`
+/// [`MAX_FRAME_LEN`] is an error (fatal for the connection). On the per-tick path.
+#[inline(always)]
+pub fn frame_end(buf: &[u8], min: u32) -> Result<Option<usize>, FrameError> {
+    let Some(lb) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([lb[0], lb[1], lb[2], lb[3]]);
+    if !(min..=MAX_FRAME_LEN).contains(&len) {
+        return Err(FrameError::BadLength {
+            len,
+            min,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    let end = 4 + len as usize;
+    Ok(if buf.len() < end { None } else { Some(end) })
+}
+
+/// The payload of the frame at the start of `buf` and the bytes the frame takes
+/// ([`frame_end`]).
+#[inline]
+pub fn split_frame(buf: &[u8], min: u32) -> Result<Option<(&[u8], usize)>, FrameError> {
+    Ok(frame_end(buf, min)?.map(|end| (&buf[4..end], end)))
 }
 
 /// Start a frame: reserve the length prefix; returns where the payload starts.

@@ -1,9 +1,11 @@
 //! The connection handshake: the client's `API\0` + framed `v<min>..<max>[ options]`, and
 //! the server's framed two-field answer `<version>\0<connectionTime>\0`.
 
-use super::error::{FrameError, HandshakeError};
-use super::frame::{MAX_FRAME_LEN, write_raw_frame};
+use super::error::{EncodeError, HandshakeError};
+use super::frame::{split_frame, write_raw_frame};
+use super::msg::ClientMsg;
 use super::text::{FieldWriter, parse_i64};
+use super::version::{MAX_SUPPORTED, MIN_SUPPORTED};
 
 /// The 4 bytes every client sends first.
 pub const API_PREFIX: &[u8; 4] = b"API\0";
@@ -17,23 +19,6 @@ pub struct ClientHello {
     pub max: u32,
     /// Connect options (e.g. `+PACEAPI`), empty if none.
     pub options: String,
-}
-
-/// Read one length-prefixed payload at the start of `buf`: `Ok(None)` until complete.
-fn framed(buf: &[u8], min: u32) -> Result<Option<(&[u8], usize)>, FrameError> {
-    let Some(lb) = buf.get(..4) else {
-        return Ok(None);
-    };
-    let len = u32::from_be_bytes([lb[0], lb[1], lb[2], lb[3]]);
-    if !(min..=MAX_FRAME_LEN).contains(&len) {
-        return Err(FrameError::BadLength {
-            len,
-            min,
-            max: MAX_FRAME_LEN,
-        });
-    }
-    let end = 4 + len as usize;
-    Ok(buf.get(4..end).map(|p| (p, end)))
 }
 
 impl ClientHello {
@@ -67,7 +52,7 @@ impl ClientHello {
         if buf.len() < 4 {
             return Ok(None);
         }
-        let Some((payload, used)) = framed(&buf[4..], 1)? else {
+        let Some((payload, used)) = split_frame(&buf[4..], 1)? else {
             return Ok(None);
         };
         let bad = || HandshakeError::BadVersionRange(String::from_utf8_lossy(payload).into_owned());
@@ -116,7 +101,7 @@ impl ServerAck {
     /// Parse the answer at the start of `buf`: `Ok(None)` until complete, else the answer
     /// and the bytes it used. The answer must have exactly two fields.
     pub fn parse(buf: &[u8]) -> Result<Option<(ServerAck, usize)>, HandshakeError> {
-        let Some((payload, used)) = framed(buf, 2)? else {
+        let Some((payload, used)) = split_frame(buf, 2)? else {
             return Ok(None);
         };
         Ok(Some((Self::from_payload(payload)?, used)))
@@ -138,6 +123,87 @@ impl ServerAck {
             .map_err(|_| HandshakeError::BadServerAck)?
             .to_owned();
         Ok(ServerAck { version, time })
+    }
+}
+
+/// Smallest length of the server's answer frame (`"1\0"`-like).
+pub const MIN_ACK_LEN: u32 = 2;
+
+/// A client's start of a session, sans-IO: the hello, the server's answer, then `startApi`.
+/// The caller owns the socket and reads the answer as the first payload of its frame
+/// reader ([`MIN_ACK_LEN`]); the session is up at the server's `nextValidId`. The one client
+/// handshake of the crate (the engine, load generators and tests use it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientHandshake {
+    /// What is offered.
+    pub hello: ClientHello,
+    /// The client id `startApi` carries.
+    pub client_id: i32,
+    /// The negotiated version, once the server answered.
+    pub version: Option<u32>,
+}
+
+/// Why the handshake failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientHandshakeError {
+    /// The server's answer is malformed.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// The server chose a version outside the range offered.
+    #[error("server chose version {version}, outside the offered {min}..{max}")]
+    VersionOutOfRange {
+        /// The server's version.
+        version: u32,
+        /// Oldest offered.
+        min: u32,
+        /// Newest offered.
+        max: u32,
+    },
+    /// `startApi` cannot be encoded at the chosen version.
+    #[error("startApi: {0}")]
+    StartApi(#[from] EncodeError),
+}
+
+impl ClientHandshake {
+    /// A client speaking every supported version, with `options` (e.g. `+PACEAPI`, or empty).
+    pub fn new(client_id: i32, options: &str) -> Self {
+        let mut hello = ClientHello::new(MIN_SUPPORTED, MAX_SUPPORTED);
+        hello.options = options.to_owned();
+        ClientHandshake {
+            hello,
+            client_id,
+            version: None,
+        }
+    }
+
+    /// Appends the hello (`API\0` and the version range).
+    pub fn start(&self, out: &mut Vec<u8>) {
+        self.hello.encode(out);
+    }
+
+    /// The server's answer (one frame's payload): checks it, remembers the version and
+    /// appends `startApi`.
+    pub fn on_ack(
+        &mut self,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<ServerAck, ClientHandshakeError> {
+        let ack = ServerAck::from_payload(payload)?;
+        let (min, max) = (self.hello.min, self.hello.max);
+        if !(min..=max).contains(&ack.version) {
+            return Err(ClientHandshakeError::VersionOutOfRange {
+                version: ack.version,
+                min,
+                max,
+            });
+        }
+        ClientMsg::StartApi {
+            client_id: self.client_id,
+            optional_capabilities: String::new(),
+        }
+        .encode(ack.version, out)?;
+        self.version = Some(ack.version);
+        Ok(ack)
     }
 }
 
@@ -192,6 +258,45 @@ mod tests {
         assert!(matches!(
             ClientHello::parse(b"API\0\x7f\0\0\0"),
             Err(HandshakeError::Frame(_))
+        ));
+    }
+
+    #[test]
+    fn the_client_handshake_offers_checks_and_starts_the_api() {
+        let mut hs = ClientHandshake::new(7, "+PACEAPI");
+        let mut out = Vec::new();
+        hs.start(&mut out);
+        let (hello, used) = ClientHello::parse(&out).unwrap().unwrap();
+        assert_eq!((hello.options.as_str(), used), ("+PACEAPI", out.len()));
+        let mut ack = Vec::new();
+        ServerAck {
+            version: MAX_SUPPORTED,
+            time: "20260101 10:00:00 UTC".into(),
+        }
+        .encode(&mut ack);
+        let mut out = Vec::new();
+        let (payload, _) = split_frame(&ack, MIN_ACK_LEN).unwrap().unwrap();
+        assert_eq!(hs.on_ack(payload, &mut out).unwrap().version, MAX_SUPPORTED);
+        assert_eq!(hs.version, Some(MAX_SUPPORTED));
+        let mut r = crate::tws::FrameReader::new();
+        r.feed(&out);
+        let f = r.next_frame(MAX_SUPPORTED).unwrap().unwrap();
+        assert_eq!(
+            ClientMsg::decode(&f, MAX_SUPPORTED).unwrap(),
+            ClientMsg::StartApi {
+                client_id: 7,
+                optional_capabilities: String::new()
+            }
+        );
+        // A version we did not offer ends the handshake.
+        let mut old = Vec::new();
+        FieldWriter::new(&mut old)
+            .int(i64::from(MIN_SUPPORTED - 1))
+            .str("t");
+        let mut hs = ClientHandshake::new(7, "");
+        assert!(matches!(
+            hs.on_ack(&old, &mut Vec::new()),
+            Err(ClientHandshakeError::VersionOutOfRange { .. })
         ));
     }
 

@@ -67,7 +67,7 @@ pub use error::{DecodeError, EncodeError, FieldProblem, FrameError, HandshakeErr
 pub use frame::{
     Body, Frame, FrameReader, write_frame, write_proto_frame, write_raw_frame, write_text_frame,
 };
-pub use handshake::{ClientHello, ServerAck};
+pub use handshake::{ClientHandshake, ClientHandshakeError, ClientHello, ServerAck};
 pub use msg::{ClientMsg, ServerMsg, TbtQuote, TbtTrade, TickByTickData};
 pub use tick::{
     DecodeStats, Decoded, Decoder, ErrorRef, Interner, VecInterner, decode_error, decode_tick,
