@@ -18,9 +18,10 @@ use super::contracts::{
     LookupAnswer, SEC_TYPES, check_name, con_id_lookup, lookup_via_engine, symbol_lookup,
 };
 use super::error::ApiError;
+use super::listen::ServeError;
 use super::messages::now_ns;
 use super::params::{self, Params};
-use super::{AppState, ServeError};
+use super::state::AppState;
 use crate::config::Settings;
 
 /// The security types `/lookup/{ticker}` searches, one engine lookup each (the original's).
@@ -83,7 +84,7 @@ pub async fn start(
     let Some(port) = settings.contract_port else {
         return Ok((stop, None));
     };
-    let addr = super::bind_addr(host, port, state.cfg.token.as_deref())?;
+    let addr = super::listen::bind_addr(host, port, state.cfg.token.as_deref())?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;

@@ -13,11 +13,11 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::AppState;
 use super::control_client::ControlError;
 use super::error::ApiError;
 use super::messages::now_ns;
 use super::params::{self, Params};
+use super::state::AppState;
 
 /// Security types the lookup accepts (IB's; FUND and CMDTY are the original's too).
 pub const SEC_TYPES: [&str; 12] = [

@@ -9,10 +9,10 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use super::AppState;
 use super::error::ApiError;
 use super::messages::GapInfo;
 use super::params::{self, DEFAULT_TICK_TYPES, Params, TickType};
+use super::state::AppState;
 
 /// Most ticks one history request returns.
 pub const MAX_HISTORY_LIMIT: u64 = 100_000;

@@ -18,11 +18,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::AppState;
 use super::error::ApiError;
 use super::history::{HistoryError, HistoryQuery, HistorySource, MAX_HISTORY_LIMIT};
 use super::messages::now_ns;
 use super::params::{self, Params, TickType};
+use super::state::AppState;
 use crate::storage::layout::{Format, Stream, all_segments};
 use crate::storage::query::time;
 

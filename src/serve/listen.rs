@@ -24,7 +24,7 @@
 //!   the oldest idle connection is closed and accepting resumes within milliseconds.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -475,9 +475,74 @@ async fn serve_conn(
     }
 }
 
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A non-loopback bind without a token.
+    #[error("binding {0} (beyond loopback) requires a token (IB_STREAM_TOKEN)")]
+    TokenRequired(String),
+    /// The host is not an IP address or `localhost`.
+    #[error("bad bind host `{0}`: expected an IP address or localhost")]
+    BadHost(String),
+    /// Binding failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// The address to bind: loopback unless a token is configured.
+pub fn bind_addr(host: &str, port: u16, token: Option<&str>) -> Result<SocketAddr, ServeError> {
+    let ip: IpAddr = if host == "localhost" {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        host.parse()
+            .map_err(|_| ServeError::BadHost(host.to_owned()))?
+    };
+    if !ip.is_loopback() && token.is_none() {
+        return Err(ServeError::TokenRequired(host.to_owned()));
+    }
+    Ok(SocketAddr::new(ip, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binding_beyond_loopback_needs_a_token() {
+        assert_eq!(
+            bind_addr("127.0.0.1", 8001, None).unwrap(),
+            SocketAddr::from(([127, 0, 0, 1], 8001))
+        );
+        assert_eq!(
+            bind_addr("localhost", 8101, None).unwrap(),
+            SocketAddr::from(([127, 0, 0, 1], 8101))
+        );
+        assert!(bind_addr("::1", 8201, None).is_ok());
+        assert!(matches!(
+            bind_addr("0.0.0.0", 8001, None),
+            Err(ServeError::TokenRequired(_))
+        ));
+        assert!(matches!(
+            bind_addr("192.168.1.5", 8001, None),
+            Err(ServeError::TokenRequired(_))
+        ));
+        assert!(bind_addr("0.0.0.0", 8001, Some("0123456789abcdef")).is_ok());
+        assert!(matches!(
+            bind_addr("my-host", 8001, Some("t")),
+            Err(ServeError::BadHost(_))
+        ));
+    }
 
     #[test]
     fn the_refusal_is_a_complete_503_in_the_api_error_shape() {

@@ -11,11 +11,11 @@ use axum::response::{IntoResponse, Response};
 use ib_stream_ipc::{ConnState, Histogram, Liveness, StatusReader, StatusSnapshot};
 use serde_json::{Value, json};
 
-use super::AppState;
 use super::error::ApiError;
 use super::hub::WriterState;
 use super::messages::now_ns;
 use super::params::{self, Params};
+use super::state::AppState;
 use crate::tickjson::{conn_state_name, sub_state_name};
 
 /// What the status region says, if it can be read.
@@ -560,7 +560,7 @@ pub async fn metrics(
     );
     let _ = writeln!(out, "# TYPE ib_stream_serve_delivery_latency_us histogram");
     for (i, c) in cum.iter().enumerate() {
-        let le = super::LATENCY_BOUNDS_US
+        let le = super::state::LATENCY_BOUNDS_US
             .get(i)
             .map_or("+Inf".to_string(), |b| b.to_string());
         let _ = writeln!(

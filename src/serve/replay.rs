@@ -31,11 +31,11 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 
-use super::AppState;
 use super::history::{HistorySource, REPLAY_PAGE, SeqItem, SeqPage, SeqQuery};
 use super::hub::{CloseReason, Out, Pos, SinkFlag, SinkGuard, SinkSpec, SlowPolicy, Start};
 use super::messages;
 use super::params::{KindSet, TickType};
+use super::state::AppState;
 use crate::storage::query::line_st_us;
 
 /// A resume point as a client gives it: `<epoch>-<seq>` (the SSE `id:` the server sends: the

@@ -25,8 +25,8 @@ use super::limits::{ClientIp, Counted, IpSlot};
 use super::messages::{self, CompleteReason, now_ns};
 use super::params::{self, DEFAULT_TICK_TYPES, Params, TickType};
 use super::replay::{self, Join, Resume, SinkSlot, StartFrom, TaskGuard};
+use super::state::{AppState, LatencyBatch, StreamSlot};
 use super::subs::{ClientInfo, Lease, Registered};
-use super::{AppState, LatencyBatch, StreamSlot};
 
 /// Largest `limit`.
 pub const MAX_LIMIT: u64 = 100_000_000;

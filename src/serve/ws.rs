@@ -27,7 +27,7 @@ use super::messages::{self, CompleteReason, now_ns};
 use super::params::{self, DEFAULT_TICK_TYPES, Params, TickType};
 use super::replay::Resume;
 use super::sse::{self, StreamCounter, StreamHold, StreamOptions};
-use super::{AppState, LatencyBatch};
+use super::state::{AppState, LatencyBatch};
 
 /// Normal closure.
 pub const CLOSE_NORMAL: u16 = 1000;
