@@ -292,7 +292,7 @@ fn capture_replays_byte_for_byte_and_send_log_covers_every_tick() {
 
     // Replay the capture as fast as possible to a new client: the same ticks.
     let replay = Sim::replay(cap.to_str().unwrap());
-    let mut r = Client::handshake(&replay.addr, 100, 226, "").unwrap();
+    let mut r = Client::handshake(&replay.addr, 100, 226, "", 0).unwrap();
     assert_eq!(r.version, 226);
     let replayed = collect_tbt(&mut r, 3, 100);
     assert_eq!(replayed, live);

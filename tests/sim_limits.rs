@@ -111,11 +111,8 @@ fn more_than_50_messages_a_second_is_100_then_disconnect() {
 #[test]
 fn pace_api_clients_are_paced_not_dropped() {
     let sim = Sim::start(&["--max-msgs-per-sec", "20"]);
-    let mut c = Client::handshake(&sim.addr, 100, 226, "+PACEAPI").unwrap();
-    c.send(&ClientMsg::StartApi {
-        client_id: 1,
-        optional_capabilities: String::new(),
-    });
+    let mut c = Client::handshake(&sim.addr, 100, 226, "+PACEAPI", 1).unwrap();
+    c.start_api();
     for _ in 0..5 {
         c.recv().unwrap();
     }

@@ -13,19 +13,25 @@ const RANGES: [(u32, u32); 2] = [(157, 178), (100, 226)];
 fn negotiates_min_of_client_and_sim_max() {
     let sim = Sim::start(&[]);
     assert_eq!(
-        Client::handshake(&sim.addr, 100, 226, "").unwrap().version,
+        Client::handshake(&sim.addr, 100, 226, "", 0)
+            .unwrap()
+            .version,
         226
     );
     assert_eq!(
-        Client::handshake(&sim.addr, 157, 178, "").unwrap().version,
+        Client::handshake(&sim.addr, 157, 178, "", 0)
+            .unwrap()
+            .version,
         178
     );
     assert_eq!(
-        Client::handshake(&sim.addr, 100, 157, "").unwrap().version,
+        Client::handshake(&sim.addr, 100, 157, "", 0)
+            .unwrap()
+            .version,
         157
     );
     let old = Sim::start(&["--max-version", "176"]);
-    let c = Client::handshake(&old.addr, 100, 226, "").unwrap();
+    let c = Client::handshake(&old.addr, 100, 226, "", 0).unwrap();
     assert_eq!(c.version, 176);
     assert!(
         c.time.ends_with(" UTC") && c.time.len() == 21,
@@ -34,7 +40,7 @@ fn negotiates_min_of_client_and_sim_max() {
     );
     // A client that needs protobuf (213+) gets no answer from an older gateway: it is closed.
     assert!(matches!(
-        Client::handshake(&old.addr, 213, 226, ""),
+        Client::handshake(&old.addr, 213, 226, "", 0),
         Err(ReadEnd::Closed)
     ));
 }
@@ -175,16 +181,11 @@ fn contract_details_by_symbol_and_con_id_and_200_for_unknown() {
 fn requests_in_the_same_write_as_start_api_are_served() {
     let sim = Sim::start(&[]);
     for (n, (min, max)) in RANGES.into_iter().enumerate() {
-        let mut c = Client::handshake(&sim.addr, min, max, "").unwrap();
-        let mut bytes = Vec::new();
-        let v = c.version;
-        ClientMsg::StartApi {
-            client_id: 20 + n as i32,
-            optional_capabilities: String::new(),
-        }
-        .encode(v, &mut bytes)
-        .unwrap();
-        ClientMsg::ReqPositions.encode(v, &mut bytes).unwrap();
+        let mut c = Client::handshake(&sim.addr, min, max, "", 20 + n as i32).unwrap();
+        let mut bytes = std::mem::take(&mut c.start);
+        ClientMsg::ReqPositions
+            .encode(c.version, &mut bytes)
+            .unwrap();
         std::io::Write::write_all(&mut c.stream, &bytes).unwrap();
         assert_eq!(
             c.recv_matching(|m| matches!(m, ServerMsg::PositionEnd)),
@@ -259,7 +260,9 @@ fn garbage_instead_of_a_handshake_is_closed_and_the_sim_goes_on() {
     assert_eq!(s.read(&mut buf).unwrap_or(0), 0);
     // Others are still served.
     assert_eq!(
-        Client::handshake(&sim.addr, 100, 226, "").unwrap().version,
+        Client::handshake(&sim.addr, 100, 226, "", 0)
+            .unwrap()
+            .version,
         226
     );
 }

@@ -4,6 +4,7 @@
 mod tws_support;
 
 use ib_stream::ipc::UNDEF_I64;
+use ib_stream::tws::frame::{MIN_FRAME_LEN, split_frame};
 use ib_stream::tws::msg::server::{TbtTrade, TickByTickData};
 use ib_stream::tws::{ClientMsg, Contract, EncodeError, ServerMsg};
 use tws_support::*;
@@ -332,9 +333,11 @@ fn hex(s: &str) -> Vec<u8> {
 fn body(m: &ClientMsg) -> Vec<u8> {
     let mut out = Vec::new();
     m.encode(226, &mut out).unwrap();
-    let len = u32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize;
-    assert_eq!(len, out.len() - 4);
-    out[4..].to_vec()
+    let (payload, used) = split_frame(&out, MIN_FRAME_LEN)
+        .unwrap()
+        .expect("a whole frame");
+    assert_eq!(used, out.len());
+    payload.to_vec()
 }
 
 fn server_frame(m: &ServerMsg) -> Vec<u8> {

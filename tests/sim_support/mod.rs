@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ib_stream::tws::{ClientHello, ClientMsg, Contract, FrameReader, ServerAck, ServerMsg};
+use ib_stream::tws::{ClientHandshake, ClientMsg, Contract, FrameReader, ServerMsg};
 
 pub const SIM: &str = env!("CARGO_BIN_EXE_tws-sim");
 /// Every wait in these tests ends by itself.
@@ -113,6 +113,8 @@ pub struct Client {
     pub stream: TcpStream,
     pub version: u32,
     pub time: String,
+    /// `startApi`, encoded by the handshake and not yet sent ([`Client::start_api`]).
+    pub start: Vec<u8>,
     reader: FrameReader,
 }
 
@@ -125,31 +127,37 @@ pub enum ReadEnd {
 }
 
 impl Client {
-    /// Connects and does the handshake only.
-    pub fn handshake(addr: &str, min: u32, max: u32, options: &str) -> Result<Client, ReadEnd> {
+    /// Connects and does the handshake only (`tws::ClientHandshake`); its `startApi` for
+    /// `client_id` waits in [`Client::start`].
+    pub fn handshake(
+        addr: &str,
+        min: u32,
+        max: u32,
+        options: &str,
+        client_id: i32,
+    ) -> Result<Client, ReadEnd> {
         let mut stream = TcpStream::connect(addr).expect("connect");
         stream.set_nodelay(true).unwrap();
+        let mut hs = ClientHandshake::offering(client_id, min, max, options);
         let mut out = Vec::new();
-        ClientHello {
-            min,
-            max,
-            options: options.to_owned(),
-        }
-        .encode(&mut out);
+        hs.start(&mut out);
         stream.write_all(&out).unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
+        out.clear();
+        let mut reader = FrameReader::new();
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Some((ack, used)) = ServerAck::parse(&buf).expect("ack parses") {
-                let mut reader = FrameReader::new();
-                reader.feed(&buf[used..]);
-                return Ok(Client {
-                    stream,
-                    version: ack.version,
-                    time: ack.time,
-                    reader,
-                });
+            match hs.poll_ack(&mut reader, &mut out) {
+                Ok(Some(ack)) => {
+                    return Ok(Client {
+                        stream,
+                        version: ack.version,
+                        time: ack.time,
+                        start: out,
+                        reader,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ReadEnd::Broken(e.to_string())),
             }
             stream
                 .set_read_timeout(Some(
@@ -158,9 +166,9 @@ impl Client {
                         .max(Duration::from_millis(1)),
                 ))
                 .unwrap();
-            match stream.read(&mut chunk) {
+            match stream.read(reader.spare(4096)) {
                 Ok(0) => return Err(ReadEnd::Closed),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => reader.commit(n),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     return Err(ReadEnd::TimedOut);
                 }
@@ -169,13 +177,16 @@ impl Client {
         }
     }
 
+    /// Sends the handshake's `startApi`.
+    pub fn start_api(&mut self) {
+        let start = std::mem::take(&mut self.start);
+        self.stream.write_all(&start).expect("send startApi");
+    }
+
     /// Handshake + START_API.
     pub fn connect(addr: &str, min: u32, max: u32, client_id: i32) -> Client {
-        let mut c = Client::handshake(addr, min, max, "").expect("handshake");
-        c.send(&ClientMsg::StartApi {
-            client_id,
-            optional_capabilities: String::new(),
-        });
+        let mut c = Client::handshake(addr, min, max, "", client_id).expect("handshake");
+        c.start_api();
         c
     }
 

@@ -2,7 +2,7 @@
 //! the server's framed two-field answer `<version>\0<connectionTime>\0`.
 
 use super::error::{EncodeError, HandshakeError};
-use super::frame::{split_frame, write_raw_frame};
+use super::frame::{FrameReader, split_frame, write_raw_frame};
 use super::msg::ClientMsg;
 use super::text::{FieldWriter, parse_i64};
 use super::version::{MAX_SUPPORTED, MIN_SUPPORTED};
@@ -167,7 +167,12 @@ pub enum ClientHandshakeError {
 impl ClientHandshake {
     /// A client speaking every supported version, with `options` (e.g. `+PACEAPI`, or empty).
     pub fn new(client_id: i32, options: &str) -> Self {
-        let mut hello = ClientHello::new(MIN_SUPPORTED, MAX_SUPPORTED);
+        Self::offering(client_id, MIN_SUPPORTED, MAX_SUPPORTED, options)
+    }
+
+    /// A client offering `min..=max` (load generators and tests of version negotiation).
+    pub fn offering(client_id: i32, min: u32, max: u32, options: &str) -> Self {
+        let mut hello = ClientHello::new(min, max);
         hello.options = options.to_owned();
         ClientHandshake {
             hello,
@@ -204,6 +209,21 @@ impl ClientHandshake {
         .encode(ack.version, out)?;
         self.version = Some(ack.version);
         Ok(ack)
+    }
+
+    /// The server's answer as the first frame of `reader` (which holds everything read so
+    /// far): `Ok(None)` until it is whole, then [`Self::on_ack`]. The frames after it stay
+    /// in `reader`.
+    pub fn poll_ack(
+        &mut self,
+        reader: &mut FrameReader,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<ServerAck>, ClientHandshakeError> {
+        match reader.next_payload_min(MIN_ACK_LEN) {
+            Ok(None) => Ok(None),
+            Ok(Some(payload)) => self.on_ack(payload, out).map(Some),
+            Err(e) => Err(HandshakeError::from(e).into()),
+        }
     }
 }
 
@@ -297,6 +317,44 @@ mod tests {
         assert!(matches!(
             hs.on_ack(&old, &mut Vec::new()),
             Err(ClientHandshakeError::VersionOutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn poll_ack_waits_for_the_whole_answer_and_leaves_what_follows() {
+        let mut wire = Vec::new();
+        ServerAck {
+            version: 176,
+            time: "20260101 10:00:00 UTC".into(),
+        }
+        .encode(&mut wire);
+        let ack_len = wire.len();
+        write_raw_frame(&mut wire, b"15\x001\x00DU1\x00");
+        let mut hs = ClientHandshake::offering(3, 100, 176, "");
+        let mut r = FrameReader::new();
+        let mut out = Vec::new();
+        for b in &wire[..ack_len - 1] {
+            r.feed(&[*b]);
+            assert_eq!(hs.poll_ack(&mut r, &mut out), Ok(None));
+        }
+        assert!(out.is_empty());
+        r.feed(&wire[ack_len - 1..]);
+        let ack = hs.poll_ack(&mut r, &mut out).unwrap().unwrap();
+        assert_eq!((ack.version, hs.version), (176, Some(176)));
+        assert_eq!(r.next_frame(176).unwrap().unwrap().msg_id, 15);
+        let mut r = FrameReader::new();
+        r.feed(&out);
+        let f = r.next_frame(176).unwrap().unwrap();
+        assert!(matches!(
+            ClientMsg::decode(&f, 176).unwrap(),
+            ClientMsg::StartApi { client_id: 3, .. }
+        ));
+        // A length the protocol does not allow ends the handshake.
+        let mut r = FrameReader::new();
+        r.feed(&[0x7f, 0, 0, 0]);
+        assert!(matches!(
+            ClientHandshake::new(1, "").poll_ack(&mut r, &mut Vec::new()),
+            Err(ClientHandshakeError::Handshake(HandshakeError::Frame(_)))
         ));
     }
 

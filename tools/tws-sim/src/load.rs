@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use ib_stream_tws::{ClientHello, ClientMsg, Contract, FrameReader, ServerAck};
+use ib_stream_tws::{ClientHandshake, ClientMsg, Contract, FrameReader};
 
 use crate::universe::Universe;
 
@@ -35,35 +35,24 @@ fn one_client(
 ) -> anyhow::Result<(u64, u64, Duration)> {
     let mut s = TcpStream::connect(&plan.addr).with_context(|| format!("connect {}", plan.addr))?;
     s.set_nodelay(true)?;
+    let client_id = 9000 + n as i32;
+    let mut hs = ClientHandshake::offering(client_id, plan.min_version, plan.max_version, "");
     let mut out = Vec::new();
-    ClientHello {
-        min: plan.min_version,
-        max: plan.max_version,
-        options: String::new(),
-    }
-    .encode(&mut out);
+    hs.start(&mut out);
     s.write_all(&out)?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let (version, used) = loop {
-        if let Some((ack, used)) = ServerAck::parse(&buf)? {
-            break (ack.version, used);
+    out.clear();
+    let mut reader = FrameReader::with_capacity(1 << 20);
+    // The answer appends startApi to `out`; the requests follow it in one write.
+    let version = loop {
+        if let Some(ack) = hs.poll_ack(&mut reader, &mut out)? {
+            break ack.version;
         }
-        let got = s.read(&mut chunk)?;
+        let got = s.read(reader.spare(4096))?;
         if got == 0 {
             bail!("closed during the handshake");
         }
-        buf.extend_from_slice(&chunk[..got]);
+        reader.commit(got);
     };
-    let mut reader = FrameReader::with_capacity(1 << 20);
-    reader.feed(&buf[used..]);
-    out.clear();
-    let client_id = 9000 + n as i32;
-    ClientMsg::StartApi {
-        client_id,
-        optional_capabilities: String::new(),
-    }
-    .encode(version, &mut out)?;
     for (i, contract) in contracts.iter().enumerate() {
         ClientMsg::ReqTickByTick {
             req_id: i as i32 + 1,

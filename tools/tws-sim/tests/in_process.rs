@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ib_stream_tws::{
-    ClientHello, ClientMsg, Contract, FrameReader, ServerAck, ServerMsg, TbtQuote, TickByTickData,
+    ClientHandshake, ClientMsg, Contract, FrameReader, ServerMsg, TbtQuote, TickByTickData,
 };
 use tws_sim::connection::{Connection, End, Fault};
 use tws_sim::gateway::{Gateway, GatewayConfig, WallClock};
@@ -68,10 +68,9 @@ impl Client {
         now: Instant,
     ) -> Client {
         let mut conn = Connection::new(Arc::clone(gw), conn_no, now);
+        let mut hs = ClientHandshake::offering(client_id, 100, 226, options);
         let mut hello = Vec::new();
-        let mut client_hello = ClientHello::new(100, 226);
-        client_hello.options = options.into();
-        client_hello.encode(&mut hello);
+        hs.start(&mut hello);
         conn.on_bytes(&hello, now);
         let mut c = Client {
             conn,
@@ -80,27 +79,29 @@ impl Client {
             wire: Vec::new(),
         };
         let got = c.drain(now);
-        let (ack, used) = ServerAck::parse(&got).unwrap().expect("the whole answer");
+        c.frames.feed(&got);
+        let mut start = Vec::new();
+        let ack = hs
+            .poll_ack(&mut c.frames, &mut start)
+            .unwrap()
+            .expect("the whole answer");
         assert_eq!(ack.version, 226);
         assert_eq!(ack.time, "20260101 14:30:00 UTC", "the virtual wall clock");
         c.version = ack.version;
-        c.frames.feed(&got[used..]);
-        c.send(
-            &ClientMsg::StartApi {
-                client_id,
-                optional_capabilities: String::new(),
-            },
-            now,
-        );
+        c.send_bytes(&start, now);
         c
     }
 
     fn send(&mut self, msg: &ClientMsg, now: Instant) {
         let mut bytes = Vec::new();
         msg.encode(self.version, &mut bytes).unwrap();
+        self.send_bytes(&bytes, now);
+    }
+
+    fn send_bytes(&mut self, bytes: &[u8], now: Instant) {
         // Byte by byte: a frame cut anywhere is put together again.
         for b in bytes {
-            self.conn.on_bytes(&[b], now);
+            self.conn.on_bytes(&[*b], now);
         }
     }
 
