@@ -292,7 +292,14 @@ impl Session {
             pacer: Pacer::with_window(settings.max_msgs_per_sec.max(1), PACING_WINDOW_NS),
             opts,
             clock,
-            ingest: Ingest::new(publisher, subs),
+            ingest: Ingest::new(
+                {
+                    let mut p = publisher;
+                    p.set_clock(clock.unix);
+                    p
+                },
+                subs,
+            ),
             other: VecDeque::with_capacity(64),
             conn: None,
             port_idx: 0,
