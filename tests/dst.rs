@@ -148,6 +148,8 @@ struct World {
     to_eng: Pipe,
     /// The gateway closed; the engine sees the close once `to_eng` is delivered.
     fin_to_eng: bool,
+    /// The engine's socket takes nothing before this (after a partial write).
+    write_blocked_until: u64,
     chunk_max: usize,
     tap_out: Tap,
     tap_in: Tap,
@@ -317,6 +319,7 @@ impl World {
             to_gw: Pipe::default(),
             to_eng: Pipe::default(),
             fin_to_eng: false,
+            write_blocked_until: 0,
             chunk_max,
             tap_out: Tap::default(),
             tap_in: Tap::default(),
@@ -468,6 +471,9 @@ impl World {
         {
             at(self.virt(d));
         }
+        if !self.s.ib_out().is_empty() && self.conn.is_some() {
+            at(self.write_blocked_until);
+        }
         if let Some(x) = self.to_gw.next_at() {
             at(x);
         }
@@ -561,8 +567,16 @@ impl World {
                 }
             }
             let out = self.s.ib_out();
-            if !out.is_empty() && self.conn.is_some() {
-                let out = out.to_vec();
+            if !out.is_empty() && self.conn.is_some() && self.now >= self.write_blocked_until {
+                // Slow socket: a quarter of the writes take only part of what is offered;
+                // the rest waits a millisecond.
+                let n = if self.rng.chance(25) {
+                    self.write_blocked_until = self.now + MS;
+                    self.rng.range(1, out.len() as u64) as usize
+                } else {
+                    out.len()
+                };
+                let out = out[..n].to_vec();
                 self.s.ib_written(out.len());
                 self.tap_sent_bytes(&out)?;
                 self.to_gw
@@ -787,6 +801,15 @@ impl World {
                 }
                 _ => {}
             }
+        }
+        // Bounded queues: the subscriptions' pending requests and the bytes not yet written
+        // hold at most what the wanted set and the control storms can ask for.
+        if self.s.queued() > 64 || self.s.ib_out().len() > 64 * 1024 {
+            return Err(format!(
+                "queues grow: {} requests queued, {} bytes unwritten",
+                self.s.queued(),
+                self.s.ib_out().len()
+            ));
         }
         // Delivered ticks are published within the input that delivered them.
         if let Some(t) = self.expected.front() {
