@@ -62,6 +62,10 @@ pub struct Publisher {
     pub snap: Box<StatusSnapshot>,
     batch: Box<[Record; BATCH]>,
     n: usize,
+    /// Unix ns of the input being handled (the session's clock, [`Publisher::set_clock`]):
+    /// system records and status stamps carry it, so a simulation on a virtual clock writes
+    /// the same records on every run.
+    now: i64,
 }
 
 /// The string table size the engine uses: ample for exchanges and trade conditions, small
@@ -123,7 +127,14 @@ impl Publisher {
             snap,
             batch: Box::new([Record::ZERO; BATCH]),
             n: 0,
+            now: unix_ns(),
         }
+    }
+
+    /// The time of the input being handled (Unix ns): the session sets it with every input.
+    #[inline]
+    pub fn set_clock(&mut self, unix_ns: i64) {
+        self.now = unix_ns;
     }
 
     /// The writer epoch.
@@ -171,7 +182,7 @@ impl Publisher {
 
     /// A connection state change: record and status.
     pub fn connection(&mut self, state: ConnState, server_version: u32, client_id: i32, code: i32) {
-        let now = unix_ns();
+        let now = self.now;
         self.snap.set_conn_state(state);
         self.system(Record {
             ts_recv: now,
@@ -190,7 +201,7 @@ impl Publisher {
     pub fn gap(&mut self, reason: GapReason, from_ns: i64, to_ns: i64) {
         self.snap.counters.gaps += 1;
         self.system(Record {
-            ts_recv: unix_ns(),
+            ts_recv: self.now,
             tick_type: reason as u8,
             body: [0, 0, from_ns, to_ns],
             ..Record::new(RecordKind::Gap)
@@ -202,7 +213,7 @@ impl Publisher {
     pub fn gap_for(&mut self, con_id: u32, reason: GapReason, from_ns: i64, to_ns: i64) {
         self.snap.counters.gaps += 1;
         self.system(Record {
-            ts_recv: unix_ns(),
+            ts_recv: self.now,
             instrument_id: con_id,
             tick_type: reason as u8,
             body: [0, 0, from_ns, to_ns],
@@ -224,7 +235,7 @@ impl Publisher {
         market_data_type: i32,
         next_attempt_ns: Option<i64>,
     ) {
-        let now = unix_ns();
+        let now = self.now;
         self.system(Record {
             ts_recv: now,
             ts_event: next_attempt_ns.unwrap_or(crate::ipc::UNDEF_I64),
@@ -289,7 +300,7 @@ impl Publisher {
         self.snap.counters.heartbeats += 1;
         let published = self.snap.counters.records_published;
         self.system(Record {
-            ts_recv: unix_ns(),
+            ts_recv: self.now,
             body: [published as i64, 0, 0, 0],
             ..Record::new(RecordKind::Heartbeat)
         });
@@ -297,7 +308,7 @@ impl Publisher {
 
     /// Publishes the status snapshot and beats the ring's heartbeat.
     pub fn publish_status(&mut self) {
-        let now = unix_ns();
+        let now = self.now;
         tidy_subscriptions(&mut self.snap, now);
         self.snap.counters.strings_interned = self.strings.interned;
         self.snap.counters.strings_dropped = self.strings.dropped;

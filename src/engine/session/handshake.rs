@@ -37,6 +37,7 @@ impl Session {
     /// The caller started the TCP connect of [`Action::Connect`].
     pub fn on_connecting(&mut self, clock: Clock) {
         self.clock = clock;
+        self.ingest.publisher.set_clock(clock.unix);
         let Some(c) = &self.conn else { return };
         debug!(port = c.port, client_id = c.hs.client_id, "connecting");
         let id = c.hs.client_id;
@@ -48,6 +49,7 @@ impl Session {
     /// The TCP connect of [`Action::Connect`] could not even start (no such host, ...).
     pub fn on_connect_failed(&mut self, clock: Clock, why: &str) {
         self.clock = clock;
+        self.ingest.publisher.set_clock(clock.unix);
         if let Some(c) = self.conn.take() {
             debug!(port = c.port, "connect failed: {why}");
         }
@@ -80,6 +82,7 @@ impl Session {
     /// The TCP connection is established: the hello goes out.
     pub fn on_connected(&mut self, clock: Clock) {
         self.clock = clock;
+        self.ingest.publisher.set_clock(clock.unix);
         let Some(c) = self.conn.as_mut() else { return };
         if c.phase != Phase::Tcp {
             return;
@@ -93,6 +96,7 @@ impl Session {
     /// The IB socket closed or failed (`why` for the log).
     pub fn on_closed(&mut self, clock: Clock, why: &str) {
         self.clock = clock;
+        self.ingest.publisher.set_clock(clock.unix);
         if self.conn.is_some() {
             self.disconnect(why, clock.mono, false);
         }
@@ -111,6 +115,7 @@ impl Session {
     #[inline]
     pub fn on_received(&mut self, clock: Clock, ts_recv: i64, n: usize) -> bool {
         self.clock = clock;
+        self.ingest.publisher.set_clock(clock.unix);
         let Some(c) = self.conn.as_ref() else {
             return false;
         };

@@ -328,6 +328,7 @@ impl Session {
     /// The caller wrote the contract store ([`Action::SaveContracts`]).
     pub fn on_store_saved(&mut self, clock: super::Clock) {
         self.clock = clock;
+        self.ingest.publisher.set_clock(clock.unix);
         self.store_written_ns = Some(clock.unix);
     }
 }

@@ -75,6 +75,10 @@ pub const FIRST_RESOLVE_REQ_ID: i32 = 1 << 29;
 const SECOND: u64 = 1_000_000_000;
 /// The outbound budget's window: IB's one second plus a margin for arrival jitter.
 pub const PACING_WINDOW_NS: u64 = SECOND + 50_000_000;
+/// Added to IB's same-instrument window (the 15-second rule) for the same reason as the
+/// pacing margin: IB measures arrivals, and two requests sent 15 s apart can arrive closer
+/// (found by the deterministic simulation, tests/dst.rs, seeds 4 and 18).
+pub const TBT_WINDOW_MARGIN_NS: u64 = PACING_WINDOW_NS - SECOND;
 /// A connection that stayed up this long resets the reconnect backoff.
 const STABLE_NS: u64 = 10 * SECOND;
 
@@ -256,7 +260,12 @@ impl Session {
         let limits = Limits {
             tbt_slots: opts.tbt_slots,
             mkt_lines: opts.mkt_lines,
-            tbt_same_instrument_ns: opts.tbt_same_instrument_ms.saturating_mul(1_000_000),
+            tbt_same_instrument_ns: match opts.tbt_same_instrument_ms {
+                0 => 0,
+                ms => ms
+                    .saturating_mul(1_000_000)
+                    .saturating_add(TBT_WINDOW_MARGIN_NS),
+            },
             allow_delayed: settings.allow_delayed,
             tbt_retry_cap_ns: opts.tbt_retry_cap_ms.saturating_mul(1_000_000),
         };
@@ -283,7 +292,14 @@ impl Session {
             pacer: Pacer::with_window(settings.max_msgs_per_sec.max(1), PACING_WINDOW_NS),
             opts,
             clock,
-            ingest: Ingest::new(publisher, subs),
+            ingest: Ingest::new(
+                {
+                    let mut p = publisher;
+                    p.set_clock(clock.unix);
+                    p
+                },
+                subs,
+            ),
             other: VecDeque::with_capacity(64),
             conn: None,
             port_idx: 0,

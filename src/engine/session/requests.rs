@@ -49,6 +49,7 @@ impl Session {
     /// written (a protocol fault or a budget exceeded).
     pub fn on_control_bytes(&mut self, clock: Clock, client: ClientId, bytes: &[u8]) -> bool {
         self.clock = clock;
+        self.ingest.publisher.set_clock(clock.unix);
         let now = clock.mono;
         let Some(mut c) = self.clients.remove(&client) else {
             return false;
@@ -94,6 +95,7 @@ impl Session {
     /// A control client is gone: the subscriptions it held are released.
     pub fn on_control_closed(&mut self, clock: Clock, client: ClientId) {
         self.clock = clock;
+        self.ingest.publisher.set_clock(clock.unix);
         self.forget_client(client);
         self.pump(clock.mono);
     }

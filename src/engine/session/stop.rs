@@ -12,6 +12,7 @@ impl Session {
     /// is queued. Returns how many cancels were queued (0: nothing to flush, finish now).
     pub fn begin_stop(&mut self, clock: Clock) -> usize {
         self.clock = clock;
+        self.ingest.publisher.set_clock(clock.unix);
         self.stopping = true;
         self.next_connect = None;
         if !self.is_ready() {
@@ -43,6 +44,7 @@ impl Session {
     /// The end: the connection is given up and the last status published.
     pub fn finish_stop(&mut self, clock: Clock) {
         self.clock = clock;
+        self.ingest.publisher.set_clock(clock.unix);
         self.stopping = true;
         self.conn = None;
         let id = self.client_id();

@@ -15,6 +15,7 @@ impl Session {
     /// [`Session::next_deadline`] is reached (earlier is harmless).
     pub fn on_timeout(&mut self, clock: Clock) {
         self.clock = clock;
+        self.ingest.publisher.set_clock(clock.unix);
         self.timers(clock.mono);
         self.pump(clock.mono);
     }
