@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path as UrlPath, RawQuery, State};
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use serde_json::{Value, json};
 
@@ -342,20 +341,11 @@ pub async fn buffer_query(
     // The ticks are stored JSON objects already: splice them in rather than re-encode them.
     let mut body = serde_json::to_vec(&head).unwrap_or_default();
     body.pop(); // the closing brace
-    body.extend_from_slice(b",\"messages\":[");
-    for (i, t) in page.ticks.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(t);
-    }
-    body.extend_from_slice(b"]}");
-    let mut resp = body.into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
+    Ok(super::history::json_with_ticks(
+        body,
+        "messages",
+        &page.ticks,
+    ))
 }
 
 /// `GET /v3/storage/stats`: files and bytes per format, contract and tick type, and the
