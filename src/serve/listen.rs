@@ -42,6 +42,11 @@ use tokio::sync::Notify;
 /// File descriptors kept free beyond the connection cap: the ring, string table, status
 /// region, control socket, stored history files, the runtime's own.
 pub const FD_HEADROOM: u64 = 64;
+/// Evicted connections whose sockets may still be open while new ones are accepted (well
+/// under [`FD_HEADROOM`]).
+const PENDING_CLOSES_MAX: usize = 16;
+/// How long accepting waits at most for evicted sockets to close, in milliseconds.
+const EVICT_CLOSE_WAIT_MS: u32 = 100;
 
 /// A connection this young is evicted only when no older one can be: its request may be in
 /// its socket, not yet read (a burst is accepted faster than it is parsed).
@@ -254,6 +259,16 @@ pub async fn serve(
         if table.lock().len() >= cap {
             if table.evict_oldest_idle() {
                 stats.evicted.fetch_add(1, Ordering::Relaxed);
+                // An evicted connection leaves the table at once but its socket closes only
+                // when its task next runs: in a burst, wait (bounded) for those closes, so the
+                // descriptors in use never run past the cap by more than a few and accept
+                // never meets EMFILE. The kernel's backlog holds the newcomers meanwhile.
+                for _ in 0..EVICT_CLOSE_WAIT_MS {
+                    if stats.open.load(Ordering::Relaxed) < (cap + PENDING_CLOSES_MAX) as u64 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
             } else {
                 stats.refused.fetch_add(1, Ordering::Relaxed);
                 // A full socket buffer is not waited for: the refusal is best effort.
