@@ -1,5 +1,6 @@
 //! The `ib-stream` command: one binary for every process of the system.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -85,8 +86,21 @@ fn up_flags(g: &GlobalArgs) -> ib_stream::up::GlobalFlags {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Only for the commands whose output is their stdout: a process that serves others and
+    // meets a broken pipe on a socket must still report it.
+    let prints = matches!(
+        cli.command,
+        Command::Config(_)
+            | Command::Tail(_)
+            | Command::Top(_)
+            | Command::Status(_)
+            | Command::Storage(_)
+    );
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader of our stdout has gone (`ib-stream tail | head -3`): it has what it wanted,
+        // so stop quietly, as a command killed by SIGPIPE would, but without a signal.
+        Err(e) if prints && report::is_broken_pipe(e.as_ref()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // The error chain in one line: what failed and why, each cause once, no backtrace.
             eprintln!("ib-stream: error: {}", report::one_line(e.as_ref()));
@@ -126,6 +140,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Config(ConfigCommand::Check) => {
             let loaded = load(&cli.global)?;
+            // `writeln!`, not `println!`: a closed stdout is an error to return, not a panic.
+            let mut out = std::io::stdout().lock();
             let rows = loaded.table();
             let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
             for (key, value, source, _) in rows {
@@ -134,21 +150,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     value
                 };
-                println!("{key:<w$}  {value}  [{source}]");
+                writeln!(out, "{key:<w$}  {value}  [{source}]")?;
             }
-            println!(
+            writeln!(
+                out,
                 "control socket: {}",
                 loaded.settings.control_socket().display()
-            );
+            )?;
             let running = ib_stream::up::running_up(&loaded.settings.shm_dir);
             let mut failed = Vec::new();
             for c in ib_stream::up::preflight::run(&loaded, running) {
                 use ib_stream::up::preflight::Outcome;
                 match c.outcome {
-                    Outcome::Ok(m) => println!("check {}: {m}", c.what),
-                    Outcome::Note(m) => println!("check {}: {m}", c.what),
+                    Outcome::Ok(m) => writeln!(out, "check {}: {m}", c.what)?,
+                    Outcome::Note(m) => writeln!(out, "check {}: {m}", c.what)?,
                     Outcome::Failed(m) => {
-                        println!("check {}: FAILED: {m}", c.what);
+                        writeln!(out, "check {}: FAILED: {m}", c.what)?;
                         failed.push(format!("{}: {m}", c.what));
                     }
                 }
@@ -179,13 +196,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => ib_stream::up::run(&up_flags(&cli.global), &args)?,
         Command::Status(args) => ib_stream::up::status::run(&up_flags(&cli.global), &args)?,
         Command::Config(ConfigCommand::Keys) => {
+            let mut out = std::io::stdout().lock();
             for (key, aliases, help) in config::known_keys() {
                 let aka = if aliases.is_empty() {
                     String::new()
                 } else {
                     format!(" (also {})", aliases.join(", "))
                 };
-                println!("{key}{aka}\n    {help}");
+                writeln!(out, "{key}{aka}\n    {help}")?;
             }
         }
     }

@@ -50,6 +50,21 @@ pub fn is_permanent(err: &(dyn Error + 'static)) -> bool {
     false
 }
 
+/// Whether `err`'s chain holds an I/O error saying the other end of a pipe has gone: for a
+/// command printing to stdout, the reader closed it (`| head`), which is not a failure.
+pub fn is_broken_pipe(err: &(dyn Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == ErrorKind::BrokenPipe
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -343,3 +343,31 @@ fn tail_waits_for_the_ring_only_while_an_up_is_starting_it_and_says_so() {
     assert!(still_waiting);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `ib-stream config keys | head -1`: the reader closes the pipe before (here: long before) the
+/// command writes. The command stops quietly with success; it used to panic in `println!`.
+#[test]
+fn printing_into_a_closed_pipe_stops_quietly_instead_of_panicking() {
+    let d = dir("closedpipe");
+    for args in [&["config", "keys"][..], &["config", "check"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = ib(args)
+            .arg("--set")
+            .arg(shm_set(&d, "shm"))
+            .arg("--set")
+            .arg(format!(
+                "IB_STREAM_STORAGE_PATH={}",
+                d.join("storage").display()
+            ))
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let (_, err) = text(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
+        assert!(err.is_empty(), "{args:?}: nothing to say on stderr: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
