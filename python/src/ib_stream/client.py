@@ -83,6 +83,7 @@ class AsyncStreamClient:
     `heartbeat_timeout` seconds without any message before the connection is declared
     silently dead (default: twice the server's heartbeat interval plus 5 s); `max_attempts`
     consecutive failed connection attempts before FAILED (None: never give up);
+    `close_when_done` closes the client (CLOSED) when every subscription has ended;
     `queue_size` bounds the queue behind `async for msg in client` (when full, reading
     stops, so the server's slow-client policy applies: `Subscription.slow`).
     """
@@ -102,6 +103,7 @@ class AsyncStreamClient:
         queue_size: int = 10_000,
         recv_buffer_bytes: int | None = None,
         seed: int | None = None,
+        close_when_done: bool = True,
     ) -> None:
         if transport not in ("ws", "sse"):
             raise ValueError("transport must be 'ws' or 'sse'")
@@ -126,6 +128,7 @@ class AsyncStreamClient:
         self._queue_size = queue_size
         self._rcvbuf = recv_buffer_bytes
         self._rng = random.Random(seed)
+        self._close_when_done = close_when_done or transport == "sse"
 
         self._state = State.DISCONNECTED
         self._state_lock = threading.Lock()
@@ -190,6 +193,7 @@ class AsyncStreamClient:
             raise RuntimeError("client already started")
         self._loop = asyncio.get_running_loop()
         self._closing = asyncio.Event()
+        self._set_state(State.CONNECTING, f"connecting to {self.url}")
         self._task = asyncio.create_task(self._run(), name="ib_stream.client")
 
     async def close(self) -> None:
@@ -280,7 +284,9 @@ class AsyncStreamClient:
             self._done.set()
 
     def _all_done(self) -> bool:
-        return bool(self._subs) and all(s.done for s in self._subs)
+        # With close_when_done=False a WebSocket client stays connected for later
+        # subscriptions; otherwise it closes when its last subscription ends.
+        return self._close_when_done and bool(self._subs) and all(s.done for s in self._subs)
 
     def _finish(self, sub: Subscription, reason: str) -> None:
         if sub.done:
@@ -296,11 +302,8 @@ class AsyncStreamClient:
     async def _run(self) -> None:
         assert self._closing is not None
         attempt = 0
-        first = True
         try:
             while not self._closing.is_set() and not self._all_done():
-                if first:
-                    self._set_state(State.CONNECTING, f"connecting to {self.url}")
                 connected_before = self._m.messages
                 try:
                     if self.transport == "ws":
@@ -336,7 +339,6 @@ class AsyncStreamClient:
                     return
                 delay = _backoff(attempt, self._backoff_initial, self._backoff_max, self._rng)
                 self._set_state(State.RECONNECTING, f"{reason}; retrying in {delay:.2f} s")
-                first = False
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closing.wait(), delay)
         except Exception as e:  # a bug in the client: never silent
