@@ -8,6 +8,7 @@ directory removed when the test ends, whatever the outcome.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -57,11 +58,13 @@ def wait_until(what: str, cond: Callable[[], Any], within: float = 30.0) -> Any:
 class System:
     """One running `ib-stream up`: its directories, ports, output lines and children."""
 
-    def __init__(self, rate: int = 200, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, rate: int = 200, settings: tuple[str, ...] = ()) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ib-stream-py-"))
         self.shm = self.dir / "shm"
         self.storage = self.dir / "storage"
         self.port = free_port()
+        self._settings = settings
+        self._extra: list[subprocess.Popen[str]] = []
         self.url = f"http://127.0.0.1:{self.port}"
         flags = [
             "--env", "development",
@@ -72,10 +75,13 @@ class System:
             "--set", f"IB_STREAM_CONTRACT_PORT={free_port()}",
             "--set", "IB_STREAM_FLUSH_MS=50",
         ]  # fmt: skip
+        for kv in settings:
+            flags += ["--set", kv]
+        self.flags = flags
         env = {k: v for k, v in os.environ.items() if not k.startswith("IB_STREAM_")}
         self.proc = subprocess.Popen(
             [str(ib_stream_bin()), "up", "--simulate", "--stop-timeout-secs", "10", *flags,
-             f"--sim-arg=--rate={rate}", *extra],
+             f"--sim-arg=--rate={rate}"],
             cwd=self.dir,
             env=env,
             stdout=subprocess.PIPE,
@@ -131,6 +137,32 @@ class System:
     def restarted(self, name: str, times: int = 1) -> None:
         self.wait_for(f"up: {name} ready (pid", times + 1)
 
+    def extra_server(self, *args: str) -> str:
+        """Starts one more `ib-stream serve` on the same engine (its own port and
+        arguments, e.g. `--queue-capacity 8`); returns its URL. Stopped with the system."""
+        port = free_port()
+        swap = {"IB_STREAM_SERVE_PORT": port, "IB_STREAM_CONTRACT_PORT": free_port()}
+        flags = [f"{f.split('=')[0]}={swap[f.split('=')[0]]}" if f.split("=")[0] in swap else f
+                 for f in self.flags]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IB_STREAM_")}
+        p = subprocess.Popen([str(ib_stream_bin()), "serve", *flags, *args], cwd=self.dir,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             text=True)  # fmt: skip
+        self._extra.append(p)
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            if p.poll() is not None:
+                raise AssertionError(f"serve {args} exited with {p.returncode}")
+            try:
+                with urllib.request.urlopen(f"{url}/ready", timeout=2):
+                    return True
+            except OSError:
+                return False
+
+        wait_until("the extra server", ready, 60)
+        return url
+
     def health(self) -> dict[str, Any]:
         try:
             with urllib.request.urlopen(f"{self.url}/health", timeout=5) as r:
@@ -139,6 +171,10 @@ class System:
             return dict(json.load(e))
 
     def stop(self) -> None:
+        for p in self._extra:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
         try:
             if self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGTERM)
@@ -150,10 +186,8 @@ class System:
         finally:
             # `up` runs in its own session and process group (start_new_session), and its
             # children stay in that group: whatever `up` could not stop goes with it.
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
             shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -7,9 +7,9 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+from conftest import CONTRACT, System, wait_until
 
 import ib_stream as ibs
-from conftest import CONTRACT, System, wait_until
 
 
 class Collector:
@@ -48,7 +48,7 @@ def by_epoch(ticks: list[ibs.Tick]) -> dict[str, list[int]]:
 
 def assert_exact(system: System, ticks: list[ibs.Tick], kinds: tuple[str, ...]) -> None:
     """Every tick once, in order, and exactly the stored ones of the same runs between the
-    first and the last delivered (the recorder's JSON Lines are the reference)."""
+    first and the last delivered (the recorder's binary files are the reference)."""
     assert ticks, "no ticks delivered"
     runs = by_epoch(ticks)
     # Runs in delivery order, each strictly increasing (no duplicate, no reordering).
@@ -58,7 +58,7 @@ def assert_exact(system: System, ticks: list[ibs.Tick], kinds: tuple[str, ...]) 
         assert seqs == sorted(set(seqs)), f"run {epoch}: duplicates or out of order"
 
         def stored(epoch: str = epoch, last: int = seqs[-1]) -> Any:
-            h = ibs.read_history(system.storage, CONTRACT, kinds, format="jsonl")
+            h = ibs.read_history(system.storage, CONTRACT, kinds)
             sel = h.records[h.epochs == np.uint64(int(epoch, 16))]["seq"]
             return [sel] if len(sel) and int(sel.max()) >= last else None
 

@@ -10,16 +10,18 @@ import threading
 import time
 
 import pytest
-
-import ib_stream as ibs
 from conftest import CONTRACT, System, wait_until
 from helpers import Collector, assert_exact
+
+import ib_stream as ibs
 
 KINDS = ("bid_ask", "last")
 
 
 @pytest.mark.parametrize("transport", ["ws", "sse"])
-def test_sync_client_delivers_exact_ticks_then_closes(shared_system: System, transport: str) -> None:
+def test_sync_client_delivers_exact_ticks_then_closes(
+    shared_system: System, transport: str
+) -> None:
     got = Collector()
     states: list[ibs.StateChange] = []
     sub = ibs.Subscription(CONTRACT, KINDS, limit=200)
@@ -81,9 +83,10 @@ def test_handlers_added_and_removed_from_many_threads_while_ticks_flow(
         if isinstance(m, ibs.Tick) and calls[0] % 7 == 0:
             raise ValueError("handler bug")
 
-    with caplog.at_level(logging.ERROR, logger="ib_stream.client"), ibs.StreamClient(
-        shared_system.url, [sub]
-    ) as c:
+    with (
+        caplog.at_level(logging.ERROR, logger="ib_stream.client"),
+        ibs.StreamClient(shared_system.url, [sub]) as c,
+    ):
         c.add_handler(base)
         c.add_handler(boom)
         wait_until("ticks", lambda: base.tick_count() > 20, 30)

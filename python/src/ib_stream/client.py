@@ -150,7 +150,7 @@ class AsyncStreamClient:
         self._streams: dict[str, Subscription] = {}
         self._routes: dict[tuple[int, str], Subscription] = {}
         self._unsub_pending: set[int] = set()
-        self._msg_rate = 80.0
+        self._msg_rate = 70.0
         self._sse_epoch_b = b""
         self._sse_epoch = ""
 
@@ -204,6 +204,10 @@ class AsyncStreamClient:
             with contextlib.suppress(Exception):
                 await self._ws.close()
         if self._task is not None:
+            # The WebSocket ends at its close; an SSE read (or a backoff) is cancelled.
+            await asyncio.wait({self._task}, timeout=1.0 if self._ws is not None else 0.05)
+            if not self._task.done():
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         elif self._state not in TERMINAL:
@@ -473,12 +477,19 @@ class AsyncStreamClient:
         self._outbox.put_nowait(req)
 
     async def _ws_sender(self, ws: ClientConnection, outbox: asyncio.Queue[dict[str, Any]]) -> None:
-        # Evenly spaced at 80 % of the server's message rate, so a thousand subscriptions
-        # never trip its per-connection limit (close 4004).
+        # Evenly spaced at 70 % of the server's message rate (no bursts: the server counts
+        # fixed one-second windows from a message's arrival, and bunched arrivals of two
+        # bursts could fall in one), so a thousand subscriptions never trip its
+        # per-connection limit (close 4004).
+        due = _monotonic()
         while True:
             req = await outbox.get()
+            now = _monotonic()
+            due = max(due, now)
+            if due > now:
+                await asyncio.sleep(due - now)
             await ws.send(json.dumps(req))
-            await asyncio.sleep(1.0 / self._msg_rate)
+            due += 1.0 / self._msg_rate
 
     async def _on_ws_frame(self, raw: str | bytes) -> None:
         m = self._m
@@ -575,7 +586,7 @@ class AsyncStreamClient:
         limits = data.get("limits") or {}
         rate = limits.get("max_messages_per_second")
         if isinstance(rate, int) and rate > 0:
-            self._msg_rate = max(1.0, rate * 0.8)
+            self._msg_rate = max(1.0, rate * 0.7)
         hb = data.get("heartbeat_seconds")
         if self._hb_timeout_cfg is None and isinstance(hb, int | float) and hb > 0:
             self._hb_timeout = 2.0 * hb + 5.0
