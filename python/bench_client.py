@@ -1,6 +1,7 @@
 """Benchmark of the Python client, the hook of `cargo bench --bench client`.
 
-    python bench_client.py --url http://127.0.0.1:8101 --con-id 711280073 --ring /dev/shm/.../ticks.ring
+    python bench_client.py --url http://127.0.0.1:8101 --con-id 711280073 \
+        --ring /dev/shm/ib-stream/development/ticks.ring
 
 - StreamClient burst: a WebSocket subscription with `since` (history then live) asks the
   server for every stored tick of the contract at once; ticks/s delivered to a handler
@@ -21,7 +22,9 @@ import time
 import ib_stream as ibs
 
 
-def bench_stream(url: str, con_id: int, count: int, since: str, transport: str) -> tuple[int, float]:
+def bench_stream(
+    url: str, con_id: int, count: int, since: str, transport: str
+) -> tuple[int, float]:
     first: list[float] = []
     n = 0
     done = asyncio.Event()
@@ -84,7 +87,9 @@ def main() -> None:
 
     n, dt = bench_stream(a.url, a.con_id, a.count, a.since, a.transport)
     tps = n / dt if dt > 0 else 0.0
-    print(f"stream: {n} ticks in {dt:.3f} s over {a.transport}: {tps:,.0f} ticks/s", file=sys.stderr)
+    print(
+        f"stream: {n} ticks in {dt:.3f} s over {a.transport}: {tps:,.0f} ticks/s", file=sys.stderr
+    )
     rn, rdt = bench_ring(a.ring, a.ring_records, a.batch)
     rps = rn / rdt if rdt > 0 else 0.0
     print(f"ring: {rn} records in {rdt:.3f} s, batches of {a.batch}: {rps:,.0f} records/s",

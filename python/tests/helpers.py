@@ -7,9 +7,9 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
-from conftest import CONTRACT, System, wait_until
 
 import ib_stream as ibs
+from conftest import CONTRACT, System, wait_until
 
 
 class Collector:

@@ -12,11 +12,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
+import ib_stream as ibs
 from conftest import CONTRACT, System, wait_until
 from helpers import Collector, assert_exact
 from proxy import Proxy
-
-import ib_stream as ibs
 
 KINDS = ("bid_ask", "last")
 

@@ -10,10 +10,10 @@ import threading
 import time
 
 import pytest
-from conftest import CONTRACT, System, wait_until
-from helpers import Collector, assert_exact
 
 import ib_stream as ibs
+from conftest import CONTRACT, System, wait_until
+from helpers import Collector, assert_exact
 
 KINDS = ("bid_ask", "last")
 
