@@ -45,6 +45,8 @@ from ._state import TERMINAL, State, check_transition
 log = logging.getLogger("ib_stream.client")
 
 _loads = json.loads
+_SSE_TICK = b"event: tick\nid: "
+_SSE_TICK_LEN = len(_SSE_TICK)
 _monotonic = time.monotonic
 _time = time.time
 
@@ -525,7 +527,10 @@ class AsyncStreamClient:
             except (KeyError, TypeError) as e:
                 await self._frame_error(f"a tick without {e}", raw)
                 return
-            await self._deliver(Tick(data, sub.epoch, sub))
+            tick = Tick(data, sub.epoch, sub)
+            self._handlers.dispatch(tick)
+            if self._queue is not None:
+                await self._queue.put(tick)
             return
         m.last_message_wall = _time()
         await self._on_control(data, raw)
@@ -734,10 +739,80 @@ class AsyncStreamClient:
                 continue
             events = buf.split(b"\n\n")
             buf = events.pop()
-            for ev in events:
-                await self._on_sse_event(ev, sub)
+            i = 0
+            while i < len(events):
+                # Fast path: a run of plain tick events is parsed with one json.loads.
+                j = i
+                ids: list[bytes] = []
+                payloads: list[bytes] = []
+                while j < len(events):
+                    ev = events[j]
+                    if not ev.startswith(_SSE_TICK):
+                        break
+                    nl = ev.find(b"\n", _SSE_TICK_LEN)
+                    if nl < 0 or ev[nl : nl + 7] != b"\ndata: " or b"\n" in ev[nl + 7 :]:
+                        break
+                    ids.append(ev[_SSE_TICK_LEN:nl])
+                    payloads.append(ev[nl + 7 :])
+                    j += 1
+                if j - i >= 2 and await self._sse_ticks(ids, payloads, sub):
+                    i = j
+                else:
+                    await self._on_sse_event(events[i], sub)
+                    i += 1
                 if sub.done:
                     return
+
+    async def _sse_ticks(self, ids: list[bytes], payloads: list[bytes], sub: Subscription) -> bool:
+        """Delivers a run of tick events parsed at once; False (nothing done) when the run
+        does not parse as a whole, so each event is taken on its own and the bad one is
+        reported alone."""
+        try:
+            datas = _loads(b"[" + b",".join(payloads) + b"]")
+        except ValueError:
+            return False
+        if (
+            type(datas) is not list
+            or len(datas) != len(ids)
+            or any(type(d) is not dict for d in datas)
+            or any(e[16:17] != b"-" for e in ids)
+        ):
+            return False
+        m = self._m
+        epoch = sub.epoch
+        q = self._queue
+        dispatch = self._handlers.dispatch
+        st = None
+        for eid, data in zip(ids, datas, strict=True):
+            m.messages += 1
+            e_b = eid[:16]
+            if e_b != self._sse_epoch_b:
+                self._sse_epoch_b = e_b
+                self._sse_epoch = e_b.decode("ascii", "replace")
+            ep = self._sse_epoch
+            try:
+                seq = data["seq"]
+                st = data["st"]
+            except KeyError as e:
+                await self._frame_error(f"a tick without {e}", eid)
+                continue
+            if ep == epoch and seq <= sub.last_seq:
+                m.duplicates += 1
+                continue
+            sub.epoch = epoch = ep
+            sub.last_seq = seq
+            sub.delivered += 1
+            m.ticks += 1
+            tick = Tick(data, ep, sub)
+            dispatch(tick)
+            if q is not None:
+                await q.put(tick)
+        if st is not None:
+            now = _time()
+            m.last_tick_st_us = st
+            m.last_message_wall = now
+            m.lag_us = int(now * 1e6) - st
+        return True
 
     async def _on_sse_event(self, ev: bytes, sub: Subscription) -> None:
         m = self._m

@@ -184,6 +184,7 @@ class RingReader:
         self._mask = cap - 1
         self._slots = np.frombuffer(mm, dtype=RECORD_DTYPE, count=cap, offset=SLOTS_OFFSET)
         self._seqs = self._slots["seq"]  # a strided view of every slot's sequence word
+        self._raw = np.frombuffer(mm, dtype=np.uint8, count=cap * RECORD_SIZE, offset=SLOTS_OFFSET)
         head = self.head()
         if start == "newest":
             self._next = head + 1
@@ -198,6 +199,7 @@ class RingReader:
         # Views into the mapping must go before it can close.
         self._seqs = np.empty(0, dtype=np.uint64)
         self._slots = np.empty(0, dtype=RECORD_DTYPE)
+        self._raw = np.empty(0, dtype=np.uint8)
         try:
             self._mm.close()
         except BufferError:
@@ -263,9 +265,12 @@ class RingReader:
         i0 = (e - 1) & self._mask
         first = min(n, cap - i0)
         out = np.empty(n, dtype=RECORD_DTYPE)
-        out[:first] = self._slots[i0 : i0 + first]
+        # Copied as bytes: numpy copies a structured dtype field by field, ten times slower.
+        ob = out.view(np.uint8)
+        raw = self._raw
+        ob[: first * RECORD_SIZE] = raw[i0 * RECORD_SIZE : (i0 + first) * RECORD_SIZE]
         if first < n:
-            out[first:] = self._slots[: n - first]
+            ob[first * RECORD_SIZE :] = raw[: (n - first) * RECORD_SIZE]
         # The re-read of the sequence words, after the copy (see the module comment).
         s2 = np.empty(n, dtype=np.uint64)
         s2[:first] = self._seqs[i0 : i0 + first]
@@ -313,6 +318,7 @@ class RingReader:
         old_mm = self._mm
         self._seqs = np.empty(0, dtype=np.uint64)
         self._slots = np.empty(0, dtype=RECORD_DTYPE)
+        self._raw = np.empty(0, dtype=np.uint8)
         self._map(start)
         with contextlib.suppress(BufferError):
             old_mm.close()
