@@ -26,18 +26,21 @@ command -v "$PYTHON" >/dev/null 2>&1 || die "no '$PYTHON' on PATH (set PYTHON=..
   die "$PYTHON lacks the venv/ensurepip modules (Debian: apt-get install python3-venv)"
 
 usable() {
-  [[ -x $VENV/bin/python ]] && "$VENV/bin/python" -c 'import pytest, ruff, mypy, numpy, pandas, websockets, httpx' 2>/dev/null
+  [[ -x $VENV/bin/python ]] &&
+    "$VENV/bin/python" -c 'import pytest, ruff, mypy, numpy, pandas, websockets, httpx, setuptools, wheel' 2>/dev/null
 }
 
 if ! usable; then
   rm -rf "$VENV"
   echo "setup-python: creating $VENV with $("$PYTHON" -V 2>&1)" >&2
   "$PYTHON" -m venv "$VENV" >&2 || die "could not create $VENV with $PYTHON"
-  "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q './python[test]' >&2 ||
+  # The build backend goes into the venv once, so reinstalls need no isolated build env.
+  "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q 'setuptools>=69' wheel './python[test]' >&2 ||
     { rm -rf "$VENV"; die "pip could not install ./python[test] from PyPI"; }
 else
   echo "setup-python: reusing $VENV; reinstalling the package from python/" >&2
-  "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q --no-deps --force-reinstall ./python >&2 ||
+  "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q --no-deps --force-reinstall \
+    --no-build-isolation ./python >&2 ||
     die "pip could not install ./python"
 fi
 "$VENV/bin/python" -c 'import ib_stream' || die "ib_stream does not import after install"
