@@ -81,3 +81,43 @@ def test_a_raising_handler_is_isolated(caplog: pytest.LogCaptureFixture) -> None
     assert reg.remove(h) and not reg.remove(h)
     reg.dispatch(2)
     assert seen == [1]
+
+
+def _ws_client_with_stream(slow: str) -> tuple[ibs.AsyncStreamClient, ibs.Subscription]:
+    import asyncio
+
+    sub = ibs.Subscription(7, ("bid_ask",), slow=slow)
+    c = ibs.AsyncStreamClient("http://127.0.0.1:1", [sub])
+    c._outbox = asyncio.Queue()
+    c._queue_subscribe(sub)
+    req = c._outbox.get_nowait()
+    c._streams["ws-1-1"] = sub
+    sub.stream_id = "ws-1-1"
+    sub.epoch, sub.last_seq = "22872d15be0476b4", 41
+    assert req["type"] == "subscribe"
+    return c, sub
+
+
+def test_complete_error_after_slow_consumer_resumes_but_after_a_rejection_ends() -> None:
+    import asyncio
+    import json
+
+    async def run(code: str) -> tuple[ibs.Subscription, list[dict[str, object]]]:
+        c, sub = _ws_client_with_stream("disconnect")
+        for msg in (
+            {"type": "error", "code": code, "message": "x", "recoverable": True,
+             "stream_id": "ws-1-1"},
+            {"type": "complete", "reason": "error", "count": 3, "stream_id": "ws-1-1"},
+        ):  # fmt: skip
+            await c._on_ws_frame(json.dumps(msg))
+        assert c._outbox is not None
+        sent = []
+        while not c._outbox.empty():
+            sent.append(c._outbox.get_nowait())
+        return sub, sent
+
+    sub, sent = asyncio.run(run("slow_consumer"))
+    assert not sub.done
+    assert [r["after_seq"] for r in sent] == ["22872d15be0476b4-41"]
+    sub, sent = asyncio.run(run("subscription_rejected"))
+    assert sub.done and sub.end_reason == "error" and sent == []

@@ -190,6 +190,8 @@ class Subscription:
     done: bool = field(default=False, init=False)
     end_reason: str | None = field(default=None, init=False)
     refused: ServerError | None = field(default=None, init=False)
+    # error{slow_consumer} seen: the complete{error} that follows is resumed, not an end.
+    slow_consumer_closed: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.tick_types = tuple(self.tick_types)

@@ -615,7 +615,12 @@ class AsyncStreamClient:
         """Keeps the subscription's run and position (its resume token) up to date from
         the control messages of its stream (docs/PROTOCOL.md, WebSocket)."""
         t = data.get("type")
-        if t == "info":
+        if t == "error":
+            self._m.server_errors += 1
+            if data.get("code") == "slow_consumer":
+                sub.slow_consumer_closed = True
+                log.warning("stream of %s closed by the server: slow consumer", sub.contract_id)
+        elif t == "info":
             status = data.get("status")
             epoch = data.get("epoch")
             if status == "stream_start":
@@ -668,8 +673,10 @@ class AsyncStreamClient:
             self._streams.pop(sub.stream_id, None)
         if reason == "server_shutdown":
             return  # the connection ends next; the reconnect resumes it
-        if reason == "error" and sub.slow == "disconnect" and not sub.done:
-            # slow_consumer (recoverable): resume right away on this connection.
+        if reason == "error" and sub.slow_consumer_closed and not sub.done:
+            # After error{slow_consumer} (recoverable): resume right away, from the token,
+            # on this connection (SSE: the server ends the response; the reconnect resumes).
+            sub.slow_consumer_closed = False
             if self.transport == "ws" and self._outbox is not None:
                 self._queue_subscribe(sub)
             return
@@ -886,6 +893,8 @@ class AsyncStreamClient:
             self._count_gap(sub, data)
         elif t == "error":
             m.server_errors += 1
+            if data.get("code") == "slow_consumer":
+                sub.slow_consumer_closed = True
         if eid is not None and seq_from_id >= 0:
             sub.epoch, sub.last_seq = epoch, seq_from_id
         elif t == "info" and data.get("status") in ("history_epoch", "live", "resume_unavailable"):
