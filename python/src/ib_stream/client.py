@@ -154,6 +154,7 @@ class AsyncStreamClient:
         self._unsub_pending: set[int] = set()
         self._msg_rate = 70.0
         self._sse_epoch_b = b""
+        self._ended = False
         self._sse_epoch = ""
 
     # ---- public API ------------------------------------------------------------------
@@ -299,6 +300,7 @@ class AsyncStreamClient:
             return
         sub.done = True
         sub.end_reason = reason
+        self._ended = True
         for k in sub.kinds:
             if self._routes.get((sub.contract_id, k)) is sub:
                 del self._routes[(sub.contract_id, k)]
@@ -403,7 +405,7 @@ class AsyncStreamClient:
             additional_headers=self._auth,
             open_timeout=self._connect_timeout,
             max_size=16 * 1024 * 1024,
-            max_queue=64,
+            max_queue=1024,  # frames buffered by the library (bounded); fewer read pauses
             ping_interval=None,  # the server's heartbeats and our watchdog cover liveness
             close_timeout=2,
             compression=None,
@@ -437,11 +439,15 @@ class AsyncStreamClient:
             async for raw in ws:
                 self._last_rx = _monotonic()
                 await self._on_ws_frame(raw)
+                if self._ended:
+                    # A subscription ended with this frame (checked only then: per frame
+                    # the check would cost more than the rest of the tick's work).
+                    self._ended = False
+                    if self._all_done():
+                        await ws.close()
+                        return
                 if sender.done() and sender.exception() is not None:
                     raise _Retry(f"sending failed: {sender.exception()!r}")
-                if self._all_done():
-                    await ws.close()
-                    return
             rcvd = ws.close_code
             if dead:
                 raise _SilentDeath("heartbeat timeout: the connection went silent")
