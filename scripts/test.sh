@@ -31,6 +31,17 @@ cargo test --locked --test serve_page_browser -- --ignored
 echo "== loom models of the shared-memory protocols (ring seqlock, status region)"
 cargo test -p ib-stream-ipc --features loom --release --locked --test loom_ring --test status_loom
 
+# ---- Python client (issue 13): python/, against the real system ----------------------------
+# Installs the package and its test tools into python/.venv (scripts/setup-python.sh, from
+# PyPI), then ruff, mypy --strict and pytest; the tests start `ib-stream up --simulate`
+# (target/debug binaries) in temporary directories and kill, cut and corrupt it. A few minutes.
+echo "== Python client (ruff, mypy, pytest against ib-stream up)"
+cargo build --locked --bin ib-stream --bin tws-sim
+PY=$(scripts/setup-python.sh)
+(cd python && "$PY" -m ruff check . && "$PY" -m ruff format --check . && "$PY" -m mypy src bench_client.py)
+(cd python && timeout 900 "$PY" -m pytest -q -p no:cacheprovider)
+# ---- end Python client -----------------------------------------------------------------------
+
 # ---- conformance (issue 3): tws-sim against the real Python TWS clients -------------------
 # Builds tws-sim, installs the pinned clients into .venv (scripts/setup-venv.sh) and runs
 # ibapi-latest at 226 and 200 and ib_async at 178 (the Rust ibapi client ran above in the
