@@ -213,7 +213,8 @@ impl Settings {
             shm_dir: PathBuf::from("/dev/shm/ib-stream").join(env.name()),
             ring_capacity: 1 << 20,
             role: Role::Recording,
-            upstream_shm_dir: PathBuf::from("/dev/shm/ib-stream").join(Environment::Production.name()),
+            upstream_shm_dir: PathBuf::from("/dev/shm/ib-stream")
+                .join(Environment::Production.name()),
             upstream_storage_path: PathBuf::from("storage").join(Environment::Production.name()),
             upstream_subscribe: false,
             enable_storage: true,
@@ -1348,7 +1349,9 @@ mod tests {
             .to_string();
         assert!(err.contains("is not a role"), "{err}");
         // Recording may be production itself, reading and writing its own storage.
-        let own = load_with(&[("IB_STREAM_ENV", "production")]).unwrap().settings;
+        let own = load_with(&[("IB_STREAM_ENV", "production")])
+            .unwrap()
+            .settings;
         assert_eq!(own.history_root(), own.storage_path);
         assert!(!own.history_read_only() && own.may_subscribe());
         std::fs::remove_dir_all(dir).unwrap();

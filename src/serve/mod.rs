@@ -39,8 +39,8 @@ pub use error::ApiError;
 pub use history::{HistoryError, HistoryPage, HistoryQuery, HistorySource};
 pub use listen::{ServeError, bind_addr};
 pub use state::{
-    AppState, EngineAccess, Inner, LATENCY_BOUNDS_US, LatencyBatch, LatencyBuckets, STATUS_FILE_NAME,
-    STRINGS_FILE_NAME, ServeConfig, ServeMetrics, StreamSlot, WsLimits,
+    AppState, EngineAccess, Inner, LATENCY_BOUNDS_US, LatencyBatch, LatencyBuckets,
+    STATUS_FILE_NAME, STRINGS_FILE_NAME, ServeConfig, ServeMetrics, StreamSlot, WsLimits,
 };
 
 async fn not_found() -> ApiError {

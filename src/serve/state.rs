@@ -350,8 +350,11 @@ impl AppState {
             cfg.control_socket.clone(),
             cfg.control_timeout,
         ));
-        let mut subs =
-            subs::SharedSubs::new(Arc::clone(&control), cfg.identity.clone(), cfg.tracked_keys());
+        let mut subs = subs::SharedSubs::new(
+            Arc::clone(&control),
+            cfg.identity.clone(),
+            cfg.tracked_keys(),
+        );
         if !access.may_subscribe {
             subs = subs.read_only(cfg.status_path());
         }

@@ -195,7 +195,12 @@ impl SharedSubs {
                 && TickType::of_kind(x.kind) == Some(key.1)
                 && matches!(
                     SubState::from_u8(x.state),
-                    Some(SubState::Queued | SubState::Requested | SubState::Active | SubState::Silent)
+                    Some(
+                        SubState::Queued
+                            | SubState::Requested
+                            | SubState::Active
+                            | SubState::Silent
+                    )
                 )
         })
     }

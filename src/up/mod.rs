@@ -466,7 +466,11 @@ fn print_intro(plan: &Plan) {
             s.role,
             s.upstream_shm_dir.display(),
             s.upstream_storage_path.display(),
-            if s.may_subscribe() { "allowed" } else { "refused" }
+            if s.may_subscribe() {
+                "allowed"
+            } else {
+                "refused"
+            }
         );
     } else if !s.enable_storage {
         say!(

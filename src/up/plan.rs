@@ -390,7 +390,11 @@ mod tests {
             &d,
         )
         .unwrap();
-        assert_eq!(kinds(&p), vec![ChildKind::Serve], "no sim, engine or recorder");
+        assert_eq!(
+            kinds(&p),
+            vec![ChildKind::Serve],
+            "no sim, engine or recorder"
+        );
         assert!(!p.simulate && p.sim_port.is_none());
         assert_eq!(
             p.settings.ring_dir(),
@@ -409,10 +413,16 @@ mod tests {
         assert_eq!(kinds(&p), vec![ChildKind::Recorder, ChildKind::Serve]);
         assert!(!p.simulate);
         let rec = &p.children[0].args;
-        assert!(rec.windows(2).any(|w| w == ["--set", "IB_STREAM_ROLE=migration"]));
+        assert!(
+            rec.windows(2)
+                .any(|w| w == ["--set", "IB_STREAM_ROLE=migration"])
+        );
         let p = plan(
             Environment::Development,
-            &["IB_STREAM_ROLE=isolated", "IB_STREAM_STORAGE_PATH=storage/feature-x"],
+            &[
+                "IB_STREAM_ROLE=isolated",
+                "IB_STREAM_STORAGE_PATH=storage/feature-x",
+            ],
             false,
             &d,
         )

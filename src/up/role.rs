@@ -54,13 +54,16 @@ impl Role {
     /// Parses a role name (`--role`, `IB_STREAM_ROLE`).
     pub fn parse(s: &str) -> Result<Role, String> {
         let t = s.trim().to_ascii_lowercase();
-        Role::ALL.into_iter().find(|r| r.name() == t).ok_or_else(|| {
-            format!(
-                "`{}` is not a role ({})",
-                s.trim(),
-                Role::ALL.map(Role::name).join(", ")
-            )
-        })
+        Role::ALL
+            .into_iter()
+            .find(|r| r.name() == t)
+            .ok_or_else(|| {
+                format!(
+                    "`{}` is not a role ({})",
+                    s.trim(),
+                    Role::ALL.map(Role::name).join(", ")
+                )
+            })
     }
 
     /// Whether this role has an IB session of its own (and so a simulator when simulating).
@@ -108,7 +111,10 @@ mod tests {
     fn every_role_parses_back_and_a_wrong_one_lists_them() {
         for r in Role::ALL {
             assert_eq!(Role::parse(r.name()), Ok(r));
-            assert_eq!(Role::parse(&format!(" {} ", r.name().to_uppercase())), Ok(r));
+            assert_eq!(
+                Role::parse(&format!(" {} ", r.name().to_uppercase())),
+                Ok(r)
+            );
         }
         let err = Role::parse("mirrror").unwrap_err();
         assert!(
@@ -128,7 +134,11 @@ mod tests {
             assert!(r.children(true).contains(&ChildKind::Serve), "{r}");
         }
         assert_eq!(Role::Passthrough.children(true), vec![ChildKind::Serve]);
-        assert!(!Role::Recording.children(false).contains(&ChildKind::Recorder));
+        assert!(
+            !Role::Recording
+                .children(false)
+                .contains(&ChildKind::Recorder)
+        );
         assert_eq!(
             Role::Migration.children(false),
             vec![ChildKind::Recorder, ChildKind::Serve],
