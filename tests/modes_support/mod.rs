@@ -397,7 +397,7 @@ pub fn compare(old: &Path, new: &Path) -> (bool, String) {
 pub fn copy_storage(from: &Path, to: &Path) {
     let ckpt = to.with_extension("checkpoint.json");
     let sh = format!(
-        "cp -p '{f}/recorder.checkpoint.json' '{c}' && cp -a '{f}' '{t}' && mv '{c}' '{t}/recorder.checkpoint.json'",
+        "cp -p '{f}/recorder.checkpoint.json' '{c}' && mkdir -p '{t}' && cp -a '{f}/.' '{t}/' && mv '{c}' '{t}/recorder.checkpoint.json'",
         f = from.display(),
         t = to.display(),
         c = ckpt.display()
