@@ -14,9 +14,8 @@
 //! rollback; `storage validate` passes on both (every sequence stored or inside a recorded
 //! gap); the client never got a tick twice and was never told its resume point was lost.
 
-#[allow(dead_code, unreachable_pub)]
 mod modes_support;
-#[allow(dead_code, unreachable_pub)]
+#[allow(dead_code)]
 mod soak_support;
 
 use std::collections::BTreeSet;
