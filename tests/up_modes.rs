@@ -2,7 +2,8 @@
 //! tws-sim, as real processes under `ib-stream up`: passthrough, isolated and migration. The
 //! modes that read production run in a mount namespace where production's shm and storage
 //! directories are read-only, at debug log level: a write attempted there fails with EROFS and
-//! the log names it, which fails the test (a control run shows such an attempt is caught).
+//! the log names it, which fails the test (a control run shows such an attempt is caught). And
+//! `IB_STREAM_ENABLE_STORAGE=false` beside production: no recorder, production's history.
 
 mod modes_support;
 
@@ -292,4 +293,39 @@ fn migration_records_productions_ring_into_its_own_storage_and_compares_equal() 
     let (equal, text) = compare(&prod.storage, &mig_root);
     assert!(equal, "{text}");
     assert!(text.contains("EQUAL") && !text.contains("new 0"), "{text}");
+}
+
+#[test]
+fn storage_off_records_nothing_and_serves_productions_history_read_only() {
+    let d = TestDir::new("nostore");
+    let (prod, _prod_up) = production(&d.0);
+    // Its own engine (and simulator), no recorder; production's storage read-only.
+    let dev = Env::new(
+        &d.0,
+        "development",
+        &d.0.join("storage").join("development"),
+    )
+    .set("IB_STREAM_ENABLE_STORAGE=false")
+    .set(&format!(
+        "IB_STREAM_UPSTREAM_STORAGE_PATH={}",
+        prod.storage.display()
+    ))
+    .set("IB_STREAM_LOG_LEVEL=debug");
+    let ro = [prod.storage.as_path()];
+    let mut dev_up =
+        Up::start(dev.command(&["up", "--simulate", "--stop-timeout-secs", "15"], &ro));
+    dev_up.wait_for("up: development ready in", READY_WITHIN);
+    let out = dev_up.output();
+    assert!(out.contains("storage off: recording nothing"), "{out}");
+    assert!(out.contains("up: started engine"), "{out}");
+    assert!(!out.contains("started recorder"), "{out}");
+    let path = format!("/v3/history/{MNQ}?tick_types=bid_ask&limit=10");
+    let (mine, theirs) = (dev.get(&path), prod.get(&path));
+    assert_eq!(mine.status, 200, "{}", mine.body);
+    assert_eq!(seqs(&mine.body).len(), 10, "{}", mine.body);
+    assert_eq!(seqs(&mine.body), seqs(&theirs.body));
+    dev_up.stop();
+    assert!(!dev.storage.join("binary").exists(), "nothing recorded");
+    let logs = format!("{}\n{}", read_logs(&dev.log_dir()), dev_up.output());
+    assert!(!names_a_refused_write(&logs), "{logs}");
 }
