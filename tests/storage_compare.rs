@@ -118,6 +118,24 @@ fn an_intact_copy_is_equal_and_each_kind_of_damage_is_found() {
         "{first}"
     );
 
+    // On a terminal (util-linux `script` gives the command one), a progress bar on stderr.
+    let cmd = format!(
+        "{EXE} storage compare --quiet --old '{}' --new '{}'",
+        old.display(),
+        copy.display()
+    );
+    let tty = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env_clear()
+        .output()
+        .expect("script (util-linux) runs the command on a terminal");
+    let t = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{t}");
+    assert!(
+        t.contains("\rcompare: hours [") && t.contains("] 18/18"),
+        "9 hours in each root: {t:?}"
+    );
+
     // A dropped hour: the second hour of every stream deleted from the copy.
     let dropped = dir.path().join("dropped");
     write(&dropped, &recs);
