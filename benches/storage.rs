@@ -266,6 +266,7 @@ fn record_run(tmp: &Path, name: &str, format: Format, recs: &[Record]) -> Run {
         retry_interval: Duration::from_millis(500),
         max_staged_bytes: 8 << 20,
         heartbeat_keep_interval: ib_stream::recorder::HEARTBEAT_KEEP_INTERVAL,
+        register_reader: true,
     };
     let stop = AtomicBool::new(false);
     let mut rec = Recorder::start(rc, &stop).unwrap();

@@ -181,13 +181,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ib_stream::engine::logging::flush(std::time::Duration::from_millis(500));
             ran?;
         }
-        Command::Tail(args) => {
+        Command::Tail(mut args) => {
             let loaded = load(&cli.global)?;
-            ib_stream::tools::tail::run(&loaded.settings.shm_dir, &args, &mut std::io::stdout())?;
+            // Passthrough and migration read the upstream's ring and write nothing there.
+            args.unregistered = loaded.settings.ring_read_only();
+            ib_stream::tools::tail::run(loaded.settings.ring_dir(), &args, &mut std::io::stdout())?;
         }
         Command::Top(args) => {
             let loaded = load(&cli.global)?;
-            ib_stream::tools::top::run(&loaded.settings.shm_dir, &args, &mut std::io::stdout())?;
+            ib_stream::tools::top::run(loaded.settings.ring_dir(), &args, &mut std::io::stdout())?;
         }
         Command::Serve(args) => {
             let loaded = load(&cli.global)?;

@@ -33,6 +33,7 @@ fn setup(name: &str) -> (PathBuf, RecorderConfig) {
         retry_interval: Duration::from_millis(500),
         max_staged_bytes: 1 << 20,
         heartbeat_keep_interval: ib_stream::recorder::HEARTBEAT_KEEP_INTERVAL,
+        register_reader: true,
     };
     (root, cfg)
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::env_file::{EnvFileError, read_env_file};
 use super::tracked::{TrackedContract, TrackedError, format_tracked, parse_tracked};
+use crate::up::role::Role;
 
 /// One of the side-by-side deployments. They differ in ports, IB client ids, storage path and
 /// shared-memory namespace, so all three can run on one machine.
@@ -147,7 +148,19 @@ pub struct Settings {
     pub shm_dir: PathBuf,
     /// Ring capacity in records (a power of two).
     pub ring_capacity: usize,
-    /// Whether the recorder runs.
+    /// What the environment runs and which directories it reads and writes.
+    pub role: Role,
+    /// The shm directory of the environment this one reads in passthrough and migration
+    /// (production's by default), opened read-only.
+    pub upstream_shm_dir: PathBuf,
+    /// The storage root of that environment, read-only: history in passthrough and migration,
+    /// and whenever storage is off.
+    pub upstream_storage_path: PathBuf,
+    /// Whether a passthrough or migration web server may ask the upstream engine for
+    /// subscriptions (else streams of what it does not already stream are refused).
+    pub upstream_subscribe: bool,
+    /// Whether the recorder runs. Off: nothing is recorded and history is read from
+    /// [`Settings::upstream_storage_path`] (the original IB-Stream's meaning).
     pub enable_storage: bool,
     /// Root of recorded history.
     pub storage_path: PathBuf,
@@ -199,6 +212,11 @@ impl Settings {
             busy_poll: false,
             shm_dir: PathBuf::from("/dev/shm/ib-stream").join(env.name()),
             ring_capacity: 1 << 20,
+            role: Role::Recording,
+            upstream_shm_dir: PathBuf::from("/dev/shm/ib-stream")
+                .join(Environment::Production.name()),
+            upstream_storage_path: PathBuf::from("storage").join(Environment::Production.name()),
+            upstream_subscribe: false,
             enable_storage: true,
             storage_path: PathBuf::from("storage").join(env.name()),
             storage_formats: StorageFormats {
@@ -221,9 +239,45 @@ impl Settings {
         }
     }
 
-    /// The engine's control socket.
+    /// The engine's control socket (the upstream engine's when this role reads its ring).
     pub fn control_socket(&self) -> PathBuf {
-        self.shm_dir.join("control.sock")
+        self.ring_dir().join("control.sock")
+    }
+
+    /// The directory of the ring, string table and status region this environment reads:
+    /// the upstream's in passthrough and migration, else its own.
+    pub fn ring_dir(&self) -> &Path {
+        if self.role.reads_upstream_ring() {
+            &self.upstream_shm_dir
+        } else {
+            &self.shm_dir
+        }
+    }
+
+    /// Whether the ring and shm files read are another environment's, so nothing may be
+    /// written there (no reader registration; every file opened read-only).
+    pub fn ring_read_only(&self) -> bool {
+        self.role.reads_upstream_ring()
+    }
+
+    /// The storage root history is served from: the own root while recording into it, else
+    /// the upstream's (read-only).
+    pub fn history_root(&self) -> &Path {
+        if self.role.reads_upstream_ring() || !self.enable_storage {
+            &self.upstream_storage_path
+        } else {
+            &self.storage_path
+        }
+    }
+
+    /// Whether the history served is another environment's (opened read-only).
+    pub fn history_read_only(&self) -> bool {
+        self.history_root() != self.storage_path
+    }
+
+    /// Whether the web server may ask the engine it reads for subscriptions.
+    pub fn may_subscribe(&self) -> bool {
+        !self.role.reads_upstream_ring() || self.upstream_subscribe
     }
 }
 
@@ -493,9 +547,56 @@ const KEYS: &[KeyDef] = &[
         get: |s| s.ring_capacity.to_string(),
     },
     KeyDef {
+        key: "IB_STREAM_ROLE",
+        aliases: &[],
+        help: "what the environment runs: recording (own engine, recorder, storage), \
+               passthrough (a web server on the upstream's ring and storage, read-only), \
+               isolated (recording, sharing no directory with the upstream), migration \
+               (records the upstream's ring into its own storage; serves the upstream's)",
+        set: |s, v| {
+            s.role = Role::parse(v)?;
+            Ok(())
+        },
+        get: |s| s.role.to_string(),
+    },
+    KeyDef {
+        key: "IB_STREAM_UPSTREAM_SHM_DIR",
+        aliases: &[],
+        help: "shm directory of the environment passthrough and migration read (read-only; \
+               default production's)",
+        set: |s, v| {
+            s.upstream_shm_dir = nonempty_path(v)?;
+            Ok(())
+        },
+        get: |s| s.upstream_shm_dir.display().to_string(),
+    },
+    KeyDef {
+        key: "IB_STREAM_UPSTREAM_STORAGE_PATH",
+        aliases: &[],
+        help: "storage root read (read-only) for history in passthrough and migration and \
+               when storage is off (default production's)",
+        set: |s, v| {
+            s.upstream_storage_path = nonempty_path(v)?;
+            Ok(())
+        },
+        get: |s| s.upstream_storage_path.display().to_string(),
+    },
+    KeyDef {
+        key: "IB_STREAM_UPSTREAM_SUBSCRIBE",
+        aliases: &[],
+        help: "passthrough/migration: let clients' streams subscribe at the upstream engine \
+               (false: streams of what it does not stream already are refused)",
+        set: |s, v| {
+            s.upstream_subscribe = parse_bool(v)?;
+            Ok(())
+        },
+        get: |s| s.upstream_subscribe.to_string(),
+    },
+    KeyDef {
         key: "IB_STREAM_ENABLE_STORAGE",
         aliases: &[],
-        help: "run the recorder",
+        help: "run the recorder; false (as in the original): record nothing and serve the \
+               history of IB_STREAM_UPSTREAM_STORAGE_PATH, read-only",
         set: |s, v| {
             s.enable_storage = parse_bool(v)?;
             Ok(())
@@ -947,9 +1048,58 @@ fn check_consistency(s: &Settings) -> Result<(), ConfigError> {
             s.serve_port
         )));
     }
+    check_role(s)?;
     if s.enable_storage && !s.storage_formats.jsonl && !s.storage_formats.binary {
         return Err(ConfigError::Inconsistent(
             "storage is enabled with no format".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A path made comparable: symlinks resolved when it exists (a `storage-active` link names
+/// the root it points to), else made absolute.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let norm = |p: &Path| {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    norm(a) == norm(b)
+}
+
+/// What each role may not share with the upstream environment.
+fn check_role(s: &Settings) -> Result<(), ConfigError> {
+    let role = s.role;
+    let bad = |what: String| Err(ConfigError::Inconsistent(what));
+    if role == Role::Recording {
+        return Ok(());
+    }
+    if same_dir(&s.storage_path, &s.upstream_storage_path) {
+        return bad(format!(
+            "IB_STREAM_ROLE={role}: IB_STREAM_STORAGE_PATH ({}) is the upstream's storage \
+             (IB_STREAM_UPSTREAM_STORAGE_PATH): give this environment a root of its own{}",
+            s.storage_path.display(),
+            if role == Role::Passthrough {
+                " (it writes only its contract-lookup cache there)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if same_dir(&s.shm_dir, &s.upstream_shm_dir) {
+        return bad(format!(
+            "IB_STREAM_ROLE={role}: IB_STREAM_SHM_DIR ({}) is the upstream's \
+             (IB_STREAM_UPSTREAM_SHM_DIR): give this environment a directory of its own \
+             (--env development, or another IB_STREAM_SHM_DIR)",
+            s.shm_dir.display()
+        ));
+    }
+    if !s.enable_storage && matches!(role, Role::Isolated | Role::Migration) {
+        return bad(format!(
+            "IB_STREAM_ROLE={role} records into its own storage, but \
+             IB_STREAM_ENABLE_STORAGE=false; to record nothing and read the upstream's \
+             history use IB_STREAM_ROLE=passthrough"
         ));
     }
     Ok(())
@@ -1145,6 +1295,79 @@ mod tests {
             "{w:?}"
         );
         assert!(!w[1].contains("did you mean"), "{w:?}");
+    }
+
+    #[test]
+    fn roles_that_read_upstream_refuse_to_share_its_directories() {
+        let dir = std::env::temp_dir().join(format!("ibs-role-{}", std::process::id()));
+        let v1 = dir.join("storage-v1");
+        std::fs::create_dir_all(&v1).unwrap();
+        let active = dir.join("storage-active");
+        let _ = std::fs::remove_file(&active);
+        std::os::unix::fs::symlink(&v1, &active).unwrap();
+        let load_with = |extra: &[(&str, &str)]| {
+            load(&ConfigSources {
+                env_vars: vars(extra),
+                ..Default::default()
+            })
+        };
+        for role in ["passthrough", "migration", "isolated"] {
+            // The upstream's storage through a symlink is still the upstream's.
+            let err = load_with(&[
+                ("IB_STREAM_ROLE", role),
+                ("IB_STREAM_STORAGE_PATH", v1.to_str().unwrap()),
+                ("IB_STREAM_UPSTREAM_STORAGE_PATH", active.to_str().unwrap()),
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("IB_STREAM_STORAGE_PATH") && err.contains("upstream"),
+                "{role}: {err}"
+            );
+            let err = load_with(&[
+                ("IB_STREAM_ROLE", role),
+                ("IB_STREAM_SHM_DIR", "/dev/shm/ib-stream/production"),
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("IB_STREAM_SHM_DIR"), "{role}: {err}");
+            // The development defaults share nothing with production's.
+            let ok = load_with(&[("IB_STREAM_ROLE", role)]).unwrap().settings;
+            assert_eq!(ok.role.name(), role);
+        }
+        for role in ["migration", "isolated"] {
+            let err = load_with(&[
+                ("IB_STREAM_ROLE", role),
+                ("IB_STREAM_ENABLE_STORAGE", "false"),
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("IB_STREAM_ROLE=passthrough"), "{role}: {err}");
+        }
+        let err = load_with(&[("IB_STREAM_ROLE", "mirrror")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a role"), "{err}");
+        // Recording may be production itself, reading and writing its own storage.
+        let own = load_with(&[("IB_STREAM_ENV", "production")])
+            .unwrap()
+            .settings;
+        assert_eq!(own.history_root(), own.storage_path);
+        assert!(!own.history_read_only() && own.may_subscribe());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn storage_off_means_recording_nothing_and_reading_production_history() {
+        let s = load(&ConfigSources {
+            env_vars: vars(&[("IB_STREAM_ENABLE_STORAGE", "false")]),
+            ..Default::default()
+        })
+        .unwrap()
+        .settings;
+        assert_eq!(s.history_root(), Path::new("storage/production"));
+        assert!(s.history_read_only());
+        assert_eq!(s.ring_dir(), s.shm_dir, "its own engine's ring");
     }
 
     #[test]

@@ -82,12 +82,19 @@ pub struct RecorderConfig {
     pub max_staged_bytes: u64,
     /// Heartbeat records are stored at most once per this interval (zero: all of them).
     pub heartbeat_keep_interval: Duration,
+    /// Register in the ring's reader registry (off when the ring is another environment's,
+    /// in migration: registering writes into its shm directory).
+    pub register_reader: bool,
 }
 
 impl RecorderConfig {
     /// From the settings and the command's flags.
     pub fn from_settings(s: &Settings, args: &RecordArgs) -> RecorderConfig {
-        let shm = args.ring_dir.clone().unwrap_or_else(|| s.shm_dir.clone());
+        // Migration records the upstream environment's ring.
+        let shm = args
+            .ring_dir
+            .clone()
+            .unwrap_or_else(|| s.ring_dir().to_path_buf());
         let mut formats = Vec::new();
         if s.storage_formats.jsonl {
             formats.push(Format::Jsonl);
@@ -115,6 +122,7 @@ impl RecorderConfig {
             } else {
                 Duration::ZERO
             },
+            register_reader: !s.ring_read_only(),
         }
     }
 
@@ -277,8 +285,10 @@ impl Recorder {
                 Err(e) => return Err(e.into()),
             }
         };
-        let registered = reader.register("recorder");
-        tracing::debug!("ring reader: {registered}");
+        if cfg.register_reader {
+            let registered = reader.register("recorder");
+            tracing::debug!("ring reader: {registered}");
+        }
         let epoch = reader.info().epoch;
         let ckpt = match ckpt {
             Some(c) => Some(c),

@@ -248,6 +248,9 @@ pub struct HubConfig {
     pub catchup_budget: usize,
     /// Control messages kept for a stream whose queue is full before it is closed.
     pub max_pending_control: usize,
+    /// Register in the ring's reader registry (off when the ring is another environment's:
+    /// registering writes into its shm directory).
+    pub register_reader: bool,
 }
 
 impl HubConfig {
@@ -261,6 +264,7 @@ impl HubConfig {
             stale_after: Duration::from_secs(5),
             catchup_budget: 8192,
             max_pending_control: 64,
+            register_reader: true,
         }
     }
 }
@@ -1073,8 +1077,10 @@ impl Tailer {
             Ok(mut r) => {
                 let cap = r.info().capacity;
                 r.set_lap_policy(LapPolicy::default_for(cap));
-                let registered = r.register("serve");
-                tracing::debug!("ring reader: {registered}");
+                if self.cfg.register_reader {
+                    let registered = r.register("serve");
+                    tracing::debug!("ring reader: {registered}");
+                }
                 self.stats.epoch.store(r.info().epoch, Ordering::Relaxed);
                 self.stats.capacity.store(cap, Ordering::Relaxed);
                 self.stats.ring_open.store(true, Ordering::Relaxed);

@@ -39,8 +39,8 @@ pub use error::ApiError;
 pub use history::{HistoryError, HistoryPage, HistoryQuery, HistorySource};
 pub use listen::{ServeError, bind_addr};
 pub use state::{
-    AppState, Inner, LATENCY_BOUNDS_US, LatencyBatch, LatencyBuckets, STATUS_FILE_NAME,
-    STRINGS_FILE_NAME, ServeConfig, ServeMetrics, StreamSlot, WsLimits,
+    AppState, EngineAccess, Inner, LATENCY_BOUNDS_US, LatencyBatch, LatencyBuckets,
+    STATUS_FILE_NAME, STRINGS_FILE_NAME, ServeConfig, ServeMetrics, StreamSlot, WsLimits,
 };
 
 async fn not_found() -> ApiError {
@@ -144,11 +144,22 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> Result<(), ServeError
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
-    // The recorder's files answer /v3/history when storage is enabled.
-    let history: Option<Arc<dyn HistorySource>> = settings
-        .enable_storage
-        .then(|| Arc::new(storage_history::StorageHistory::new(&settings.storage_path)) as _);
-    let state = AppState::new(cfg, history);
+    // History: the own recorder's files, or the upstream's (read-only) when this
+    // environment records nothing of its own or reads another's ring.
+    let history_root = settings.history_root();
+    if settings.history_read_only() {
+        tracing::info!(root = %history_root.display(), "history from the upstream storage, read-only");
+    }
+    let history: Option<Arc<dyn HistorySource>> =
+        Some(Arc::new(storage_history::StorageHistory::new(history_root)));
+    if settings.ring_read_only() {
+        tracing::info!(
+            ring = %settings.ring_dir().display(),
+            subscribe = settings.may_subscribe(),
+            "reading the upstream engine's ring, read-only"
+        );
+    }
+    let state = AppState::with_access(cfg, history, state::EngineAccess::of(settings));
     let hub = state.hub.clone();
     let (contract_stop, contract_server) =
         contract_service::start(settings, &host, state.clone()).await?;

@@ -90,7 +90,8 @@ impl ServeConfig {
     /// The server configuration of `s`.
     pub fn from_settings(s: &Settings) -> ServeConfig {
         ServeConfig {
-            shm_dir: s.shm_dir.clone(),
+            // The ring read: the upstream environment's in passthrough and migration.
+            shm_dir: s.ring_dir().to_path_buf(),
             control_socket: s.control_socket(),
             token: s.token.clone(),
             max_streams: s.max_streams as usize,
@@ -133,6 +134,36 @@ impl ServeConfig {
             }
         }
         keys
+    }
+}
+
+/// How the server may touch the engine whose ring it reads: everything for its own engine;
+/// in passthrough (another environment's engine) nothing is written there: no reader
+/// registration, and subscriptions only when the settings allow it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineAccess {
+    /// Claim a slot in the ring's reader registry (a write into the engine's shm directory).
+    pub register_reader: bool,
+    /// Ask the engine for subscriptions of keys it does not stream already.
+    pub may_subscribe: bool,
+}
+
+impl Default for EngineAccess {
+    fn default() -> Self {
+        EngineAccess {
+            register_reader: true,
+            may_subscribe: true,
+        }
+    }
+}
+
+impl EngineAccess {
+    /// The access `s` allows ([`Settings::ring_read_only`], [`Settings::may_subscribe`]).
+    pub fn of(s: &Settings) -> EngineAccess {
+        EngineAccess {
+            register_reader: !s.ring_read_only(),
+            may_subscribe: s.may_subscribe(),
+        }
     }
 }
 
@@ -302,18 +333,32 @@ impl Drop for StreamSlot {
 impl AppState {
     /// Builds the state and starts the ring tailer (needs a tokio runtime).
     pub fn new(cfg: ServeConfig, history: Option<Arc<dyn HistorySource>>) -> AppState {
+        AppState::with_access(cfg, history, EngineAccess::default())
+    }
+
+    /// [`AppState::new`] with the engine access of `access` (read-only in passthrough).
+    pub fn with_access(
+        cfg: ServeConfig,
+        history: Option<Arc<dyn HistorySource>>,
+        access: EngineAccess,
+    ) -> AppState {
         let mut hub_cfg = HubConfig::new(cfg.ring_path(), cfg.strings_path());
         hub_cfg.stale_after = cfg.stale_after;
+        hub_cfg.register_reader = access.register_reader;
         let hub = Hub::start(hub_cfg);
         let control = Arc::new(control_client::ControlClient::new(
             cfg.control_socket.clone(),
             cfg.control_timeout,
         ));
-        let subs = Arc::new(subs::SharedSubs::new(
+        let mut subs = subs::SharedSubs::new(
             Arc::clone(&control),
             cfg.identity.clone(),
             cfg.tracked_keys(),
-        ));
+        );
+        if !access.may_subscribe {
+            subs = subs.read_only(cfg.status_path());
+        }
+        let subs = Arc::new(subs);
         let contracts =
             contracts::ContractCache::new(cfg.contract_cache_dir.clone(), cfg.contract_cache_ttl);
         AppState(Arc::new(Inner {

@@ -85,6 +85,9 @@ pub struct SharedSubs {
     control: Arc<ControlClient>,
     identity: String,
     tracked: HashSet<Key>,
+    /// Set when this server reads another environment's engine and may not subscribe there
+    /// (passthrough): the status region of that engine, which says what it streams anyway.
+    read_only: Option<std::path::PathBuf>,
     entries: Mutex<BTreeMap<Key, Entry>>,
     locks: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -162,9 +165,59 @@ impl SharedSubs {
             control,
             identity,
             tracked,
+            read_only: None,
             entries: Mutex::new(BTreeMap::new()),
             locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Never subscribes or unsubscribes at the engine: a stream of a key the engine whose
+    /// status region is `status_path` does not already stream is refused (passthrough
+    /// without `IB_STREAM_UPSTREAM_SUBSCRIBE`).
+    pub fn read_only(mut self, status_path: std::path::PathBuf) -> SharedSubs {
+        self.read_only = Some(status_path);
+        self
+    }
+
+    /// Whether the engine in `status_path` holds a live subscription of `key` (queued,
+    /// requested or active: someone there already asked for it).
+    fn upstream_streams(status_path: &std::path::Path, key: Key) -> bool {
+        use ib_stream_ipc::{StatusReader, StatusSnapshot, SubState};
+        let Ok(reader) = StatusReader::open(status_path) else {
+            return false;
+        };
+        let mut snap = StatusSnapshot::new_boxed();
+        if reader.read(&mut snap).is_err() {
+            return false;
+        }
+        snap.subscriptions().iter().any(|x| {
+            x.con_id == key.0
+                && TickType::of_kind(x.kind) == Some(key.1)
+                && matches!(
+                    SubState::from_u8(x.state),
+                    Some(
+                        SubState::Queued
+                            | SubState::Requested
+                            | SubState::Active
+                            | SubState::Silent
+                    )
+                )
+        })
+    }
+
+    /// The refusal of a stream the upstream engine does not carry.
+    fn refuse(key: Key) -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "upstream_read_only",
+            format!(
+                "this server reads another environment's engine read-only (IB_STREAM_ROLE \
+                 passthrough/migration) and that engine does not stream {} {}; subscribe \
+                 there, or set IB_STREAM_UPSTREAM_SUBSCRIBE=true to let this server ask it",
+                key.0,
+                key.1.name()
+            ),
+        )
     }
 
     /// True when the engine tracks this key by configuration.
@@ -185,7 +238,11 @@ impl SharedSubs {
             .map_or((0, None), |e| (e.holders, e.queued));
         // A later holder learns of a wait the first one was told about, while it lasts.
         let mut queued = known.and_then(|q| q.pending_at(now_ns()));
-        if holders == 0 && !self.is_tracked(key) {
+        if let Some(status) = &self.read_only {
+            if holders == 0 && !self.is_tracked(key) && !Self::upstream_streams(status, key) {
+                return Err(Self::refuse(key));
+            }
+        } else if holders == 0 && !self.is_tracked(key) {
             let reply = self
                 .control
                 .subscribe(&self.identity, key.0, key.1.name())
@@ -251,7 +308,7 @@ impl SharedSubs {
     async fn release(&self, key: Key) {
         let key_lock = self.key_lock(key);
         let _g = key_lock.lock().await;
-        if self.decrement(key) && !self.is_tracked(key) {
+        if self.decrement(key) && !self.is_tracked(key) && self.read_only.is_none() {
             match self
                 .control
                 .unsubscribe(&self.identity, key.0, key.1.name())

@@ -11,6 +11,7 @@ use ib_stream_ipc::{PRICE_SCALE, RECORD_SIZE, Record, RecordKind, SIZE_SCALE, UN
 
 use super::StorageError;
 use super::binary::{BinarySegment, HEADER_LEN, sidecar_path};
+use super::compare::{self, CompareError, CompareOptions, Difference};
 use super::import::{self, ImportError, ImportOptions, SourceFormat};
 use super::jsonl::JsonlSegment;
 use super::layout::{Format, Stream, all_segments};
@@ -47,6 +48,23 @@ pub enum StorageCommand {
     },
     /// Print a query's records to stdout.
     Export(ExportArgs),
+    /// Compare the market data of two storage roots per conId, kind and hour (counts,
+    /// first/last sequence and time, a content hash) and list every difference; exits 0 when
+    /// they hold the same records, 1 when not.
+    Compare {
+        /// The root migrated from.
+        #[arg(long)]
+        old: PathBuf,
+        /// The root migrated to.
+        #[arg(long)]
+        new: PathBuf,
+        /// Read this format in both (default: each root's binary when present, else jsonl).
+        #[arg(long, value_parser = parse_format)]
+        format: Option<Format>,
+        /// Print only the differences and the summary, not every hour.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Import the original IB-Stream's v3 JSON Lines (`.jsonl`) and v3 protobuf (`.pb`)
     /// files or directories of them.
     Import {
@@ -136,6 +154,19 @@ pub enum CliError {
     /// Validation found problems (they were printed).
     #[error("validation found problems in {0}")]
     Invalid(PathBuf),
+    /// A comparison could not be made.
+    #[error(transparent)]
+    Compare(#[from] CompareError),
+    /// The roots compared differ (the differences were printed).
+    #[error("{old} and {new} differ: {what}")]
+    Differ {
+        /// The old root.
+        old: PathBuf,
+        /// The new root.
+        new: PathBuf,
+        /// How many hours differ.
+        what: String,
+    },
 }
 
 /// Prints `what` on stderr at most once a second, from one second into a run.
@@ -179,6 +210,16 @@ pub fn run(args: &StorageArgs, default_root: &Path) -> Result<(), CliError> {
             }
         }
         StorageCommand::Export(e) => export(root, e, &mut out)?,
+        StorageCommand::Compare {
+            old,
+            new,
+            format,
+            quiet,
+        } => {
+            let res = run_compare(old, new, *format, *quiet, &mut out);
+            out.flush()?;
+            res?;
+        }
         StorageCommand::Import {
             paths,
             to,
@@ -217,6 +258,150 @@ pub fn run(args: &StorageArgs, default_root: &Path) -> Result<(), CliError> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// A progress bar on stderr, drawn only when stderr is a terminal (a log or a pipe gets none),
+/// at most ten times a second.
+struct Bar {
+    on: bool,
+    last: Option<Instant>,
+    drawn: bool,
+}
+
+impl Bar {
+    fn new() -> Bar {
+        use std::io::IsTerminal;
+        Bar {
+            on: std::io::stderr().is_terminal(),
+            last: None,
+            drawn: false,
+        }
+    }
+
+    fn draw(&mut self, what: &str, done: u64, total: u64) {
+        if !self.on {
+            return;
+        }
+        let now = Instant::now();
+        if done < total
+            && self
+                .last
+                .is_some_and(|t| now - t < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.last = Some(now);
+        const W: u64 = 30;
+        let filled = (done * W).checked_div(total).unwrap_or(W) as usize;
+        eprint!(
+            "\r{what} [{}{}] {done}/{total}",
+            "#".repeat(filled),
+            "-".repeat(W as usize - filled)
+        );
+        self.drawn = true;
+    }
+
+    fn finish(&mut self) {
+        if self.drawn {
+            eprintln!();
+            self.drawn = false;
+        }
+    }
+}
+
+fn time_text(ns: i64) -> String {
+    jiff::Timestamp::from_nanosecond(i128::from(ns)).map_or_else(
+        |_| ns.to_string(),
+        |t| t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+    )
+}
+
+fn summary_text(s: Option<compare::HourSummary>) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) => format!(
+            "{} records, epoch {:016x} seq {}..{} ({} .. {}), hash {:016x}",
+            s.count,
+            s.first.epoch,
+            s.first.seq,
+            if s.last.epoch == s.first.epoch {
+                s.last.seq.to_string()
+            } else {
+                format!("epoch {:016x} seq {}", s.last.epoch, s.last.seq)
+            },
+            time_text(s.first.ts_recv),
+            time_text(s.last.ts_recv),
+            s.hash
+        ),
+    }
+}
+
+fn run_compare(
+    old: &Path,
+    new: &Path,
+    format: Option<Format>,
+    quiet: bool,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let mut bar = Bar::new();
+    let res = compare::compare(old, new, CompareOptions { format }, &mut |d, t| {
+        bar.draw("compare: hours", d, t)
+    });
+    bar.finish();
+    let cmp = res?;
+    for c in &cmp.missing_contracts {
+        writeln!(out, "DIFF contract {c}: in old only (missing in new)")?;
+    }
+    for c in &cmp.extra_contracts {
+        writeln!(out, "DIFF contract {c}: in new only")?;
+    }
+    let mut differ = 0;
+    for r in &cmp.rows {
+        let (con, kind, hour) = r.key;
+        let at = format!(
+            "{con} {} {}",
+            kind.name(),
+            jiff::Timestamp::from_nanosecond(i128::from(hour)).map_or_else(
+                |_| hour.to_string(),
+                |t| t.strftime("%Y-%m-%dT%HZ").to_string()
+            )
+        );
+        match &r.difference {
+            None => {
+                if !quiet {
+                    writeln!(out, "same {at}: {}", summary_text(r.old))?;
+                }
+            }
+            Some(d) => {
+                differ += 1;
+                let why = match d {
+                    Difference::MissingInNew => "hour missing in new".to_string(),
+                    Difference::ExtraInNew => "hour only in new".to_string(),
+                    Difference::Differs(first) => first.clone(),
+                };
+                writeln!(out, "DIFF {at}: {why}")?;
+                writeln!(out, "     old: {}", summary_text(r.old))?;
+                writeln!(out, "     new: {}", summary_text(r.new))?;
+            }
+        }
+    }
+    let (n_old, n_new) = cmp.totals();
+    let contracts = cmp.missing_contracts.len() + cmp.extra_contracts.len();
+    writeln!(
+        out,
+        "compare: {} hours, {differ} differ, {contracts} contracts in one root only; old {n_old} records, new {n_new}: {}",
+        cmp.rows.len(),
+        if cmp.equal() { "EQUAL" } else { "DIFFERENT" }
+    )?;
+    if cmp.equal() {
+        Ok(())
+    } else {
+        Err(CliError::Differ {
+            old: old.to_path_buf(),
+            new: new.to_path_buf(),
+            what: format!("{differ} of {} hours", cmp.rows.len()),
+        })
+    }
 }
 
 fn run_validate(root: &Path, repair: bool, out: &mut impl Write) -> Result<bool, CliError> {

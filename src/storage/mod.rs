@@ -7,6 +7,7 @@
 //! - [`jsonl`]: compact JSON Lines, one [`crate::tickjson`] line per record.
 //! - [`append`]: append-only files with all-or-nothing flush windows (rollback on error).
 //! - [`checkpoint`]: the recorder's atomic checkpoint.
+//! - [`compare`]: whether two roots hold the same market data, hour by hour.
 //! - [`private_fs`]: the owner-only permissions (0600 files, 0700 directories) of everything
 //!   written under the storage path.
 //! - [`repair`]: torn-tail repair and truncation to a checkpoint.
@@ -17,6 +18,7 @@ pub mod append;
 pub mod binary;
 pub mod checkpoint;
 pub mod cli;
+pub mod compare;
 pub mod import;
 pub mod jsonl;
 pub mod layout;

@@ -39,6 +39,10 @@ pub struct TailArgs {
     /// an `ib-stream up` of the environment is starting it, and otherwise fails at once.
     #[arg(long)]
     pub wait: Option<f64>,
+    /// Read without registering in the ring's reader registry (set when the ring is another
+    /// environment's, which is never written to).
+    #[arg(skip)]
+    pub unregistered: bool,
 }
 
 fn parse_kind(s: &str) -> Result<RecordKind, String> {
@@ -165,8 +169,10 @@ pub fn run(dir: &Path, args: &TailArgs, w: &mut dyn Write) -> Result<(), TailErr
     };
     let reader = open_ring(dir, &path, start, args.wait)?;
     let mut reader = RingFollower::new(reader, FollowConfig::default());
-    let registered = reader.register("tail");
-    tracing::debug!("ring reader: {registered}");
+    if !args.unregistered {
+        let registered = reader.register("tail");
+        tracing::debug!("ring reader: {registered}");
+    }
     let mut strings = open_strings(dir, reader.info().epoch);
     let filter = Filter {
         con_ids: args.con_ids.clone(),
@@ -290,6 +296,7 @@ mod tests {
             count: Some(5),
             seconds: Some(5.0),
             wait: Some(1.0),
+            unregistered: false,
         };
         let mut out = Vec::new();
         run(&dir, &args, &mut out).unwrap();
@@ -345,6 +352,7 @@ mod tests {
             count: Some(4),
             seconds: Some(20.0),
             wait: Some(1.0),
+            unregistered: false,
         };
         let mut out = Vec::new();
         run(&dir, &args, &mut out).unwrap();

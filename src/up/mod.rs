@@ -16,6 +16,7 @@ pub mod http;
 pub mod plan;
 pub mod preflight;
 pub mod ready;
+pub mod role;
 pub mod status;
 
 use std::io::IsTerminal;
@@ -35,6 +36,10 @@ pub use plan::{GlobalFlags, PlanError};
 /// Options of `ib-stream up`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct UpArgs {
+    /// What this environment runs (sets IB_STREAM_ROLE): recording, passthrough, isolated or
+    /// migration (docs/OPERATIONS.md, "Development modes").
+    #[arg(long, value_parser = role::Role::parse)]
+    pub role: Option<role::Role>,
     /// Run the simulated gateway (tws-sim) and point the engine at it. The default when no
     /// gateway is configured (neither IB_STREAM_HOST nor IB_STREAM_PORTS set).
     #[arg(long)]
@@ -185,6 +190,9 @@ const CAUSE_WAIT: Duration = Duration::from_secs(1);
 /// `ib-stream up`.
 pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
     let mut flags = flags.clone();
+    if let Some(r) = args.role {
+        flags.sets.push(format!("IB_STREAM_ROLE={r}"));
+    }
     if let Some(f) = &flags.env_file {
         let cwd = std::env::current_dir().map_err(UpError::Exe)?;
         flags.env_file = Some(config::absolutize(&cwd, f));
@@ -452,7 +460,26 @@ fn stop_child(kind: ChildKind, mut r: Running, grace: Duration) {
 fn print_intro(plan: &Plan) {
     let s = &plan.settings;
     let env = plan.environment.name();
+    if s.role.reads_upstream_ring() {
+        say!(
+            "up: {env}: role {}: reading the ring in {} and the history in {} read-only (subscriptions there: {})",
+            s.role,
+            s.upstream_shm_dir.display(),
+            s.upstream_storage_path.display(),
+            if s.may_subscribe() {
+                "allowed"
+            } else {
+                "refused"
+            }
+        );
+    } else if !s.enable_storage {
+        say!(
+            "up: {env}: storage off: recording nothing, history from {} read-only",
+            s.upstream_storage_path.display()
+        );
+    }
     match plan.sim_port {
+        _ if !s.role.runs_engine() => {}
         Some(p) => say!(
             "up: {env}: simulating an IB Gateway (tws-sim on 127.0.0.1:{p}), client id {}",
             s.client_id

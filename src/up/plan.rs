@@ -122,6 +122,10 @@ impl Plan {
 /// Whether to simulate: asked for (flag or `IB_STREAM_SIMULATE`), or no gateway configured at
 /// all (neither a host nor ports set anywhere), so a fresh clone runs without IB.
 pub fn wants_simulation(loaded: &Loaded, flag: bool) -> bool {
+    // A role without an IB session of its own has nothing to point at a simulator.
+    if !loaded.settings.role.runs_engine() {
+        return false;
+    }
     flag || loaded.settings.simulate
         || (!loaded.sources.contains_key("IB_STREAM_HOST")
             && !loaded.sources.contains_key("IB_STREAM_PORTS"))
@@ -209,28 +213,25 @@ pub fn make_plan(
     // The children load exactly these flags; load them here too so `up` knows what they see.
     let settings = load(&child_flags)?.settings;
     let common = global_args(&child_flags, environment);
-    let sub = |name: &str| {
+    let args_for = |name: &str| {
         let mut a = vec![name.to_string()];
         a.extend(common.iter().cloned());
         a
     };
-    children.push(ChildSpec {
-        kind: ChildKind::Engine,
-        program: exe.to_path_buf(),
-        args: sub("engine"),
-    });
-    if settings.enable_storage {
+    for kind in settings.role.children(settings.enable_storage) {
+        let name = match kind {
+            ChildKind::Engine => "engine",
+            ChildKind::Recorder => "record",
+            ChildKind::Serve => "serve",
+            // The simulator is not an `ib-stream` subcommand; it was added above.
+            ChildKind::Sim => continue,
+        };
         children.push(ChildSpec {
-            kind: ChildKind::Recorder,
+            kind,
             program: exe.to_path_buf(),
-            args: sub("record"),
+            args: args_for(name),
         });
     }
-    children.push(ChildSpec {
-        kind: ChildKind::Serve,
-        program: exe.to_path_buf(),
-        args: sub("serve"),
-    });
     let log_dir = log_dir.unwrap_or_else(|| default_log_dir(&settings));
     Ok(Plan {
         environment,
@@ -372,6 +373,70 @@ mod tests {
         .unwrap();
         assert!(!p.children.iter().any(|c| c.kind == ChildKind::Recorder));
         assert_eq!(p.log_dir, PathBuf::from("storage/logs/staging"));
+        // The original's meaning: record nothing, serve production's history read-only.
+        assert_eq!(p.settings.history_root(), Path::new("storage/production"));
+        assert!(p.settings.history_read_only());
+        assert!(p.children.iter().any(|c| c.kind == ChildKind::Engine));
+    }
+
+    #[test]
+    fn each_role_runs_its_own_children_and_only_an_engine_role_simulates() {
+        let d = tmp("roles");
+        let kinds = |p: &Plan| p.children.iter().map(|c| c.kind).collect::<Vec<_>>();
+        let p = plan(
+            Environment::Development,
+            &["IB_STREAM_ROLE=passthrough"],
+            false,
+            &d,
+        )
+        .unwrap();
+        assert_eq!(
+            kinds(&p),
+            vec![ChildKind::Serve],
+            "no sim, engine or recorder"
+        );
+        assert!(!p.simulate && p.sim_port.is_none());
+        assert_eq!(
+            p.settings.ring_dir(),
+            Path::new("/dev/shm/ib-stream/production"),
+            "production's ring by default"
+        );
+        assert!(p.settings.ring_read_only() && !p.settings.may_subscribe());
+        // --simulate is moot without an engine.
+        let p = plan(
+            Environment::Development,
+            &["IB_STREAM_ROLE=migration"],
+            true,
+            &d,
+        )
+        .unwrap();
+        assert_eq!(kinds(&p), vec![ChildKind::Recorder, ChildKind::Serve]);
+        assert!(!p.simulate);
+        let rec = &p.children[0].args;
+        assert!(
+            rec.windows(2)
+                .any(|w| w == ["--set", "IB_STREAM_ROLE=migration"])
+        );
+        let p = plan(
+            Environment::Development,
+            &[
+                "IB_STREAM_ROLE=isolated",
+                "IB_STREAM_STORAGE_PATH=storage/feature-x",
+            ],
+            false,
+            &d,
+        )
+        .unwrap();
+        assert_eq!(
+            kinds(&p),
+            vec![
+                ChildKind::Sim,
+                ChildKind::Engine,
+                ChildKind::Recorder,
+                ChildKind::Serve
+            ]
+        );
+        assert_eq!(p.settings.history_root(), Path::new("storage/feature-x"));
     }
 
     #[test]

@@ -62,7 +62,18 @@ pub fn summarise(settings: &Settings, timeout: Duration) -> (String, Result<(), 
         }
     }
 
-    match RingReader::open(&settings.shm_dir.join(RING_FILE_NAME), StartAt::Newest) {
+    // Passthrough and migration read the upstream's ring: its engine is theirs to report.
+    let ring_dir = settings.ring_dir();
+    if settings.ring_read_only() {
+        let _ = writeln!(
+            out,
+            "role:     {} (ring {} and history {}, read-only)",
+            settings.role,
+            ring_dir.display(),
+            settings.history_root().display()
+        );
+    }
+    match RingReader::open(&ring_dir.join(RING_FILE_NAME), StartAt::Newest) {
         Ok(r) => {
             let info = r.info();
             let st = r.writer_status(now, 5_000_000_000);
@@ -83,10 +94,14 @@ pub fn summarise(settings: &Settings, timeout: Duration) -> (String, Result<(), 
         }
     }
 
-    engine_section(&settings.shm_dir, now as i64, &mut out, &mut bad);
-    readers_section(&settings.shm_dir, &mut out);
+    engine_section(ring_dir, now as i64, &mut out, &mut bad);
+    readers_section(ring_dir, &mut out);
 
-    if settings.enable_storage {
+    let records = settings
+        .role
+        .children(settings.enable_storage)
+        .contains(&super::plan::ChildKind::Recorder);
+    if records {
         match RecorderStatus::load(&settings.storage_path) {
             Ok(Some(s)) => {
                 let health = s.health(now as i64, 5_000_000_000);
@@ -125,12 +140,12 @@ pub fn summarise(settings: &Settings, timeout: Duration) -> (String, Result<(), 
         settings.token.as_deref(),
         timeout,
     ) {
-        Ok(a) => match whose_server(&a.body, &settings.shm_dir) {
+        Ok(a) => match whose_server(&a.body, ring_dir) {
             Owner::Other(theirs) => {
                 let _ = writeln!(
                     out,
                     "web:      {base}/ answers for ANOTHER environment (shm {theirs}; this one's is {})",
-                    absolute(&settings.shm_dir).display()
+                    absolute(ring_dir).display()
                 );
                 bad.push(format!(
                     "port {} is another environment's web server (shm {theirs}); this environment's web server is not running",
