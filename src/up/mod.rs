@@ -16,6 +16,7 @@ pub mod http;
 pub mod plan;
 pub mod preflight;
 pub mod ready;
+pub mod role;
 pub mod status;
 
 use std::io::IsTerminal;
@@ -58,6 +59,10 @@ pub struct UpArgs {
     /// port stays the one `up` chose.
     #[arg(long = "sim-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub sim_args: Vec<String>,
+    /// What writes this host's ring: `engine` (IB here) or `mirror` (another host's ring
+    /// through NATS JetStream, no IB; `ib-stream mirror`'s IB_STREAM_NATS_* settings apply).
+    #[arg(long, env = "IB_STREAM_ROLE", value_enum, default_value_t = role::Role::Engine)]
+    pub role: role::Role,
 }
 
 /// Why `up` could not run.
@@ -203,6 +208,7 @@ pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
         |g| config::load(&sources(g).map_err(|e| ConfigError::Inconsistent(e.to_string()))?),
     )?;
     plan.add_sim_args(&args.sim_args)?;
+    role::apply(&mut plan, args.role);
     let env = plan.environment.name();
 
     let lock_at = lock_target(&plan.settings.shm_dir);
@@ -392,7 +398,7 @@ pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
 /// live even though IB is not connected yet, so the web server can report what is wrong.
 fn gate_open(s: &Slot, plan: &Plan) -> bool {
     s.ready
-        || (s.spec.kind == ChildKind::Engine
+        || (matches!(s.spec.kind, ChildKind::Engine | ChildKind::Mirror)
             && s.running
                 .as_ref()
                 .is_some_and(|r| ready::engine_ring_live(r.pid, plan)))
