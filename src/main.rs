@@ -182,6 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bridge(args) => {
             let loaded = load(&cli.global)?;
+            ib_stream::bridge::init_logging(&loaded.settings);
             ib_stream::bridge::run(&ib_stream::bridge::BridgeConfig::from_args(
                 &loaded.settings,
                 &args,
@@ -189,6 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Mirror(args) => {
             let loaded = load(&cli.global)?;
+            ib_stream::bridge::init_logging(&loaded.settings);
             ib_stream::mirror::run(&ib_stream::mirror::MirrorConfig::from_args(
                 &loaded.settings,
                 &args,

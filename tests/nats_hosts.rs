@@ -213,7 +213,11 @@ impl Hosts {
 
     fn start_bridge(&mut self) {
         let mut args = Self::ib_args(&self.shm_a);
-        args.extend(["bridge".into(), "--nats-url".into(), Self::urls(), "--replicas".into(), "3".into()]);
+        args.extend(
+            ["bridge", "--replicas", "3", "--max-bytes", "536870912", "--max-age-secs", "3600", "--nats-url"]
+                .map(String::from),
+        );
+        args.push(Self::urls());
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         self.bridge = Some(self.spawn("a", "bridge.log", &a));
     }

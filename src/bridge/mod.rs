@@ -97,6 +97,18 @@ impl BridgeConfig {
     }
 }
 
+/// Logs to stderr at the configured level (`IB_STREAM_LOG_LEVEL`), for `bridge` and `mirror`.
+pub fn init_logging(settings: &Settings) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&settings.log_level)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
 /// `a,b , c` → `["a", "b", "c"]`.
 pub fn split_urls(s: &str) -> Vec<String> {
     s.split(',')
@@ -125,7 +137,13 @@ pub fn run(cfg: &BridgeConfig) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         let client = connect(&cfg.urls, "ib-stream bridge").await?;
-        let js = jetstream::new(client);
+        // Room for our own window of acknowledgements (the default 5 000 would block a
+        // larger --inflight forever: nobody polls the futures we hold), and a publish whose
+        // acknowledgement is lost fails after 3 s instead of 30, so a resync comes soon.
+        let js = jetstream::context::ContextBuilder::new()
+            .max_ack_inflight(cfg.inflight + 64)
+            .timeout(Duration::from_secs(3))
+            .build(client);
         let mut backoff = Duration::from_millis(100);
         loop {
             match session(cfg, &js).await {
