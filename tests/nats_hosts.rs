@@ -75,7 +75,13 @@ impl Drop for Hosts {
             let _ = sh(&["ip", "netns", "del", ns]);
         }
         if std::thread::panicking() {
-            for name in ["bridge.log", "mirror.log", "nats-a.log", "nats-b.log", "nats-c.log"] {
+            for name in [
+                "bridge.log",
+                "mirror.log",
+                "nats-a.log",
+                "nats-b.log",
+                "nats-c.log",
+            ] {
                 let log = fs::read_to_string(self.tmp.join(name)).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(25).collect();
                 eprintln!("---- {name} (last lines)");
@@ -145,8 +151,17 @@ impl Hosts {
             ])
             .unwrap();
             sh(&["ip", "-n", &sw, "link", "set", &peer, "master", "br0", "up"]).unwrap();
-            sh(&["ip", "-n", &ns, "addr", "add", &format!("{}/24", ip_of(i)), "dev", "eth0"])
-                .unwrap();
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", ip_of(i)),
+                "dev",
+                "eth0",
+            ])
+            .unwrap();
             sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]).unwrap();
             sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]).unwrap();
             let conf = format!(
@@ -184,7 +199,11 @@ impl Hosts {
     fn start_nats(&mut self, i: usize) {
         let n = NODES[i];
         let conf = self.tmp.join(format!("nats-{n}.conf"));
-        let c = self.spawn(n, &format!("nats-{n}.log"), &["nats-server", "-c", conf.to_str().unwrap()]);
+        let c = self.spawn(
+            n,
+            &format!("nats-{n}.log"),
+            &["nats-server", "-c", conf.to_str().unwrap()],
+        );
         self.nats[i] = Some(c);
     }
 
@@ -196,7 +215,10 @@ impl Hosts {
     }
 
     fn urls() -> String {
-        (0..3).map(|i| format!("nats://{}:4222", ip_of(i))).collect::<Vec<_>>().join(",")
+        (0..3)
+            .map(|i| format!("nats://{}:4222", ip_of(i)))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     fn ib_args(shm: &Path) -> Vec<String> {
@@ -214,8 +236,17 @@ impl Hosts {
     fn start_bridge(&mut self) {
         let mut args = Self::ib_args(&self.shm_a);
         args.extend(
-            ["bridge", "--replicas", "3", "--max-bytes", "536870912", "--max-age-secs", "3600", "--nats-url"]
-                .map(String::from),
+            [
+                "bridge",
+                "--replicas",
+                "3",
+                "--max-bytes",
+                "536870912",
+                "--max-age-secs",
+                "3600",
+                "--nats-url",
+            ]
+            .map(String::from),
         );
         args.push(Self::urls());
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -224,7 +255,13 @@ impl Hosts {
 
     fn start_mirror(&mut self) {
         let mut args = Self::ib_args(&self.shm_c);
-        args.extend(["mirror".into(), "--nats-url".into(), Self::urls(), "--name".into(), "hostc".into()]);
+        args.extend([
+            "mirror".into(),
+            "--nats-url".into(),
+            Self::urls(),
+            "--name".into(),
+            "hostc".into(),
+        ]);
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         self.mirror = Some(self.spawn("c", "mirror.log", &a));
     }
@@ -278,15 +315,22 @@ impl Engine {
     fn new_run(&mut self) {
         drop(self.ring.take()); // a clean stop
         let opts = ShmOptions::default();
-        let ring = RingWriter::create(&self.dir.join(RING_FILE_NAME), ENGINE_CAPACITY, &opts).unwrap();
+        let ring =
+            RingWriter::create(&self.dir.join(RING_FILE_NAME), ENGINE_CAPACITY, &opts).unwrap();
         let epoch = ring.info().epoch;
         self.strings = None;
         self.status = None;
         self.strings = Some(
-            StringTableWriter::create(&self.dir.join(STRINGS_FILE_NAME), epoch, &StringTableConfig::default(), &opts)
-                .unwrap(),
+            StringTableWriter::create(
+                &self.dir.join(STRINGS_FILE_NAME),
+                epoch,
+                &StringTableConfig::default(),
+                &opts,
+            )
+            .unwrap(),
         );
-        self.status = Some(StatusWriter::create(&self.dir.join(STATUS_FILE_NAME), epoch, &opts).unwrap());
+        self.status =
+            Some(StatusWriter::create(&self.dir.join(STATUS_FILE_NAME), epoch, &opts).unwrap());
         self.ring = Some(ring);
     }
 
@@ -294,7 +338,7 @@ impl Engine {
         self.n += 1;
         let n = self.n;
         let epoch = self.epoch();
-        let rec = if n % 3 == 0 {
+        let rec = if n.is_multiple_of(3) {
             let ex = self
                 .strings
                 .as_mut()
@@ -305,21 +349,34 @@ impl Engine {
                 false,
                 1000 + (n % 4) as u32,
                 n as i64,
-                Trade { price: n as i64 * 1000, size: 100, exchange_id: ex, conditions_id: 0 },
+                Trade {
+                    price: n as i64 * 1000,
+                    size: 100,
+                    exchange_id: ex,
+                    conditions_id: 0,
+                },
             )
         } else {
             Record::quote(
                 1000 + (n % 4) as u32,
                 n as i64,
-                Quote { bid_price: n as i64, ask_price: n as i64 + 1, bid_size: 1, ask_size: 2 },
+                Quote {
+                    bid_price: n as i64,
+                    ask_price: n as i64 + 1,
+                    bid_size: 1,
+                    ask_size: 2,
+                },
             )
         };
-        let mut rec = Record { ts_recv: n as i64, ..rec };
+        let mut rec = Record {
+            ts_recv: n as i64,
+            ..rec
+        };
         let w = self.ring.as_mut().unwrap();
         rec.seq = w.publish(&rec);
         w.heartbeat(ib_stream::ipc::shm::unix_time_ns());
         self.log.push((epoch, rec));
-        if n % 100 == 0 {
+        if n.is_multiple_of(100) {
             let mut snap = StatusSnapshot::new_boxed();
             snap.counters.records_published = n;
             self.status.as_mut().unwrap().publish(&snap, n as i64);
@@ -350,7 +407,12 @@ impl Ticker {
                 std::thread::sleep(every);
             }
         });
-        Ticker { engine, stop, paused, thread: Some(thread) }
+        Ticker {
+            engine,
+            stop,
+            paused,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -377,7 +439,10 @@ fn wait_caught_up(h: &Hosts, t: &Ticker, what: &str, limit: Duration) {
         {
             return;
         }
-        assert!(Instant::now() < deadline, "{what}: C's ring did not catch up with A's within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: C's ring did not catch up with A's within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -385,7 +450,12 @@ fn wait_caught_up(h: &Hosts, t: &Ticker, what: &str, limit: Duration) {
 /// C's ring against everything A published in `epoch`: each sequence up to A's last is the
 /// same record, or lies in a gap; returns the gap ranges.
 fn check_run(h: &Hosts, engine: &Engine, epoch: u64, what: &str) -> Vec<(u64, u64)> {
-    let a: Vec<&Record> = engine.log.iter().filter(|(e, _)| *e == epoch).map(|(_, r)| r).collect();
+    let a: Vec<&Record> = engine
+        .log
+        .iter()
+        .filter(|(e, _)| *e == epoch)
+        .map(|(_, r)| r)
+        .collect();
     let mut r = RingReader::open(&h.shm_c.join(RING_FILE_NAME), StartAt::Seq(1)).unwrap();
     assert_eq!(r.info().epoch, epoch, "{what}: C's ring is another run");
     let mut gaps: Vec<(u64, u64)> = Vec::new();
@@ -403,30 +473,49 @@ fn check_run(h: &Hosts, engine: &Engine, epoch: u64, what: &str) -> Vec<(u64, u6
                     let (first, last) = (x.body[1] as u64, x.body[2] as u64);
                     assert!(
                         gaps.last() == Some(&(first, last)) && (first..=last).contains(&x.seq),
-                        "{what}: filler {} outside its gap", x.seq
+                        "{what}: filler {} outside its gap",
+                        x.seq
                     );
                 } else {
-                    assert_eq!(&x, a[(expect - 1) as usize], "{what}: record {expect} differs");
+                    assert_eq!(
+                        &x,
+                        a[(expect - 1) as usize],
+                        "{what}: record {expect} differs"
+                    );
                 }
                 expect += 1;
             }
             ReadOutcome::Empty => panic!("{what}: C's ring ends at {} of {}", expect - 1, a.len()),
-            ReadOutcome::Lost { first_seq, last_seq, .. } => {
-                panic!("{what}: C's ring lost {first_seq}..={last_seq} (the mirror ring is large enough)")
+            ReadOutcome::Lost {
+                first_seq,
+                last_seq,
+                ..
+            } => {
+                panic!(
+                    "{what}: C's ring lost {first_seq}..={last_seq} (the mirror ring is large enough)"
+                )
             }
         }
     }
     // Strings: every id A interned means the same on C.
     let sa = StringTableReader::open(&engine.dir.join(STRINGS_FILE_NAME)).unwrap();
     let sc = StringTableReader::open(&h.shm_c.join(STRINGS_FILE_NAME)).unwrap();
-    assert!(sc.belongs_to(epoch), "{what}: C's strings belong to another run");
+    assert!(
+        sc.belongs_to(epoch),
+        "{what}: C's strings belong to another run"
+    );
     for id in 1..sa.len() {
         if let Some(c) = sc.get(id) {
             assert_eq!(Some(c), sa.get(id), "{what}: string {id} differs");
         }
     }
     // Everything that travelled before the last record is there, hence all but the newest few.
-    assert!(sc.len() + 2 >= sa.len(), "{what}: C has {} strings, A {}", sc.len(), sa.len());
+    assert!(
+        sc.len() + 2 >= sa.len(),
+        "{what}: C has {} strings, A {}",
+        sc.len(),
+        sa.len()
+    );
     gaps
 }
 
@@ -521,9 +610,15 @@ fn ring_across_hosts_survives_every_fault() {
         let gaps = check_run(&h, &e, epoch, "after the lap");
         assert_eq!(gaps.len(), 1, "one gap for one lap: {gaps:?}");
         let (first, last) = gaps[0];
-        assert_eq!(first, lap_from, "the gap starts at the first record the bridge missed");
+        assert_eq!(
+            first, lap_from,
+            "the gap starts at the first record the bridge missed"
+        );
         // At least what the ring overwrote (the burst was two rings long), never past it.
-        assert!(last >= lap_from + ENGINE_CAPACITY - 1 && last < lap_from + 2 * ENGINE_CAPACITY, "{gaps:?}");
+        assert!(
+            last >= lap_from + ENGINE_CAPACITY - 1 && last < lap_from + 2 * ENGINE_CAPACITY,
+            "{gaps:?}"
+        );
     }
     t.paused.store(false, Ordering::Relaxed);
 

@@ -684,6 +684,16 @@ impl RingWriter {
         self.next - 1
     }
 
+    /// Moves the next sequence forward to `seq` without writing the ones in between: for a
+    /// mirror whose source lost more than a ring's worth of records. Contract: the caller
+    /// then publishes at least `capacity` records (fillers) before anything else, so that
+    /// every slot holds a sequence at or after `seq` and a reader expecting a skipped one
+    /// finds it overwritten (a `Lost`), never a slot that stays "not yet" forever.
+    /// `seq` at or before the next sequence changes nothing.
+    pub fn skip_to(&mut self, seq: u64) {
+        self.next = self.next.max(seq);
+    }
+
     /// Becomes the writer of the existing ring at `path` again, without a new file or
     /// epoch: for a mirror that restarts (its ring must keep its epoch and sequences, and
     /// readers must go on reading the same file). Takes the writer lock
@@ -1500,7 +1510,13 @@ mod adopt_tests {
         let path = d.join(RING_FILE_NAME);
         let w = RingWriter::create_with_epoch(&path, 16, 0xfeed, &ShmOptions::default()).unwrap();
         assert_eq!(w.info().epoch, 0xfeed);
-        assert_eq!(RingReader::open(&path, StartAt::Oldest).unwrap().info().epoch, 0xfeed);
+        assert_eq!(
+            RingReader::open(&path, StartAt::Oldest)
+                .unwrap()
+                .info()
+                .epoch,
+            0xfeed
+        );
         drop(w);
         let e = RingWriter::create_with_epoch(&path, 16, 0, &ShmOptions::default()).unwrap_err();
         assert!(matches!(e, IpcError::InvalidConfig { .. }), "{e}");
@@ -1534,7 +1550,10 @@ mod adopt_tests {
             WriterStatus::Replaced | WriterStatus::Stopped | WriterStatus::Gone { .. }
         ));
         drop(w2);
-        assert_eq!(r.writer_status(unix_time_ns(), u64::MAX), WriterStatus::Stopped);
+        assert_eq!(
+            r.writer_status(unix_time_ns(), u64::MAX),
+            WriterStatus::Stopped
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 

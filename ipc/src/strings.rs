@@ -772,9 +772,17 @@ mod tests {
         drop(w);
         let mut w2 = StringTableWriter::adopt(&path, &ShmOptions::default()).unwrap();
         assert_eq!(w2.epoch(), 42);
-        assert_eq!(w2.intern(b"ARCA").unwrap(), 2, "a known string keeps its id");
+        assert_eq!(
+            w2.intern(b"ARCA").unwrap(),
+            2,
+            "a known string keeps its id"
+        );
         assert_eq!(w2.intern(b"ISLAND").unwrap(), 1);
-        assert_eq!(w2.intern(b"NYSE").unwrap(), 3, "new ids follow the old ones");
+        assert_eq!(
+            w2.intern(b"NYSE").unwrap(),
+            3,
+            "new ids follow the old ones"
+        );
         assert_eq!(w2.bytes_used(), 14);
         // The reader of the same file sees the new string: nothing was replaced.
         assert_eq!(r.get(3), Some(&b"NYSE"[..]));

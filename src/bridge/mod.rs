@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use ib_stream_ipc::{
-    FollowConfig, FollowEvent, Record, RingFollower, STATUS_FILE_NAME,
-    STRINGS_FILE_NAME, StartAt, StatusReader, StatusSnapshot, StringTableReader,
+    FollowConfig, FollowEvent, Record, RingFollower, STATUS_FILE_NAME, STRINGS_FILE_NAME, StartAt,
+    StatusReader, StatusSnapshot, StringTableReader,
 };
 use wire::{Body, Msg};
 use zerocopy::IntoBytes;
@@ -31,7 +31,11 @@ use crate::config::Settings;
 #[derive(Debug, Clone, clap::Args)]
 pub struct BridgeArgs {
     /// NATS server(s), comma separated.
-    #[arg(long, env = "IB_STREAM_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "IB_STREAM_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
     /// Replicas of the stream when the bridge creates it (1, or 3 on a cluster).
     #[arg(long, env = "IB_STREAM_NATS_REPLICAS", default_value_t = 1)]
@@ -181,7 +185,9 @@ pub async fn ensure_stream(
                 let mut c = info.config.clone();
                 c.max_age = config.max_age;
                 c.max_bytes = config.max_bytes;
-                js.update_stream(c).await.context("updating the stream's retention")?;
+                js.update_stream(c)
+                    .await
+                    .context("updating the stream's retention")?;
             }
             Ok(s)
         }
@@ -203,10 +209,7 @@ struct Resume {
     next_string: u32,
 }
 
-async fn resume_point(
-    stream: &mut jetstream::stream::Stream,
-    env: &str,
-) -> anyhow::Result<Resume> {
+async fn resume_point(stream: &mut jetstream::stream::Stream, env: &str) -> anyhow::Result<Resume> {
     let info = stream.info().await?.clone();
     let last = info.state.last_sequence;
     let mut ring = None;
@@ -342,14 +345,13 @@ impl SideFiles {
 
     /// The status snapshot when it changed and a second has passed since the last one sent.
     fn status_due(&mut self, now: Instant) -> Option<(u64, Vec<u8>)> {
-        if self.status_sent.is_some_and(|t| now - t < Duration::from_secs(1)) {
+        if self
+            .status_sent
+            .is_some_and(|t| now - t < Duration::from_secs(1))
+        {
             return None;
         }
-        if self
-            .status
-            .as_ref()
-            .is_none_or(|s| s.epoch() != self.epoch)
-        {
+        if self.status.as_ref().is_none_or(|s| s.epoch() != self.epoch) {
             self.status = StatusReader::open(&self.dir.join(STATUS_FILE_NAME))
                 .ok()
                 .filter(|s| s.epoch() == self.epoch);
@@ -412,7 +414,9 @@ async fn session(cfg: &BridgeConfig, js: &jetstream::Context) -> anyhow::Result<
                 .await?;
             tracing::info!(old = %format!("{old:016x}"), new = %format!("{epoch:016x}"), "bridge: a new run since the stream's last message");
         }
-        None => tracing::info!(epoch = %format!("{epoch:016x}"), "bridge: empty stream, starting at the ring's oldest record"),
+        None => {
+            tracing::info!(epoch = %format!("{epoch:016x}"), "bridge: empty stream, starting at the ring's oldest record")
+        }
     }
     let mut side = SideFiles::new(&cfg.shm_dir, epoch, next_string);
     let mut pos = match resume.ring {
@@ -442,8 +446,12 @@ async fn session(cfg: &BridgeConfig, js: &jetstream::Context) -> anyhow::Result<
                 pos,
                 body: Body::Record(*rec),
             };
-            p.msg(wire::record_subject(p.env(), rec), wire::msg_id(epoch, rec.seq), &m)
-                .await?;
+            p.msg(
+                wire::record_subject(p.env(), rec),
+                wire::msg_id(epoch, rec.seq),
+                &m,
+            )
+            .await?;
         }
         match batch.event {
             Some(FollowEvent::Lost {
@@ -451,7 +459,12 @@ async fn session(cfg: &BridgeConfig, js: &jetstream::Context) -> anyhow::Result<
                 last_seq,
                 count,
             }) => {
-                tracing::warn!(first_seq, last_seq, count, "bridge lapped by the ring: publishing the hole");
+                tracing::warn!(
+                    first_seq,
+                    last_seq,
+                    count,
+                    "bridge lapped by the ring: publishing the hole"
+                );
                 pos = last_seq;
                 let m = Msg {
                     epoch,
@@ -463,8 +476,12 @@ async fn session(cfg: &BridgeConfig, js: &jetstream::Context) -> anyhow::Result<
                         t1_ns: ib_stream_ipc::shm::unix_time_ns() as i64,
                     },
                 };
-                p.msg(wire::hole_subject(p.env()), wire::msg_id(epoch, first_seq), &m)
-                    .await?;
+                p.msg(
+                    wire::hole_subject(p.env()),
+                    wire::msg_id(epoch, first_seq),
+                    &m,
+                )
+                .await?;
             }
             Some(FollowEvent::WriterRestart(r)) => {
                 tracing::info!(old = %format!("{:016x}", r.old_epoch), new = %format!("{:016x}", r.new_epoch), clean = r.clean, "bridge: the engine restarted");
@@ -495,8 +512,12 @@ async fn session(cfg: &BridgeConfig, js: &jetstream::Context) -> anyhow::Result<
                     pos,
                     body: Body::Status(bytes),
                 };
-                p.msg(wire::status_subject(p.env()), format!("{epoch:016x}.t{g}"), &m)
-                    .await?;
+                p.msg(
+                    wire::status_subject(p.env()),
+                    format!("{epoch:016x}.t{g}"),
+                    &m,
+                )
+                .await?;
             }
             // Idle: settle every acknowledgement (an error surfaces now, not at the next
             // tick), then wait a little for the ring.

@@ -145,7 +145,8 @@ impl Applier {
             clean,
         } = msg.body
         {
-            self.clean_end = self.epoch() == Some(old_epoch) && clean && self.last_seq() == old_last_seq;
+            self.clean_end =
+                self.epoch() == Some(old_epoch) && clean && self.last_seq() == old_last_seq;
             return self.ensure_run(msg.epoch);
         }
         let applied = self.ensure_run(msg.epoch)?;
@@ -231,7 +232,12 @@ impl Applier {
         w.skip_to(start);
         self.stats.holes += 1;
         self.stats.hole_seqs += last - first + 1;
-        tracing::warn!(first, last, count = last - first + 1, "mirror: sequences never received, writing a gap");
+        tracing::warn!(
+            first,
+            last,
+            count = last - first + 1,
+            "mirror: sequences never received, writing a gap"
+        );
         let gap = Record {
             ts_recv: t1_ns,
             ts_event: UNDEF_I64,
@@ -267,7 +273,11 @@ impl Applier {
             }
             if id > have {
                 self.stats.strings_missing += (strings.len() - i) as u64;
-                tracing::warn!(id, have, "mirror: strings before this one never arrived; ids would differ, not interning");
+                tracing::warn!(
+                    id,
+                    have,
+                    "mirror: strings before this one never arrived; ids would differ, not interning"
+                );
                 return;
             }
             match t.intern(s) {
@@ -287,7 +297,10 @@ impl Applier {
 
     fn publish_status(&mut self, epoch: u64, bytes: &[u8], now_ns: i64) -> Result<(), ApplyError> {
         if bytes.len() != SNAPSHOT_SIZE {
-            tracing::warn!(len = bytes.len(), "mirror: status snapshot of another size ignored");
+            tracing::warn!(
+                len = bytes.len(),
+                "mirror: status snapshot of another size ignored"
+            );
             return Ok(());
         }
         let Ok(snap) = StatusSnapshot::read_from_bytes(bytes) else {
@@ -344,9 +357,11 @@ mod tests {
             match r.try_read() {
                 ReadOutcome::Record(x) => out.push((x.seq, x.kind, x.body)),
                 ReadOutcome::Empty => return out,
-                ReadOutcome::Lost { first_seq, last_seq, .. } => {
-                    out.push((first_seq, 0, [first_seq as i64, last_seq as i64, -1, -1]))
-                }
+                ReadOutcome::Lost {
+                    first_seq,
+                    last_seq,
+                    ..
+                } => out.push((first_seq, 0, [first_seq as i64, last_seq as i64, -1, -1])),
             }
         }
     }
@@ -361,8 +376,17 @@ mod tests {
         }
         assert_eq!(a.stats.duplicates, 2);
         let got = ring(&d);
-        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
-        assert_eq!(RingReader::open(&d.join(RING_FILE_NAME), StartAt::Newest).unwrap().info().epoch, 0xe1);
+        assert_eq!(
+            got.iter().map(|g| g.0).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!(
+            RingReader::open(&d.join(RING_FILE_NAME), StartAt::Newest)
+                .unwrap()
+                .info()
+                .epoch,
+            0xe1
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -376,7 +400,12 @@ mod tests {
             &Msg {
                 epoch: 0xe1,
                 pos: 9,
-                body: Body::Hole { first: 6, last: 9, t0_ns: 5, t1_ns: 6 },
+                body: Body::Hole {
+                    first: 6,
+                    last: 9,
+                    t0_ns: 5,
+                    t1_ns: 6,
+                },
             },
             0,
         )
@@ -389,7 +418,18 @@ mod tests {
         let kinds: Vec<(u64, u8)> = got.iter().map(|g| (g.0, g.1)).collect();
         assert_eq!(
             kinds,
-            vec![(1, mid), (2, gap), (3, hb), (4, hb), (5, mid), (6, gap), (7, hb), (8, hb), (9, hb), (10, mid)]
+            vec![
+                (1, mid),
+                (2, gap),
+                (3, hb),
+                (4, hb),
+                (5, mid),
+                (6, gap),
+                (7, hb),
+                (8, hb),
+                (9, hb),
+                (10, mid)
+            ]
         );
         assert_eq!(got[1].2, [2, 4, 1, 99]);
         assert_eq!(got[5].2, [6, 9, 5, 6]);
@@ -408,7 +448,11 @@ mod tests {
         // The reader that waited at 2 is told it lost what the ring cannot hold, then reads
         // the gap record (the range 2..=1000), the fillers and the record.
         match r.try_read() {
-            ReadOutcome::Lost { first_seq: 2, last_seq, .. } => assert!(last_seq >= 985),
+            ReadOutcome::Lost {
+                first_seq: 2,
+                last_seq,
+                ..
+            } => assert!(last_seq >= 985),
             other => panic!("{other:?}"),
         }
         let mut seen = Vec::new();
@@ -428,15 +472,25 @@ mod tests {
         let d = tmpdir();
         let mut a = Applier::open(&d, 64, &ShmOptions::default()).unwrap();
         a.apply(&rec(4), 0).unwrap();
-        assert_eq!(ring(&d).iter().map(|g| g.1).collect::<Vec<_>>()[0], RecordKind::Gap as u8);
+        assert_eq!(
+            ring(&d).iter().map(|g| g.1).collect::<Vec<_>>()[0],
+            RecordKind::Gap as u8
+        );
         let old = RingReader::open(&d.join(RING_FILE_NAME), StartAt::Newest).unwrap();
         let run = Msg {
             epoch: 0xe2,
             pos: 0,
-            body: Body::Run { old_epoch: 0xe1, old_last_seq: 4, clean: true },
+            body: Body::Run {
+                old_epoch: 0xe1,
+                old_last_seq: 4,
+                clean: true,
+            },
         };
         assert_eq!(a.apply(&run, 0).unwrap(), Applied::NewRun);
-        assert!(old.writer_stopped(), "a clean end with every record here is a clean stop");
+        assert!(
+            old.writer_stopped(),
+            "a clean end with every record here is a clean stop"
+        );
         let mut m = rec(1);
         m.epoch = 0xe2;
         a.apply(&m, 0).unwrap();
@@ -453,7 +507,10 @@ mod tests {
         let s = Msg {
             epoch: 0xe1,
             pos: 1,
-            body: Body::Strings { first_id: 1, strings: vec![b"ISLAND".to_vec(), b"ARCA".to_vec()] },
+            body: Body::Strings {
+                first_id: 1,
+                strings: vec![b"ISLAND".to_vec(), b"ARCA".to_vec()],
+            },
         };
         a.apply(&s, 0).unwrap();
         drop(a);
@@ -463,7 +520,10 @@ mod tests {
         let s3 = Msg {
             epoch: 0xe1,
             pos: 1,
-            body: Body::Strings { first_id: 3, strings: vec![b"NYSE".to_vec()] },
+            body: Body::Strings {
+                first_id: 3,
+                strings: vec![b"NYSE".to_vec()],
+            },
         };
         assert_eq!(b.apply(&s3, 0).unwrap(), Applied::Done);
         b.apply(&rec(1), 0).unwrap();

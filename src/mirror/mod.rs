@@ -33,7 +33,11 @@ pub const STATE_FILE_NAME: &str = "mirror.state";
 #[derive(Debug, Clone, clap::Args)]
 pub struct MirrorArgs {
     /// NATS server(s), comma separated.
-    #[arg(long, env = "IB_STREAM_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "IB_STREAM_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
     /// The durable consumer's name (one per mirror host).
     #[arg(long, env = "IB_STREAM_MIRROR_NAME", default_value = "mirror")]
@@ -65,8 +69,15 @@ impl MirrorConfig {
             .stream_env
             .clone()
             .unwrap_or_else(|| settings.environment.name().to_owned());
-        anyhow::ensure!(wire::valid_env(&env), "stream environment `{env}` must be letters, digits, `_` or `-`");
-        anyhow::ensure!(wire::valid_env(&a.name), "mirror name `{}` must be letters, digits, `_` or `-`", a.name);
+        anyhow::ensure!(
+            wire::valid_env(&env),
+            "stream environment `{env}` must be letters, digits, `_` or `-`"
+        );
+        anyhow::ensure!(
+            wire::valid_env(&a.name),
+            "mirror name `{}` must be letters, digits, `_` or `-`",
+            a.name
+        );
         Ok(MirrorConfig {
             urls: bridge::split_urls(&a.nats_url),
             env,
@@ -168,7 +179,10 @@ async fn session(
         let now_ns = ib_stream_ipc::shm::unix_time_ns();
         match next {
             Ok(Some(Ok(m))) => {
-                let seq = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+                let seq = m
+                    .info()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .stream_sequence;
                 if seq > *applied {
                     match wire::decode(&m.payload) {
                         Ok(msg) => {
@@ -177,7 +191,9 @@ async fn session(
                                 write_state(&cfg.shm_dir, msg.epoch, seq)?;
                             }
                         }
-                        Err(e) => tracing::warn!(seq, error = %e, "mirror: undecodable message skipped"),
+                        Err(e) => {
+                            tracing::warn!(seq, error = %e, "mirror: undecodable message skipped")
+                        }
                     }
                     *applied = seq;
                 }
@@ -188,7 +204,9 @@ async fn session(
             Ok(None) => return Err(anyhow::anyhow!("consumer ended")),
             Err(_) => {}
         }
-        if since_ack >= 1024 || (pending.is_some() && last_ack.elapsed() >= Duration::from_millis(20)) {
+        if since_ack >= 1024
+            || (pending.is_some() && last_ack.elapsed() >= Duration::from_millis(20))
+        {
             if let Some(epoch) = applier.epoch() {
                 write_state(&cfg.shm_dir, epoch, *applied)?;
             }

@@ -71,8 +71,14 @@ mod tests {
         assert_eq!(same.children, children);
         apply(&mut plan, Role::Mirror);
         let kinds: Vec<ChildKind> = plan.children.iter().map(|c| c.kind).collect();
-        assert_eq!(kinds, vec![ChildKind::Mirror, ChildKind::Recorder, ChildKind::Serve]);
-        assert_eq!(plan.children[0].args, vec!["mirror", "--env", "development"]);
+        assert_eq!(
+            kinds,
+            vec![ChildKind::Mirror, ChildKind::Recorder, ChildKind::Serve]
+        );
+        assert_eq!(
+            plan.children[0].args,
+            vec!["mirror", "--env", "development"]
+        );
         assert!(!plan.simulate && plan.sim_port.is_none());
     }
 }
