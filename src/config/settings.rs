@@ -797,7 +797,7 @@ pub struct ConfigSources {
 
 /// `IB_STREAM_*` variables that are not settings but a subcommand's own options, read by its
 /// command line (`env = ...`): known, so never reported as ignored.
-pub const COMMAND_ENV_VARS: &[&str] = &[
+const COMMAND_ENV_VARS: &[&str] = &[
     "IB_STREAM_ROLE",
     "IB_STREAM_NATS_URL",
     "IB_STREAM_NATS_ENV",
