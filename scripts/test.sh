@@ -11,6 +11,9 @@ echo "== clippy (warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p ib-stream-ipc --all-targets --features loom --locked -- -D warnings
 
+echo "== nats-server (Debian's package) for the cross-host tests (tests/nats_hosts.rs)"
+scripts/install-nats.sh
+
 echo "== tests"
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

@@ -2,8 +2,10 @@
 //! ring, and from there to disk, the web and strategy processes.
 #![deny(unsafe_code)]
 
+pub mod bridge;
 pub mod config;
 pub mod engine;
+pub mod mirror;
 pub mod recorder;
 pub mod report;
 pub mod serve;

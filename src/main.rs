@@ -56,6 +56,10 @@ enum Command {
     Status(ib_stream::up::status::StatusArgs),
     /// Inspect, check, export and import recorded history.
     Storage(ib_stream::storage::cli::StorageArgs),
+    /// Republish the ring on a NATS JetStream stream (engine host).
+    Bridge(ib_stream::bridge::BridgeArgs),
+    /// Rebuild the engine host's ring here from its JetStream stream.
+    Mirror(ib_stream::mirror::MirrorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,6 +198,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             let loaded = load(&cli.global)?;
             ib_stream::serve::run_blocking(&loaded.settings, &args)?;
+        }
+        Command::Bridge(args) => {
+            let loaded = load(&cli.global)?;
+            ib_stream::bridge::init_logging(&loaded.settings);
+            ib_stream::bridge::run(&ib_stream::bridge::BridgeConfig::from_args(
+                &loaded.settings,
+                &args,
+            )?)?;
+        }
+        Command::Mirror(args) => {
+            let loaded = load(&cli.global)?;
+            ib_stream::bridge::init_logging(&loaded.settings);
+            ib_stream::mirror::run(&ib_stream::mirror::MirrorConfig::from_args(
+                &loaded.settings,
+                &args,
+            )?)?;
         }
         Command::Up(args) => ib_stream::up::run(&up_flags(&cli.global), &args)?,
         Command::Status(args) => ib_stream::up::status::run(&up_flags(&cli.global), &args)?,

@@ -523,6 +523,18 @@ fn atomic_u64_at(region: &ShmRegion, offset: usize) -> &AtomicU64 {
     unsafe { &*p }
 }
 
+fn atomic_u32_at(region: &ShmRegion, offset: usize) -> &AtomicU32 {
+    debug_assert!(
+        offset + 4 <= offsets::SLOTS && offset.is_multiple_of(4),
+        "header offset out of range"
+    );
+    let p = region.as_ptr().wrapping_add(offset).cast::<AtomicU32>();
+    // SAFETY: as for `atomic_u64_at`: a 4-aligned header constant inside the validated
+    // 4096-byte header of a page-aligned region, only ever accessed atomically; lives as
+    // long as `region`.
+    unsafe { &*p }
+}
+
 fn load_u64(base: *mut u8, offset: usize) -> u64 {
     let p = base.wrapping_add(offset).cast::<AtomicU64>();
     // SAFETY: callers pass offsets inside the checked length of a page-aligned region;
@@ -586,9 +598,27 @@ impl RingWriter {
     /// [`IpcError::WriterPresent`]), then creates a new ring file of `capacity` slots with a
     /// new epoch and renames it over any old one.
     pub fn create(path: &Path, capacity: u64, opts: &ShmOptions) -> Result<RingWriter, IpcError> {
+        Self::create_with_epoch(path, capacity, random_u64(), opts)
+    }
+
+    /// Like [`RingWriter::create`], but the new ring carries `epoch` instead of a random
+    /// one: a mirror (`ib-stream mirror`) rebuilds another host's ring under that ring's own
+    /// epoch, so ids and checkpoints keyed by `(epoch, seq)` mean the same on both hosts.
+    /// Epoch 0 is refused ([`IpcError::InvalidConfig`]): it means "no epoch" to readers.
+    pub fn create_with_epoch(
+        path: &Path,
+        capacity: u64,
+        epoch: u64,
+        opts: &ShmOptions,
+    ) -> Result<RingWriter, IpcError> {
         let len = check_capacity(path, capacity)?;
+        if epoch == 0 {
+            return Err(IpcError::InvalidConfig {
+                path: path.to_path_buf(),
+                what: "a ring epoch must not be 0".into(),
+            });
+        }
         let lock = WriterLock::acquire(path, opts)?;
-        let epoch = random_u64();
         let now = unix_time_ns();
         let region = ShmRegion::create(path, len, opts, |b| {
             write_header(b, capacity, epoch, now, len);
@@ -652,6 +682,57 @@ impl RingWriter {
     /// The last sequence published (0 before the first).
     pub fn last_seq(&self) -> u64 {
         self.next - 1
+    }
+
+    /// Moves the next sequence forward to `seq` without writing the ones in between: for a
+    /// mirror whose source lost more than a ring's worth of records. Contract: the caller
+    /// then publishes at least `capacity` records (fillers) before anything else, so that
+    /// every slot holds a sequence at or after `seq` and a reader expecting a skipped one
+    /// finds it overwritten (a `Lost`), never a slot that stays "not yet" forever.
+    /// `seq` at or before the next sequence changes nothing.
+    pub fn skip_to(&mut self, seq: u64) {
+        self.next = self.next.max(seq);
+    }
+
+    /// Becomes the writer of the existing ring at `path` again, without a new file or
+    /// epoch: for a mirror that restarts (its ring must keep its epoch and sequences, and
+    /// readers must go on reading the same file). Takes the writer lock
+    /// ([`IpcError::WriterPresent`] while another writer lives), maps the file writable,
+    /// stores this process's pid (readers' [`RingReader::writer_status`] reads it live),
+    /// marks the ring running and continues after the last complete record: `head`, or
+    /// further when the previous writer died in the middle of a batch after completing
+    /// records it had not yet counted in `head` (readers may already have read those, so
+    /// they are kept, never rewritten).
+    pub fn adopt(path: &Path, opts: &ShmOptions) -> Result<RingWriter, IpcError> {
+        let lock = WriterLock::acquire(path, opts)?;
+        let region = ShmRegion::open(path, true)?;
+        let mut mem = RingMem::validate(region, path)?;
+        let capacity = mem.info.capacity;
+        let mut next = mem.head().load(Ordering::Acquire) + 1;
+        let first = next;
+        while next - first < capacity {
+            let slot = &mem.slots()[((next - 1) & (capacity - 1)) as usize];
+            if slot[0].load(Ordering::Acquire) != next {
+                break;
+            }
+            next += 1;
+        }
+        if next != first {
+            mem.head().store(next - 1, Ordering::Release);
+        }
+        let pid = std::process::id();
+        atomic_u32_at(&mem.region, offsets::PID).store(pid, Ordering::Release);
+        mem.info.pid = pid;
+        mem.word(offsets::HEARTBEAT_NS)
+            .store(unix_time_ns(), Ordering::Release);
+        mem.word(offsets::STATE)
+            .store(WRITER_RUNNING, Ordering::Release);
+        Ok(RingWriter {
+            mem,
+            next,
+            _lock: Some(lock),
+            abandoned: false,
+        })
     }
 
     /// This writer's epoch and the other fixed header fields.
@@ -935,10 +1016,11 @@ impl RingReader {
         if self.mem.word(offsets::STATE).load(Ordering::Acquire) == WRITER_STOPPED {
             return WriterStatus::Stopped;
         }
-        if process_alive(self.mem.info.pid) == Some(false) {
-            return WriterStatus::Gone {
-                pid: self.mem.info.pid,
-            };
+        // Read live, not from `info`: an adopting writer (a restarted mirror) stores its
+        // own pid into the same file.
+        let pid = atomic_u32_at(&self.mem.region, offsets::PID).load(Ordering::Acquire);
+        if process_alive(pid) == Some(false) {
+            return WriterStatus::Gone { pid };
         }
         let age = now_ns.saturating_sub(self.heartbeat_ns());
         if age > stale_after_ns {
@@ -1381,5 +1463,144 @@ mod tests {
             }
             prop_assert_eq!(r.next_seq(), expected);
         }
+    }
+}
+
+/// A mirror's writer: a ring under a given epoch, and a restarted writer adopting its ring.
+#[cfg(test)]
+mod adopt_tests {
+    use super::*;
+    use crate::record::RecordKind;
+    use std::sync::atomic::AtomicU64 as Counter;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        static N: Counter = Counter::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "ipc-adopt-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn rec(i: u64) -> Record {
+        Record {
+            instrument_id: 9,
+            ts_recv: i as i64,
+            body: [i as i64, 0, 0, 0],
+            ..Record::new(RecordKind::TbtMidPoint)
+        }
+    }
+
+    fn read_all(r: &mut RingReader) -> Vec<u64> {
+        let mut out = Vec::new();
+        loop {
+            match r.try_read() {
+                ReadOutcome::Record(x) => out.push(x.seq),
+                ReadOutcome::Empty => return out,
+                ReadOutcome::Lost { .. } => panic!("unexpected lap"),
+            }
+        }
+    }
+
+    #[test]
+    fn create_with_epoch_keeps_the_given_epoch_and_refuses_zero() {
+        let d = tmpdir("epoch");
+        let path = d.join(RING_FILE_NAME);
+        let w = RingWriter::create_with_epoch(&path, 16, 0xfeed, &ShmOptions::default()).unwrap();
+        assert_eq!(w.info().epoch, 0xfeed);
+        assert_eq!(
+            RingReader::open(&path, StartAt::Oldest)
+                .unwrap()
+                .info()
+                .epoch,
+            0xfeed
+        );
+        drop(w);
+        let e = RingWriter::create_with_epoch(&path, 16, 0, &ShmOptions::default()).unwrap_err();
+        assert!(matches!(e, IpcError::InvalidConfig { .. }), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn adopt_continues_the_same_file_epoch_and_sequences() {
+        let d = tmpdir("continue");
+        let path = d.join(RING_FILE_NAME);
+        let mut w = RingWriter::create_with_epoch(&path, 16, 77, &ShmOptions::default()).unwrap();
+        for i in 1..=5 {
+            w.publish(&rec(i));
+        }
+        let mut r = RingReader::open(&path, StartAt::Oldest).unwrap();
+        assert_eq!(read_all(&mut r), vec![1, 2, 3, 4, 5]);
+        // A second writer is refused while the first lives.
+        assert!(matches!(
+            RingWriter::adopt(&path, &ShmOptions::default()),
+            Err(IpcError::WriterPresent { .. })
+        ));
+        w.abandon();
+        let mut w2 = RingWriter::adopt(&path, &ShmOptions::default()).unwrap();
+        assert_eq!(w2.info().epoch, 77);
+        assert_eq!(w2.last_seq(), 5);
+        assert_eq!(w2.publish(&rec(6)), 6);
+        // The reader of the old mapping goes on: same file, nothing replaced, nothing lost.
+        assert_eq!(read_all(&mut r), vec![6]);
+        assert!(!matches!(
+            r.writer_status(unix_time_ns(), u64::MAX),
+            WriterStatus::Replaced | WriterStatus::Stopped | WriterStatus::Gone { .. }
+        ));
+        drop(w2);
+        assert_eq!(
+            r.writer_status(unix_time_ns(), u64::MAX),
+            WriterStatus::Stopped
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn adopt_keeps_records_completed_after_head() {
+        let d = tmpdir("midbatch");
+        let path = d.join(RING_FILE_NAME);
+        let mut w = RingWriter::create_with_epoch(&path, 16, 5, &ShmOptions::default()).unwrap();
+        w.publish_batch(&[rec(1), rec(2), rec(3), rec(4)]);
+        // As if the writer died inside a batch: 3 and 4 complete, head still at 2, 5 half written.
+        w.mem.head().store(2, Ordering::Release);
+        w.mem.slots()[4][0].store(5 | WRITING_BIT, Ordering::Release);
+        w.abandon();
+        let mut r = RingReader::open(&path, StartAt::Oldest).unwrap();
+        let mut w2 = RingWriter::adopt(&path, &ShmOptions::default()).unwrap();
+        assert_eq!(w2.last_seq(), 4, "complete records past head are kept");
+        assert_eq!(r.head(), 4);
+        assert_eq!(w2.publish(&rec(5)), 5);
+        assert_eq!(read_all(&mut r), vec![1, 2, 3, 4, 5]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn writer_status_reads_the_adopting_writers_pid() {
+        let d = tmpdir("pid");
+        let path = d.join(RING_FILE_NAME);
+        let w = RingWriter::create_with_epoch(&path, 16, 3, &ShmOptions::default()).unwrap();
+        // A pid that is certainly gone: a child that has exited and been reaped.
+        let dead = {
+            let mut c = std::process::Command::new("true").spawn().unwrap();
+            let pid = c.id();
+            c.wait().unwrap();
+            pid
+        };
+        atomic_u32_at(&w.mem.region, offsets::PID).store(dead, Ordering::Release);
+        w.abandon();
+        let r = RingReader::open(&path, StartAt::Newest).unwrap();
+        assert_eq!(
+            r.writer_status(unix_time_ns(), u64::MAX),
+            WriterStatus::Gone { pid: dead }
+        );
+        let _w2 = RingWriter::adopt(&path, &ShmOptions::default()).unwrap();
+        // The reader opened while the old pid was in the header sees the new writer alive.
+        assert!(matches!(
+            r.writer_status(unix_time_ns(), u64::MAX),
+            WriterStatus::Alive { .. }
+        ));
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

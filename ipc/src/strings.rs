@@ -460,6 +460,50 @@ impl StringTableWriter {
         Ok(Self::with_region(region, layout, index, Some(lock)))
     }
 
+    /// Becomes the writer of the existing table at `path` again (same file, same epoch,
+    /// same ids): for a mirror that restarts while readers keep the table mapped. Takes the
+    /// path's [`WriterLock`] ([`IpcError::WriterPresent`] while another writer lives),
+    /// checks the header as a reader does and rebuilds the private lookup index from the
+    /// published entries, so interning a string already there returns its old id.
+    pub fn adopt(path: &Path, opts: &ShmOptions) -> Result<StringTableWriter, IpcError> {
+        let lock = WriterLock::acquire(path, opts)?;
+        let region = ShmRegion::open(path, true)?;
+        let layout = Layout::read(&region)?;
+        let cfg = StringTableConfig {
+            max_entries: layout.header.max_entries,
+            max_bytes: layout.header.bytes_capacity as u32,
+            max_len: layout.header.max_len,
+        };
+        let index = new_index(&cfg, path)?;
+        let mut w = Self::with_region(region, layout, index, Some(lock));
+        let count = w.table.count().load(Ordering::Acquire);
+        let corrupt = |what: String| IpcError::Corrupt {
+            path: path.to_path_buf(),
+            what,
+        };
+        if count == 0 || count > u64::from(cfg.max_entries) {
+            return Err(corrupt(format!("published count {count} out of range")));
+        }
+        let mut used = 0u64;
+        for id in 1..count as u32 {
+            let entry = w.table.entry(id).load(Ordering::Relaxed);
+            let Some(bytes) = w.table.bytes_of(entry) else {
+                return Err(corrupt(format!("entry {id} lies outside the byte area")));
+            };
+            used = used.max(unpack_entry(entry).0 as u64 + bytes.len() as u64);
+            let tag = hash_bytes(bytes) >> 32;
+            let mut slot = hash_bytes(bytes) as usize & w.mask;
+            while w.index[slot] != 0 {
+                slot = (slot + 1) & w.mask;
+            }
+            w.index[slot] = (tag << 32) | u64::from(id);
+        }
+        w.count = count as u32;
+        w.bytes_used = used;
+        w.table.bytes_used().store(used, Ordering::Relaxed);
+        Ok(w)
+    }
+
     /// A table in process memory, for tests and single-process use; readers come from
     /// [`StringTableWriter::reader`].
     pub fn heap(epoch: u64, cfg: &StringTableConfig) -> Result<StringTableWriter, IpcError> {
@@ -710,6 +754,40 @@ mod tests {
         ));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn adopt_keeps_ids_and_continues_after_them() {
+        let d = tmpdir("adopt");
+        let path = d.join(STRINGS_FILE_NAME);
+        let cfg = small(16, 256, 32);
+        let mut w = StringTableWriter::create(&path, 42, &cfg, &ShmOptions::default()).unwrap();
+        assert_eq!(w.intern(b"ISLAND").unwrap(), 1);
+        assert_eq!(w.intern(b"ARCA").unwrap(), 2);
+        let r = StringTableReader::open(&path).unwrap();
+        assert!(matches!(
+            StringTableWriter::adopt(&path, &ShmOptions::default()),
+            Err(IpcError::WriterPresent { .. })
+        ));
+        drop(w);
+        let mut w2 = StringTableWriter::adopt(&path, &ShmOptions::default()).unwrap();
+        assert_eq!(w2.epoch(), 42);
+        assert_eq!(
+            w2.intern(b"ARCA").unwrap(),
+            2,
+            "a known string keeps its id"
+        );
+        assert_eq!(w2.intern(b"ISLAND").unwrap(), 1);
+        assert_eq!(
+            w2.intern(b"NYSE").unwrap(),
+            3,
+            "new ids follow the old ones"
+        );
+        assert_eq!(w2.bytes_used(), 14);
+        // The reader of the same file sees the new string: nothing was replaced.
+        assert_eq!(r.get(3), Some(&b"NYSE"[..]));
+        assert!(!r.replaced());
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

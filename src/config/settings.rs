@@ -896,6 +896,19 @@ pub struct ConfigSources {
     pub flags: Vec<(String, String, String)>,
 }
 
+/// `IB_STREAM_*` variables that are not settings but a subcommand's own options, read by its
+/// command line (`env = ...`): known, so never reported as ignored.
+const COMMAND_ENV_VARS: &[&str] = &[
+    "IB_STREAM_ROLE",
+    "IB_STREAM_NATS_URL",
+    "IB_STREAM_NATS_ENV",
+    "IB_STREAM_NATS_REPLICAS",
+    "IB_STREAM_NATS_MAX_AGE_SECS",
+    "IB_STREAM_NATS_MAX_BYTES",
+    "IB_STREAM_NATS_INFLIGHT",
+    "IB_STREAM_MIRROR_NAME",
+];
+
 /// Settings with the source of every value, and the variables that were ignored.
 #[derive(Clone, Debug)]
 pub struct Loaded {
@@ -970,7 +983,11 @@ pub fn load(src: &ConfigSources) -> Result<Loaded, ConfigError> {
                 Source::EnvVar(name.clone()),
                 k.key == name,
             )),
-            None if name.starts_with("IB_STREAM_") => ignored_env.push(name.clone()),
+            None if name.starts_with("IB_STREAM_")
+                && !COMMAND_ENV_VARS.contains(&name.as_str()) =>
+            {
+                ignored_env.push(name.clone())
+            }
             None => {}
         }
     }
@@ -1072,7 +1089,8 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 fn check_role(s: &Settings) -> Result<(), ConfigError> {
     let role = s.role;
     let bad = |what: String| Err(ConfigError::Inconsistent(what));
-    if role == Role::Recording {
+    // A mirror's upstream is on another host; its directories here are its own.
+    if matches!(role, Role::Recording | Role::Mirror) {
         return Ok(());
     }
     if same_dir(&s.storage_path, &s.upstream_storage_path) {
@@ -1275,6 +1293,20 @@ mod tests {
             .unwrap_or_else(|e| panic!("{good}: {e}"));
             assert_eq!(l.settings.log_level, good);
         }
+    }
+
+    #[test]
+    fn a_subcommands_own_variables_are_not_reported_as_ignored() {
+        let loaded = load(&ConfigSources {
+            env_vars: vars(&[
+                ("IB_STREAM_NATS_URL", "nats://n1:4222"),
+                ("IB_STREAM_ROLE", "mirror"),
+                ("IB_STREAM_MIRROR_NAME", "web1"),
+            ]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(loaded.warnings(), Vec::<String>::new());
     }
 
     #[test]

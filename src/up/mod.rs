@@ -36,8 +36,9 @@ pub use plan::{GlobalFlags, PlanError};
 /// Options of `ib-stream up`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct UpArgs {
-    /// What this environment runs (sets IB_STREAM_ROLE): recording, passthrough, isolated or
-    /// migration (docs/OPERATIONS.md, "Development modes").
+    /// What this environment runs (sets IB_STREAM_ROLE): recording, passthrough, isolated,
+    /// migration (docs/OPERATIONS.md, "Development modes") or mirror (another host's ring
+    /// through NATS JetStream, no IB here; `ib-stream mirror`'s IB_STREAM_NATS_* settings apply).
     #[arg(long, value_parser = role::Role::parse)]
     pub role: Option<role::Role>,
     /// Run the simulated gateway (tws-sim) and point the engine at it. The default when no
@@ -400,7 +401,7 @@ pub fn run(flags: &GlobalFlags, args: &UpArgs) -> Result<(), UpError> {
 /// live even though IB is not connected yet, so the web server can report what is wrong.
 fn gate_open(s: &Slot, plan: &Plan) -> bool {
     s.ready
-        || (s.spec.kind == ChildKind::Engine
+        || (matches!(s.spec.kind, ChildKind::Engine | ChildKind::Mirror)
             && s.running
                 .as_ref()
                 .is_some_and(|r| ready::engine_ring_live(r.pid, plan)))

@@ -20,6 +20,8 @@ pub enum ChildKind {
     Recorder,
     /// The web server.
     Serve,
+    /// The mirror (the ring rebuilt from NATS JetStream; `up --role mirror`).
+    Mirror,
 }
 
 impl ChildKind {
@@ -30,6 +32,7 @@ impl ChildKind {
             ChildKind::Engine => "engine",
             ChildKind::Recorder => "recorder",
             ChildKind::Serve => "serve",
+            ChildKind::Mirror => "mirror",
         }
     }
 }
@@ -223,6 +226,7 @@ pub fn make_plan(
             ChildKind::Engine => "engine",
             ChildKind::Recorder => "record",
             ChildKind::Serve => "serve",
+            ChildKind::Mirror => "mirror",
             // The simulator is not an `ib-stream` subcommand; it was added above.
             ChildKind::Sim => continue,
         };

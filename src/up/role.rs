@@ -8,6 +8,7 @@
 //! | isolated | own engine | own | own | own | own | own storage, refusing an upstream path |
 //! | passthrough | none | none | own | upstream's, read-only | upstream's, read-only | nothing upstream |
 //! | migration | none | own, from upstream's ring | own | upstream's, read-only | upstream's, read-only | own storage |
+//! | mirror | none (the ring is rebuilt from NATS JetStream by `ib-stream mirror`) | own | own | own | own | own ring and storage |
 //!
 //! "Upstream" is production unless `IB_STREAM_UPSTREAM_SHM_DIR` / `IB_STREAM_UPSTREAM_STORAGE_PATH`
 //! say otherwise.
@@ -30,15 +31,19 @@ pub enum Role {
     /// A new version reading the upstream ring and storage read-only and recording into its
     /// own storage.
     Migration,
+    /// Another host's ring rebuilt here from NATS JetStream (`ib-stream mirror`), with its own
+    /// recorder and web server; no IB on this host.
+    Mirror,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 4] = [
+    pub const ALL: [Role; 5] = [
         Role::Recording,
         Role::Passthrough,
         Role::Isolated,
         Role::Migration,
+        Role::Mirror,
     ];
 
     /// The name used in settings and flags.
@@ -48,6 +53,7 @@ impl Role {
             Role::Passthrough => "passthrough",
             Role::Isolated => "isolated",
             Role::Migration => "migration",
+            Role::Mirror => "mirror",
         }
     }
 
@@ -86,6 +92,10 @@ impl Role {
             Role::Recording | Role::Isolated => vec![ChildKind::Engine, ChildKind::Serve],
             Role::Passthrough => vec![ChildKind::Serve],
             Role::Migration => vec![ChildKind::Recorder, ChildKind::Serve],
+            Role::Mirror if enable_storage => {
+                vec![ChildKind::Mirror, ChildKind::Recorder, ChildKind::Serve]
+            }
+            Role::Mirror => vec![ChildKind::Mirror, ChildKind::Serve],
         }
     }
 }
@@ -118,7 +128,7 @@ mod tests {
         }
         let err = Role::parse("mirrror").unwrap_err();
         assert!(
-            err.contains("recording, passthrough, isolated, migration"),
+            err.contains("recording, passthrough, isolated, migration, mirror"),
             "{err}"
         );
     }
@@ -143,6 +153,11 @@ mod tests {
             Role::Migration.children(false),
             vec![ChildKind::Recorder, ChildKind::Serve],
             "migration always writes its own storage (config refuses storage off)"
+        );
+        assert_eq!(
+            Role::Mirror.children(true),
+            vec![ChildKind::Mirror, ChildKind::Recorder, ChildKind::Serve],
+            "a mirror writes its own ring in place of an engine"
         );
     }
 }

@@ -1,0 +1,528 @@
+//! `ib-stream bridge`: the engine host's ring, republished on a NATS JetStream stream.
+//!
+//! A [`RingFollower`] reads the ring; every record goes to the stream as one message on
+//! `ib.<env>.<conId>.<kind>` carrying the run (ring epoch) and sequence ([`wire`]). A lap
+//! becomes a hole message with the exact range, a writer restart a run message, new
+//! strings and status snapshots travel on their own subjects. Publishes are pipelined
+//! (up to `inflight` unacknowledged) and each one names the stream sequence it must follow
+//! (`Nats-Expected-Last-Sequence`), so the stream can never hold a message after one that
+//! was lost: the first failed publish fails every later one, and the bridge then reads the
+//! stream's last message and starts again right after it (the same path as a restart).
+//! `Nats-Msg-Id` (run and sequence) makes a republished record a duplicate the server drops.
+
+pub mod wire;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use ib_stream_ipc::{
+    FollowConfig, FollowEvent, Record, RingFollower, STATUS_FILE_NAME, STRINGS_FILE_NAME, StartAt,
+    StatusReader, StatusSnapshot, StringTableReader,
+};
+use wire::{Body, Msg};
+use zerocopy::IntoBytes;
+
+use crate::config::Settings;
+
+/// `ib-stream bridge` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BridgeArgs {
+    /// NATS server(s), comma separated.
+    #[arg(
+        long,
+        env = "IB_STREAM_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// Replicas of the stream when the bridge creates it (1, or 3 on a cluster).
+    #[arg(long, env = "IB_STREAM_NATS_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+    /// Retention: oldest message kept, seconds (0 = no limit).
+    #[arg(long, env = "IB_STREAM_NATS_MAX_AGE_SECS", default_value_t = 86_400)]
+    pub max_age_secs: u64,
+    /// Retention: the stream's size limit in bytes, oldest dropped first (-1 = no limit).
+    #[arg(long, env = "IB_STREAM_NATS_MAX_BYTES", default_value_t = 8 << 30)]
+    pub max_bytes: i64,
+    /// Publishes in flight (sent, not yet acknowledged) at most.
+    #[arg(long, env = "IB_STREAM_NATS_INFLIGHT", default_value_t = 4096)]
+    pub inflight: usize,
+    /// Stream subjects' environment token (default: the environment's name).
+    #[arg(long, env = "IB_STREAM_NATS_ENV")]
+    pub stream_env: Option<String>,
+}
+
+/// Everything the bridge needs, resolved.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// NATS servers.
+    pub urls: Vec<String>,
+    /// Subject token and stream name part.
+    pub env: String,
+    /// The ring's directory (ticks.ring, strings, status).
+    pub shm_dir: PathBuf,
+    /// Stream replicas when creating it.
+    pub replicas: usize,
+    /// Stream max age (zero: none).
+    pub max_age: Duration,
+    /// Stream max bytes (-1: none).
+    pub max_bytes: i64,
+    /// Publishes in flight at most.
+    pub inflight: usize,
+}
+
+impl BridgeConfig {
+    /// From the command line and the environment's settings.
+    pub fn from_args(settings: &Settings, a: &BridgeArgs) -> anyhow::Result<BridgeConfig> {
+        let env = a
+            .stream_env
+            .clone()
+            .unwrap_or_else(|| settings.environment.name().to_owned());
+        anyhow::ensure!(
+            wire::valid_env(&env),
+            "stream environment `{env}` must be letters, digits, `_` or `-` (it is a subject token)"
+        );
+        anyhow::ensure!(a.inflight >= 1, "--inflight must be at least 1");
+        anyhow::ensure!(
+            (1..=5).contains(&a.replicas),
+            "--replicas must be 1 to 5 (JetStream's limit)"
+        );
+        Ok(BridgeConfig {
+            urls: split_urls(&a.nats_url),
+            env,
+            shm_dir: settings.shm_dir.clone(),
+            replicas: a.replicas,
+            max_age: Duration::from_secs(a.max_age_secs),
+            max_bytes: a.max_bytes,
+            inflight: a.inflight,
+        })
+    }
+}
+
+/// Logs to stderr at the configured level (`IB_STREAM_LOG_LEVEL`), for `bridge` and `mirror`.
+pub fn init_logging(settings: &Settings) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&settings.log_level)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// `a,b , c` → `["a", "b", "c"]`.
+pub fn split_urls(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Connects with retries forever (the bridge and mirror outlive NATS outages).
+pub async fn connect(urls: &[String], name: &str) -> anyhow::Result<async_nats::Client> {
+    let opts = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(|n| Duration::from_millis((50 * n as u64).min(1000)));
+    opts.connect(urls)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", urls.join(",")))
+}
+
+/// Runs the bridge until the process is stopped.
+pub fn run(cfg: &BridgeConfig) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = connect(&cfg.urls, "ib-stream bridge").await?;
+        // Room for our own window of acknowledgements (the default 5 000 would block a
+        // larger --inflight forever: nobody polls the futures we hold), and a publish whose
+        // acknowledgement is lost fails after 3 s instead of 30, so a resync comes soon.
+        let js = jetstream::context::ContextBuilder::new()
+            .max_ack_inflight(cfg.inflight + 64)
+            .timeout(Duration::from_secs(3))
+            .build(client);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match session(cfg, &js).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "bridge: resynchronising with the stream");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    })
+}
+
+/// Creates the stream or brings its retention to the configured one.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    cfg: &BridgeConfig,
+) -> anyhow::Result<jetstream::stream::Stream> {
+    let config = jetstream::stream::Config {
+        name: wire::stream_name(&cfg.env),
+        subjects: vec![wire::all_subjects(&cfg.env)],
+        max_age: cfg.max_age,
+        max_bytes: cfg.max_bytes,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        discard: jetstream::stream::DiscardPolicy::Old,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    match js.get_stream(&config.name).await {
+        Ok(mut s) => {
+            let info = s.info().await?.clone();
+            if info.config.max_age != config.max_age || info.config.max_bytes != config.max_bytes {
+                let mut c = info.config.clone();
+                c.max_age = config.max_age;
+                c.max_bytes = config.max_bytes;
+                js.update_stream(c)
+                    .await
+                    .context("updating the stream's retention")?;
+            }
+            Ok(s)
+        }
+        Err(_) => js
+            .create_stream(config.clone())
+            .await
+            .with_context(|| format!("creating stream {}", config.name)),
+    }
+}
+
+/// Where the stream says the bridge left off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Resume {
+    /// Last stream sequence (every publish expects it, then increments it).
+    stream_last: u64,
+    /// Run and ring position of the last message, if there is one.
+    ring: Option<(u64, u64)>,
+    /// Next string id to send for that run.
+    next_string: u32,
+}
+
+async fn resume_point(stream: &mut jetstream::stream::Stream, env: &str) -> anyhow::Result<Resume> {
+    let info = stream.info().await?.clone();
+    let last = info.state.last_sequence;
+    let mut ring = None;
+    if info.state.messages > 0 {
+        let m = stream.get_raw_message(last).await?;
+        let msg = wire::decode(&m.payload).context("the stream's last message")?;
+        ring = Some((msg.epoch, msg.pos));
+    }
+    let mut next_string = 1;
+    if let (Some((epoch, _)), Ok(m)) = (
+        ring,
+        stream
+            .get_last_raw_message_by_subject(&wire::strings_subject(env))
+            .await,
+    ) && let Ok(Msg {
+        epoch: e,
+        body: Body::Strings { first_id, strings },
+        ..
+    }) = wire::decode(&m.payload)
+        && e == epoch
+    {
+        next_string = first_id + strings.len() as u32;
+    }
+    Ok(Resume {
+        stream_last: last,
+        ring,
+        next_string,
+    })
+}
+
+/// A pipelined publisher whose every message must land right after the previous one.
+struct Publisher<'a> {
+    js: &'a jetstream::Context,
+    env: &'a str,
+    expect: u64,
+    acks: VecDeque<PublishAckFuture>,
+    max_inflight: usize,
+    published: u64,
+}
+
+impl Publisher<'_> {
+    async fn send(&mut self, subject: String, id: String, payload: Vec<u8>) -> anyhow::Result<()> {
+        while self.acks.len() >= self.max_inflight {
+            self.ack_one().await?;
+        }
+        let m = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(id)
+            .expected_last_sequence(self.expect);
+        let ack = self.js.send_publish(subject, m).await?;
+        self.expect += 1;
+        self.published += 1;
+        self.acks.push_back(ack);
+        Ok(())
+    }
+
+    async fn ack_one(&mut self) -> anyhow::Result<()> {
+        if let Some(a) = self.acks.pop_front() {
+            let ack = a.await.context("publish not acknowledged")?;
+            if ack.duplicate {
+                tracing::debug!(seq = ack.sequence, "duplicate dropped by the stream");
+            }
+        }
+        Ok(())
+    }
+
+    async fn drain(&mut self) -> anyhow::Result<()> {
+        while !self.acks.is_empty() {
+            self.ack_one().await?;
+        }
+        Ok(())
+    }
+
+    async fn msg(&mut self, subject: String, id: String, m: &Msg) -> anyhow::Result<()> {
+        self.send(subject, id, wire::encode(m)).await
+    }
+
+    fn env(&self) -> &str {
+        self.env
+    }
+}
+
+/// Per-run side files: strings and status.
+struct SideFiles {
+    dir: PathBuf,
+    epoch: u64,
+    strings: Option<StringTableReader>,
+    next_string: u32,
+    status: Option<StatusReader>,
+    status_gen: u64,
+    status_sent: Option<Instant>,
+    snap: Box<StatusSnapshot>,
+}
+
+impl SideFiles {
+    fn new(dir: &Path, epoch: u64, next_string: u32) -> SideFiles {
+        SideFiles {
+            dir: dir.to_path_buf(),
+            epoch,
+            strings: None,
+            next_string,
+            status: None,
+            status_gen: 0,
+            status_sent: None,
+            snap: StatusSnapshot::new_boxed(),
+        }
+    }
+
+    /// New strings of this run, ids `next_string..`, read before the records that use them.
+    fn new_strings(&mut self) -> Option<(u32, Vec<Vec<u8>>)> {
+        let fresh = self
+            .strings
+            .as_ref()
+            .is_none_or(|s| !s.belongs_to(self.epoch) || s.replaced());
+        if fresh {
+            self.strings = StringTableReader::open(&self.dir.join(STRINGS_FILE_NAME))
+                .ok()
+                .filter(|s| s.belongs_to(self.epoch));
+        }
+        let t = self.strings.as_ref()?;
+        let count = t.len();
+        if count <= self.next_string {
+            return None;
+        }
+        let first = self.next_string;
+        let strings: Vec<Vec<u8>> = (first..count)
+            .take(4096)
+            .map(|id| t.get(id).unwrap_or_default().to_vec())
+            .collect();
+        self.next_string = first + strings.len() as u32;
+        Some((first, strings))
+    }
+
+    /// The status snapshot when it changed and a second has passed since the last one sent.
+    fn status_due(&mut self, now: Instant) -> Option<(u64, Vec<u8>)> {
+        if self
+            .status_sent
+            .is_some_and(|t| now - t < Duration::from_secs(1))
+        {
+            return None;
+        }
+        if self.status.as_ref().is_none_or(|s| s.epoch() != self.epoch) {
+            self.status = StatusReader::open(&self.dir.join(STATUS_FILE_NAME))
+                .ok()
+                .filter(|s| s.epoch() == self.epoch);
+        }
+        let g = self.status.as_ref()?.read(&mut self.snap).ok()?;
+        if g == self.status_gen {
+            return None;
+        }
+        self.status_gen = g;
+        self.status_sent = Some(now);
+        Some((g, self.snap.as_bytes().to_vec()))
+    }
+}
+
+/// One connection's worth of bridging: from the stream's last message to the first error.
+async fn session(cfg: &BridgeConfig, js: &jetstream::Context) -> anyhow::Result<()> {
+    let mut stream = ensure_stream(js, cfg).await?;
+    let resume = resume_point(&mut stream, &cfg.env).await?;
+    let ring_path = cfg.shm_dir.join(ib_stream_ipc::RING_FILE_NAME);
+    let follow = FollowConfig {
+        check_every: Duration::from_millis(50),
+        stale_after: Duration::from_secs(5),
+    };
+    let mut f = loop {
+        match RingFollower::open(&ring_path, StartAt::Oldest, follow) {
+            Ok(f) => break f,
+            Err(e) if e.is_missing() => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => return Err(anyhow::Error::new(e).context("opening the ring")),
+        }
+    };
+    let mut epoch = f.info().epoch;
+    let mut p = Publisher {
+        js,
+        env: &cfg.env,
+        expect: resume.stream_last,
+        acks: VecDeque::new(),
+        max_inflight: cfg.inflight,
+        published: 0,
+    };
+    let mut next_string = 1;
+    match resume.ring {
+        Some((e, pos)) if e == epoch => {
+            f = RingFollower::open(&ring_path, StartAt::Seq(pos + 1), follow)?;
+            next_string = resume.next_string;
+            tracing::info!(epoch = %format!("{epoch:016x}"), from = pos + 1, "bridge: resuming the run the stream holds");
+        }
+        Some((old, pos)) => {
+            // The engine restarted while no bridge ran: whatever the old run wrote after
+            // `pos` is unknown.
+            let m = Msg {
+                epoch,
+                pos: 0,
+                body: Body::Run {
+                    old_epoch: old,
+                    old_last_seq: pos,
+                    clean: false,
+                },
+            };
+            p.msg(wire::run_subject(p.env()), format!("{epoch:016x}.r"), &m)
+                .await?;
+            tracing::info!(old = %format!("{old:016x}"), new = %format!("{epoch:016x}"), "bridge: a new run since the stream's last message");
+        }
+        None => {
+            tracing::info!(epoch = %format!("{epoch:016x}"), "bridge: empty stream, starting at the ring's oldest record")
+        }
+    }
+    let mut side = SideFiles::new(&cfg.shm_dir, epoch, next_string);
+    let mut pos = match resume.ring {
+        Some((e, pos)) if e == epoch => pos,
+        _ => 0,
+    };
+    let mut last_ts: i64 = 0;
+    let mut buf = vec![Record::ZERO; 1024];
+    loop {
+        let batch = f.read_batch(&mut buf);
+        if batch.records > 0
+            && let Some((first_id, strings)) = side.new_strings()
+        {
+            let id = format!("{epoch:016x}.s{first_id}");
+            let m = Msg {
+                epoch,
+                pos,
+                body: Body::Strings { first_id, strings },
+            };
+            p.msg(wire::strings_subject(p.env()), id, &m).await?;
+        }
+        for rec in &buf[..batch.records] {
+            pos = rec.seq;
+            last_ts = rec.ts_recv;
+            let m = Msg {
+                epoch,
+                pos,
+                body: Body::Record(*rec),
+            };
+            p.msg(
+                wire::record_subject(p.env(), rec),
+                wire::msg_id(epoch, rec.seq),
+                &m,
+            )
+            .await?;
+        }
+        match batch.event {
+            Some(FollowEvent::Lost {
+                first_seq,
+                last_seq,
+                count,
+            }) => {
+                tracing::warn!(
+                    first_seq,
+                    last_seq,
+                    count,
+                    "bridge lapped by the ring: publishing the hole"
+                );
+                pos = last_seq;
+                let m = Msg {
+                    epoch,
+                    pos,
+                    body: Body::Hole {
+                        first: first_seq,
+                        last: last_seq,
+                        t0_ns: last_ts,
+                        t1_ns: ib_stream_ipc::shm::unix_time_ns() as i64,
+                    },
+                };
+                p.msg(
+                    wire::hole_subject(p.env()),
+                    wire::msg_id(epoch, first_seq),
+                    &m,
+                )
+                .await?;
+            }
+            Some(FollowEvent::WriterRestart(r)) => {
+                tracing::info!(old = %format!("{:016x}", r.old_epoch), new = %format!("{:016x}", r.new_epoch), clean = r.clean, "bridge: the engine restarted");
+                epoch = r.new_epoch;
+                pos = 0;
+                let m = Msg {
+                    epoch,
+                    pos,
+                    body: Body::Run {
+                        old_epoch: r.old_epoch,
+                        old_last_seq: r.old_last_seq,
+                        clean: r.clean,
+                    },
+                };
+                p.msg(wire::run_subject(p.env()), format!("{epoch:016x}.r"), &m)
+                    .await?;
+                side = SideFiles::new(&cfg.shm_dir, epoch, 1);
+            }
+            Some(FollowEvent::WriterState(s)) => {
+                tracing::info!(state = ?s, "bridge: engine state");
+            }
+            None => {}
+        }
+        if batch.records == 0 && batch.event.is_none() {
+            if let Some((g, bytes)) = side.status_due(Instant::now()) {
+                let m = Msg {
+                    epoch,
+                    pos,
+                    body: Body::Status(bytes),
+                };
+                p.msg(
+                    wire::status_subject(p.env()),
+                    format!("{epoch:016x}.t{g}"),
+                    &m,
+                )
+                .await?;
+            }
+            // Idle: settle every acknowledgement (an error surfaces now, not at the next
+            // tick), then wait a little for the ring.
+            p.drain().await?;
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+}

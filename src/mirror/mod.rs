@@ -1,0 +1,223 @@
+//! `ib-stream mirror`: another host's copy of the engine's ring, rebuilt from JetStream.
+//!
+//! A durable pull consumer reads the environment's stream in order; [`apply::Applier`]
+//! writes each record into a local ring with the engine's epoch and sequences (holes become
+//! gap records), strings into a local string table with the same ids and status snapshots
+//! into a local status region. Every process that reads a ring runs on top unchanged.
+//!
+//! Resuming: the mirror keeps `mirror.state` beside its ring (the run and the last stream
+//! sequence applied, rewritten after every acknowledged batch and at once when a new run
+//! starts) and acknowledges the consumer (ack-all) after the records are in the ring. On
+//! start it adopts its ring (same file, readers go on) and recreates its durable consumer at
+//! the sequence after the larger of the two; anything replayed that the ring already holds
+//! is skipped by sequence.
+
+pub mod apply;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer};
+use futures_util::StreamExt;
+use ib_stream_ipc::ShmOptions;
+
+use crate::bridge::{self, wire};
+use crate::config::Settings;
+use apply::{Applied, Applier};
+
+/// The file beside the mirror's ring recording how far it applied the stream.
+pub const STATE_FILE_NAME: &str = "mirror.state";
+
+/// `ib-stream mirror` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MirrorArgs {
+    /// NATS server(s), comma separated.
+    #[arg(
+        long,
+        env = "IB_STREAM_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// The durable consumer's name (one per mirror host).
+    #[arg(long, env = "IB_STREAM_MIRROR_NAME", default_value = "mirror")]
+    pub name: String,
+    /// Stream subjects' environment token (default: the environment's name).
+    #[arg(long, env = "IB_STREAM_NATS_ENV")]
+    pub stream_env: Option<String>,
+}
+
+/// Everything the mirror needs, resolved.
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    /// NATS servers.
+    pub urls: Vec<String>,
+    /// Subject token.
+    pub env: String,
+    /// Durable consumer name.
+    pub name: String,
+    /// The local ring's directory.
+    pub shm_dir: PathBuf,
+    /// Local ring capacity (slots).
+    pub capacity: u64,
+}
+
+impl MirrorConfig {
+    /// From the command line and the environment's settings.
+    pub fn from_args(settings: &Settings, a: &MirrorArgs) -> anyhow::Result<MirrorConfig> {
+        let env = a
+            .stream_env
+            .clone()
+            .unwrap_or_else(|| settings.environment.name().to_owned());
+        anyhow::ensure!(
+            wire::valid_env(&env),
+            "stream environment `{env}` must be letters, digits, `_` or `-`"
+        );
+        anyhow::ensure!(
+            wire::valid_env(&a.name),
+            "mirror name `{}` must be letters, digits, `_` or `-`",
+            a.name
+        );
+        Ok(MirrorConfig {
+            urls: bridge::split_urls(&a.nats_url),
+            env,
+            name: a.name.clone(),
+            shm_dir: settings.shm_dir.clone(),
+            capacity: settings.ring_capacity as u64,
+        })
+    }
+}
+
+/// `mirror.state`: `<epoch hex> <stream seq>`.
+fn read_state(dir: &Path) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(dir.join(STATE_FILE_NAME)).ok()?;
+    let mut it = s.split_whitespace();
+    let epoch = u64::from_str_radix(it.next()?, 16).ok()?;
+    let seq = it.next()?.parse().ok()?;
+    Some((epoch, seq))
+}
+
+fn write_state(dir: &Path, epoch: u64, stream_seq: u64) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{STATE_FILE_NAME}.tmp"));
+    std::fs::write(&tmp, format!("{epoch:016x} {stream_seq}\n"))?;
+    std::fs::rename(tmp, dir.join(STATE_FILE_NAME))
+}
+
+/// Runs the mirror until the process is stopped.
+pub fn run(cfg: &MirrorConfig) -> anyhow::Result<()> {
+    let mut applier = Applier::open(&cfg.shm_dir, cfg.capacity, &ShmOptions::default())
+        .context("opening the mirror's ring")?;
+    let mut applied = read_state(&cfg.shm_dir)
+        .filter(|(e, _)| Some(*e) == applier.epoch())
+        .map_or(0, |(_, s)| s);
+    tracing::info!(dir = %cfg.shm_dir.display(), epoch = ?applier.epoch().map(|e| format!("{e:016x}")), last_seq = applier.last_seq(), stream_seq = applied, "mirror started");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = bridge::connect(&cfg.urls, "ib-stream mirror").await?;
+        let js = jetstream::new(client);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match session(cfg, &js, &mut applier, &mut applied).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), applied, "mirror: consumer lost, recreating it");
+                    applier.heartbeat(ib_stream_ipc::shm::unix_time_ns());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    })
+}
+
+async fn session(
+    cfg: &MirrorConfig,
+    js: &jetstream::Context,
+    applier: &mut Applier,
+    applied: &mut u64,
+) -> anyhow::Result<()> {
+    let stream = js
+        .get_stream(wire::stream_name(&cfg.env))
+        .await
+        .context("the environment's stream (is a bridge running?)")?;
+    let floor = stream
+        .consumer_info(&cfg.name)
+        .await
+        .map_or(0, |i| i.ack_floor.stream_sequence);
+    let start = (*applied).max(floor) + 1;
+    // Recreated at exactly the next sequence: a durable left with messages pending would
+    // only redeliver them after its ack wait.
+    let _ = stream.delete_consumer(&cfg.name).await;
+    let c: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(cfg.name.clone()),
+            filter_subject: wire::all_subjects(&cfg.env),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ack_policy: consumer::AckPolicy::All,
+            max_ack_pending: 1_000_000,
+            ..Default::default()
+        })
+        .await
+        .context("creating the durable consumer")?;
+    tracing::info!(start, name = %cfg.name, "mirror: consuming");
+    let mut msgs = c
+        .stream()
+        .max_messages_per_batch(2000)
+        .heartbeat(Duration::from_secs(1))
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await?;
+    let mut pending: Option<jetstream::Message> = None;
+    let mut since_ack = 0u32;
+    let mut last_ack = Instant::now();
+    loop {
+        let next = tokio::time::timeout(Duration::from_millis(20), msgs.next()).await;
+        let now_ns = ib_stream_ipc::shm::unix_time_ns();
+        match next {
+            Ok(Some(Ok(m))) => {
+                let seq = m
+                    .info()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .stream_sequence;
+                if seq > *applied {
+                    match wire::decode(&m.payload) {
+                        Ok(msg) => {
+                            if applier.apply(&msg, now_ns as i64)? == Applied::NewRun {
+                                *applied = seq;
+                                write_state(&cfg.shm_dir, msg.epoch, seq)?;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(seq, error = %e, "mirror: undecodable message skipped")
+                        }
+                    }
+                    *applied = seq;
+                }
+                pending = Some(m);
+                since_ack += 1;
+            }
+            Ok(Some(Err(e))) => return Err(anyhow::anyhow!("consumer: {e}")),
+            Ok(None) => return Err(anyhow::anyhow!("consumer ended")),
+            Err(_) => {}
+        }
+        if since_ack >= 1024
+            || (pending.is_some() && last_ack.elapsed() >= Duration::from_millis(20))
+        {
+            if let Some(epoch) = applier.epoch() {
+                write_state(&cfg.shm_dir, epoch, *applied)?;
+            }
+            if let Some(m) = pending.take() {
+                m.ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+            }
+            since_ack = 0;
+            last_ack = Instant::now();
+            applier.heartbeat(now_ns);
+        } else if pending.is_none() {
+            applier.heartbeat(now_ns);
+        }
+    }
+}
