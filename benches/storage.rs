@@ -188,53 +188,64 @@ fn dbn_zstd_bytes(recs: &[Record]) -> u64 {
     let mut total = 0u64;
     for schema in [Schema::Mbp1, Schema::Trades] {
         let mut z = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
-        let mut enc = DbnEncoder::new(&mut z, &meta(schema)).unwrap();
-        for r in recs {
-            match (schema, r.kind()) {
-                (Schema::Mbp1, Some(RecordKind::TbtBidAsk)) => {
-                    let Some(q) = r.as_quote() else { continue };
-                    let m = Mbp1Msg {
-                        hd: RecordHeader::new::<Mbp1Msg>(rtype::MBP_1, 1, CID, r.ts_event as u64),
-                        price: q.bid_price,
-                        size: size(q.bid_size),
-                        action: b'A' as _,
-                        side: b'B' as _,
-                        flags: FlagSet::default(),
-                        depth: 0,
-                        ts_recv: r.ts_recv as u64,
-                        ts_in_delta: ts_in_delta(r),
-                        sequence: r.seq as u32,
-                        levels: [BidAskPair {
-                            bid_px: q.bid_price,
-                            ask_px: q.ask_price,
-                            bid_sz: size(q.bid_size),
-                            ask_sz: size(q.ask_size),
-                            bid_ct: 1,
-                            ask_ct: 1,
-                        }],
-                    };
-                    enc.encode_record(&m).unwrap();
+        {
+            let mut enc = DbnEncoder::new(&mut z, &meta(schema)).unwrap();
+            for r in recs {
+                match (schema, r.kind()) {
+                    (Schema::Mbp1, Some(RecordKind::TbtBidAsk)) => {
+                        let Some(q) = r.as_quote() else { continue };
+                        let m = Mbp1Msg {
+                            hd: RecordHeader::new::<Mbp1Msg>(
+                                rtype::MBP_1,
+                                1,
+                                CID,
+                                r.ts_event as u64,
+                            ),
+                            price: q.bid_price,
+                            size: size(q.bid_size),
+                            action: b'A' as _,
+                            side: b'B' as _,
+                            flags: FlagSet::default(),
+                            depth: 0,
+                            ts_recv: r.ts_recv as u64,
+                            ts_in_delta: ts_in_delta(r),
+                            sequence: r.seq as u32,
+                            levels: [BidAskPair {
+                                bid_px: q.bid_price,
+                                ask_px: q.ask_price,
+                                bid_sz: size(q.bid_size),
+                                ask_sz: size(q.ask_size),
+                                bid_ct: 1,
+                                ask_ct: 1,
+                            }],
+                        };
+                        enc.encode_record(&m).unwrap();
+                    }
+                    (Schema::Trades, Some(RecordKind::TbtLast)) => {
+                        let Some(t) = r.as_trade() else { continue };
+                        let m = TradeMsg {
+                            hd: RecordHeader::new::<TradeMsg>(
+                                rtype::MBP_0,
+                                1,
+                                CID,
+                                r.ts_event as u64,
+                            ),
+                            price: t.price,
+                            size: size(t.size),
+                            action: b'T' as _,
+                            side: b'N' as _,
+                            flags: FlagSet::default(),
+                            depth: 0,
+                            ts_recv: r.ts_recv as u64,
+                            ts_in_delta: ts_in_delta(r),
+                            sequence: r.seq as u32,
+                        };
+                        enc.encode_record(&m).unwrap();
+                    }
+                    _ => {}
                 }
-                (Schema::Trades, Some(RecordKind::TbtLast)) => {
-                    let Some(t) = r.as_trade() else { continue };
-                    let m = TradeMsg {
-                        hd: RecordHeader::new::<TradeMsg>(rtype::MBP_0, 1, CID, r.ts_event as u64),
-                        price: t.price,
-                        size: size(t.size),
-                        action: b'T' as _,
-                        side: b'N' as _,
-                        flags: FlagSet::default(),
-                        depth: 0,
-                        ts_recv: r.ts_recv as u64,
-                        ts_in_delta: ts_in_delta(r),
-                        sequence: r.seq as u32,
-                    };
-                    enc.encode_record(&m).unwrap();
-                }
-                _ => {}
             }
         }
-        drop(enc);
         let bytes = z.finish().unwrap();
         total += bytes.len() as u64;
     }

@@ -400,7 +400,7 @@ impl SealedReader {
                     buf[got..got + n].copy_from_slice(&b[in_block..in_block + n]);
                     got += n;
                     idx += (n / RECORD_SIZE) as u64;
-                    if n % RECORD_SIZE != 0 {
+                    if !n.is_multiple_of(RECORD_SIZE) {
                         break;
                     }
                 }
@@ -409,7 +409,7 @@ impl SealedReader {
                     buf[got..got + n].fill(0);
                     got += n;
                     idx += (n / RECORD_SIZE) as u64;
-                    if n % RECORD_SIZE != 0 {
+                    if !n.is_multiple_of(RECORD_SIZE) {
                         break;
                     }
                 }
@@ -659,7 +659,7 @@ pub fn seal_file(path: &Path, level: i32) -> Result<SealOutcome, SealError> {
         return Err(not_intact("torn checksum entry".into()));
     }
     let per = header.crc_block_records as usize * RECORD_SIZE;
-    if per == 0 || SEAL_BLOCK_RECORDS % header.crc_block_records != 0 {
+    if per == 0 || !SEAL_BLOCK_RECORDS.is_multiple_of(header.crc_block_records) {
         return Err(not_intact(
             "checksum block size does not divide the seal block".into(),
         ));
