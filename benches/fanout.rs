@@ -181,7 +181,19 @@ impl Netns {
 
     /// `None` when namespaces cannot be made here (not root, no `ip`).
     fn create() -> Option<Netns> {
-        let id = std::process::id() % 100_000;
+        // Namespaces of earlier runs that were killed (no unwinding): their process is gone.
+        if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let name = line.split_whitespace().next().unwrap_or("");
+                if let Some(pid) = name.strip_prefix("ibsb")
+                    && pid.parse::<u32>().is_ok()
+                    && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                {
+                    Netns::ip(&["netns", "del", name]);
+                }
+            }
+        }
+        let id = std::process::id();
         let ns = Netns {
             name: format!("ibsb{id}"),
         };
