@@ -131,19 +131,18 @@ fn transform(recs: &[u8], out: &mut Vec<u8>) {
 }
 
 /// The inverse of [`transform`]: `plane` (n records' regrouped deltas) back into records.
+/// Word by word: the eight byte planes of a word are read in step (sequentially) and summed.
 fn untransform(plane: &[u8], out: &mut [u8]) {
     let n = plane.len() / RECORD_SIZE;
-    let mut prev = [0u64; RECORD_SIZE / 8];
-    for i in 0..n {
-        for (w, p) in prev.iter_mut().enumerate() {
-            let mut d = [0u8; 8];
-            for (b, byte) in d.iter_mut().enumerate() {
-                *byte = plane[(w * 8 + b) * n + i];
-            }
-            let v = p.wrapping_add(u64::from_le_bytes(d));
-            *p = v;
-            out[i * RECORD_SIZE + w * 8..i * RECORD_SIZE + w * 8 + 8]
-                .copy_from_slice(&v.to_le_bytes());
+    for w in 0..RECORD_SIZE / 8 {
+        let p: [&[u8]; 8] = std::array::from_fn(|b| &plane[(w * 8 + b) * n..(w * 8 + b + 1) * n]);
+        let mut v = 0u64;
+        for (i, rec) in out.chunks_exact_mut(RECORD_SIZE).enumerate().take(n) {
+            let d = u64::from_le_bytes([
+                p[0][i], p[1][i], p[2][i], p[3][i], p[4][i], p[5][i], p[6][i], p[7][i],
+            ]);
+            v = v.wrapping_add(d);
+            rec[w * 8..w * 8 + 8].copy_from_slice(&v.to_le_bytes());
         }
     }
 }
@@ -311,6 +310,15 @@ impl SealedIndex {
     }
 }
 
+/// A zstd decompression context.
+struct Dctx(zstd::bulk::Decompressor<'static>);
+
+impl std::fmt::Debug for Dctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dctx")
+    }
+}
+
 /// A sealed segment open for reading, one decompressed block cached.
 #[derive(Debug)]
 pub struct SealedReader {
@@ -323,6 +331,8 @@ pub struct SealedReader {
     block: Vec<u8>,
     frame: Vec<u8>,
     plane: Vec<u8>,
+    /// One zstd context for every block (making one per block costs more than a block).
+    dctx: Dctx,
     /// Compressed blocks found damaged so far.
     damaged: Vec<usize>,
 }
@@ -331,6 +341,7 @@ impl SealedReader {
     /// Opens the sealed segment `file` (at `path`), verifying its header and index.
     pub fn open(file: File, path: &Path) -> Result<SealedReader, StorageError> {
         let index = SealedIndex::read(&file, path)?;
+        let dctx = Dctx(zstd::bulk::Decompressor::new().map_err(|e| StorageError::io(path, e))?);
         Ok(SealedReader {
             path: path.to_path_buf(),
             file,
@@ -339,6 +350,7 @@ impl SealedReader {
             block: Vec::new(),
             frame: Vec::new(),
             plane: Vec::new(),
+            dctx,
             damaged: Vec::new(),
         })
     }
@@ -358,7 +370,11 @@ impl SealedReader {
                 }
                 Ok(()) => {
                     self.plane.resize(want, 0);
-                    match zstd::bulk::decompress_to_buffer(&self.frame, &mut self.plane[..]) {
+                    match self
+                        .dctx
+                        .0
+                        .decompress_to_buffer(&self.frame, &mut self.plane[..])
+                    {
                         Ok(n) if n == want => None,
                         Ok(n) => Some(format!("decompressed to {n} bytes, {want} expected")),
                         Err(err) => Some(format!("does not decompress: {err}")),
