@@ -3,8 +3,15 @@
 //! here from their documented schemas), recorder throughput per format (ring file to disk,
 //! one core, page cache, fsync off), and a binary range query through `storage::query`.
 //!
-//! `cargo bench --bench storage` (optional: `STORAGE_BENCH_TICKS=N`). The last line is the
-//! machine-readable summary.
+//! Sealed segments (`storage::sealed`): the simulator's MNQ market (tws-sim's tick-by-tick
+//! generator, BidAsk and Last, Poisson arrivals) over `STORAGE_BENCH_SIM_HOURS` hours (default
+//! 2: a day scaled down, each hour its own segments), recorded, then sealed; bytes per tick on
+//! disk against Databento's DBN (MBP-1 for the quotes, trades for the trades, the `dbn` crate's
+//! encoder, zstd at DBN's own level) and the original's v3 protobuf, on the same ticks; and the
+//! same range query as above over the sealed segments.
+//!
+//! `cargo bench --bench storage` (optional: `STORAGE_BENCH_TICKS=N`,
+//! `STORAGE_BENCH_SIM_HOURS=H`). The last line is the machine-readable summary.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -66,6 +73,183 @@ fn dataset(n: usize, base_ns: i64, exch: u32) -> Vec<Record> {
         out.push(r);
     }
     out
+}
+
+/// The simulator's MNQ market over `hours` hours from `base_ns`: quotes at about 100/s and
+/// trades at about 25/s (exponential gaps), values from tws-sim's generator (seed 7), the
+/// engine's records as it would publish them (IB times to the second, one sequence for both).
+fn sim_market(hours: i64, base_ns: i64) -> Vec<Record> {
+    use tws_sim::generator::{TbtGen, TbtKind, TbtTick};
+    let uni = tws_sim::universe::Universe::builtin();
+    let inst = uni.get(
+        uni.by_con_id(CID as i32)
+            .expect("MNQ in the built-in universe"),
+    );
+    let mut quotes = TbtGen::new(7, inst, TbtKind::BidAsk);
+    let mut trades = TbtGen::new(7, inst, TbtKind::Last);
+    let end = base_ns + hours * 3_600_000_000_000;
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut gap = |mean_ns: f64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let u = ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        (-u.ln() * mean_ns) as i64 + 1
+    };
+    let (mut tq, mut tt) = (base_ns + gap(1e7), base_ns + gap(4e7));
+    let mut out = Vec::new();
+    while tq.min(tt) < end {
+        let quote_next = tq <= tt;
+        let ts = tq.min(tt);
+        let ib_time = (ts - 2_000_000) / 1_000_000_000 * 1_000_000_000;
+        let tick = if quote_next {
+            tq += gap(1e7);
+            quotes.next()
+        } else {
+            tt += gap(4e7);
+            trades.next()
+        };
+        let mut r = match tick {
+            Some(TbtTick::BidAsk {
+                bid,
+                ask,
+                bid_size,
+                ask_size,
+                bid_past_low,
+                ask_past_high,
+            }) => {
+                let mut r = Record::quote(
+                    CID,
+                    ib_time,
+                    Quote {
+                        bid_price: bid,
+                        ask_price: ask,
+                        bid_size,
+                        ask_size,
+                    },
+                );
+                if bid_past_low {
+                    r.flags |= ib_stream_ipc::flags::BID_PAST_LOW;
+                }
+                if ask_past_high {
+                    r.flags |= ib_stream_ipc::flags::ASK_PAST_HIGH;
+                }
+                r
+            }
+            Some(TbtTick::Trade {
+                price,
+                size,
+                past_limit,
+                ..
+            }) => {
+                let mut r = Record::trade(
+                    false,
+                    CID,
+                    ib_time,
+                    Trade {
+                        price,
+                        size,
+                        // MNQ trades on CME only, with no special conditions.
+                        exchange_id: 1,
+                        conditions_id: 0,
+                    },
+                );
+                if past_limit {
+                    r.flags |= ib_stream_ipc::flags::PAST_LIMIT;
+                }
+                r
+            }
+            _ => continue,
+        };
+        r.seq = out.len() as u64 + 1;
+        r.ts_recv = ts;
+        out.push(r);
+    }
+    out
+}
+
+/// DBN (Databento's format, version 3 records) of the same ticks, zstd-compressed at DBN's
+/// own level as Databento ships `.dbn.zst` files: the quotes as MBP-1, the trades as trades,
+/// one file each. Returns the total bytes.
+fn dbn_zstd_bytes(recs: &[Record]) -> u64 {
+    use dbn::encode::{DbnEncoder, EncodeRecord};
+    use dbn::{BidAskPair, FlagSet, Mbp1Msg, RecordHeader, SType, Schema, TradeMsg, rtype};
+    let meta = |schema| {
+        dbn::Metadata::builder()
+            .dataset("GLBX.MDP3".to_string())
+            .schema(Some(schema))
+            .start(recs.first().map_or(0, |r| r.ts_recv as u64))
+            .stype_in(Some(SType::RawSymbol))
+            .stype_out(SType::InstrumentId)
+            .build()
+    };
+    let ts_in_delta = |r: &Record| (r.ts_recv - r.ts_event).clamp(0, i32::MAX as i64) as i32;
+    let size = |s: i64| (s / SIZE_SCALE) as u32;
+    let mut total = 0u64;
+    for schema in [Schema::Mbp1, Schema::Trades] {
+        let mut z = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        {
+            let mut enc = DbnEncoder::new(&mut z, &meta(schema)).unwrap();
+            for r in recs {
+                match (schema, r.kind()) {
+                    (Schema::Mbp1, Some(RecordKind::TbtBidAsk)) => {
+                        let Some(q) = r.as_quote() else { continue };
+                        let m = Mbp1Msg {
+                            hd: RecordHeader::new::<Mbp1Msg>(
+                                rtype::MBP_1,
+                                1,
+                                CID,
+                                r.ts_event as u64,
+                            ),
+                            price: q.bid_price,
+                            size: size(q.bid_size),
+                            action: b'A' as _,
+                            side: b'B' as _,
+                            flags: FlagSet::default(),
+                            depth: 0,
+                            ts_recv: r.ts_recv as u64,
+                            ts_in_delta: ts_in_delta(r),
+                            sequence: r.seq as u32,
+                            levels: [BidAskPair {
+                                bid_px: q.bid_price,
+                                ask_px: q.ask_price,
+                                bid_sz: size(q.bid_size),
+                                ask_sz: size(q.ask_size),
+                                bid_ct: 1,
+                                ask_ct: 1,
+                            }],
+                        };
+                        enc.encode_record(&m).unwrap();
+                    }
+                    (Schema::Trades, Some(RecordKind::TbtLast)) => {
+                        let Some(t) = r.as_trade() else { continue };
+                        let m = TradeMsg {
+                            hd: RecordHeader::new::<TradeMsg>(
+                                rtype::MBP_0,
+                                1,
+                                CID,
+                                r.ts_event as u64,
+                            ),
+                            price: t.price,
+                            size: size(t.size),
+                            action: b'T' as _,
+                            side: b'N' as _,
+                            flags: FlagSet::default(),
+                            depth: 0,
+                            ts_recv: r.ts_recv as u64,
+                            ts_in_delta: ts_in_delta(r),
+                            sequence: r.seq as u32,
+                        };
+                        enc.encode_record(&m).unwrap();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let bytes = z.finish().unwrap();
+        total += bytes.len() as u64;
+    }
+    total
 }
 
 fn f(v: i64, scale: i64) -> f64 {
@@ -366,9 +550,76 @@ fn main() {
     assert_eq!(count, n);
     let query_rps = count as f64 / best;
     println!("query (binary range query, 3 kinds merged) {query_rps:>12.0} records/s");
+    let _ = std::fs::remove_dir_all(&bin.storage);
+    let _ = std::fs::remove_dir_all(&jsonl.storage);
+
+    // Sealed segments on the simulator's market.
+    let hours: i64 = std::env::var("STORAGE_BENCH_SIM_HOURS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let sim = sim_market(hours, base);
+    let sn = sim.len();
+    let quotes = sim
+        .iter()
+        .filter(|r| r.kind() == Some(RecordKind::TbtBidAsk))
+        .count();
+    println!(
+        "sim market: {sn} ticks over {hours} h ({quotes} bid_ask, {} last; MNQ, tws-sim generator)",
+        sn - quotes
+    );
+    let sim_run = record_run(&tmp, "sim", Format::Binary, &sim);
+    let sim_raw_bpt = sim_run.bytes as f64 / sn as f64;
+    let sq = Query {
+        format: Some(Format::Binary),
+        kinds: vec![RecordKind::TbtBidAsk, RecordKind::TbtLast],
+        ..Query::new(CID, sim[0].ts_recv, sim[sn - 1].ts_recv + 1)
+    };
+    let query = |root: &Path| {
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let mut count = 0usize;
+            let mut check = 0i64;
+            let mut it = QueryIter::new(root, &sq).unwrap();
+            while let Some(r) = it.next_record().unwrap() {
+                count += 1;
+                check = check.wrapping_add(r.body[0]);
+            }
+            std::hint::black_box(check);
+            assert_eq!(count, sn);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        sn as f64 / best
+    };
+    let raw_query_rps = query(&sim_run.storage);
+    let t = Instant::now();
+    let rep = ib_stream::storage::sealed::seal_store(
+        &sim_run.storage,
+        i64::MAX,
+        ib_stream::storage::sealed::SEAL_ZSTD_LEVEL,
+    )
+    .unwrap();
+    let seal_s = t.elapsed().as_secs_f64();
+    assert!(rep.refused.is_empty(), "{:?}", rep.refused);
+    let sealed_bpt = dir_bytes(&sim_run.storage) as f64 / sn as f64;
+    let sealed_query_rps = query(&sim_run.storage);
+    let dbn_zstd_bpt = dbn_zstd_bytes(&sim) as f64 / sn as f64;
+    let sim_pb_bpt = sim.iter().map(|r| orig_v3_pb(r).len()).sum::<usize>() as f64 / sn as f64;
+    println!(
+        "sim raw binary {sim_raw_bpt:7.2} B/tick; sealed {sealed_bpt:7.2} B/tick (zstd level {}, \
+         {} segments, {:.0} ticks/s sealed); DBN+zstd {dbn_zstd_bpt:7.2} B/tick; orig v3 pb \
+         {sim_pb_bpt:7.2} B/tick",
+        ib_stream::storage::sealed::SEAL_ZSTD_LEVEL,
+        rep.sealed,
+        sn as f64 / seal_s
+    );
+    println!(
+        "query over the sim market: raw {raw_query_rps:.0} records/s, sealed {sealed_query_rps:.0} records/s"
+    );
     let _ = std::fs::remove_dir_all(&tmp);
     println!(
-        "bench=storage bin_bpt={bin_bpt:.2} jsonl_bpt={jsonl_bpt:.2} orig_v2_json_bpt={:.2} orig_v3_json_bpt={:.2} orig_v3_pb_bpt={:.2} rec_bin_tps={:.0} rec_jsonl_tps={:.0} query_rps={query_rps:.0}",
+        "bench=storage bin_bpt={bin_bpt:.2} jsonl_bpt={jsonl_bpt:.2} orig_v2_json_bpt={:.2} orig_v3_json_bpt={:.2} orig_v3_pb_bpt={:.2} rec_bin_tps={:.0} rec_jsonl_tps={:.0} query_rps={query_rps:.0} sealed_bpt={sealed_bpt:.2} dbn_zstd_bpt={dbn_zstd_bpt:.2} sim_orig_v3_pb_bpt={sim_pb_bpt:.2} sealed_query_rps={sealed_query_rps:.0}",
         per(v2),
         per(v3),
         per(pb),

@@ -211,7 +211,12 @@ pub struct BlockCheck {
 
 impl BinarySegment {
     /// Reads the data file at `path` and its `.crc` sidecar.
+    /// A sealed segment is read through its index (see [`super::sealed::read_segment`]).
     pub fn read(path: &Path) -> Result<BinarySegment, StorageError> {
+        if super::sealed::is_sealed(path).map_err(|e| StorageError::io(path, e))? {
+            let f = std::fs::File::open(path).map_err(|e| StorageError::io(path, e))?;
+            return super::sealed::read_segment(path, f);
+        }
         let bytes = std::fs::read(path).map_err(|e| StorageError::io(path, e))?;
         let header = BinaryHeader::parse(&bytes, path)?;
         let body = &bytes[HEADER_LEN..];
@@ -305,6 +310,15 @@ impl BinarySegmentWriter {
     /// entries of full blocks recomputed, a torn strings entry cut off.
     pub fn open(root: &Path, key: SegmentKey, now_ns: i64) -> Result<Self, StorageError> {
         let path = key.path(root, Format::Binary);
+        // A sealed hour reopened (a recorder restarted behind it): back to the raw form first.
+        if path.exists() && super::sealed::is_sealed(&path).map_err(io(&path))? {
+            super::sealed::unseal_file(&path).map_err(|e| match e {
+                super::sealed::SealError::Storage(e) => e,
+                super::sealed::SealError::NotIntact { path, why } => {
+                    StorageError::corrupt(path, why)
+                }
+            })?;
+        }
         let (mut data, _) = AppendFile::open(&path).map_err(io(&path))?;
         let mut len = data.written_len();
         if len < HEADER_LEN as u64 {

@@ -65,6 +65,17 @@ pub enum StorageCommand {
         #[arg(long)]
         quiet: bool,
     },
+    /// Compress the binary segments of hours that are over into sealed segments (zstd
+    /// blocks with an index; every reader reads both forms). Hours at or after the
+    /// checkpoint's oldest open hour, or within `--grace` of now, are left as they are.
+    Seal {
+        /// Leave hours that ended less than this long ago (`10m`, `1h`).
+        #[arg(long, default_value = "10m")]
+        grace: String,
+        /// zstd level (1..=22).
+        #[arg(long, default_value_t = super::sealed::SEAL_ZSTD_LEVEL)]
+        level: i32,
+    },
     /// Import the original IB-Stream's v3 JSON Lines (`.jsonl`) and v3 protobuf (`.pb`)
     /// files or directories of them.
     Import {
@@ -219,6 +230,28 @@ pub fn run(args: &StorageArgs, default_root: &Path) -> Result<(), CliError> {
             let res = run_compare(old, new, *format, *quiet, &mut out);
             out.flush()?;
             res?;
+        }
+        StorageCommand::Seal { grace, level } => {
+            let grace_ns = super::query::time::parse_duration(grace)
+                .map_err(|e| CliError::Usage(format!("--grace: {e}")))?;
+            if !(1..=22).contains(level) {
+                return Err(CliError::Usage(format!("--level {level}: expected 1..=22")));
+            }
+            let before = super::sealed::seal_horizon(root, super::now_ns(), grace_ns)?;
+            let rep = super::sealed::seal_store(root, before, *level)?;
+            for r in &rep.refused {
+                writeln!(out, "left raw: {r}")?;
+            }
+            writeln!(
+                out,
+                "seal: {} sealed ({} -> {} bytes), {} already sealed, {} in open hours, {} left raw",
+                rep.sealed,
+                rep.bytes_before,
+                rep.bytes_after,
+                rep.already,
+                rep.open,
+                rep.refused.len()
+            )?;
         }
         StorageCommand::Import {
             paths,
@@ -479,6 +512,14 @@ fn file_summary(
     match format {
         Format::Binary => {
             let f = std::fs::File::open(path).map_err(io)?;
+            if super::sealed::is_sealed(path).map_err(io)? {
+                let ix = super::sealed::SealedIndex::read(&f, path)?;
+                return Ok((
+                    ix.records,
+                    ix.blocks.first().map(|b| b.first_ts),
+                    ix.blocks.last().map(|b| b.last_ts),
+                ));
+            }
             let len = f.metadata().map_err(io)?.len();
             let n = len.saturating_sub(HEADER_LEN as u64) / RECORD_SIZE as u64;
             let at = |i: u64| -> Result<i64, StorageError> {

@@ -26,6 +26,7 @@ pub mod private_fs;
 pub mod query;
 pub mod repair;
 pub mod retention;
+pub mod sealed;
 pub mod strings_file;
 pub mod validate;
 

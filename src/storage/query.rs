@@ -30,6 +30,7 @@ use ib_stream_ipc::{RECORD_SIZE, Record, RecordKind};
 use super::StorageError;
 use super::binary::{BinaryHeader, HEADER_LEN, sidecar_path};
 use super::layout::{Format, HOUR_NS, Stream, list_segments};
+use super::sealed::SegmentData;
 use super::strings_file;
 use crate::tickjson::{self, LocalStrings, StringIntern};
 
@@ -250,7 +251,8 @@ impl Filter {
 #[derive(Debug)]
 struct BinaryReader {
     path: PathBuf,
-    file: File,
+    /// Raw or sealed (`storage::sealed`), read as the raw layout.
+    file: SegmentData,
     /// Records in the file (whole ones, as of opening; less if it shrank meanwhile).
     n: u64,
     /// Records per checksum block.
@@ -271,20 +273,6 @@ struct BinaryReader {
     bytes: Vec<u8>,
 }
 
-/// Reads into `buf` at `offset` until it is full or the file ends; returns the bytes read.
-fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], offset + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
-
 fn record_of(b: &[u8]) -> Record {
     let mut a = [0u8; RECORD_SIZE];
     a.copy_from_slice(&b[..RECORD_SIZE]);
@@ -295,24 +283,40 @@ impl BinaryReader {
     /// Opens the segment at `path`; `Ok(None)` when it holds nothing yet (or is gone).
     fn open(path: &Path, strings: &mut LocalStrings) -> Result<Option<BinaryReader>, QueryError> {
         let io = |e| QueryError::Storage(StorageError::io(path, e));
-        let file = match File::open(path) {
+        let mut file = match SegmentData::open(path) {
             Ok(f) => f,
             // Deleted by retention since it was listed.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // A sealed segment whose header or index does not verify: nothing of it is served.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(QueryError::Damaged(Box::new(Damage {
+                    path: path.to_path_buf(),
+                    kind: DamageKind::Header {
+                        reason: e.to_string(),
+                    },
+                    after: None,
+                    until: None,
+                })));
+            }
             Err(e) => return Err(io(e)),
         };
-        let crc_path = sidecar_path(path, "crc");
-        let crcs: Vec<u32> = match std::fs::read(&crc_path) {
-            Ok(b) => b
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(QueryError::Storage(StorageError::io(crc_path, e))),
+        let crcs: Vec<u32> = match file.sealed() {
+            Some(s) => s.index.crcs.clone(),
+            None => {
+                let crc_path = sidecar_path(path, "crc");
+                match std::fs::read(&crc_path) {
+                    Ok(b) => b
+                        .chunks_exact(4)
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(e) => return Err(QueryError::Storage(StorageError::io(crc_path, e))),
+                }
+            }
         };
-        let len = file.metadata().map_err(io)?.len();
+        let len = file.len().map_err(io)?;
         let mut h = [0u8; HEADER_LEN];
-        if len < HEADER_LEN as u64 || read_up_to(&file, &mut h, 0).map_err(io)? < HEADER_LEN {
+        if len < HEADER_LEN as u64 || file.read_up_to(&mut h, 0).map_err(io)? < HEADER_LEN {
             // Created, header not written yet: nothing stored in it so far.
             return Ok(None);
         }
@@ -374,13 +378,12 @@ impl BinaryReader {
         }
         let mut bytes = std::mem::take(&mut self.bytes);
         bytes.resize((end - start) as usize * RECORD_SIZE, 0);
-        let got = read_up_to(
-            &self.file,
-            &mut bytes,
-            HEADER_LEN as u64 + start * RECORD_SIZE as u64,
-        )
-        .map_err(self.io())?;
+        let got = self
+            .file
+            .read_up_to(&mut bytes, HEADER_LEN as u64 + start * RECORD_SIZE as u64)
+            .map_err(self.io())?;
         let ok = got == bytes.len()
+            && !self.file.crc_block_damaged(b)
             && !(end - start == self.block
                 && (b as usize) < self.crcs.len()
                 && crc32fast::hash(&bytes) != self.crcs[b as usize]);
@@ -397,14 +400,30 @@ impl BinaryReader {
         // Reading from the start is always correct, so an unverified first record may say
         // that there is nothing to skip (a whole-file read saves the search).
         let mut first = [0u8; RECORD_SIZE];
-        if self.n == 0
-            || (read_up_to(&self.file, &mut first, HEADER_LEN as u64).map_err(self.io())?
-                == RECORD_SIZE
-                && !before(&record_of(&first)))
-        {
+        if self.n == 0 {
+            return Ok(0);
+        }
+        let got = self
+            .file
+            .read_up_to(&mut first, HEADER_LEN as u64)
+            .map_err(self.io())?;
+        if got == RECORD_SIZE && !self.file.crc_block_damaged(0) && !before(&record_of(&first)) {
             return Ok(0);
         }
         let (mut lo, mut hi) = (0u64, self.n.div_ceil(self.block));
+        if let Some(s) = self.file.sealed() {
+            // The verified index narrows the search to one compressed block: the first whose
+            // last record is not `before` (its first and last sequence and time are kept).
+            let k = s.index.blocks.partition_point(|e| {
+                let mut r = Record::ZERO;
+                r.seq = e.last_seq;
+                r.ts_recv = e.last_ts;
+                before(&r)
+            }) as u64;
+            let per = u64::from(s.index.block_records) / self.block;
+            lo = (k * per).min(hi);
+            hi = ((k + 1) * per).min(hi);
+        }
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             match self.probe_block(mid)? {
@@ -422,16 +441,27 @@ impl BinaryReader {
         if self.next >= self.n {
             return Ok(false);
         }
-        let per_chunk = (CHUNK_RECORDS as u64 / self.block).max(1) * self.block;
-        let count = (self.n - self.next).min(per_chunk);
+        let per_chunk = match self.file.sealed() {
+            // One compressed block per chunk: each is decompressed once.
+            Some(s) => u64::from(s.index.block_records),
+            None => (CHUNK_RECORDS as u64 / self.block).max(1) * self.block,
+        };
+        // A sealed segment's chunks end where its compressed blocks do (a search may start
+        // one anywhere).
+        let room = match self.file.sealed() {
+            Some(_) => per_chunk - self.next % per_chunk,
+            None => per_chunk,
+        };
+        let count = (self.n - self.next).min(room);
         let mut bytes = std::mem::take(&mut self.bytes);
         bytes.resize(count as usize * RECORD_SIZE, 0);
-        let got = read_up_to(
-            &self.file,
-            &mut bytes,
-            HEADER_LEN as u64 + self.next * RECORD_SIZE as u64,
-        )
-        .map_err(self.io())?;
+        let got = self
+            .file
+            .read_up_to(
+                &mut bytes,
+                HEADER_LEN as u64 + self.next * RECORD_SIZE as u64,
+            )
+            .map_err(self.io())?;
         let got_recs = (got / RECORD_SIZE) as u64;
         if got_recs < count {
             // Cut short meanwhile (a rollback or repair): what is there is all there is.
@@ -447,38 +477,73 @@ impl BinaryReader {
             let serve = match self.crcs.get(blk as usize) {
                 // The open tail: no checksum yet.
                 None => true,
-                Some(&want) if avail == self.block => {
-                    let ok = crc32fast::hash(recs) == want;
+                Some(&want) if avail == self.block || self.file.sealed().is_some() => {
+                    // A sealed segment's entries cover every record, its last block too.
+                    let ok = !self.file.crc_block_damaged(blk) && crc32fast::hash(recs) == want;
                     if !ok {
                         let after_idx = idx + avail;
                         let until = if after_idx < self.next + got_recs {
                             Some(record_of(&bytes[range.end..]))
                         } else if after_idx < self.n {
                             let mut b = [0u8; RECORD_SIZE];
-                            (read_up_to(
-                                &self.file,
-                                &mut b,
-                                HEADER_LEN as u64 + after_idx * RECORD_SIZE as u64,
-                            )
-                            .map_err(self.io())?
+                            (self
+                                .file
+                                .read_up_to(
+                                    &mut b,
+                                    HEADER_LEN as u64 + after_idx * RECORD_SIZE as u64,
+                                )
+                                .map_err(self.io())?
                                 == RECORD_SIZE)
                                 .then(|| record_of(&b))
                         } else {
                             None
                         };
-                        self.damage.push_back((
-                            self.buf.len(),
-                            Damage {
-                                path: self.path.clone(),
-                                kind: DamageKind::Block {
-                                    index: blk,
-                                    offset: HEADER_LEN as u64 + idx * RECORD_SIZE as u64,
-                                    records: avail,
+                        // A record of a damaged compressed block is no hint (it reads as zeros).
+                        let until = until
+                            .filter(|_| !self.file.crc_block_damaged(after_idx / self.block))
+                            .map(|r| (r.seq, r.ts_recv));
+                        let offset = HEADER_LEN as u64 + idx * RECORD_SIZE as u64;
+                        let served = self.buf.len();
+                        // A sealed segment loses a whole compressed block at once: its checksum
+                        // blocks make one report, not sixteen.
+                        let merged = match self.damage.back_mut() {
+                            Some((
+                                pos,
+                                Damage {
+                                    kind:
+                                        DamageKind::Block {
+                                            offset: o,
+                                            records: n,
+                                            ..
+                                        },
+                                    until: u,
+                                    ..
                                 },
-                                after: self.last_loaded,
-                                until: until.map(|r| (r.seq, r.ts_recv)),
-                            },
-                        ));
+                            )) if self.file.sealed().is_some()
+                                && *pos == served
+                                && *o + *n * RECORD_SIZE as u64 == offset =>
+                            {
+                                *n += avail;
+                                *u = until;
+                                true
+                            }
+                            _ => false,
+                        };
+                        if !merged {
+                            self.damage.push_back((
+                                served,
+                                Damage {
+                                    path: self.path.clone(),
+                                    kind: DamageKind::Block {
+                                        index: blk,
+                                        offset,
+                                        records: avail,
+                                    },
+                                    after: self.last_loaded,
+                                    until,
+                                },
+                            ));
+                        }
                     }
                     ok
                 }

@@ -14,6 +14,7 @@ use super::StorageError;
 use super::binary::{CRC_BLOCK_RECORDS, HEADER_LEN, sidecar_path, truncate_or_remove};
 use super::jsonl::line_seq;
 use super::layout::{Format, HOUR_NS, list_segments};
+use super::sealed;
 use super::strings_file;
 
 /// What a repair changed.
@@ -74,6 +75,12 @@ pub fn stored_through(
             continue;
         }
         let path = &seg.path;
+        if format == Format::Binary
+            && let Some(last) = sealed_last_seq(path)?
+        {
+            best = Some(best.map_or(last, |b| b.max(last)));
+            continue;
+        }
         let f = std::fs::File::open(path).map_err(io(path))?;
         let len = f.metadata().map_err(io(path))?.len();
         let last = match format {
@@ -109,6 +116,16 @@ pub fn stored_through(
     Ok(best)
 }
 
+/// The last sequence of a sealed segment (from its verified index); `None` for a raw one.
+fn sealed_last_seq(path: &Path) -> Result<Option<u64>, StorageError> {
+    if !sealed::is_sealed(path).map_err(io(path))? {
+        return Ok(None);
+    }
+    let f = std::fs::File::open(path).map_err(io(path))?;
+    let ix = sealed::SealedIndex::read(&f, path)?;
+    Ok(Some(ix.blocks.last().map_or(0, |b| b.last_seq)))
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
     move |e| StorageError::io(path, e)
 }
@@ -126,6 +143,18 @@ fn remove_binary(path: &Path) -> Result<(), StorageError> {
 
 /// Returns (old length, new length) of the data file.
 fn repair_binary(path: &Path, keep: u64) -> Result<(u64, u64), StorageError> {
+    if let Some(last) = sealed_last_seq(path)? {
+        let len = std::fs::metadata(path).map_err(io(path))?.len();
+        if last <= keep {
+            // Nothing to cut: a sealed segment stays sealed.
+            return Ok((len, len));
+        }
+        // Records past `keep` in a sealed hour: back to the raw form, then cut as usual.
+        sealed::unseal_file(path).map_err(|e| match e {
+            sealed::SealError::Storage(e) => e,
+            sealed::SealError::NotIntact { path, why } => StorageError::corrupt(path, why),
+        })?;
+    }
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -180,13 +180,16 @@ fn repair_torn(seg: &SegmentFile) -> Result<Vec<Problem>, StorageError> {
                 // No header: nothing in the file can be read.
                 return Ok(done);
             }
+            // A sealed segment was written whole and is never cut: only its strings are.
+            let sealed = crate::storage::sealed::is_sealed(&seg.path)
+                .map_err(|e| StorageError::io(&seg.path, e))?;
             let n = (len - HEADER_LEN as u64) / RECORD_SIZE as u64;
             let whole = HEADER_LEN as u64 + n * RECORD_SIZE as u64;
-            if whole != len {
+            if whole != len && !sealed {
                 cut(&seg.path, len, whole, "torn record")?;
             }
             let crc = sidecar_path(&seg.path, "crc");
-            if let Some(clen) = len_of(&crc) {
+            if !sealed && let Some(clen) = len_of(&crc) {
                 let blocks = n.div_ceil(u64::from(binary::CRC_BLOCK_RECORDS));
                 let keep = (clen / 4).min(blocks) * 4;
                 if keep != clen {
@@ -258,16 +261,31 @@ fn check_segment(root: &Path, seg: &SegmentFile, problems: &mut Vec<Problem>) ->
             }
             let check = s.verify();
             let b = u64::from(s.header.crc_block_records);
+            // Checksum blocks of a sealed segment whose compressed block cannot be read: their
+            // records are not there at all (they read as zeros), so they are left out below.
+            let lost = match crate::storage::sealed::unreadable_crc_blocks(&seg.path) {
+                Ok(l) => l,
+                Err(e) => {
+                    problems.push(problem(seg, "", e.to_string()));
+                    return None;
+                }
+            };
+            let readable = |i: usize| !lost.contains(&(i as u64 / b.max(1)));
             for blk in &check.bad_blocks {
                 let (first, last) = (blk * b, ((blk + 1) * b).min(s.records.len() as u64) - 1);
                 // The block's own sequences are not to be trusted: its neighbours bound them.
-                let lo = first
-                    .checked_sub(1)
-                    .map_or(0, |i| s.records[i as usize].seq + 1);
-                let hi = s
-                    .records
-                    .get(last as usize + 1)
-                    .map_or(u64::MAX, |r| r.seq - 1);
+                let lo = (0..first as usize)
+                    .rev()
+                    .find(|&i| readable(i))
+                    .map_or(0, |i| s.records[i].seq + 1);
+                let hi = (last as usize + 1..s.records.len())
+                    .find(|&i| readable(i))
+                    .map_or(u64::MAX, |i| s.records[i].seq.saturating_sub(1));
+                let what = if lost.contains(blk) {
+                    "the compressed block holding these records is damaged (sealed segment)"
+                } else {
+                    "checksum mismatch: the records of this block were changed on disk"
+                };
                 problems.push(problem(
                     seg,
                     format!(
@@ -276,7 +294,7 @@ fn check_segment(root: &Path, seg: &SegmentFile, problems: &mut Vec<Problem>) ->
                         HEADER_LEN as u64 + (last + 1) * RECORD_SIZE as u64
                     ),
                     format!(
-                        "checksum mismatch: the records of this block were changed on disk; {}",
+                        "{what}; {}",
                         other_copy(root, seg, lo, hi, Some(last + 1 - first))
                     ),
                 ));
@@ -332,6 +350,7 @@ fn check_segment(root: &Path, seg: &SegmentFile, problems: &mut Vec<Problem>) ->
             s.records
                 .into_iter()
                 .enumerate()
+                .filter(|(i, _)| readable(*i))
                 .map(|(i, r)| (Loc::Record(i), r))
                 .collect()
         }

@@ -443,17 +443,21 @@ pub fn epochs_from(
 /// The receive time of a segment's first record.
 fn first_ts(path: &Path, format: Format) -> Result<Option<i64>, QueryError> {
     let io = |e| StorageError::io(path, e);
-    let file = File::open(path).map_err(io)?;
     match format {
         Format::Binary => {
-            let mut b = [0u8; ib_stream_ipc::RECORD_SIZE];
-            match file.read_exact_at(&mut b, crate::storage::binary::HEADER_LEN as u64) {
-                Ok(()) => Ok(Some(Record::from_bytes_array(&b).ts_recv)),
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-                Err(e) => Err(io(e).into()),
+            // Raw or sealed; a sealed one's first time is in its verified index.
+            let mut data = crate::storage::sealed::SegmentData::open(path).map_err(io)?;
+            if let Some(s) = data.sealed() {
+                return Ok(s.index.blocks.first().map(|b| b.first_ts));
             }
+            let mut b = [0u8; ib_stream_ipc::RECORD_SIZE];
+            let n = data
+                .read_up_to(&mut b, crate::storage::binary::HEADER_LEN as u64)
+                .map_err(io)?;
+            Ok((n == b.len()).then(|| Record::from_bytes_array(&b).ts_recv))
         }
         Format::Jsonl => {
+            let file = File::open(path).map_err(io)?;
             let mut b = [0u8; 64];
             let n = file.read_at(&mut b, 0).map_err(io)?;
             Ok(line_st_us(&b[..n]).map(|us| us.saturating_mul(1000)))
