@@ -181,6 +181,14 @@ impl SubscriptionManager {
         })
     }
 
+    /// Request ids whose cancel waits in the queue (the request is still out at IB).
+    pub fn cancels_queued(&self) -> impl Iterator<Item = i32> + '_ {
+        self.pending.iter().filter_map(|p| match p {
+            Pending::Cancel { req_id, .. } => Some(*req_id),
+            _ => None,
+        })
+    }
+
     /// When a queued subscription's request will go out, if it waits on time (the
     /// same-instrument window, or a refusal's retry): `None` once it is out or due now.
     pub fn queued_until(&self, key: SubKey, now: u64) -> Option<u64> {
