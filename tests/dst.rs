@@ -21,10 +21,10 @@ use ib_stream::tws::{
     ClientHello, ClientMsg, FrameReader, MAX_SUPPORTED, ServerAck, ServerMsg, TickByTickData,
 };
 use tws_sim::connection::{Connection, Fault as GwFault};
-use tws_sim::session::Feed;
 use tws_sim::gateway::{Gateway, GatewayConfig, WallClock};
 use tws_sim::limits::LimitConfig;
 use tws_sim::schedule::Mode;
+use tws_sim::session::Feed;
 use tws_sim::session::SessionConfig;
 use tws_sim::universe::Universe;
 
@@ -664,8 +664,12 @@ impl World {
                     }
                     self.s.on_control_closed(clock, client);
                     self.ctl_open[client] = false;
-                    let gone: Vec<(usize, u32)> =
-                        self.held.iter().filter(|h| h.0 == client).copied().collect();
+                    let gone: Vec<(usize, u32)> = self
+                        .held
+                        .iter()
+                        .filter(|h| h.0 == client)
+                        .copied()
+                        .collect();
                     for h in gone {
                         self.held.remove(&h);
                         self.unhold(SubKey {
@@ -1055,9 +1059,8 @@ impl World {
                     };
                     if rejects(code, key.kind) {
                         self.want.remove(&key);
-                        self.held.retain(|h| {
-                            !(key.kind == SubKind::BidAsk && h.1 == key.con_id)
-                        });
+                        self.held
+                            .retain(|h| !(key.kind == SubKind::BidAsk && h.1 == key.con_id));
                         self.expect.push(Expect::Rejected(key));
                     } else if code == 10190 {
                         self.expect.push(Expect::Retrying(key));
@@ -1202,10 +1205,7 @@ impl World {
         if !same || want.next().is_some() {
             let have: Vec<(SubKey, usize)> =
                 self.s.subs().list().map(|i| (i.key, i.holders)).collect();
-            return Err(format!(
-                "holders {have:?}, the world holds {:?}",
-                self.want
-            ));
+            return Err(format!("holders {have:?}, the world holds {:?}", self.want));
         }
         Ok(())
     }
