@@ -999,14 +999,11 @@ impl World {
         } else {
             t.frames.feed(b);
         }
-        loop {
-            let Some(f) = t
-                .frames
-                .next_frame(t.version)
-                .map_err(|e| format!("gateway frame: {e}"))?
-            else {
-                break;
-            };
+        while let Some(f) = t
+            .frames
+            .next_frame(t.version)
+            .map_err(|e| format!("gateway frame: {e}"))?
+        {
             let m = ServerMsg::decode(&f, t.version).map_err(|e| format!("gateway msg: {e}"))?;
             let seen = match m {
                 ServerMsg::TickByTick {

@@ -136,7 +136,9 @@ pub mod code {
                 "Requested market data is not subscribed. Displaying delayed market data."
             }
             TBT_CAP => "Max number of tick-by-tick requests has been reached.",
-            INVALID_REQUEST => "Error validating request.-'bW' : cause - The API request is invalid.",
+            INVALID_REQUEST => {
+                "Error validating request.-'bW' : cause - The API request is invalid."
+            }
             NOT_SUBSCRIBED => "Requested market data is not subscribed.",
             NEEDS_API_SUBSCRIPTION => {
                 "Requested market data requires additional subscription for API."
