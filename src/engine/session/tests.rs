@@ -1,5 +1,7 @@
 //! The session driven alone: scripted gateway bytes (encoded with the crate's codec), a
 //! virtual clock, no socket. Every test runs in milliseconds whatever time it simulates.
+//! (Over 600 lines: one harness shared by every session rule's test, the rules moved here
+//! from the slow process tests.)
 
 use super::*;
 use crate::config::{Environment, TrackedContract};
