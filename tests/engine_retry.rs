@@ -5,6 +5,12 @@
 //!
 //! The window is 3 s here instead of IB's 15 (the simulator's `--tbt-same-instrument-secs`
 //! and the engine's `--tbt-same-instrument-ms`), so the test stays short.
+//!
+//! This is the wiring (real processes, the ring, the control socket, the status region).
+//! The rules themselves run on the virtual clock: the retry's timing and backoff in
+//! `src/engine/subs/tests.rs` and `src/engine/session/tests.rs` (the 15-second rule, a
+//! refusal at IB's slot cap retried a second apart until a slot is free), and every seed of
+//! `tests/dst.rs` (10190 at the account's caps, injected refusals).
 
 mod engine_support;
 
@@ -166,99 +172,4 @@ fn an_engine_restarted_within_the_window_is_refused_then_retries_and_gets_its_ti
     );
     let log = second.log();
     assert!(log.contains("retrying"), "{log}");
-}
-
-/// 10190 at IB's slot cap (the simulated account allows one tick-by-tick stream, our budget
-/// two): the refused on-demand subscription is retried at least a second apart while its
-/// holder keeps it, and gets the slot once the other subscription is cancelled.
-#[test]
-fn a_refusal_at_ibs_slot_cap_gets_the_slot_freed_later() {
-    const MSFT: u32 = 272_093;
-    let dir = TempDir::new("retrycap");
-    let sim = Sim::start(&[
-        "--rate",
-        "50",
-        "--tbt-same-instrument-secs",
-        "0",
-        "--max-tick-by-tick",
-        "1",
-    ]);
-    let eng = Engine::start(
-        dir.path(),
-        sim.port,
-        &["IB_STREAM_TRACKED_CONTRACTS="],
-        &["--tbt-same-instrument-ms", "0", "--tbt-slots", "2"],
-    );
-    let mut ctl = eng.control();
-    let mut ring = ring_of(&eng, 0);
-    let mut seen = Vec::new();
-    let r = ctl.call(r#"{"id":1,"op":"subscribe","client":"a","con_id":265598,"kind":"bid_ask"}"#);
-    assert_eq!(r["ok"], true, "{r}");
-    read_until(&mut ring, 30, &mut seen, |s| {
-        count_kind(s, RecordKind::TbtBidAsk, AAPL) >= 3
-    });
-    let r = ctl.call(r#"{"id":2,"op":"subscribe","client":"b","con_id":272093,"kind":"bid_ask"}"#);
-    assert_eq!(
-        (r["ok"].clone(), r["state"].clone()),
-        (true.into(), "queued".into()),
-        "{r}"
-    );
-    let msft = |s: &[Record]| -> Vec<Record> {
-        s.iter()
-            .filter(|r| is_kind(r, RecordKind::Subscription) && r.instrument_id == MSFT)
-            .copied()
-            .collect()
-    };
-    let refused = |s: &[Record]| {
-        msft(s)
-            .iter()
-            .filter(|r| r.tick_type == SubState::Queued as u8 && r.body[1] == 10190)
-            .count()
-    };
-    // Refused twice: the first attempt and one retry.
-    read_until(&mut ring, 30, &mut seen, |s| refused(s) >= 2);
-    let list = ctl.call(r#"{"id":3,"op":"list"}"#);
-    let entry = list["subscriptions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["con_id"] == MSFT)
-        .unwrap()
-        .clone();
-    assert_eq!(entry["state"], "retrying", "{list}");
-    assert!(entry["refusals"].as_u64().unwrap() >= 2, "{list}");
-    assert_eq!(count_kind(&seen, RecordKind::TbtBidAsk, MSFT), 0);
-
-    // The other holder leaves: its stream is cancelled at IB, the slot is free, the next
-    // attempt takes it.
-    let r =
-        ctl.call(r#"{"id":4,"op":"unsubscribe","client":"a","con_id":265598,"kind":"bid_ask"}"#);
-    assert_eq!(r["ok"], true, "{r}");
-    read_until(&mut ring, 30, &mut seen, |s| {
-        count_kind(s, RecordKind::TbtBidAsk, MSFT) >= 5
-    });
-    let subs = msft(&seen);
-    let requests: Vec<i64> = subs
-        .iter()
-        .filter(|r| r.tick_type == SubState::Requested as u8)
-        .map(|r| r.ts_recv)
-        .collect();
-    assert!(requests.len() >= 3, "{subs:#?}");
-    // Each record is written just after its send (100 ms of slack on a loaded machine).
-    for w in requests.windows(2) {
-        assert!(
-            w[1] - w[0] >= 900_000_000,
-            "attempts {} ms apart",
-            (w[1] - w[0]) / 1_000_000
-        );
-    }
-    let last = subs.last().unwrap();
-    assert_eq!(
-        (last.tick_type, last.body[1]),
-        (SubState::Active as u8, 0),
-        "{subs:#?}"
-    );
-    assert!(seen.iter().any(|r| is_kind(r, RecordKind::Subscription)
-        && r.instrument_id == AAPL
-        && r.tick_type == SubState::Cancelled as u8));
 }

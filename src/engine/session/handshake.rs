@@ -7,7 +7,6 @@ use tracing::{debug, info, warn};
 use crate::ipc::{ConnState, GapReason};
 use crate::tws::ClientHandshake;
 use crate::tws::FrameReader;
-use crate::tws::handshake::MIN_ACK_LEN;
 
 use super::super::ingest::READ_CHUNK;
 use super::{Action, Clock, IbConn, Phase, Session};
@@ -153,13 +152,10 @@ impl Session {
         let Some(c) = self.conn.as_mut() else {
             return false;
         };
-        let res = match self.ingest.reader.next_payload_min(MIN_ACK_LEN) {
-            Ok(None) => return true,
-            Ok(Some(payload)) => c.hs.on_ack(payload, &mut c.out),
-            Err(e) => Err(crate::tws::HandshakeError::from(e).into()),
-        };
-        match res {
-            Ok(ack) => {
+        // The tws crate's one client handshake reads the answer off the session's reader.
+        match c.hs.poll_ack(&mut self.ingest.reader, &mut c.out) {
+            Ok(None) => true,
+            Ok(Some(ack)) => {
                 c.version = ack.version;
                 c.phase = Phase::Start;
                 self.ingest.version = ack.version;

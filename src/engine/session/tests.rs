@@ -1,5 +1,7 @@
 //! The session driven alone: scripted gateway bytes (encoded with the crate's codec), a
 //! virtual clock, no socket. Every test runs in milliseconds whatever time it simulates.
+//! (Over 600 lines: one harness shared by every session rule's test, the rules moved here
+//! from the slow process tests.)
 
 use super::*;
 use crate::config::{Environment, TrackedContract};
@@ -35,6 +37,10 @@ impl Harness {
     /// A session on ports 4002 and 4001, client ids 7..=9; with `tracked`, a bid/ask
     /// subscription to a contract the store already holds.
     fn new(tracked: bool) -> Harness {
+        Harness::with(tracked, EngineOptions::default())
+    }
+
+    fn with(tracked: bool, opts: EngineOptions) -> Harness {
         let mut settings = Settings::defaults(Environment::Development);
         settings.ib_ports = vec![4002, 4001];
         settings.client_id = 7;
@@ -59,7 +65,7 @@ impl Harness {
         };
         let s = Session::new(
             settings,
-            EngineOptions::default(),
+            opts,
             publisher,
             stored,
             "/nonexistent/contracts.json".into(),
@@ -102,10 +108,14 @@ impl Harness {
     }
 
     fn error(&mut self, req_id: i32, code: i32) -> bool {
+        self.error_says(req_id, code, &format!("code {code}"))
+    }
+
+    fn error_says(&mut self, req_id: i32, code: i32, message: &str) -> bool {
         self.gateway(&[ServerMsg::Error {
             req_id,
             code,
-            message: format!("code {code}"),
+            message: message.into(),
             advanced_order_reject_json: String::new(),
             error_time_ms: 0,
         }])
@@ -458,4 +468,158 @@ fn a_lookup_refused_by_ib_answers_with_the_code() {
         serde_json::from_slice(h.s.control_out(3).strip_suffix(b"\n").unwrap()).unwrap();
     assert_eq!(reply["error"]["code"], "ib_error", "{reply}");
     assert_eq!(reply["error"]["ib_code"], 200, "{reply}");
+}
+
+fn sub_states(recs: &[Record]) -> Vec<(u8, i64)> {
+    recs.iter()
+        .filter(|r| r.kind() == Some(RecordKind::Subscription))
+        .map(|r| (r.tick_type, r.body[1]))
+        .collect()
+}
+
+#[test]
+fn ib_1102_keeps_the_subscriptions_and_ends_the_staleness() {
+    let mut h = Harness::new(true);
+    h.ready();
+    let req = h.tbt_request().unwrap();
+    h.quote(req);
+    h.at(100 * MS);
+    assert!(h.error(-1, codes::CONNECTIVITY_LOST));
+    h.at(900 * MS);
+    assert!(h.error(-1, codes::CONNECTIVITY_RESTORED_DATA_MAINTAINED));
+    h.quote(req);
+    let recs = h.records();
+    assert!(conn_states(&recs).contains(&(c(ConnState::Connected), 7, 1102)));
+    assert!(
+        !recs.iter().any(|r| r.kind() == Some(RecordKind::Gap)),
+        "data maintained: no gap"
+    );
+    assert_eq!(
+        recs.last().unwrap().flags & flags::STALE,
+        0,
+        "live after 1102"
+    );
+    // Nothing is requested again, however long we wait.
+    assert_eq!(h.until_tbt_request(60_000 * MS), None);
+    let sub = h.s.subs().list().next().unwrap();
+    assert_eq!((sub.req_id, sub.state), (req, SubState::Active));
+}
+
+#[test]
+fn the_watchdog_probes_a_silent_subscription_then_asks_for_it_again() {
+    let mut h = Harness::new(true);
+    h.ready();
+    let req = h.tbt_request().unwrap();
+    h.quote(req);
+    h.records();
+    // 60 s of silence (the default): a probe, and the subscription says it is silent.
+    let mut probed = None;
+    while probed.is_none() && h.clock.mono < 70_000 * MS {
+        let d = h.s.next_deadline(h.clock.mono);
+        h.at(d);
+        h.tick();
+        if h.sent().contains(&ClientMsg::ReqCurrentTime) {
+            probed = Some(d);
+        }
+    }
+    let at = probed.expect("a probe");
+    assert!((60_000 * MS..=61_000 * MS).contains(&at), "probed at {at}");
+    assert_eq!(
+        sub_states(&h.records()),
+        vec![(SubState::Silent as u8, 0)],
+        "the record says silent"
+    );
+    assert!(h.gateway(&[ServerMsg::CurrentTime {
+        time: 1_780_000_060
+    }]));
+    // Another silent period: cancelled and requested again under a new id.
+    let (again_at, again) = h.until_tbt_request(130_000 * MS).expect("a resubscribe");
+    assert!(
+        (120_000 * MS..=121_000 * MS).contains(&again_at),
+        "resubscribed at {again_at}"
+    );
+    assert_ne!(again, req);
+    h.quote(again);
+    let st = h.s.subs().list().next().unwrap().state;
+    assert_eq!(st, SubState::Active, "data again: active");
+}
+
+#[test]
+fn farm_notices_keep_the_table_and_a_broken_market_data_farm_marks_data_stale() {
+    let mut h = Harness::new(true);
+    h.ready();
+    let req = h.tbt_request().unwrap();
+    h.quote(req);
+    for (code, msg) in [
+        (2104, "Market data farm connection is OK:usfarm"),
+        (2106, "HMDS data farm connection is OK:ushmds"),
+    ] {
+        assert!(h.error_says(-1, code, msg));
+    }
+    let status = |h: &mut Harness| {
+        let d = h.s.next_deadline(h.clock.mono);
+        h.at(d.max(h.clock.mono + 100 * MS));
+        h.tick();
+        h.s.publisher().snap.engine.data_flags
+    };
+    assert_eq!(status(&mut h), 0);
+    assert!(h.error_says(-1, 2103, "Market data farm connection is broken:usfarm"));
+    assert_eq!(status(&mut h), crate::ipc::data_flags::FARM_BROKEN);
+    assert_eq!(h.s.publisher().snap.engine.last_error_code, 2103);
+    let farm = |h: &Harness, name: &str| {
+        h.s.farms
+            .farms()
+            .iter()
+            .find(|f| f.name() == name)
+            .and_then(|f| f.state())
+    };
+    assert_eq!(farm(&h, "usfarm"), Some(crate::ipc::FarmState::Broken));
+    // An HMDS farm going inactive is its own entry and makes no market data stale.
+    assert!(h.error_says(
+        -1,
+        2107,
+        "HMDS data farm connection is inactive but should be available upon demand.ushmds"
+    ));
+    assert_eq!(farm(&h, "ushmds"), Some(crate::ipc::FarmState::Inactive));
+    assert_eq!(h.s.farms.farms().len(), 2);
+    assert!(h.error_says(-1, 2104, "Market data farm connection is OK:usfarm"));
+    assert_eq!(status(&mut h), 0, "OK again: nothing flagged");
+    // Farm states belong to the session: a new one reports them afresh.
+    h.s.on_closed(h.clock, "gone");
+    assert!(h.s.farms.farms().is_empty());
+}
+
+#[test]
+fn a_refusal_at_ibs_slot_cap_is_retried_a_second_apart_until_a_slot_is_free() {
+    let opts = EngineOptions {
+        tbt_same_instrument_ms: 0,
+        ..EngineOptions::default()
+    };
+    let mut h = Harness::with(true, opts);
+    h.ready();
+    let mut req = h.tbt_request().unwrap();
+    let mut sent_at = h.clock.mono;
+    // IB's cap is taken by others: refused three times, each retry a second or more after
+    // the refused request, the subscription kept (retrying) meanwhile.
+    for n in 1..=3u32 {
+        h.at(sent_at + 5 * MS);
+        assert!(h.error(req, codes::MAX_TICK_BY_TICK));
+        let sub = h.s.subs().list().next().unwrap();
+        assert_eq!((sub.state, sub.code), (SubState::Queued, 10190));
+        assert_eq!(sub.retry.map(|r| r.refusals), Some(n));
+        let (at, again) = h.until_tbt_request(sent_at + 10_000 * MS).expect("a retry");
+        assert!(
+            at >= sent_at + 1_000 * MS,
+            "retry {n} {} ms after",
+            (at - sent_at) / MS
+        );
+        (req, sent_at) = (again, at);
+    }
+    // A slot is free: the attempt is served, data flows, the retry is over.
+    h.quote(req);
+    let sub = h.s.subs().list().next().unwrap();
+    assert_eq!(
+        (sub.state, sub.code, sub.retry),
+        (SubState::Active, 0, None)
+    );
 }

@@ -40,6 +40,12 @@ pub enum Fault {
     Farm(i32),
     /// 10197 competing live session on or off.
     Competing(bool),
+    /// 100 (the client sent too fast, as IB measures it) and the close.
+    Pacing,
+    /// The next data request is refused with this code (200, 321, 354, 10089, ...).
+    Refuse(i32),
+    /// Live market data lines switch to delayed (10167, market data type 3).
+    Delayed,
 }
 
 /// Subscription counters for `stats`.
@@ -464,7 +470,8 @@ impl Connection {
         }
     }
 
-    /// A fault, at `now`. Session faults (1100, 1101/1102, farm notices, 10197) reach only a
+    /// A fault, at `now`. Session faults (1100, 1101/1102, farm notices, 10197, 100,
+    /// refusals, the delayed switch) reach only a
     /// connection past START_API; false when the connection is not one (or is over).
     pub fn inject(&mut self, fault: Fault, now: Instant) -> bool {
         self.now = now;
@@ -492,6 +499,16 @@ impl Connection {
                 }
                 return true;
             }
+            Fault::Pacing if matches!(self.phase, Phase::Live(_)) => {
+                self.replies.push(Reply::Error {
+                    req_id: -1,
+                    code: code::PACING,
+                    msg: code::text(code::PACING).into(),
+                });
+                self.encode_replies(now);
+                self.close(End::Pacing, true);
+                return true;
+            }
             _ => {}
         }
         let gw = Arc::clone(&self.gw);
@@ -512,7 +529,9 @@ impl Connection {
             }
             Fault::Farm(c) => session.farm_notice(c, &mut self.replies),
             Fault::Competing(on) => session.set_competing(on, &mut self.replies),
-            Fault::Stall(_) | Fault::Split { .. } | Fault::Malformed => {}
+            Fault::Refuse(c) => session.refuse_next(c),
+            Fault::Delayed => session.switch_to_delayed(&mut self.replies),
+            Fault::Stall(_) | Fault::Split { .. } | Fault::Malformed | Fault::Pacing => {}
         }
         self.encode_replies(now);
         true

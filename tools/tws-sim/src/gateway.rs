@@ -181,6 +181,20 @@ impl Gateway {
         self.account.lock().forget_all_tbt_requests();
     }
 
+    /// Another client of the account takes (`take`) or gives back (`!take`) `tbt`
+    /// tick-by-tick slots and `lines` market data lines: requests beyond the account's caps
+    /// are refused with 10190 and 101 meanwhile.
+    pub fn slots_elsewhere(&self, tbt: usize, lines: usize, take: bool) {
+        let mut acct = self.account.lock();
+        if take {
+            acct.tbt_active += tbt;
+            acct.mkt_lines += lines;
+        } else {
+            acct.tbt_active = acct.tbt_active.saturating_sub(tbt);
+            acct.mkt_lines = acct.mkt_lines.saturating_sub(lines);
+        }
+    }
+
     /// Cancels the account received since start, by kind (see [`crate::limits::CancelCounts`]).
     pub fn cancels(&self) -> serde_json::Value {
         self.account.lock().cancels.to_json()

@@ -136,6 +136,13 @@ pub mod code {
                 "Requested market data is not subscribed. Displaying delayed market data."
             }
             TBT_CAP => "Max number of tick-by-tick requests has been reached.",
+            INVALID_REQUEST => {
+                "Error validating request.-'bW' : cause - The API request is invalid."
+            }
+            NOT_SUBSCRIBED => "Requested market data is not subscribed.",
+            NEEDS_API_SUBSCRIPTION => {
+                "Requested market data requires additional subscription for API."
+            }
             COMPETING_SESSION => "No market data during competing live session",
             2103 => "Market data farm connection is broken:usfarm",
             2104 => "Market data farm connection is OK:usfarm",
@@ -224,6 +231,9 @@ pub struct Session {
     connectivity_lost: bool,
     competing: bool,
     subs: Vec<Sub>,
+    /// Codes the next data requests are refused with, oldest first (a fault: a contract
+    /// that expired, a lapsed market data subscription, ...).
+    refusals: std::collections::VecDeque<i32>,
 }
 
 impl Session {
@@ -237,6 +247,7 @@ impl Session {
             connectivity_lost: false,
             competing,
             subs: Vec::new(),
+            refusals: std::collections::VecDeque::new(),
         }
     }
 
@@ -345,7 +356,7 @@ impl Session {
     }
 
     fn common_checks(
-        &self,
+        &mut self,
         req_id: i32,
         contract: &ContractQuery,
         universe: &Universe,
@@ -357,6 +368,10 @@ impl Session {
                 code::DUPLICATE_TICKER,
                 "Error processing request.-'bW' : cause - Duplicate ticker id",
             ));
+            return None;
+        }
+        if let Some(c) = self.refusals.pop_front() {
+            out.push(std_error(req_id, c));
             return None;
         }
         if let Some(cause) = contract_problem(contract) {
@@ -600,6 +615,26 @@ impl Session {
             );
         }
         self.competing = on;
+    }
+
+    /// The next data request (reqMktData or reqTickByTickData) is refused with `code`
+    /// (200, 321, 354, 10089, 101, 10190, ...), whatever the account allows.
+    pub fn refuse_next(&mut self, code: i32) {
+        self.refusals.push_back(code);
+    }
+
+    /// IB switches every live market data line to delayed data (a lapsed subscription):
+    /// 10167 and market data type 3 for each; tick-by-tick has no delayed form.
+    pub fn switch_to_delayed(&mut self, out: &mut Vec<Reply>) {
+        for sub in &self.subs {
+            if let Feed::L1(_) = sub.feed {
+                out.push(std_error(sub.req_id, code::DISPLAYING_DELAYED));
+                out.push(Reply::MarketDataType {
+                    req_id: sub.req_id,
+                    data_type: 3,
+                });
+            }
+        }
     }
 
     /// A farm notice (2103..2108, 2119, 2157, 2158).
