@@ -38,6 +38,9 @@ pub struct ClientConfig {
     pub queue_capacity: usize,
     /// What happens when that queue is full.
     pub slow_consumer: SlowConsumerPolicy,
+    /// The socket's receive buffer (`SO_RCVBUF`), when it must be small: the kernel's
+    /// default lets a paused consumer hide megabytes from the server's slow-client policy.
+    pub recv_buffer: Option<u32>,
 }
 
 impl ClientConfig {
@@ -50,6 +53,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(5),
             queue_capacity: 4096,
             slow_consumer: SlowConsumerPolicy::Backpressure,
+            recv_buffer: None,
         }
     }
 }
@@ -108,9 +112,30 @@ pub fn endpoint(url: &str, token: Option<&str>) -> Result<Endpoint, ConnectError
     Ok(Endpoint { authority, url })
 }
 
-async fn connect(ep: Endpoint, timeout: Duration) -> Result<Ws, ConnectError> {
+async fn tcp_connect(authority: &str, recv_buffer: Option<u32>) -> std::io::Result<TcpStream> {
+    let Some(size) = recv_buffer else {
+        return TcpStream::connect(authority).await;
+    };
+    let mut last = None;
+    for addr in tokio::net::lookup_host(authority).await? {
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // Before connecting, so the window offered in the handshake is already small.
+        sock.set_recv_buffer_size(size)?;
+        match sock.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the host has no address")))
+}
+
+async fn connect(ep: Endpoint, timeout: Duration, recv_buffer: Option<u32>) -> Result<Ws, ConnectError> {
     let attempt = async {
-        let tcp = TcpStream::connect(&ep.authority)
+        let tcp = tcp_connect(&ep.authority, recv_buffer)
             .await
             .map_err(|e| ConnectError::WebSocket(Box::new(tungstenite::Error::Io(e))))?;
         // One small frame per tick: no Nagle delay on our requests either.
@@ -143,9 +168,13 @@ enum Command {
     Close(oneshot::Sender<()>),
 }
 
-/// What the task publishes for [`Client::health`].
+/// What the task publishes for [`Client::health`], and the close signal.
 #[derive(Debug, Default)]
 struct Shared {
+    /// Set by [`Client::close`]: a delivery blocked on a full queue gives up, so closing
+    /// never waits for a consumer that stopped reading.
+    stop: std::sync::atomic::AtomicBool,
+    stop_notify: tokio::sync::Notify,
     state: AtomicU8,
     active: AtomicUsize,
     pending: AtomicUsize,
@@ -269,6 +298,8 @@ impl Client {
 
     /// Closes the connection and ends the client (state `Closed`); waits for the task.
     pub async fn close(self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.stop_notify.notify_one();
         let (ack, done) = oneshot::channel();
         if self.cmds.send(Command::Close(ack)).is_ok() {
             let _ = done.await;
@@ -311,6 +342,24 @@ impl Client {
 
 type Connecting = Pin<Box<dyn Future<Output = Result<Ws, ConnectError>> + Send>>;
 
+/// Waits for room in the queue, unless the client is closing; `Err` when the consumer is
+/// gone or the client closes.
+async fn send_waiting(tx: &mpsc::Sender<Event>, ev: Event, shared: &Shared) -> Result<(), ()> {
+    match tx.try_send(ev) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+        Err(mpsc::error::TrySendError::Full(ev)) => {
+            if shared.stop.load(Ordering::SeqCst) {
+                return Err(());
+            }
+            tokio::select! {
+                r = tx.send(ev) => r.map_err(|_| ()),
+                () = shared.stop_notify.notified() => Err(()),
+            }
+        }
+    }
+}
+
 /// Hands `ev` to the consumer under the slow-consumer policy; `Err` when the consumer is gone.
 async fn deliver(
     tx: &mpsc::Sender<Event>,
@@ -318,6 +367,7 @@ async fn deliver(
     policy: SlowConsumerPolicy,
     overflow: &mut Overflow,
     metrics: &Metrics,
+    shared: &Shared,
 ) -> Result<(), ()> {
     use mpsc::error::TrySendError;
     if let (Event::Tick { sub, .. }, SlowConsumerPolicy::DropTicks) = (&ev, policy) {
@@ -364,17 +414,20 @@ async fn deliver(
         && let Some(g) = overflow.take(s)
     {
         Metrics::add(&metrics.gaps, 1);
-        tx.send(Event::Gap {
-            sub: Some(s),
-            gap: g,
-        })
-        .await
-        .map_err(|_| ())?;
+        send_waiting(
+            tx,
+            Event::Gap {
+                sub: Some(s),
+                gap: g,
+            },
+            shared,
+        )
+        .await?;
     }
     if matches!(ev, Event::Tick { .. }) {
         Metrics::add(&metrics.ticks, 1);
     }
-    tx.send(ev).await.map_err(|_| ())
+    send_waiting(tx, ev, shared).await
 }
 
 /// Reports drops waiting for a subscription that has had no event since.
@@ -414,46 +467,9 @@ async fn run(
     let mut armed: Option<Instant> = None;
     sess.start(Instant::now());
     loop {
-        let mut changed = false;
-        while let Some(a) = sess.poll_action() {
-            match a {
-                Action::Connect => {
-                    connecting = Some(Box::pin(connect(ep.clone(), cfg.connect_timeout)));
-                    changed = true;
-                }
-                Action::Send(text) => {
-                    if let Some(w) = ws.as_mut()
-                        && let Err(e) = w.send(Message::text(text)).await
-                    {
-                        ws = None;
-                        sess.on_closed(&format!("send failed: {e}"), Instant::now());
-                    }
-                    changed = true;
-                }
-                Action::Disconnect => {
-                    if let Some(mut w) = ws.take() {
-                        // A polite close, but never waiting on a dead peer.
-                        let _ = tokio::time::timeout(Duration::from_millis(100), w.close(None))
-                            .await;
-                    }
-                    connecting = None;
-                    changed = true;
-                }
-                Action::Deliver(ev) => {
-                    if !matches!(ev, Event::Tick { .. }) {
-                        changed = true;
-                    }
-                    if deliver(&tx, ev, cfg.slow_consumer, &mut overflow, &metrics)
-                        .await
-                        .is_err()
-                    {
-                        // The consumer dropped its Events: nobody listens; close.
-                        sess.close(Instant::now());
-                    }
-                }
-            }
-        }
-        if changed {
+        // Published before the events go out: a health snapshot is never older than an
+        // event the consumer has seen.
+        if sess.take_changed() {
             let state = sess.state();
             shared.state.store(state_code(state), Ordering::Relaxed);
             let (a, p, e) = sess.counts();
@@ -463,9 +479,47 @@ async fn run(
             shared
                 .silence_limit_us
                 .store(sess.silence_limit().as_micros() as u64, Ordering::Relaxed);
-            if state.is_terminal() {
-                break;
+        }
+        while let Some(a) = sess.poll_action() {
+            match a {
+                Action::Connect => {
+                    connecting = Some(Box::pin(connect(
+                        ep.clone(),
+                        cfg.connect_timeout,
+                        cfg.recv_buffer,
+                    )));
+                }
+                Action::Send(text) => {
+                    if let Some(w) = ws.as_mut()
+                        && let Err(e) = w.send(Message::text(text)).await
+                    {
+                        ws = None;
+                        sess.on_closed(&format!("send failed: {e}"), Instant::now());
+                    }
+                }
+                Action::Disconnect => {
+                    if let Some(mut w) = ws.take() {
+                        // A polite close, but never waiting on a dead peer.
+                        let _ = tokio::time::timeout(Duration::from_millis(100), w.close(None))
+                            .await;
+                    }
+                    connecting = None;
+                }
+                Action::Deliver(ev) => {
+                    if deliver(&tx, ev, cfg.slow_consumer, &mut overflow, &metrics, &shared)
+                        .await
+                        .is_err()
+                    {
+                        // The consumer dropped its Events, or closes: nobody listens.
+                        sess.close(Instant::now());
+                    }
+                }
             }
+        }
+        if sess.state().is_terminal() {
+            // Every action, the last transition included, was carried out above.
+            shared.state.store(state_code(sess.state()), Ordering::Relaxed);
+            break;
         }
         if !overflow.is_empty() {
             flush_overflow(&tx, &mut overflow, &metrics);

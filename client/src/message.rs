@@ -5,24 +5,25 @@
 //! [`parse`] turns one frame (a WebSocket text message, an SSE `data:` payload) into a
 //! [`ServerMessage`] or a [`FrameError`]; it never panics on any input.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::FrameError;
 
 /// A tick: the compact tick JSON of the server (`src/tickjson.rs`, docs/STORAGE.md), with the
 /// same keys. Prices and sizes are the exact decimals of the JSON read as `f64`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// Serializes back to the same compact JSON (absent values and false flags left out).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Tick {
     /// Ring sequence, 1-based, per engine run.
     pub seq: u64,
     /// Engine receive time, µs since the Unix epoch.
     pub st: i64,
     /// IB's event time, µs (absent when IB gave none).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts: Option<i64>,
     /// Nanoseconds beyond `ts`'s microsecond, when IB gave them.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tn: Option<i64>,
     /// conId.
     pub cid: u32,
@@ -30,72 +31,72 @@ pub struct Tick {
     /// `l1_generic`, `l1_string`.
     pub tt: TickKind,
     /// Bid price (`bid_ask`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bp: Option<f64>,
     /// Bid size (`bid_ask`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bs: Option<f64>,
     /// Ask price (`bid_ask`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ap: Option<f64>,
     /// Ask size (`bid_ask`).
-    #[serde(default, rename = "as")]
+    #[serde(default, rename = "as", skip_serializing_if = "Option::is_none")]
     pub r#as: Option<f64>,
     /// Price (`last`, `all_last`, `l1_price`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p: Option<f64>,
     /// Size (`last`, `all_last`, `l1_price`, `l1_size`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s: Option<f64>,
     /// Midpoint (`mid_point`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mp: Option<f64>,
     /// Exchange of a trade.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x: Option<String>,
     /// Trade conditions.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub c: Option<String>,
     /// IB's field number of a top-of-book tick (`l1_*`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub f: Option<i64>,
     /// Value of `l1_generic` (a number) or `l1_string` (a string).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub v: Option<L1Value>,
     /// Delayed data.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dl: bool,
     /// Frozen data.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fz: bool,
     /// Part of a snapshot.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub snap: bool,
     /// Marked stale by the engine.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stale: bool,
     /// Past limit (trades, `l1_price`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pl: bool,
     /// Unreported trade.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub upt: bool,
     /// Bid past low.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bpl: bool,
     /// Ask past high.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub aph: bool,
     /// Can auto-execute (`l1_price`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cae: bool,
     /// Pre-open (`l1_price`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub po: bool,
 }
 
 /// The kind of a tick (`tt`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TickKind {
     /// Tick-by-tick bid and ask.
@@ -136,7 +137,7 @@ impl TickKind {
 }
 
 /// `v` of a top-of-book tick.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum L1Value {
     /// `l1_generic`.
@@ -547,6 +548,11 @@ mod tests {
         assert_eq!((t.bp, t.ap, t.r#as), (Some(21012.25), Some(21012.5), Some(4.0)));
         let ServerMessage::Tick(t) = parse(br#"{"seq":2,"st":1,"cid":5,"tt":"last","p":1.5,"s":1,"x":"CME","pl":true}"#).unwrap() else { panic!() };
         assert_eq!((t.p, t.x.as_deref(), t.pl, t.ts), (Some(1.5), Some("CME"), true, None));
+        // Printed back, a tick is the server's compact JSON.
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            r#"{"seq":2,"st":1,"cid":5,"tt":"last","p":1.5,"s":1.0,"x":"CME","pl":true}"#
+        );
         let ServerMessage::Tick(t) = parse(br#"{"seq":3,"st":1,"cid":5,"tt":"l1_string","f":45,"v":"abc"}"#).unwrap() else { panic!() };
         assert_eq!(t.v, Some(L1Value::Text("abc".into())));
         assert_eq!(t.tt.requested_as(), "mktdata");

@@ -204,6 +204,8 @@ pub struct Session {
     closing: bool,
     /// Connections established (after `info{connected}`).
     connections: u64,
+    /// Something other than a tick happened since [`Session::take_changed`].
+    changed: bool,
 }
 
 impl Session {
@@ -227,6 +229,7 @@ impl Session {
             window: (now, 0),
             closing: false,
             connections: 0,
+            changed: true,
         }
     }
 
@@ -238,6 +241,13 @@ impl Session {
     /// The next action, if any.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    /// Whether the state or a subscription may have changed since the last call (anything
+    /// but a tick was handled): the driver then republishes [`Session::counts`] before the
+    /// events go out, so a health snapshot is never older than the events a consumer saw.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     /// Subscriptions `(active, pending, ended)`.
@@ -259,6 +269,7 @@ impl Session {
     }
 
     fn go(&mut self, to: ConnState, reason: impl Into<String>, now: Instant) {
+        self.changed = true;
         match self.machine.go(to, reason, self.backoff.attempt(), now) {
             Ok(t) => self.actions.push_back(Action::Deliver(Event::State(t))),
             // Callers only ask for transitions of the table; a refusal is a bug, reported
@@ -312,6 +323,7 @@ impl Session {
                 };
             }
             Phase::Queued { .. } => {
+                self.changed = true;
                 self.actions.push_back(Action::Deliver(Event::Complete {
                     sub: id,
                     complete: Complete {
@@ -500,6 +512,7 @@ impl Session {
             if live >= limits.max_streams {
                 let s = self.subs.get_mut(&id).expect("listed");
                 s.phase = Phase::Ended;
+                self.changed = true;
                 self.actions.push_back(Action::Deliver(Event::SubscribeFailed {
                     sub: id,
                     error: ServerError {
@@ -530,6 +543,7 @@ impl Session {
                 unsubscribe_on_answer: false,
             };
             self.by_request.insert(rid, id);
+            self.changed = true;
             self.actions.push_back(Action::Send(req));
             self.window.1 += 1;
             live += 1;
@@ -554,7 +568,8 @@ impl Session {
         tracing::debug!(error = %e, "malformed frame");
         let resync = self.cfg.malformed == MalformedPolicy::Resync
             && !matches!(e, FrameError::UnknownStream(_));
-        self.actions.push_back(Action::Deliver(Event::Malformed(e)));
+        self.changed = true;
+                self.actions.push_back(Action::Deliver(Event::Malformed(e)));
         if resync && self.state() == ConnState::Connected {
             self.actions.push_back(Action::Disconnect);
             self.lose_connection();
@@ -596,6 +611,7 @@ impl Session {
     }
 
     fn deliver(&mut self, e: Event) {
+        self.changed |= !matches!(e, Event::Tick { .. });
         self.actions.push_back(Action::Deliver(e));
     }
 
