@@ -220,7 +220,7 @@ fn ipc_ring_rps(dir: &Path) -> f64 {
     let mut w = RingWriter::create(&path, cap, &opts).unwrap();
     publish_burst(&mut w, cap as usize);
     let mut best = 0f64;
-    let mut buf = vec![Record::default(); 1024];
+    let mut buf = vec![Record::ZERO; 1024];
     for _ in 0..5 {
         let mut r = RingReader::open(&path, StartAt::Oldest).unwrap();
         let t0 = Instant::now();

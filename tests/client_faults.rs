@@ -660,3 +660,44 @@ async fn a_thousand_subscriptions_on_one_connection_are_each_answered() {
     assert_eq!(h.active_subscriptions as i64, live);
     client.close().await;
 }
+
+#[test]
+fn watch_prints_ticks_as_json_lines_and_reports_a_dead_server_in_one_line() {
+    let stack = Stack::start(&["--rate", "200"], &[], &[]);
+    let out = stack
+        .cmd()
+        .args(["watch", "--url", &stack.url(), "--con-id", &MNQ.to_string()])
+        .args(["--tick-types", "bid_ask", "--count", "20"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 20);
+    assert!(lines.iter().all(|t| t["cid"] == MNQ && t["tt"] == "bid_ask"));
+    assert!(lines.windows(2).all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()));
+    assert!(stderr.contains("Connecting -> Connected"), "{stderr}");
+
+    // Nobody listens there: the client gives up after its attempts, said in one line.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let out = stack
+        .cmd()
+        .args(["watch", "--url", &format!("http://127.0.0.1:{port}")])
+        .args(["--con-id", "1", "--max-attempts", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with(&format!("ib-stream: error: watch http://127.0.0.1:{port}: connect failed"))
+            && last.contains("gave up after 1 attempts"),
+        "{stderr}"
+    );
+}
