@@ -29,8 +29,7 @@ use ib_stream::serve::{AppState, ServeConfig, WsLimits, app, hub::SlowPolicy, no
 use ib_stream_client::{Client, ClientConfig, Event, Subscription};
 use ib_stream_ipc::ring::RING_FILE_NAME;
 use ib_stream_ipc::{
-    PRICE_SCALE, Quote, Record, RecordKind, RingReader, RingWriter, SIZE_SCALE, ShmOptions,
-    StartAt,
+    PRICE_SCALE, Quote, Record, RecordKind, RingReader, RingWriter, SIZE_SCALE, ShmOptions, StartAt,
 };
 use tokio::runtime::Runtime;
 use tokio_tungstenite::tungstenite::Message;
@@ -177,9 +176,16 @@ async fn raw_round(addr: SocketAddr, st: &AppState, writer: &mut RingWriter, tic
 }
 
 /// The Rust client: typed events through its queue.
-async fn client_round(addr: SocketAddr, st: &AppState, writer: &mut RingWriter, ticks: usize) -> f64 {
+async fn client_round(
+    addr: SocketAddr,
+    st: &AppState,
+    writer: &mut RingWriter,
+    ticks: usize,
+) -> f64 {
     let (client, mut events) = Client::start(ClientConfig::new(format!("http://{addr}"))).unwrap();
-    client.subscribe(Subscription::new(CON, &["bid_ask"])).unwrap();
+    client
+        .subscribe(Subscription::new(CON, &["bid_ask"]))
+        .unwrap();
     while let Some(e) = events.next().await {
         if matches!(e, Event::Subscribed { .. }) {
             break;

@@ -70,7 +70,11 @@ impl Stack {
             format!("IB_STREAM_PORTS={}", self.sim.port),
             format!("IB_STREAM_TRACKED_CONTRACTS={MNQ}:MNQ:bid_ask"),
         ];
-        if !self.sets.iter().any(|s| s.starts_with("IB_STREAM_RING_CAPACITY=")) {
+        if !self
+            .sets
+            .iter()
+            .any(|s| s.starts_with("IB_STREAM_RING_CAPACITY="))
+        {
             // The whole test stays in the ring: its records are the reference.
             sets.push("IB_STREAM_RING_CAPACITY=65536".into());
         }
@@ -98,9 +102,15 @@ impl Stack {
     fn start_serve(&mut self) {
         self.starts += 1;
         let mut c = self.cmd();
-        c.args(["serve", "--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--heartbeat-secs", "1"])
-            .args(&self.serve_extra);
+        c.args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &self.port.to_string(),
+        ])
+        .args(["--heartbeat-secs", "1"])
+        .args(&self.serve_extra);
         let log = self.logs.path().join(format!("serve-{}.log", self.starts));
         let p = Proc::spawn(c, log);
         let mut port = 0u16;
@@ -249,10 +259,16 @@ fn ticks(seen: &[Event]) -> Vec<u64> {
 /// The ring's records from the first delivered tick to the last are exactly the delivered
 /// ticks: nothing lost, nothing twice, in order.
 fn assert_exact(stack: &Stack, got: &[u64]) {
-    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order, once: {got:?}");
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "in order, once: {got:?}"
+    );
     let (_, ring) = stack.ring_ticks();
     let (first, last) = (got[0], *got.last().unwrap());
-    let want: Vec<u64> = ring.into_iter().filter(|s| (first..=last).contains(s)).collect();
+    let want: Vec<u64> = ring
+        .into_iter()
+        .filter(|s| (first..=last).contains(s))
+        .collect();
     assert_eq!(
         want.len(),
         got.len(),
@@ -267,7 +283,9 @@ fn assert_exact(stack: &Stack, got: &[u64]) {
 async fn web_server_killed_and_restarted_mid_stream_resumes_exactly() {
     let mut stack = Stack::start(&["--rate", "200"], &[], &[]);
     let (client, mut events) = Client::start(config(&stack.url())).unwrap();
-    client.subscribe(Subscription::new(MNQ, &["bid_ask"])).unwrap();
+    client
+        .subscribe(Subscription::new(MNQ, &["bid_ask"]))
+        .unwrap();
     let mut seen = Vec::new();
     let mut p = Progress::default();
     read_until(&mut events, &mut seen, &mut p, |p| p.ticks >= 50).await;
@@ -279,10 +297,15 @@ async fn web_server_killed_and_restarted_mid_stream_resumes_exactly() {
     })
     .await;
     assert!(
-        seen.iter().any(|e| matches!(e, Event::Subscribed { resumed_after: Some(t), .. } if t.contains('-'))),
+        seen.iter().any(
+            |e| matches!(e, Event::Subscribed { resumed_after: Some(t), .. } if t.contains('-'))
+        ),
         "the second subscribe resumed after a token"
     );
-    assert!(seen.iter().all(|e| !matches!(e, Event::Gap { .. })), "nothing lost");
+    assert!(
+        seen.iter().all(|e| !matches!(e, Event::Gap { .. })),
+        "nothing lost"
+    );
     assert_exact(&stack, &ticks(&seen));
     let m = client.metrics();
     assert_eq!(m.reconnects, 1);
@@ -295,27 +318,36 @@ async fn engine_restart_is_a_visible_event_and_the_new_run_is_delivered_from_its
     let mut stack = Stack::start(&["--rate", "200"], &[], &[]);
     let (old_epoch, _) = stack.ring_ticks();
     let (client, mut events) = Client::start(config(&stack.url())).unwrap();
-    client.subscribe(Subscription::new(MNQ, &["bid_ask"])).unwrap();
+    client
+        .subscribe(Subscription::new(MNQ, &["bid_ask"]))
+        .unwrap();
     let mut seen = Vec::new();
     let mut p = Progress::default();
     read_until(&mut events, &mut seen, &mut p, |p| p.ticks >= 30).await;
     Stack::kill(&mut stack.engine);
     stack.start_engine();
     let restart_at = |s: &[Event]| {
-        s.iter()
-            .position(|e| matches!(e, Event::Gap { gap, .. } if gap.reason == GapReason::WriterRestart))
+        s.iter().position(
+            |e| matches!(e, Event::Gap { gap, .. } if gap.reason == GapReason::WriterRestart),
+        )
     };
     read_until(&mut events, &mut seen, &mut p, |p| {
         p.restarts == 1 && p.ticks_since_restart >= 30
     })
     .await;
     let i = restart_at(&seen).unwrap();
-    let Event::Gap { gap, .. } = &seen[i] else { unreachable!() };
+    let Event::Gap { gap, .. } = &seen[i] else {
+        unreachable!()
+    };
     let (new_epoch, _) = stack.ring_ticks();
     assert_ne!(new_epoch, old_epoch);
     assert_eq!(gap.epoch.as_deref(), Some(old_epoch.as_str()));
     assert_eq!(gap.new_epoch.as_deref(), Some(new_epoch.as_str()));
-    assert_eq!(gap.clean, Some(false), "killed: what followed its last record is unknown");
+    assert_eq!(
+        gap.clean,
+        Some(false),
+        "killed: what followed its last record is unknown"
+    );
     // The old run up to the restart, exactly.
     let before = ticks(&seen[..i]);
     assert!(
@@ -366,7 +398,12 @@ impl Proxy {
     }
 }
 
-async fn pipe(down: TcpStream, up: TcpStream, armed: Arc<Mutex<Option<Fault>>>, fired: Arc<AtomicUsize>) {
+async fn pipe(
+    down: TcpStream,
+    up: TcpStream,
+    armed: Arc<Mutex<Option<Fault>>>,
+    fired: Arc<AtomicUsize>,
+) {
     let (mut dr, mut dw) = down.into_split();
     let (mut ur, mut uw) = up.into_split();
     let to_server = tokio::spawn(async move {
@@ -399,7 +436,10 @@ async fn pipe(down: TcpStream, up: TcpStream, armed: Arc<Mutex<Option<Fault>>>, 
             }
             let (hdr, len) = match buf[1] & 0x7f {
                 126 if buf.len() >= 4 => (4, u16::from_be_bytes([buf[2], buf[3]]) as usize),
-                127 if buf.len() >= 10 => (10, u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize),
+                127 if buf.len() >= 10 => (
+                    10,
+                    u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+                ),
                 126 | 127 => break,
                 l => (2, l as usize),
             };
@@ -411,7 +451,9 @@ async fn pipe(down: TcpStream, up: TcpStream, armed: Arc<Mutex<Option<Fault>>>, 
             let fault = {
                 let mut a = armed.lock().unwrap();
                 match *a {
-                    Some(Fault::CutInFrame(k) | Fault::Corrupt(k)) if k == frames && len > 4 => a.take(),
+                    Some(Fault::CutInFrame(k) | Fault::Corrupt(k)) if k == frames && len > 4 => {
+                        a.take()
+                    }
                     _ => None,
                 }
             };
@@ -441,7 +483,9 @@ async fn a_connection_cut_mid_frame_resumes_exactly() {
     let proxy = Proxy::start(stack.port, Fault::CutInFrame(40)).await;
     let (client, mut events) =
         Client::start(config(&format!("http://127.0.0.1:{}", proxy.port))).unwrap();
-    client.subscribe(Subscription::new(MNQ, &["bid_ask"])).unwrap();
+    client
+        .subscribe(Subscription::new(MNQ, &["bid_ask"]))
+        .unwrap();
     let mut seen = Vec::new();
     let mut p = Progress::default();
     read_until(&mut events, &mut seen, &mut p, |p| {
@@ -457,7 +501,10 @@ async fn a_connection_cut_mid_frame_resumes_exactly() {
         })
         .unwrap();
     assert!(lost.contains("connection lost"), "{lost}");
-    assert!(seen.iter().all(|e| !matches!(e, Event::Gap { .. } | Event::Malformed(_))));
+    assert!(
+        seen.iter()
+            .all(|e| !matches!(e, Event::Gap { .. } | Event::Malformed(_)))
+    );
     assert_exact(&stack, &ticks(&seen));
     assert_eq!(client.metrics().reconnects, 1);
     client.close().await;
@@ -469,7 +516,9 @@ async fn a_corrupted_frame_is_a_typed_error_counted_and_the_stream_resumes_exact
     let proxy = Proxy::start(stack.port, Fault::Corrupt(40)).await;
     let (client, mut events) =
         Client::start(config(&format!("http://127.0.0.1:{}", proxy.port))).unwrap();
-    client.subscribe(Subscription::new(MNQ, &["bid_ask"])).unwrap();
+    client
+        .subscribe(Subscription::new(MNQ, &["bid_ask"]))
+        .unwrap();
     let mut seen = Vec::new();
     let mut p = Progress::default();
     read_until(&mut events, &mut seen, &mut p, |p| {
@@ -497,7 +546,11 @@ async fn a_slow_consumer_disconnected_by_the_server_loses_nothing() {
     // 3000 ticks/s fill the socket buffers in seconds; each resubscription replays what the
     // consumer missed through the stream's queue (1024), so the client catches up within a
     // few of them.
-    let stack = Stack::start(&["--rate", "3000"], &[], &["IB_STREAM_RING_CAPACITY=1048576"]);
+    let stack = Stack::start(
+        &["--rate", "3000"],
+        &[],
+        &["IB_STREAM_RING_CAPACITY=1048576"],
+    );
     let mut cfg = config(&stack.url());
     cfg.queue_capacity = 1;
     cfg.recv_buffer = Some(4096);
@@ -521,12 +574,21 @@ async fn a_slow_consumer_disconnected_by_the_server_loses_nothing() {
         p.resuming_completes >= 1 && p.ticks_since_resuming >= 200
     })
     .await;
-    assert!(seen.iter().any(
-        |e| matches!(e, Event::ServerError { error, .. } if error.code == "slow_consumer")
-    ));
-    assert!(seen.iter().all(|e| !matches!(e, Event::Gap { .. })), "nothing lost");
+    assert!(
+        seen.iter().any(
+            |e| matches!(e, Event::ServerError { error, .. } if error.code == "slow_consumer")
+        )
+    );
+    assert!(
+        seen.iter().all(|e| !matches!(e, Event::Gap { .. })),
+        "nothing lost"
+    );
     assert_exact(&stack, &ticks(&seen));
-    assert_eq!(client.metrics().reconnects, 0, "resubscribed on the same connection");
+    assert_eq!(
+        client.metrics().reconnects,
+        0,
+        "resubscribed on the same connection"
+    );
     client.close().await;
 }
 
@@ -537,7 +599,9 @@ async fn a_slow_consumer_past_the_client_bound_gets_exact_overflow_gaps() {
     cfg.queue_capacity = 8;
     cfg.slow_consumer = SlowConsumerPolicy::DropTicks;
     let (client, mut events) = Client::start(cfg).unwrap();
-    client.subscribe(Subscription::new(MNQ, &["bid_ask"])).unwrap();
+    client
+        .subscribe(Subscription::new(MNQ, &["bid_ask"]))
+        .unwrap();
     let mut seen = Vec::new();
     let mut p = Progress::default();
     read_until(&mut events, &mut seen, &mut p, |p| p.ticks >= 5).await;
@@ -550,25 +614,38 @@ async fn a_slow_consumer_past_the_client_bound_gets_exact_overflow_gaps() {
     let health = client.health();
     assert_eq!(health.queued_events, 8, "the bound holds");
     assert_eq!(health.state, ConnState::Connected);
-    read_until(&mut events, &mut seen, &mut p, |p| p.gaps >= 1 && p.ticks_since_gap >= 50).await;
+    read_until(&mut events, &mut seen, &mut p, |p| {
+        p.gaps >= 1 && p.ticks_since_gap >= 50
+    })
+    .await;
     let got = ticks(&seen);
     assert!(got.windows(2).all(|w| w[0] < w[1]));
     let mut covered: Vec<(u64, u64, u64)> = Vec::new();
     for e in &seen {
         if let Event::Gap { gap, .. } = e {
             assert_eq!(gap.reason, GapReason::ClientOverflow, "{gap:?}");
-            covered.push((gap.first_seq.unwrap(), gap.last_seq.unwrap(), gap.count.unwrap()));
+            covered.push((
+                gap.first_seq.unwrap(),
+                gap.last_seq.unwrap(),
+                gap.count.unwrap(),
+            ));
         }
     }
     // Every ring tick in the range was delivered or is in exactly one gap, and the counts add
     // up.
     let (_, ring) = stack.ring_ticks();
     let (first, last) = (got[0], *got.last().unwrap());
-    let want: Vec<u64> = ring.into_iter().filter(|s| (first..=last).contains(s)).collect();
+    let want: Vec<u64> = ring
+        .into_iter()
+        .filter(|s| (first..=last).contains(s))
+        .collect();
     let dropped: u64 = covered.iter().map(|c| c.2).sum();
     assert_eq!(want.len() as u64, got.len() as u64 + dropped);
     for s in &want {
-        let in_gap = covered.iter().filter(|(a, b, _)| (a..=b).contains(&s)).count();
+        let in_gap = covered
+            .iter()
+            .filter(|(a, b, _)| (a..=b).contains(&s))
+            .count();
         assert_eq!(
             usize::from(got.binary_search(s).is_ok()) + in_gap,
             1,
@@ -583,7 +660,9 @@ async fn a_slow_consumer_past_the_client_bound_gets_exact_overflow_gaps() {
 async fn a_thousand_subscriptions_on_one_connection_are_each_answered() {
     let stack = Stack::start(&["--rate", "100"], &[], &[]);
     let (client, mut events) = Client::start(config(&stack.url())).unwrap();
-    let mnq = client.subscribe(Subscription::new(MNQ, &["bid_ask"])).unwrap();
+    let mnq = client
+        .subscribe(Subscription::new(MNQ, &["bid_ask"]))
+        .unwrap();
     let mut subs = vec![mnq];
     for cid in 1..1000u32 {
         subs.push(client.subscribe(Subscription::new(cid, &["last"])).unwrap());
@@ -619,7 +698,9 @@ async fn a_thousand_subscriptions_on_one_connection_are_each_answered() {
     for e in &seen {
         match e {
             Event::Subscribed { .. } => live += 1,
-            Event::Complete { resuming: false, .. } => live -= 1,
+            Event::Complete {
+                resuming: false, ..
+            } => live -= 1,
             _ => {}
         }
         most = most.max(live);
@@ -632,9 +713,11 @@ async fn a_thousand_subscriptions_on_one_connection_are_each_answered() {
     let server: Vec<String> = seen
         .iter()
         .filter_map(|e| match e {
-            Event::SubscribeFailed { local: false, error, .. } => {
-                Some(format!("{} {:?}", error.code, error.ib_code))
-            }
+            Event::SubscribeFailed {
+                local: false,
+                error,
+                ..
+            } => Some(format!("{} {:?}", error.code, error.ib_code)),
             _ => None,
         })
         .collect();
@@ -645,10 +728,21 @@ async fn a_thousand_subscriptions_on_one_connection_are_each_answered() {
         Event::Tick { sub, tick } => *sub == mnq && tick.cid == MNQ,
         _ => true,
     }));
-    assert!(seen.iter().any(|e| matches!(e, Event::Subscribed { sub, .. } if *sub == mnq)));
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, Event::Subscribed { sub, .. } if *sub == mnq))
+    );
     for e in &seen {
-        if let Event::SubscribeFailed { local: false, error, .. } = e {
-            assert!(!error.code.is_empty() && !error.message.is_empty(), "{error:?}");
+        if let Event::SubscribeFailed {
+            local: false,
+            error,
+            ..
+        } = e
+        {
+            assert!(
+                !error.code.is_empty() && !error.message.is_empty(),
+                "{error:?}"
+            );
         }
     }
     eprintln!("refused: {local} by the client, by the server: {server:?}");
@@ -678,8 +772,16 @@ fn watch_prints_ticks_as_json_lines_and_reports_a_dead_server_in_one_line() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 20);
-    assert!(lines.iter().all(|t| t["cid"] == MNQ && t["tt"] == "bid_ask"));
-    assert!(lines.windows(2).all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()));
+    assert!(
+        lines
+            .iter()
+            .all(|t| t["cid"] == MNQ && t["tt"] == "bid_ask")
+    );
+    assert!(
+        lines
+            .windows(2)
+            .all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64())
+    );
     assert!(stderr.contains("Connecting -> Connected"), "{stderr}");
 
     // Nobody listens there: the client gives up after its attempts, said in one line.
@@ -696,8 +798,9 @@ fn watch_prints_ticks_as_json_lines_and_reports_a_dead_server_in_one_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.lines().last().unwrap();
     assert!(
-        last.starts_with(&format!("ib-stream: error: watch http://127.0.0.1:{port}: connect failed"))
-            && last.contains("gave up after 1 attempts"),
+        last.starts_with(&format!(
+            "ib-stream: error: watch http://127.0.0.1:{port}: connect failed"
+        )) && last.contains("gave up after 1 attempts"),
         "{stderr}"
     );
 }

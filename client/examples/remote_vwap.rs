@@ -26,7 +26,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(ev) = events.next().await {
         match ev {
             Event::Tick { tick, .. } => {
-                let (Some(p), Some(s)) = (tick.p, tick.s) else { continue };
+                let (Some(p), Some(s)) = (tick.p, tick.s) else {
+                    continue;
+                };
                 trades.push_back((p, s));
                 pv += p * s;
                 vol += s;

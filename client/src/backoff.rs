@@ -70,7 +70,10 @@ impl Backoff {
         {
             return None;
         }
-        let exp = self.cfg.factor.powi(self.attempt.saturating_sub(1).min(64) as i32);
+        let exp = self
+            .cfg
+            .factor
+            .powi(self.attempt.saturating_sub(1).min(64) as i32);
         let d = self
             .cfg
             .max

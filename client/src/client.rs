@@ -91,7 +91,9 @@ pub fn endpoint(url: &str, token: Option<&str>) -> Result<Endpoint, ConnectError
         p if p.ends_with("/v3/ws") => p,
         _ => return Err(bad("the path must be empty or end in /v3/ws")),
     };
-    let authority = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    let authority = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
         && !authority.ends_with(']')
     {
         authority.to_owned()
@@ -133,7 +135,11 @@ async fn tcp_connect(authority: &str, recv_buffer: Option<u32>) -> std::io::Resu
     Err(last.unwrap_or_else(|| std::io::Error::other("the host has no address")))
 }
 
-async fn connect(ep: Endpoint, timeout: Duration, recv_buffer: Option<u32>) -> Result<Ws, ConnectError> {
+async fn connect(
+    ep: Endpoint,
+    timeout: Duration,
+    recv_buffer: Option<u32>,
+) -> Result<Ws, ConnectError> {
     let attempt = async {
         let tcp = tcp_connect(&ep.authority, recv_buffer)
             .await
@@ -251,7 +257,9 @@ impl Client {
     pub fn start(cfg: ClientConfig) -> Result<(Client, Events), ClientError> {
         let ep = endpoint(&cfg.url, cfg.token.as_deref())?;
         if cfg.queue_capacity == 0 {
-            return Err(ClientError::Config("queue_capacity must be at least 1".into()));
+            return Err(ClientError::Config(
+                "queue_capacity must be at least 1".into(),
+            ));
         }
         let (tx, rx) = mpsc::channel(cfg.queue_capacity);
         let (cmds, cmd_rx) = mpsc::unbounded_channel();
@@ -433,7 +441,9 @@ async fn deliver(
 /// Reports drops waiting for a subscription that has had no event since.
 fn flush_overflow(tx: &mpsc::Sender<Event>, overflow: &mut Overflow, metrics: &Metrics) {
     for sub in overflow.subs() {
-        let Some(g) = overflow.take(sub) else { continue };
+        let Some(g) = overflow.take(sub) else {
+            continue;
+        };
         match tx.try_send(Event::Gap {
             sub: Some(sub),
             gap: g,
@@ -500,8 +510,8 @@ async fn run(
                 Action::Disconnect => {
                     if let Some(mut w) = ws.take() {
                         // A polite close, but never waiting on a dead peer.
-                        let _ = tokio::time::timeout(Duration::from_millis(100), w.close(None))
-                            .await;
+                        let _ =
+                            tokio::time::timeout(Duration::from_millis(100), w.close(None)).await;
                     }
                     connecting = None;
                 }
@@ -518,7 +528,9 @@ async fn run(
         }
         if sess.state().is_terminal() {
             // Every action, the last transition included, was carried out above.
-            shared.state.store(state_code(sess.state()), Ordering::Relaxed);
+            shared
+                .state
+                .store(state_code(sess.state()), Ordering::Relaxed);
             break;
         }
         if !overflow.is_empty() {

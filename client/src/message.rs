@@ -545,19 +545,38 @@ mod tests {
         let m = parse(br#"{"seq":1842,"st":1732262400123456,"ts":1732262400000000,"cid":711280073,"tt":"bid_ask","bp":21012.25,"bs":3,"ap":21012.5,"as":4}"#).unwrap();
         let ServerMessage::Tick(t) = m else { panic!() };
         assert_eq!((t.seq, t.cid, t.tt), (1842, 711_280_073, TickKind::BidAsk));
-        assert_eq!((t.bp, t.ap, t.r#as), (Some(21012.25), Some(21012.5), Some(4.0)));
-        let ServerMessage::Tick(t) = parse(br#"{"seq":2,"st":1,"cid":5,"tt":"last","p":1.5,"s":1,"x":"CME","pl":true}"#).unwrap() else { panic!() };
-        assert_eq!((t.p, t.x.as_deref(), t.pl, t.ts), (Some(1.5), Some("CME"), true, None));
+        assert_eq!(
+            (t.bp, t.ap, t.r#as),
+            (Some(21012.25), Some(21012.5), Some(4.0))
+        );
+        let ServerMessage::Tick(t) =
+            parse(br#"{"seq":2,"st":1,"cid":5,"tt":"last","p":1.5,"s":1,"x":"CME","pl":true}"#)
+                .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (t.p, t.x.as_deref(), t.pl, t.ts),
+            (Some(1.5), Some("CME"), true, None)
+        );
         // Printed back, a tick is the server's compact JSON.
         assert_eq!(
             serde_json::to_string(&t).unwrap(),
             r#"{"seq":2,"st":1,"cid":5,"tt":"last","p":1.5,"s":1.0,"x":"CME","pl":true}"#
         );
-        let ServerMessage::Tick(t) = parse(br#"{"seq":3,"st":1,"cid":5,"tt":"l1_string","f":45,"v":"abc"}"#).unwrap() else { panic!() };
+        let ServerMessage::Tick(t) =
+            parse(br#"{"seq":3,"st":1,"cid":5,"tt":"l1_string","f":45,"v":"abc"}"#).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(t.v, Some(L1Value::Text("abc".into())));
         assert_eq!(t.tt.requested_as(), "mktdata");
         // Keys in another order are still a tick.
-        let ServerMessage::Tick(t) = parse(br#"{"cid":5,"seq":4,"st":1,"tt":"mid_point","mp":2}"#).unwrap() else { panic!() };
+        let ServerMessage::Tick(t) =
+            parse(br#"{"cid":5,"seq":4,"st":1,"tt":"mid_point","mp":2}"#).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(t.mp, Some(2.0));
     }
 
@@ -566,28 +585,71 @@ mod tests {
         let m = parse(br#"{"type":"gap","reason":"writer_restart","first_seq":11,"last_seq":null,"count":null,"t0":5,"t1":null,"epoch":"aa","new_epoch":"bb","clean":false,"stream_id":"ws-1-1"}"#).unwrap();
         let ServerMessage::Gap(g) = m else { panic!() };
         assert_eq!(g.reason, GapReason::WriterRestart);
-        assert_eq!((g.first_seq, g.last_seq, g.new_epoch.as_deref()), (Some(11), None, Some("bb")));
+        assert_eq!(
+            (g.first_seq, g.last_seq, g.new_epoch.as_deref()),
+            (Some(11), None, Some("bb"))
+        );
         let m = parse(br#"{"type":"info","status":"connected","protocol":"v3","limits":{"max_streams":20,"max_messages_per_second":100,"max_message_bytes":16384},"heartbeat_seconds":15}"#).unwrap();
-        assert!(matches!(m, ServerMessage::Info { info: Info::Connected { limits: Some(Limits { max_streams: 20, .. }), heartbeat_seconds: Some(15), .. }, .. }));
+        assert!(matches!(
+            m,
+            ServerMessage::Info {
+                info: Info::Connected {
+                    limits: Some(Limits {
+                        max_streams: 20,
+                        ..
+                    }),
+                    heartbeat_seconds: Some(15),
+                    ..
+                },
+                ..
+            }
+        ));
         let m = parse(br#"{"type":"error","code":"too_many_streams","message":"x","recoverable":false,"id":7}"#).unwrap();
-        assert!(matches!(m, ServerMessage::Error { ref error, .. } if error.code == "too_many_streams" && error.id == Some(serde_json::json!(7))));
+        assert!(
+            matches!(m, ServerMessage::Error { ref error, .. } if error.code == "too_many_streams" && error.id == Some(serde_json::json!(7)))
+        );
         let m = parse(br#"{"type":"heartbeat","ts":5,"ring_head":9}"#).unwrap();
-        assert_eq!(m, ServerMessage::Heartbeat(Heartbeat { ts: 5, ring_head: 9 }));
+        assert_eq!(
+            m,
+            ServerMessage::Heartbeat(Heartbeat {
+                ts: 5,
+                ring_head: 9
+            })
+        );
         let m = parse(br#"{"type":"info","status":"subscription","record":{"tt":"subscription"},"stream_id":"s"}"#).unwrap();
-        assert!(matches!(m, ServerMessage::Info { info: Info::Other { ref status, .. }, stream_id: Some(_) } if status == "subscription"));
+        assert!(
+            matches!(m, ServerMessage::Info { info: Info::Other { ref status, .. }, stream_id: Some(_) } if status == "subscription")
+        );
     }
 
     #[test]
     fn malformed_frames_are_typed_errors() {
         assert_eq!(parse(b""), Err(FrameError::Empty));
         assert_eq!(parse(b"   "), Err(FrameError::Empty));
-        assert!(matches!(parse(br#"{"seq":1,"st":2,"ci"#), Err(FrameError::Truncated { .. })));
+        assert!(matches!(
+            parse(br#"{"seq":1,"st":2,"ci"#),
+            Err(FrameError::Truncated { .. })
+        ));
         assert!(matches!(parse(b"#not json"), Err(FrameError::Json(_))));
         assert!(matches!(parse(b"[1,2]"), Err(FrameError::Shape { .. })));
-        assert!(matches!(parse(br#"{"seq":"x","st":2,"cid":1,"tt":"last"}"#), Err(FrameError::Shape { .. })));
-        assert!(matches!(parse(br#"{"type":"wat"}"#), Err(FrameError::UnknownType(t)) if t == "wat"));
-        assert!(matches!(parse(br#"{"type":"gap"}"#), Err(FrameError::Shape { .. })));
-        assert!(matches!(parse(br#"{"type":"info","status":"history_epoch"}"#), Err(FrameError::Shape { .. })));
-        assert!(matches!(parse(&[0xff, 0xfe, b'{']), Err(FrameError::Json(_))));
+        assert!(matches!(
+            parse(br#"{"seq":"x","st":2,"cid":1,"tt":"last"}"#),
+            Err(FrameError::Shape { .. })
+        ));
+        assert!(
+            matches!(parse(br#"{"type":"wat"}"#), Err(FrameError::UnknownType(t)) if t == "wat")
+        );
+        assert!(matches!(
+            parse(br#"{"type":"gap"}"#),
+            Err(FrameError::Shape { .. })
+        ));
+        assert!(matches!(
+            parse(br#"{"type":"info","status":"history_epoch"}"#),
+            Err(FrameError::Shape { .. })
+        ));
+        assert!(matches!(
+            parse(&[0xff, 0xfe, b'{']),
+            Err(FrameError::Json(_))
+        ));
     }
 }

@@ -115,8 +115,11 @@ mod tests {
 
     fn tick(seq: u64) -> Tick {
         crate::message::parse(
-            format!(r#"{{"seq":{seq},"st":{},"cid":1,"tt":"last","p":1,"s":1}}"#, seq * 10)
-                .as_bytes(),
+            format!(
+                r#"{{"seq":{seq},"st":{},"cid":1,"tt":"last","p":1,"s":1}}"#,
+                seq * 10
+            )
+            .as_bytes(),
         )
         .map(|m| match m {
             crate::message::ServerMessage::Tick(t) => t,
@@ -146,7 +149,10 @@ mod tests {
         o.drop_tick(2, &tick(8));
         o.restore(2, &g2);
         let g = o.take(2).unwrap();
-        assert_eq!((g.first_seq, g.last_seq, g.count), (Some(7), Some(8), Some(2)));
+        assert_eq!(
+            (g.first_seq, g.last_seq, g.count),
+            (Some(7), Some(8), Some(2))
+        );
         assert!(o.is_empty());
     }
 }

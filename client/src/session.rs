@@ -16,7 +16,9 @@ use serde_json::Value;
 
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::error::{ConnectError, FrameError};
-use crate::message::{self, Complete, Gap, GapReason, Info, Limits, ServerError, ServerMessage, Tick};
+use crate::message::{
+    self, Complete, Gap, GapReason, Info, Limits, ServerError, ServerMessage, Tick,
+};
 use crate::metrics::Metrics;
 use crate::state::{ConnState, StateMachine, Transition};
 use crate::subscription::{ResumePoint, SubId, Subscription, type_index};
@@ -128,6 +130,8 @@ pub enum Event {
 }
 
 /// What the session asks its driver to do.
+// `Deliver` is the common case (one per tick): boxing it would allocate per tick.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Action {
     /// Open a connection now.
@@ -145,7 +149,10 @@ enum Phase {
     /// Waiting to be sent (no connection, pacing, or a retry time).
     Queued { not_before: Option<Instant> },
     /// Sent; waiting for the answer to request `id`.
-    Pending { id: u64, unsubscribe_on_answer: bool },
+    Pending {
+        id: u64,
+        unsubscribe_on_answer: bool,
+    },
     /// Streaming as the server's `stream_id`.
     Active { stream_id: String },
     /// Unsubscribe sent.
@@ -311,7 +318,8 @@ impl Session {
             Phase::Active { stream_id } => {
                 let rid = self.next_request;
                 self.next_request += 1;
-                let req = serde_json::json!({"type": "unsubscribe", "id": rid, "stream_id": stream_id});
+                let req =
+                    serde_json::json!({"type": "unsubscribe", "id": rid, "stream_id": stream_id});
                 s.phase = Phase::Unsubscribing { stream_id };
                 self.actions.push_back(Action::Send(req.to_string()));
                 self.window.1 += 1;
@@ -569,11 +577,15 @@ impl Session {
         let resync = self.cfg.malformed == MalformedPolicy::Resync
             && !matches!(e, FrameError::UnknownStream(_));
         self.changed = true;
-                self.actions.push_back(Action::Deliver(Event::Malformed(e)));
+        self.actions.push_back(Action::Deliver(Event::Malformed(e)));
         if resync && self.state() == ConnState::Connected {
             self.actions.push_back(Action::Disconnect);
             self.lose_connection();
-            self.retry("malformed frame: resuming on a new connection".into(), ConnState::Connected, now);
+            self.retry(
+                "malformed frame: resuming on a new connection".into(),
+                ConnState::Connected,
+                now,
+            );
         }
     }
 
@@ -696,10 +708,8 @@ impl Session {
                         r.start = Some((e.clone(), *h));
                     }
                 }
-                Info::HistoryStart { epoch } | Info::Live { epoch, .. } => {
-                    if epoch.is_some() {
-                        r.cur_epoch.clone_from(epoch);
-                    }
+                Info::HistoryStart { epoch } | Info::Live { epoch, .. } if epoch.is_some() => {
+                    r.cur_epoch.clone_from(epoch);
                 }
                 Info::HistoryEpoch { epoch } => r.cur_epoch = Some(epoch.clone()),
                 Info::ResumeUnavailable { epoch, .. } => {

@@ -168,23 +168,25 @@ fn every_transition_happens_through_the_session() {
         h.now,
     );
     h.drain();
-    assert_eq!(h.transitions(), [(Disconnected, Connecting), (Connecting, Failed)]);
+    assert_eq!(
+        h.transitions(),
+        [(Disconnected, Connecting), (Connecting, Failed)]
+    );
 
     // Reconnecting -> Failed: the attempts are used up (3).
     let mut h = Harness::new(quick());
     h.s.start(h.now);
     for _ in 0..4 {
-        h.s.on_connect_failed(
-            &ConnectError::Timeout(Duration::from_secs(1)),
-            h.now,
-        );
+        h.s.on_connect_failed(&ConnectError::Timeout(Duration::from_secs(1)), h.now);
         h.drain();
         h.advance(Duration::from_secs(2));
     }
     let t = h.transitions();
     assert_eq!(t.last(), Some(&(Reconnecting, Failed)), "{t:?}");
     assert_eq!(h.connects, 4, "the first attempt and 3 retries");
-    assert!(matches!(h.events.last(), Some(Event::State(t)) if t.reason.contains("gave up after 3")));
+    assert!(
+        matches!(h.events.last(), Some(Event::State(t)) if t.reason.contains("gave up after 3"))
+    );
 
     // Closed from Disconnected, Connecting and Reconnecting.
     let mut h = Harness::new(quick());
@@ -195,7 +197,10 @@ fn every_transition_happens_through_the_session() {
     h.s.start(h.now);
     h.s.close(h.now);
     h.drain();
-    assert_eq!(h.transitions(), [(Disconnected, Connecting), (Connecting, Closed)]);
+    assert_eq!(
+        h.transitions(),
+        [(Disconnected, Connecting), (Connecting, Closed)]
+    );
     let mut h = Harness::new(quick());
     h.open();
     h.s.on_closed("x", h.now);
@@ -211,7 +216,10 @@ fn backoff_waits_before_each_retry() {
     h.s.on_closed("reset", h.now);
     h.drain();
     let d = h.s.next_deadline().unwrap() - h.now;
-    assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100), "{d:?}");
+    assert!(
+        d >= Duration::from_millis(50) && d <= Duration::from_millis(100),
+        "{d:?}"
+    );
     h.advance(d - Duration::from_millis(1));
     assert_eq!(h.s.state(), Reconnecting, "not before the delay");
     h.advance(Duration::from_millis(1));
@@ -219,7 +227,10 @@ fn backoff_waits_before_each_retry() {
     h.s.on_connect_failed(&ConnectError::Timeout(Duration::from_secs(1)), h.now);
     h.drain();
     let d2 = h.s.next_deadline().unwrap() - h.now;
-    assert!(d2 >= Duration::from_millis(100) && d2 <= Duration::from_millis(200), "{d2:?}");
+    assert!(
+        d2 >= Duration::from_millis(100) && d2 <= Duration::from_millis(200),
+        "{d2:?}"
+    );
 }
 
 #[test]
@@ -238,7 +249,9 @@ fn silence_past_the_heartbeat_deadline_reconnects() {
     assert_eq!(h.s.state(), Reconnecting);
     assert_eq!(h.disconnects, 1);
     assert_eq!(h.metrics.snapshot().silent_deaths, 1);
-    assert!(matches!(h.events.last(), Some(Event::State(t)) if t.reason.contains("heartbeat missed")));
+    assert!(
+        matches!(h.events.last(), Some(Event::State(t)) if t.reason.contains("heartbeat missed"))
+    );
 }
 
 #[test]
@@ -319,14 +332,22 @@ fn a_replay_across_runs_follows_the_announced_runs() {
     h.open();
     h.accept("ws-1-1", E2, 100);
     for f in [
-        format!(r#"{{"type":"info","status":"history_start","epoch":"{E2}","stream_id":"ws-1-1"}}"#),
-        format!(r#"{{"type":"info","status":"history_epoch","epoch":"{E1}","stream_id":"ws-1-1"}}"#),
+        format!(
+            r#"{{"type":"info","status":"history_start","epoch":"{E2}","stream_id":"ws-1-1"}}"#
+        ),
+        format!(
+            r#"{{"type":"info","status":"history_epoch","epoch":"{E1}","stream_id":"ws-1-1"}}"#
+        ),
         tick(50),
         tick(51),
-        format!(r#"{{"type":"gap","reason":"writer_restart","first_seq":52,"last_seq":51,"count":0,"t0":1,"t1":2,"epoch":"{E1}","new_epoch":"{E2}","clean":true,"stream_id":"ws-1-1"}}"#),
+        format!(
+            r#"{{"type":"gap","reason":"writer_restart","first_seq":52,"last_seq":51,"count":0,"t0":1,"t1":2,"epoch":"{E1}","new_epoch":"{E2}","clean":true,"stream_id":"ws-1-1"}}"#
+        ),
         tick(1),
         tick(2),
-        format!(r#"{{"type":"info","status":"live","after_seq":2,"epoch":"{E2}","history_ticks":4,"history_error":null,"stream_id":"ws-1-1"}}"#),
+        format!(
+            r#"{{"type":"info","status":"live","after_seq":2,"epoch":"{E2}","history_ticks":4,"history_error":null,"stream_id":"ws-1-1"}}"#
+        ),
         tick(3),
     ] {
         h.frame(&f);
@@ -362,8 +383,15 @@ fn malformed_frames_are_counted_and_resync_or_skip() {
     h.accept("ws-1-1", E1, 0);
     h.frame(&tick(7));
     h.frame(r#"{"seq":8,"st":1,"ci"#);
-    assert!(matches!(h.events.iter().rev().nth(1), Some(Event::Malformed(FrameError::Truncated { .. }))));
-    assert_eq!(h.s.state(), Reconnecting, "resync: a new connection resumes after 7");
+    assert!(matches!(
+        h.events.iter().rev().nth(1),
+        Some(Event::Malformed(FrameError::Truncated { .. }))
+    ));
+    assert_eq!(
+        h.s.state(),
+        Reconnecting,
+        "resync: a new connection resumes after 7"
+    );
     assert_eq!(h.disconnects, 1);
     h.advance(Duration::from_secs(1));
     h.open();
@@ -377,7 +405,13 @@ fn malformed_frames_are_counted_and_resync_or_skip() {
     h.s.subscribe(1, Subscription::new(5, &["bid_ask"]), h.now);
     h.open();
     h.accept("ws-1-1", E1, 0);
-    for f in ["", "#garbage", r#"{"type":"surprise"}"#, "[]", r#"{"seq":"x"}"#] {
+    for f in [
+        "",
+        "#garbage",
+        r#"{"type":"surprise"}"#,
+        "[]",
+        r#"{"seq":"x"}"#,
+    ] {
         h.frame(f);
     }
     h.s.on_binary(3, h.now, 0);
@@ -390,11 +424,20 @@ fn malformed_frames_are_counted_and_resync_or_skip() {
         .events
         .iter()
         .filter_map(|e| match e {
-            Event::Malformed(m) => Some(format!("{m:?}").split([' ', '(', '{']).next().unwrap().to_owned()),
+            Event::Malformed(m) => Some(
+                format!("{m:?}")
+                    .split([' ', '(', '{'])
+                    .next()
+                    .unwrap()
+                    .to_owned(),
+            ),
             _ => None,
         })
         .collect();
-    assert_eq!(kinds, ["Empty", "Json", "UnknownType", "Shape", "Shape", "Binary"]);
+    assert_eq!(
+        kinds,
+        ["Empty", "Json", "UnknownType", "Shape", "Shape", "Binary"]
+    );
 }
 
 #[test]
@@ -437,20 +480,38 @@ fn server_refusals_and_slow_consumer_disconnects() {
     h.open();
     let (id1, id2) = (h.sent[0]["id"].clone(), h.sent[1]["id"].clone());
     h.frame(&format!(r#"{{"type":"error","id":{id2},"code":"subscription_refused","message":"no","recoverable":false,"ib_code":200}}"#));
-    assert!(matches!(h.events.last(), Some(Event::SubscribeFailed { sub: 2, local: false, error }) if error.ib_code == Some(200)));
-    h.frame(&format!(r#"{{"type":"subscribed","id":{id1},"stream_id":"ws-1-1"}}"#));
+    assert!(
+        matches!(h.events.last(), Some(Event::SubscribeFailed { sub: 2, local: false, error }) if error.ib_code == Some(200))
+    );
+    h.frame(&format!(
+        r#"{{"type":"subscribed","id":{id1},"stream_id":"ws-1-1"}}"#
+    ));
     h.frame(&format!(r#"{{"type":"info","status":"stream_start","epoch":"{E1}","ring_head":3,"stream_id":"ws-1-1"}}"#));
     h.frame(&tick(4));
     h.frame(r#"{"type":"error","code":"slow_consumer","message":"slow","recoverable":true,"stream_id":"ws-1-1"}"#);
     h.frame(r#"{"type":"complete","reason":"error","count":1,"duration_ms":5,"last_seq":4,"stream_id":"ws-1-1"}"#);
-    assert!(matches!(h.events.last(), Some(Event::Complete { sub: 1, resuming: true, .. })));
+    assert!(matches!(
+        h.events.last(),
+        Some(Event::Complete {
+            sub: 1,
+            resuming: true,
+            ..
+        })
+    ));
     // Resubscribed on the same connection after tick 4.
     assert_eq!(h.sent.last().unwrap()["after_seq"], format!("{E1}-4"));
     h.accept("ws-1-2", E1, 9);
     h.frame(&tick(5));
     // A limit reached is final.
     h.frame(r#"{"type":"complete","reason":"limit_reached","count":1,"duration_ms":5,"last_seq":5,"stream_id":"ws-1-2"}"#);
-    assert!(matches!(h.events.last(), Some(Event::Complete { sub: 1, resuming: false, .. })));
+    assert!(matches!(
+        h.events.last(),
+        Some(Event::Complete {
+            sub: 1,
+            resuming: false,
+            ..
+        })
+    ));
     assert_eq!(h.s.counts(), (0, 0, 2));
     assert_eq!(h.ticks(), [(1, 4), (1, 5)]);
 }
@@ -464,25 +525,43 @@ fn unsubscribe_in_every_phase() {
     // Queued (not connected yet): ends at once.
     h.s.unsubscribe(3, h.now);
     h.drain();
-    assert!(matches!(h.events.last(), Some(Event::Complete { sub: 3, resuming: false, .. })));
+    assert!(matches!(
+        h.events.last(),
+        Some(Event::Complete {
+            sub: 3,
+            resuming: false,
+            ..
+        })
+    ));
     h.open();
     assert_eq!(h.sent.len(), 2);
     // Pending: unsubscribed when the answer comes.
     h.s.unsubscribe(2, h.now);
     let id2 = h.sent[1]["id"].clone();
-    h.frame(&format!(r#"{{"type":"subscribed","id":{id2},"stream_id":"ws-1-2"}}"#));
+    h.frame(&format!(
+        r#"{{"type":"subscribed","id":{id2},"stream_id":"ws-1-2"}}"#
+    ));
     assert_eq!(h.sent.last().unwrap()["type"], "unsubscribe");
     assert_eq!(h.sent.last().unwrap()["stream_id"], "ws-1-2");
     // Active.
     let id1 = h.sent[0]["id"].clone();
-    h.frame(&format!(r#"{{"type":"subscribed","id":{id1},"stream_id":"ws-1-1"}}"#));
+    h.frame(&format!(
+        r#"{{"type":"subscribed","id":{id1},"stream_id":"ws-1-1"}}"#
+    ));
     h.s.unsubscribe(1, h.now);
     h.drain();
     assert_eq!(h.sent.last().unwrap()["stream_id"], "ws-1-1");
     h.frame(&tick(3)); // in flight: not delivered
     h.frame(r#"{"type":"complete","reason":"unsubscribed","count":0,"duration_ms":5,"last_seq":0,"stream_id":"ws-1-1"}"#);
     assert!(h.ticks().is_empty());
-    assert!(matches!(h.events.last(), Some(Event::Complete { sub: 1, resuming: false, .. })));
+    assert!(matches!(
+        h.events.last(),
+        Some(Event::Complete {
+            sub: 1,
+            resuming: false,
+            ..
+        })
+    ));
     // After a reconnect nothing ended is sent again.
     h.s.on_closed("x", h.now);
     h.drain();
