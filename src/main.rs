@@ -48,6 +48,8 @@ enum Command {
     Tail(ib_stream::tools::tail::TailArgs),
     /// A live view of the engine's status region.
     Top(ib_stream::tools::top::TopArgs),
+    /// Print ticks from a web server (WebSocket, reconnecting and resuming by itself).
+    Watch(ib_stream::tools::watch::WatchArgs),
     /// Serve ticks over SSE and WebSocket, with health, metrics and a live page.
     Serve(ib_stream::serve::ServeArgs),
     /// Run one environment: tws-sim (when simulating), engine, recorder and web server.
@@ -194,6 +196,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Top(args) => {
             let loaded = load(&cli.global)?;
             ib_stream::tools::top::run(loaded.settings.ring_dir(), &args, &mut std::io::stdout())?;
+        }
+        Command::Watch(args) => {
+            let loaded = load(&cli.global)?;
+            let s = &loaded.settings;
+            // A server bound to every address is reached on loopback.
+            let host = match s.serve_host.as_str() {
+                "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
+                h => h,
+            };
+            let url = format!("http://{host}:{}", s.serve_port);
+            ib_stream::tools::watch::run(&args, &url, s.token.as_deref(), &mut std::io::stdout())?;
         }
         Command::Serve(args) => {
             let loaded = load(&cli.global)?;
