@@ -1139,7 +1139,7 @@ mod tests {
         assert_eq!(offset_of!(FarmStatus, code), 28);
         assert_eq!(offset_of!(FarmStatus, since_ns), 32);
         assert_eq!(offset_of!(FarmStatus, notice_ns), 40);
-        assert_eq!(offset_of!(StatusSnapshot, farms), 192 + 3 * 2464 + 256 * 40);
+        assert_eq!(offset_of!(StatusSnapshot, farms), 192 + 5 * 2464 + 256 * 40);
         assert_eq!(offset_of!(EngineStatus, updated_ns), 8);
         assert_eq!(offset_of!(EngineStatus, server_version), 40);
         assert_eq!(offset_of!(EngineStatus, sub_count), 52);
