@@ -178,7 +178,10 @@ fn session(version: u32, publisher: Publisher) -> (Session, Clock, [i32; 2]) {
             }
         }
     }
-    assert!(req.iter().all(|r| *r != 0), "no tick-by-tick requests: {req:?}");
+    assert!(
+        req.iter().all(|r| *r != 0),
+        "no tick-by-tick requests: {req:?}"
+    );
     while s.poll_action().is_some() {}
     (s, clock, req)
 }
@@ -200,9 +203,15 @@ fn measure_engine(s: &mut Session, clock: Clock, wire: &[u8]) -> usize {
 fn child_engine(version: u32) {
     let (mut s, clock, req) = session(version, Publisher::heap(1 << 20).expect("ring"));
     let w = wire(req, ROUNDS, version);
-    let before = s.publisher().snap.counters.records_published;
+    let mut ring = s.publisher().reader(ib_stream_ipc::StartAt::Oldest);
     std::hint::black_box(measure_engine(&mut s, clock, std::hint::black_box(&w)));
-    let ticks = s.publisher().snap.counters.records_published - before;
+    // Ticks in the ring (the subscriptions' first ticks also publish a state record each).
+    let mut ticks = 0u64;
+    while let ib_stream_ipc::ReadOutcome::Record(r) = ring.try_read() {
+        if r.kind().is_some_and(RecordKind::is_market_data) {
+            ticks += 1;
+        }
+    }
     assert_eq!(ticks, 2 * ROUNDS as u64, "every tick reached the ring");
     println!("ticks={ticks}");
 }
@@ -274,7 +283,10 @@ fn child_ibapi(port: u16, rounds: usize) {
         .tick_by_tick(&contract, 0)
         .bid_ask(IgnoreSize::No)
         .expect("BidAsk");
-    let trades = client.tick_by_tick(&contract, 0).all_last().expect("AllLast");
+    let trades = client
+        .tick_by_tick(&contract, 0)
+        .all_last()
+        .expect("AllLast");
     std::thread::scope(|sc| {
         let q = sc.spawn(|| {
             let mut sum = 0.0;
@@ -309,7 +321,8 @@ fn ibapi_gateway(listener: TcpListener, rounds: i64) {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 1 << 16];
     // "API\0" then the length-prefixed version range.
-    while buf.len() < 8 || buf.len() < 8 + u32::from_be_bytes(buf[4..8].try_into().unwrap()) as usize
+    while buf.len() < 8
+        || buf.len() < 8 + u32::from_be_bytes(buf[4..8].try_into().unwrap()) as usize
     {
         let n = s.read(&mut chunk).expect("read the hello");
         assert!(n > 0, "the client left during the hello");
@@ -372,7 +385,10 @@ fn ibapi_gateway(listener: TcpListener, rounds: i64) {
 /// `toggle`, or everything); returns the instruction total and the child's `ticks=`.
 fn callgrind(args: &[String], toggle: Option<&str>, out_dir: &Path) -> (u64, u64) {
     let exe = std::env::current_exe().expect("own path");
-    let out = out_dir.join(format!("callgrind.{}.out", args.join("-").replace('/', "_")));
+    let out = out_dir.join(format!(
+        "callgrind.{}.out",
+        args.join("-").replace('/', "_")
+    ));
     let mut cmd = Command::new("valgrind");
     cmd.arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()));
@@ -513,6 +529,8 @@ fn serve_run(ticks: u64, dir: &Path) -> (u64, u64) {
         std::thread::sleep(Duration::from_millis(50));
     };
     let got = Arc::new(AtomicU64::new(0));
+    // Clients that have had their first tick (so they are subscribed).
+    let live = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     for _ in 0..SERVE_CLIENTS {
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to serve");
@@ -523,12 +541,18 @@ fn serve_run(ticks: u64, dir: &Path) -> (u64, u64) {
         )
         .unwrap();
         let got = got.clone();
+        let live = live.clone();
         readers.push(std::thread::spawn(move || {
             let mut r = BufReader::new(s);
             let mut line = String::new();
+            let mut first = true;
             while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
                 if line.starts_with("event: tick") {
                     got.fetch_add(1, Ordering::Relaxed);
+                    if first {
+                        first = false;
+                        live.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 line.clear();
             }
@@ -537,14 +561,17 @@ fn serve_run(ticks: u64, dir: &Path) -> (u64, u64) {
     let wait_for = |target: u64| {
         let until = Instant::now() + Duration::from_secs(120);
         while got.load(Ordering::Relaxed) < target {
-            assert!(Instant::now() < until, "deliveries stalled at {got:?} of {target}");
+            assert!(
+                Instant::now() < until,
+                "deliveries stalled at {got:?} of {target}"
+            );
             std::thread::sleep(Duration::from_micros(200));
         }
     };
     // Every client subscribed: keep publishing a first tick until all have one.
     let mut seq = 0;
-    while got.load(Ordering::Relaxed) < SERVE_CLIENTS as u64 {
-        if seq < 50 {
+    while live.load(Ordering::Relaxed) < SERVE_CLIENTS as u64 {
+        if seq < 200 {
             writer.publish_batch(&[serve_quote(seq)]);
             seq += 1;
         }
@@ -575,14 +602,20 @@ fn serve_run(ticks: u64, dir: &Path) -> (u64, u64) {
 
 fn sigterm(pid: u32) {
     // SIGTERM: serve shuts down and returns from main.
-    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
 }
 
 struct KillOnDrop(u32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-KILL").arg(self.0.to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(self.0.to_string())
+            .status();
     }
 }
 
@@ -640,7 +673,10 @@ fn write_baseline(path: &Path, now: &[(String, f64)]) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     match args.first().map(String::as_str) {
         Some("child-engine") => return child_engine(args[1].parse().expect("version")),
         Some("child-recorder") => return child_recorder(&args[1], Path::new(&args[2])),
@@ -651,18 +687,42 @@ fn main() {
     }
     let flag = |name: &str| args.iter().position(|a| a == name).map(|i| args.get(i + 1));
     let check: Option<PathBuf> = flag("--check").map(|p| PathBuf::from(p.expect("--check FILE")));
-    let update: Option<PathBuf> = flag("--update").map(|p| PathBuf::from(p.expect("--update FILE")));
+    let update: Option<PathBuf> =
+        flag("--update").map(|p| PathBuf::from(p.expect("--update FILE")));
     // The guard needs only the deterministic figures.
     let quick = check.is_some() || args.iter().any(|a| a == "--quick");
+    // `--serve-only`: just the serve figure (it takes the longest).
+    if args.iter().any(|a| a == "--serve-only") {
+        let dir = std::env::temp_dir().join(format!("ibs-instructions-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _cleanup = RemoveDir(dir.clone());
+        println!("bench=instructions serve_ipd={:.0}", serve_ipd(&dir));
+        return;
+    }
 
     let dir = std::env::temp_dir().join(format!("ibs-instructions-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let _cleanup = RemoveDir(dir.clone());
     let d = dir.display().to_string();
     let mut now = vec![
-        deterministic("text178_ipt", &["child-engine", "178"], "*measure_engine*", &dir),
-        deterministic("text200_ipt", &["child-engine", "200"], "*measure_engine*", &dir),
-        deterministic("proto226_ipt", &["child-engine", "226"], "*measure_engine*", &dir),
+        deterministic(
+            "text178_ipt",
+            &["child-engine", "178"],
+            "*measure_engine*",
+            &dir,
+        ),
+        deterministic(
+            "text200_ipt",
+            &["child-engine", "200"],
+            "*measure_engine*",
+            &dir,
+        ),
+        deterministic(
+            "proto226_ipt",
+            &["child-engine", "226"],
+            "*measure_engine*",
+            &dir,
+        ),
         deterministic(
             "recorder_bin_ipt",
             &["child-recorder", "bin", &format!("{d}/bin")],
@@ -676,9 +736,8 @@ fn main() {
             &dir,
         ),
     ];
-    let get = |now: &[(String, f64)], k: &str| {
-        now.iter().find(|(n, _)| n == k).map_or(0.0, |(_, v)| *v)
-    };
+    let get =
+        |now: &[(String, f64)], k: &str| now.iter().find(|(n, _)| n == k).map_or(0.0, |(_, v)| *v);
     let mut line = format!(
         "bench=instructions text178_ipt={:.0} text200_ipt={:.0} proto226_ipt={:.0}",
         get(&now, "text178_ipt"),
@@ -714,7 +773,11 @@ fn main() {
         }
         failed = !bad.is_empty();
         if !failed {
-            eprintln!("instruction counts within {:.0} % of {}", TOLERANCE * 100.0, p.display());
+            eprintln!(
+                "instruction counts within {:.0} % of {}",
+                TOLERANCE * 100.0,
+                p.display()
+            );
         }
     }
     println!("{line}");

@@ -173,8 +173,8 @@ fn expected(strings: &StringTableReader, status: &StatusReader) -> Vec<String> {
         &l.kernel_to_commit,
         &l.read_to_commit,
     ]
-        .into_iter()
-        .enumerate()
+    .into_iter()
+    .enumerate()
     {
         let p: Vec<String> = if h.count == 0 {
             Vec::new()
@@ -281,7 +281,9 @@ fn a_reader_written_from_the_readme_agrees() {
             .recv_to_publish
             .record(300 + (k * 7919) % 20_000);
         snap.latencies.decode.record(k % 13);
-        snap.latencies.kernel_to_commit.record(900 + (k * 31) % 7000);
+        snap.latencies
+            .kernel_to_commit
+            .record(900 + (k * 31) % 7000);
         snap.latencies.read_to_commit.record(100 + k % 211);
     }
     snap.latencies.recv_to_publish.record(3 << 41); // the overflow bucket

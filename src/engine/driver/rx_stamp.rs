@@ -10,10 +10,8 @@
 use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd};
 
-use nix::sys::socket::{
-    ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt::Timestamping,
-};
 use nix::sys::socket::TimestampingFlag;
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt::Timestamping};
 
 /// Asks the kernel to stamp what `sock` receives (software stamps, `CLOCK_REALTIME`).
 /// Without it (an old kernel, a socket type that refuses) reads carry no stamp.
@@ -68,7 +66,7 @@ impl StampedReader {
             for c in cmsgs {
                 if let ControlMessageOwned::ScmTimestampsns(ts) = c {
                     let t = ts.system;
-                    let ns = t.tv_sec() as i64 * 1_000_000_000 + t.tv_nsec() as i64;
+                    let ns = t.tv_sec() * 1_000_000_000 + t.tv_nsec();
                     // A zero stamp means the kernel had none for this data.
                     if ns > 0 {
                         kernel_ns = Some(ns);
