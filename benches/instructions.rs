@@ -702,7 +702,7 @@ fn main() {
 
     let dir = std::env::temp_dir().join(format!("ibs-instructions-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let _cleanup = RemoveDir(dir.clone());
+    let cleanup = RemoveDir(dir.clone());
     let d = dir.display().to_string();
     let mut now = vec![
         deterministic(
@@ -782,6 +782,8 @@ fn main() {
     }
     println!("{line}");
     if failed {
+        // `exit` runs no destructors: remove the scratch directory first.
+        drop(cleanup);
         std::process::exit(1);
     }
 }
