@@ -309,7 +309,7 @@ fn the_session_receive_path_allocates_nothing() {
 
 /// The driver's read of the IB socket: one `recvmsg` with the kernel's receive stamp in a
 /// control message (`rx_stamp`), then the two per-read histograms. Zero allocations over
-/// thousands of reads, each of which carried a stamp (so the control-message path ran).
+/// thousands of reads, stamped ones among them (so the control-message path ran).
 #[test]
 fn the_stamped_socket_read_allocates_nothing() {
     use ib_stream::engine::driver::rx_stamp::{self, StampedReader};
@@ -361,7 +361,9 @@ fn the_stamped_socket_read_allocates_nothing() {
         stamped += s;
     }
     let stats = region.change();
-    assert!(stamped >= 2_000, "every read carried a stamp: {stamped}");
+    // The kernel does not stamp every read (seen under load: 309 to 2 000 of 2 000); some
+    // must have been, so that the control-message path ran inside the region.
+    assert!(stamped > 0, "no read carried a stamp");
     assert_eq!(
         (stats.allocations, stats.reallocations),
         (0, 0),
