@@ -500,6 +500,8 @@ fn serve_run(ticks: u64, dir: &Path) -> (u64, u64) {
         "IB_STREAM_ENABLE_STORAGE=false".into(),
         "IB_STREAM_LOG_LEVEL=info".into(),
         "IB_STREAM_TRACKED_CONTRACTS=711280073:MNQ:bid_ask".into(),
+        // Room for every client (the default cap is 50 streams).
+        format!("IB_STREAM_MAX_STREAMS={}", 2 * SERVE_CLIENTS),
     ] {
         c.arg("--set").arg(s);
     }
