@@ -37,6 +37,13 @@ echo "== the web page in headless Chromium (Debian's chromium, installed by the 
 scripts/install-chromium.sh
 cargo test --locked --test serve_page_browser -- --ignored
 
+echo "== instruction counts per tick against the committed baselines (callgrind; issue 17)"
+# Deterministic to the instruction: fails when the engine's receive path (text 178/200,
+# protobuf 226) or the recorder (binary, JSONL) costs more than 10 % over
+# benches/instructions_baseline.txt. Raising a baseline is a commit of its own that says why
+# (`cargo bench --bench instructions -- --update benches/instructions_baseline.txt`).
+cargo bench --locked --bench instructions -- --check benches/instructions_baseline.txt
+
 echo "== loom models of the shared-memory protocols (ring seqlock, status region)"
 cargo test -p ib-stream-ipc --features loom --release --locked --test loom_ring --test status_loom
 

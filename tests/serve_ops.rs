@@ -158,6 +158,9 @@ async fn metrics_are_prometheus_text_with_serve_and_engine_figures() {
         "ib_stream_engine_subscriptions{state=\"active\"} 1",
         "ib_stream_engine_recv_to_publish_ns_count 1",
         "ib_stream_engine_recv_to_publish_ns{quantile=\"0.99\"}",
+        "ib_stream_engine_kernel_to_commit_ns_count 1",
+        "ib_stream_engine_read_to_commit_ns_count 1",
+        "ib_stream_engine_read_to_commit_ns{quantile=\"0.5\"} 180",
     ] {
         assert!(text.contains(needle), "missing `{needle}` in\n{text}");
     }

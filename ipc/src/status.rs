@@ -38,8 +38,9 @@ pub const STATUS_MAGIC: u64 = u64::from_le_bytes(*b"IBSSTAT1");
 pub const STATUS_FILE_NAME: &str = "status";
 
 /// Layout version of the status region; bumped on any incompatible change (2: the farm
-/// table, `EngineStatus::farm_count`/`data_flags` and `SubStatus::flags`).
-pub const STATUS_VERSION: u32 = 2;
+/// table, `EngineStatus::farm_count`/`data_flags` and `SubStatus::flags`; 3: the
+/// `kernel_to_commit` and `read_to_commit` histograms).
+pub const STATUS_VERSION: u32 = 3;
 /// Subscriptions a snapshot can describe.
 pub const MAX_SUBSCRIPTIONS: usize = 256;
 /// IB data farms a snapshot can describe.
@@ -520,9 +521,15 @@ pub struct Latencies {
     pub decode: Histogram,
     /// One event-loop iteration.
     pub loop_iteration: Histogram,
+    /// Per socket read that committed records: from the kernel's software receive stamp of
+    /// the read's last bytes (`SO_TIMESTAMPING`) to the commit of its last record.
+    pub kernel_to_commit: Histogram,
+    /// Per socket read that committed records: from the read's return to the commit of its
+    /// last record.
+    pub read_to_commit: Histogram,
 }
 
-/// Everything the engine publishes, copied whole on every publish (18 592 bytes).
+/// Everything the engine publishes, copied whole on every publish (23 520 bytes).
 #[repr(C)]
 #[derive(Clone, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct StatusSnapshot {
@@ -1132,7 +1139,7 @@ mod tests {
         assert_eq!(offset_of!(FarmStatus, code), 28);
         assert_eq!(offset_of!(FarmStatus, since_ns), 32);
         assert_eq!(offset_of!(FarmStatus, notice_ns), 40);
-        assert_eq!(offset_of!(StatusSnapshot, farms), 192 + 3 * 2464 + 256 * 40);
+        assert_eq!(offset_of!(StatusSnapshot, farms), 192 + 5 * 2464 + 256 * 40);
         assert_eq!(offset_of!(EngineStatus, updated_ns), 8);
         assert_eq!(offset_of!(EngineStatus, server_version), 40);
         assert_eq!(offset_of!(EngineStatus, sub_count), 52);
@@ -1145,13 +1152,15 @@ mod tests {
         assert_eq!(offset_of!(SubStatus, kind), 12);
         assert_eq!(offset_of!(SubStatus, ticks), 16);
         assert_eq!(offset_of!(SubStatus, state_since_ns), 32);
-        assert_eq!(size_of::<Latencies>(), 3 * 2464);
+        assert_eq!(size_of::<Latencies>(), 5 * 2464);
+        assert_eq!(offset_of!(Latencies, kernel_to_commit), 3 * 2464);
+        assert_eq!(offset_of!(Latencies, read_to_commit), 4 * 2464);
         assert_eq!(offset_of!(StatusSnapshot, counters), 64);
         assert_eq!(offset_of!(StatusSnapshot, latencies), 192);
-        assert_eq!(offset_of!(StatusSnapshot, subs), 192 + 3 * 2464);
-        assert_eq!(SNAPSHOT_SIZE, 18_592);
-        assert_eq!(BUFFER_STRIDE, 64 + 18_624);
-        assert_eq!(STATUS_REGION_LEN, 128 + 2 * 18_688);
+        assert_eq!(offset_of!(StatusSnapshot, subs), 192 + 5 * 2464);
+        assert_eq!(SNAPSHOT_SIZE, 23_520);
+        assert_eq!(BUFFER_STRIDE, 64 + 23_552);
+        assert_eq!(STATUS_REGION_LEN, 128 + 2 * 23_616);
         assert_eq!(STATUS_MAGIC.to_le_bytes(), *b"IBSSTAT1");
     }
 

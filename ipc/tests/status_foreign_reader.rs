@@ -58,8 +58,8 @@ def status(path):
     (magic, version, pid, epoch, created, snap_size, max_subs, nbuckets, stride,
      boff, max_farms) = struct.unpack_from('<QIIQqIIIIII', b, 0)
     assert magic == int.from_bytes(b'IBSSTAT1', 'little'), hex(magic)
-    assert (version, snap_size, max_subs, nbuckets, stride, boff, max_farms) == (2, 18592, 256, 304, 18688, 128, 16)
-    assert len(b) >= 37504
+    assert (version, snap_size, max_subs, nbuckets, stride, boff, max_farms) == (3, 23520, 256, 304, 23616, 128, 16)
+    assert len(b) >= 47360
     latest, heartbeat = struct.unpack_from('<Qq', b, 64)
     buf = boff + (latest % 2) * stride
     (seq,) = struct.unpack_from('<Q', b, buf)
@@ -73,7 +73,7 @@ def status(path):
     print(f'engine={gen},{updated},{started},{since},{err_ns},{server_version},{client_id},{err_code},{sub_count},{conn_state},{farm_count},{data_flags}')
     counters = struct.unpack_from('<16Q', b, s + 64)
     print('counters=' + ','.join(map(str, counters)))
-    for h in range(3):
+    for h in range(5):
         o = s + 192 + h * 2464
         count, total, mn, mx = struct.unpack_from('<4Q', b, o)
         buckets = struct.unpack_from('<304Q', b, o + 32)
@@ -81,12 +81,12 @@ def status(path):
         p = [percentile(count, mn, mx, buckets, q) for q in (0.5, 0.9, 0.99)] if count else []
         print(f'hist.{h}={count},{total},{mn},{mx},' + ','.join(map(str, p)))
     for i in range(min(sub_count, 256)):
-        o = s + 7584 + 40 * i
+        o = s + 12512 + 40 * i
         (con_id, req_id, err, kind, state, mdt, flags, ticks, last_tick,
          state_since) = struct.unpack_from('<IiiBBBBQqq', b, o)
         print(f'sub.{i}={con_id},{req_id},{err},{kind},{state},{mdt},{flags},{ticks},{last_tick},{state_since}')
     for i in range(min(farm_count, 16)):
-        o = s + 17824 + 48 * i
+        o = s + 22752 + 48 * i
         (name, kind, state, code, since_ns, notice_ns) = struct.unpack_from('<24sBBxxiqq', b, o)
         name = name.split(b'\0', 1)[0].decode('utf-8')
         print(f'farm.{i}={name},{kind},{state},{code},{since_ns},{notice_ns}')
@@ -166,9 +166,15 @@ fn expected(strings: &StringTableReader, status: &StatusReader) -> Vec<String> {
         counters.map(|v| v.to_string()).join(",")
     ));
     let l = &s.latencies;
-    for (i, h) in [&l.recv_to_publish, &l.decode, &l.loop_iteration]
-        .into_iter()
-        .enumerate()
+    for (i, h) in [
+        &l.recv_to_publish,
+        &l.decode,
+        &l.loop_iteration,
+        &l.kernel_to_commit,
+        &l.read_to_commit,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let p: Vec<String> = if h.count == 0 {
             Vec::new()
@@ -275,6 +281,10 @@ fn a_reader_written_from_the_readme_agrees() {
             .recv_to_publish
             .record(300 + (k * 7919) % 20_000);
         snap.latencies.decode.record(k % 13);
+        snap.latencies
+            .kernel_to_commit
+            .record(900 + (k * 31) % 7000);
+        snap.latencies.read_to_commit.record(100 + k % 211);
     }
     snap.latencies.recv_to_publish.record(3 << 41); // the overflow bucket
     let kinds = [

@@ -674,6 +674,18 @@ pub async fn metrics(
                 "One engine loop iteration, ns.",
                 &s.latencies.loop_iteration,
             );
+            summary(
+                &mut out,
+                "ib_stream_engine_kernel_to_commit_ns",
+                "Per IB socket read: kernel receive stamp to ring commit of its last record, ns.",
+                &s.latencies.kernel_to_commit,
+            );
+            summary(
+                &mut out,
+                "ib_stream_engine_read_to_commit_ns",
+                "Per IB socket read: read return to ring commit of its last record, ns.",
+                &s.latencies.read_to_commit,
+            );
         }
         EngineStatusView::Unavailable(_) => {
             metric(

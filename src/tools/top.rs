@@ -258,6 +258,16 @@ pub fn render(
     let _ = writeln!(
         s,
         "{}",
+        hist_line("kernel->commit", &snap.latencies.kernel_to_commit)
+    );
+    let _ = writeln!(
+        s,
+        "{}",
+        hist_line("read->commit", &snap.latencies.read_to_commit)
+    );
+    let _ = writeln!(
+        s,
+        "{}",
         hist_line("loop iteration", &snap.latencies.loop_iteration)
     );
     s.push_str(&render_farms(snap, now));
@@ -391,6 +401,8 @@ mod tests {
         for v in [1_000u64, 2_000, 3_000] {
             snap.latencies.recv_to_publish.record(v);
         }
+        snap.latencies.kernel_to_commit.record(4_100);
+        snap.latencies.read_to_commit.record(180);
         let mut s = SubStatus::new(265_598, RecordKind::TbtBidAsk, SubState::Active, 1000);
         s.ticks = 500;
         snap.push_subscription(s).unwrap();
@@ -410,6 +422,18 @@ mod tests {
             "{frame}"
         );
         assert!(frame.contains("p50="), "{frame}");
+        let line = |name: &str| {
+            frame
+                .lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} line in\n{frame}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert!(line("kernel->commit").contains("n=1 "), "{frame}");
+        assert!(line("read->commit").contains("n=1 "), "{frame}");
+        assert!(line("read->commit").contains("max=180ns"), "{frame}");
         assert!(frame.contains("readers (0)"), "{frame}");
     }
 

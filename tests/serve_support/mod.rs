@@ -402,6 +402,8 @@ impl Env {
             snap.push_subscription(*s).unwrap();
         }
         snap.latencies.recv_to_publish.record(1500);
+        snap.latencies.kernel_to_commit.record(2500);
+        snap.latencies.read_to_commit.record(180);
         snap.counters.records_published = 42;
         w.publish(&snap, now_ns());
         w.heartbeat(now_ns());

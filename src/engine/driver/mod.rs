@@ -3,10 +3,12 @@
 //! this file is the only engine code that touches a socket, a file or the clock. Busy-poll
 //! mode polls with a zero timeout; blocking mode sleeps until the session's next deadline
 //! or an event. Reads and writes go on until `WouldBlock` (edge-triggered readiness); the
-//! IB socket is read straight into the session's frame buffer.
+//! IB socket is read straight into the session's frame buffer, by `recvmsg` with the
+//! kernel's receive stamp ([`rx_stamp`]): per read that commits records, the status region
+//! gets kernel receive -> commit and read return -> commit of its last record.
 
 use std::collections::BTreeMap;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use crate::config::Settings;
 use crate::ipc::{IpcError, ShmOptions};
 
 mod control_io;
+pub mod rx_stamp;
 
 use super::contract_store;
 use super::publish::{Publisher, unix_ns};
@@ -72,6 +75,8 @@ pub struct Engine {
     ib_established: bool,
     /// The IB socket may hold more bytes (the last read turn stopped at its limit).
     ib_pending: bool,
+    /// Reads the IB socket with the kernel's receive stamps.
+    rx: rx_stamp::StampedReader,
     listener: UnixListener,
     socket_path: PathBuf,
     store_path: PathBuf,
@@ -133,6 +138,7 @@ impl Engine {
             ib: None,
             ib_established: false,
             ib_pending: false,
+            rx: rx_stamp::StampedReader::new(),
             listener,
             socket_path,
             store_path,
@@ -285,6 +291,9 @@ impl Engine {
             }
         };
         let _ = stream.set_nodelay(true);
+        if let Err(e) = rx_stamp::enable(&stream) {
+            warn!("no kernel receive stamps on the IB socket (SO_TIMESTAMPING): {e}");
+        }
         if let Err(e) =
             self.poll
                 .registry()
@@ -368,15 +377,18 @@ impl Engine {
                 self.ib_pending = true;
                 return;
             }
-            let Some(s) = self.ib.as_mut() else { return };
-            match s.read(self.session.recv_buf()) {
-                Ok(0) => {
+            let Some(s) = self.ib.as_ref() else { return };
+            match self.rx.read(s, self.session.recv_buf()) {
+                Ok(rx_stamp::Read { bytes: 0, .. }) => {
                     let clock = self.clock();
                     self.session.on_closed(clock, "closed by the gateway");
                     self.after_input();
                     return;
                 }
-                Ok(n) => {
+                Ok(rx_stamp::Read {
+                    bytes: n,
+                    kernel_ns,
+                }) => {
                     // The clocks of this read (two vDSO reads per read, not per tick): the
                     // pacer must not see a time older than the send it records.
                     let clock = self.clock();
@@ -384,12 +396,15 @@ impl Engine {
                     let open = self.session.on_received(clock, ts_recv, n);
                     let published = self.session.take_published();
                     if published > 0 {
-                        let spent = (unix_ns() - ts_recv).max(0) as u64;
-                        let p = self.session.publisher_mut();
-                        p.snap
-                            .latencies
-                            .recv_to_publish
-                            .record_n(spent, published as u64);
+                        // The read's last record is committed: one more vDSO read.
+                        let committed = unix_ns();
+                        let spent = (committed - ts_recv).max(0) as u64;
+                        let l = &mut self.session.publisher_mut().snap.latencies;
+                        l.recv_to_publish.record_n(spent, published as u64);
+                        l.read_to_commit.record(spent);
+                        if let Some(k) = kernel_ns {
+                            l.kernel_to_commit.record((committed - k).max(0) as u64);
+                        }
                     }
                     self.after_input();
                     if !open {
