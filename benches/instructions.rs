@@ -247,6 +247,7 @@ fn child_recorder(format: &str, dir: &Path) {
         retry_interval: Duration::from_millis(500),
         max_staged_bytes: 1 << 20,
         heartbeat_keep_interval: ib_stream::recorder::HEARTBEAT_KEEP_INTERVAL,
+        register_reader: true,
     };
     let stop = std::sync::atomic::AtomicBool::new(false);
     let mut rec = Recorder::start(cfg, &stop).expect("recorder");
