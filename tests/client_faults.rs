@@ -783,6 +783,11 @@ fn watch_prints_ticks_as_json_lines_and_reports_a_dead_server_in_one_line() {
             .all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64())
     );
     assert!(stderr.contains("Connecting -> Connected"), "{stderr}");
+    // Sizes come out as the server writes them: whole shares, not `3.0`.
+    assert!(
+        lines.iter().all(|t| t["bs"].is_u64() && t["as"].is_u64()),
+        "{lines:?}"
+    );
 
     // Nobody listens there: the client gives up after its attempts, said in one line.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -31,25 +31,54 @@ pub struct Tick {
     /// `l1_generic`, `l1_string`.
     pub tt: TickKind,
     /// Bid price (`bid_ask`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "compact_num::option"
+    )]
     pub bp: Option<f64>,
     /// Bid size (`bid_ask`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "compact_num::option"
+    )]
     pub bs: Option<f64>,
     /// Ask price (`bid_ask`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "compact_num::option"
+    )]
     pub ap: Option<f64>,
     /// Ask size (`bid_ask`).
-    #[serde(default, rename = "as", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "as",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "compact_num::option"
+    )]
     pub r#as: Option<f64>,
     /// Price (`last`, `all_last`, `l1_price`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "compact_num::option"
+    )]
     pub p: Option<f64>,
     /// Size (`last`, `all_last`, `l1_price`, `l1_size`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "compact_num::option"
+    )]
     pub s: Option<f64>,
     /// Midpoint (`mid_point`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "compact_num::option"
+    )]
     pub mp: Option<f64>,
     /// Exchange of a trade.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,6 +122,34 @@ pub struct Tick {
     /// Pre-open (`l1_price`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub po: bool,
+}
+
+/// Numbers written back as the server writes them: a whole value without a fraction (`1`,
+/// not serde's `1.0`), so a tick serializes to the server's bytes (`ib-stream watch`).
+mod compact_num {
+    use serde::Serializer;
+
+    /// Largest integer an `f64` holds exactly.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+
+    pub(super) fn plain<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.fract() == 0.0 && v.abs() < EXACT {
+            // Whole and exact: the cast loses nothing.
+            #[allow(clippy::cast_possible_truncation)]
+            s.serialize_i64(*v as i64)
+        } else {
+            s.serialize_f64(*v)
+        }
+    }
+
+    // serde's `serialize_with` hands over a reference to the field.
+    #[allow(clippy::ref_option)]
+    pub(super) fn option<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => plain(v, s),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 /// The kind of a tick (`tt`).
@@ -141,7 +198,7 @@ impl TickKind {
 #[serde(untagged)]
 pub enum L1Value {
     /// `l1_generic`.
-    Number(f64),
+    Number(#[serde(serialize_with = "compact_num::plain")] f64),
     /// `l1_string`.
     Text(String),
 }
@@ -559,11 +616,20 @@ mod tests {
             (t.p, t.x.as_deref(), t.pl, t.ts),
             (Some(1.5), Some("CME"), true, None)
         );
-        // Printed back, a tick is the server's compact JSON.
-        assert_eq!(
-            serde_json::to_string(&t).unwrap(),
-            r#"{"seq":2,"st":1,"cid":5,"tt":"last","p":1.5,"s":1.0,"x":"CME","pl":true}"#
-        );
+        // Printed back, a tick is the server's compact JSON, byte for byte: whole sizes and
+        // prices without a fraction, as the server writes them.
+        for json in [
+            r#"{"seq":2,"st":1,"cid":5,"tt":"last","p":1.5,"s":1,"x":"CME","pl":true}"#,
+            r#"{"seq":7,"st":1,"ts":2,"cid":5,"tt":"bid_ask","bp":21012,"bs":300,"ap":21012.25,"as":0.5}"#,
+            r#"{"seq":8,"st":1,"cid":5,"tt":"l1_generic","f":49,"v":3}"#,
+            r#"{"seq":9,"st":1,"cid":5,"tt":"l1_generic","f":49,"v":0.25}"#,
+            r#"{"seq":10,"st":1,"cid":5,"tt":"mid_point","mp":-12}"#,
+        ] {
+            let ServerMessage::Tick(t) = parse(json.as_bytes()).unwrap() else {
+                panic!("{json}")
+            };
+            assert_eq!(serde_json::to_string(&t).unwrap(), json);
+        }
         let ServerMessage::Tick(t) =
             parse(br#"{"seq":3,"st":1,"cid":5,"tt":"l1_string","f":45,"v":"abc"}"#).unwrap()
         else {
