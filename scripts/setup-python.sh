@@ -27,7 +27,7 @@ command -v "$PYTHON" >/dev/null 2>&1 || die "no '$PYTHON' on PATH (set PYTHON=..
 
 usable() {
   [[ -x $VENV/bin/python ]] &&
-    "$VENV/bin/python" -c 'import pytest, ruff, mypy, numpy, pandas, websockets, httpx, setuptools, wheel' 2>/dev/null
+    "$VENV/bin/python" -c 'import pytest, ruff, mypy, numpy, pandas, websockets, httpx, zstandard, setuptools, wheel' 2>/dev/null
 }
 
 if ! usable; then

@@ -11,7 +11,12 @@ The same rules as the Rust reader (src/storage/query.rs) decide what is served:
   (a reopened file being appended to), else the file ends before it (cut short);
 - records after the last entry: the open tail, served unchecked (no checksum exists yet);
 - bytes after the last whole record or line: a record being written, not read;
-- a complete JSON line that does not decode: a `corrupt_line` gap.
+- a complete JSON line that does not decode: a `corrupt_line` gap;
+- a sealed segment (`storage seal`: zstd blocks with an index, `IBSBINZ`): its header and
+  index must verify (else a `corrupt_header` gap, nothing of the file); a compressed block
+  whose CRC-32 differs, that does not decompress to its records, or whose records do not
+  match their original checksums is a `corrupt_block` gap with the block's exact sequences
+  and times from the index, and none of its records is returned.
 
 Stored gap records (the system file of conId 0: disconnected, reader_overrun,
 write_error, writer_restart) in the time range come as gaps too. A damaged value is never
@@ -35,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import zstandard
 
 from .records import (
     ASK_PAST_HIGH,
@@ -63,10 +69,25 @@ from .records import (
 log = logging.getLogger("ib_stream.history")
 
 BIN_MAGIC = b"IBSBINR\0"
+SEALED_MAGIC = b"IBSBINZ\0"
+SEALED_HEADER_LEN = 128
 STRINGS_MAGIC = b"IBSSTRF1"
 HEADER_LEN = 64
 _NAME = re.compile(r"^(\d+)_([a-z0-9_]+)_([0-9a-f]{16})\.(bin|jsonl)$")
 _HEADER = struct.Struct("<8sIIIIQqqIB7sI")
+# Sealed header's first 64 bytes (docs/STORAGE.md, "Sealed binary segments").
+_SEALED = struct.Struct("<8sIIIIQQII12sI")
+_INDEX_ENTRY = np.dtype(
+    [
+        ("offset", "<u8"),
+        ("len", "<u4"),
+        ("crc", "<u4"),
+        ("first_seq", "<u8"),
+        ("last_seq", "<u8"),
+        ("first_ts", "<i8"),
+        ("last_ts", "<i8"),
+    ]
+)
 MARKET_KINDS = (
     "last",
     "all_last",
@@ -225,19 +246,13 @@ def _read_binary(
     except FileNotFoundError:
         crc_bytes = b""
     data = path.read_bytes()
+    if data[: len(SEALED_MAGIC)] == SEALED_MAGIC:
+        return _read_sealed(seg, data, strings, gaps), 0  # a stale .crc beside it is ignored
     if len(data) < HEADER_LEN:
         return empty, 0  # just created
     hdr = data[:HEADER_LEN]
-    magic, ver, hlen, rsize, block, epoch, _hour, _created, _cid, _kind, _r, crc = _HEADER.unpack(
-        hdr
-    )
-    why = None
-    if zlib.crc32(hdr[:60]) != crc:
-        why = "header checksum mismatch"
-    elif magic != BIN_MAGIC or ver != 1 or hlen != HEADER_LEN or rsize != RECORD_SIZE or block == 0:
-        why = f"not a version-1 segment (magic {magic!r}, version {ver})"
-    elif epoch != seg.epoch:
-        why = f"header epoch {epoch:016x} differs from the file name's"
+    block = _HEADER.unpack(hdr)[4]
+    why = _raw_header_problem(hdr, seg.epoch)
     if why is not None:
         log.warning("%s: corrupt header: %s", path, why)
         gaps.append(HistoryGap("corrupt_header", seg.epoch, None, None, None, None, str(path), why))
@@ -289,6 +304,117 @@ def _read_binary(
     out = recs[:end][keep[:end]]
     _read_strings(path.with_suffix(".strings"), seg.epoch, strings)
     return out.copy(), max(0, end - covered)
+
+
+def _raw_header_problem(hdr: bytes, epoch_of_name: int) -> str | None:
+    """Why a raw segment's 64-byte header is not to be trusted, or None."""
+    magic, ver, hlen, rsize, block, epoch, _hour, _created, _cid, _kind, _r, crc = _HEADER.unpack(
+        hdr
+    )
+    if zlib.crc32(hdr[:60]) != crc:
+        return "header checksum mismatch"
+    if magic != BIN_MAGIC or ver != 1 or hlen != HEADER_LEN or rsize != RECORD_SIZE or block == 0:
+        return f"not a version-1 segment (magic {magic!r}, version {ver})"
+    if epoch != epoch_of_name:
+        return f"header epoch {epoch:016x} differs from the file name's"
+    return None
+
+
+def _sealed_layout(data: bytes, epoch_of_name: int) -> tuple[Any, Any, int, int, int] | str:
+    """The verified index of a sealed segment: (block entries, checksum entries, records,
+    records per compressed block, records per checksum block), or why it cannot be trusted."""
+    if len(data) < SEALED_HEADER_LEN:
+        return "shorter than its header"
+    _m, ver, hlen, per, codec, n, index_at, nblocks, ncrcs, _r, crc = _SEALED.unpack(data[:64])
+    if zlib.crc32(data[:60]) != crc:
+        return "sealed header checksum mismatch"
+    if ver != 1 or hlen != SEALED_HEADER_LEN or codec != 1:
+        return f"not a version-1 sealed segment (version {ver}, codec {codec})"
+    why = _raw_header_problem(data[64:SEALED_HEADER_LEN], epoch_of_name)
+    if why is not None:
+        return f"raw header inside: {why}"
+    crc_block = _HEADER.unpack(data[64:SEALED_HEADER_LEN])[4]
+    if per == 0 or per % crc_block != 0 or nblocks != -(-n // per) or ncrcs != -(-n // crc_block):
+        return "block counts do not agree with the record count"
+    index_len = nblocks * _INDEX_ENTRY.itemsize + ncrcs * 4 + 4
+    if index_at < SEALED_HEADER_LEN or index_at + index_len != len(data):
+        return "index does not end the file"
+    body = data[index_at : index_at + index_len - 4]
+    if zlib.crc32(body) != struct.unpack_from("<I", data, index_at + index_len - 4)[0]:
+        return "index checksum mismatch"
+    entries = np.frombuffer(body, dtype=_INDEX_ENTRY, count=nblocks)
+    crcs = np.frombuffer(body, dtype="<u4", count=ncrcs, offset=nblocks * _INDEX_ENTRY.itemsize)
+    ends = entries["offset"] + entries["len"]
+    if (entries["offset"] < SEALED_HEADER_LEN).any() or (ends > index_at).any():
+        return "a block lies outside the data"
+    return entries, crcs, n, per, crc_block
+
+
+def _unseal_block(plane: bytes, n: int) -> npt.NDArray[np.void]:
+    """Codec 1 undone: bytes regrouped by position back into records, word deltas summed."""
+    deltas = np.frombuffer(plane, dtype=np.uint8).reshape(RECORD_SIZE, n).T.copy()
+    words = np.cumsum(deltas.view("<u8"), axis=0, dtype=np.uint64)  # wraps, as written
+    return words.view(RECORD_DTYPE).reshape(n)
+
+
+def _read_sealed(
+    seg: _Segment, data: bytes, strings: dict[tuple[int, int], str], gaps: list[HistoryGap]
+) -> npt.NDArray[np.void]:
+    """The verified records of a sealed segment (all of them are checked: no open tail)."""
+    path = seg.path
+    layout = _sealed_layout(data, seg.epoch)
+    if isinstance(layout, str):
+        log.warning("%s: corrupt header: %s", path, layout)
+        gaps.append(
+            HistoryGap("corrupt_header", seg.epoch, None, None, None, None, str(path), layout)
+        )
+        return np.empty(0, dtype=RECORD_DTYPE)
+    entries, crcs, n, per, crc_block = layout
+    dctx = zstandard.ZstdDecompressor()
+    parts: list[npt.NDArray[np.void]] = []
+    for k, e in enumerate(entries):
+        count = min(per, n - k * per)
+        off, length = int(e["offset"]), int(e["len"])
+        frame = data[off : off + length]
+        why = None
+        recs = None
+        if zlib.crc32(frame) != int(e["crc"]):
+            why = "compressed block checksum mismatch"
+        else:
+            try:
+                plane = dctx.decompressobj().decompress(frame)
+            except zstandard.ZstdError as err:
+                plane, why = b"", f"does not decompress: {err}"
+            if why is None and len(plane) != count * RECORD_SIZE:
+                why = f"decompresses to {len(plane)} bytes, not {count} records"
+            if why is None:
+                recs = _unseal_block(plane, count)
+                raw = recs.tobytes()
+                first = k * per // crc_block
+                for j in range(-(-count // crc_block)):
+                    chunk = raw[j * crc_block * RECORD_SIZE : (j + 1) * crc_block * RECORD_SIZE]
+                    if zlib.crc32(chunk) != int(crcs[first + j]):
+                        why = f"records differ from their checksum (entry {first + j})"
+                        break
+        if why is not None:
+            log.warning("%s: corrupt compressed block %d: %s", path, k, why)
+            gaps.append(
+                HistoryGap(
+                    "corrupt_block",
+                    seg.epoch,
+                    int(e["first_seq"]),
+                    int(e["last_seq"]),
+                    int(e["first_ts"]),
+                    int(e["last_ts"]),
+                    str(path),
+                    f"sealed block {k} at byte {off}, {count} records: {why}",
+                )
+            )
+            continue
+        if recs is not None:
+            parts.append(recs)
+    _read_strings(path.with_suffix(".strings"), seg.epoch, strings)
+    return np.concatenate(parts) if parts else np.empty(0, dtype=RECORD_DTYPE)
 
 
 # ---- JSON Lines -----------------------------------------------------------------------
