@@ -68,6 +68,44 @@ def test_web_server_killed_and_restarted_mid_stream(system: System, transport: s
     assert_exact(system, got.ticks(), KINDS)
 
 
+def test_unsubscribe_right_after_a_reconnect_ends_the_stream(system: System, proxy: Proxy) -> None:
+    """unsubscribe() in the window after a reconnect, when the subscribes are re-sent but the
+    server has not named the new streams yet: the old connection's stream id means nothing
+    on the new one (the same server numbers its streams per connection), so the client must
+    wait for the new id and end that stream."""
+    quotes = ibs.Subscription(CONTRACT, ("bid_ask",))
+    trades = ibs.Subscription(CONTRACT, ("last",))
+    c = ibs.StreamClient(proxy.url, [quotes, trades], close_when_done=False,
+                         backoff_initial=0.05, backoff_max=0.5)  # fmt: skip
+    asked = threading.Event()
+    old_ids: list[str | None] = []
+
+    def on_state(ch: ibs.StateChange) -> None:
+        # Runs on the client's loop at CONNECTED, before the subscribes go out again; the
+        # call lands right after them (call_soon_threadsafe), before any answer is read.
+        if ch.new is ibs.State.CONNECTED and c.metrics().reconnects >= 1 and not asked.is_set():
+            asked.set()
+            c.unsubscribe(quotes)
+
+    c.on_state(on_state)
+    c.start()
+    try:
+        wait_until("ticks of both", lambda: quotes.delivered > 20 and trades.delivered > 5, 60)
+        old_ids.append(quotes.stream_id)
+        proxy.cut_after = 7  # cut the connection inside the next server frame
+        wait_until("the unsubscribe after the reconnect", asked.is_set, 60)
+        wait_until("the quotes' stream ended", lambda: quotes.done, 30)
+        assert quotes.end_reason == "unsubscribed"
+        assert proxy.connections == 2 and trades.stream_id not in old_ids
+        n = quotes.delivered
+        base = trades.delivered
+        wait_until("trades go on", lambda: trades.delivered >= base + 20, 60)
+        assert quotes.delivered == n, "ticks of an ended subscription"
+        assert not trades.done and c.state is ibs.State.CONNECTED
+    finally:
+        c.close()
+
+
 def test_engine_restart_is_a_visible_event_and_the_new_run_follows(system: System) -> None:
     c, got, _ = run_client(system.url, "ws")
     try:

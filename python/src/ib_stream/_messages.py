@@ -192,6 +192,9 @@ class Subscription:
     refused: ServerError | None = field(default=None, init=False)
     # error{slow_consumer} seen: the complete{error} that follows is resumed, not an end.
     slow_consumer_closed: bool = field(default=False, init=False, repr=False)
+    # unsubscribe() came while the server had not yet named the stream (its subscribe in
+    # flight, or re-sent after a reconnect): sent as soon as `subscribed` names it.
+    unsubscribe_wanted: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.tick_types = tuple(self.tick_types)

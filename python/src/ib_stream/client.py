@@ -268,12 +268,22 @@ class AsyncStreamClient:
 
     def unsubscribe(self, sub: Subscription) -> None:
         """End a subscription (WebSocket): `complete{unsubscribed}` follows."""
-        if sub.stream_id is not None and self._outbox is not None and not sub.done:
-            rid = next(self._req_ids)
-            self._unsub_pending.add(rid)
-            self._outbox.put_nowait({"type": "unsubscribe", "id": rid, "stream_id": sub.stream_id})
+        if sub.done:
+            return
+        if self._outbox is not None and sub.stream_id is not None:
+            self._send_unsubscribe(sub)
+        elif self._outbox is not None and any(p is sub for p in self._pending.values()):
+            # Its subscribe is on the way (first time or after a reconnect): the stream has
+            # no id yet; end it the moment the server names it.
+            sub.unsubscribe_wanted = True
         else:
             self._finish(sub, "unsubscribed")
+
+    def _send_unsubscribe(self, sub: Subscription) -> None:
+        assert self._outbox is not None and sub.stream_id is not None
+        rid = next(self._req_ids)
+        self._unsub_pending.add(rid)
+        self._outbox.put_nowait({"type": "unsubscribe", "id": rid, "stream_id": sub.stream_id})
 
     # ---- state -----------------------------------------------------------------------
 
@@ -415,6 +425,8 @@ class AsyncStreamClient:
         self._pending.clear()
         self._streams.clear()
         self._routes.clear()
+        for sub in self._subs:
+            sub.stream_id = None  # the last connection's ids mean nothing to the next server
         try:
             ws = await self._open_ws()
         except websockets.exceptions.InvalidStatus as e:
@@ -560,6 +572,8 @@ class AsyncStreamClient:
             self._streams[sid] = sub
             for k in sub.kinds:
                 self._routes[(sub.contract_id, k)] = sub
+            if sub.unsubscribe_wanted and not sub.done:
+                self._send_unsubscribe(sub)
         elif t == "error" and rid is not None and sid is None:
             if isinstance(rid, int) and rid in self._unsub_pending:
                 self._unsub_pending.discard(rid)
@@ -603,14 +617,18 @@ class AsyncStreamClient:
             self._hb_timeout = 2.0 * hb + 5.0
         self._connected("WebSocket open")
         for sub in self._subs:
-            if not sub.done:
+            if sub.unsubscribe_wanted:
+                self._finish(sub, "unsubscribed")  # asked for before this connection
+            elif not sub.done:
                 self._queue_subscribe(sub)
 
     def _retry_subscribe_later(self, sub: Subscription) -> None:
         outbox = self._outbox
 
         def again() -> None:
-            if outbox is self._outbox and not sub.done:
+            if sub.unsubscribe_wanted:
+                self._finish(sub, "unsubscribed")
+            elif outbox is self._outbox and not sub.done:
                 self._queue_subscribe(sub)
 
         asyncio.get_running_loop().call_later(
