@@ -11,6 +11,14 @@
 //! start it adopts its ring (same file, readers go on) and recreates its durable consumer at
 //! the sequence after the larger of the two; anything replayed that the ring already holds
 //! is skipped by sequence.
+//!
+//! In order or not at all: the bridge makes the stream's sequences contiguous
+//! (`Nats-Expected-Last-Sequence`), so a message whose stream sequence is past the next one
+//! means the consumer skipped some (a pull batch lost when a NATS node died, redelivered only
+//! after the ack wait, while ack-all would acknowledge it with the later ones). The mirror
+//! then writes nothing, recreates its consumer at the next sequence and reads again. Only a
+//! jump that the new consumer repeats (the messages are no longer in the stream: retention)
+//! is applied, and becomes a gap record.
 
 pub mod apply;
 
@@ -118,8 +126,9 @@ pub fn run(cfg: &MirrorConfig) -> anyhow::Result<()> {
         let client = bridge::connect(&cfg.urls, "ib-stream mirror").await?;
         let js = jetstream::new(client);
         let mut backoff = Duration::from_millis(100);
+        let mut jump_seen = None;
         loop {
-            match session(cfg, &js, &mut applier, &mut applied).await {
+            match session(cfg, &js, &mut applier, &mut applied, &mut jump_seen).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), applied, "mirror: consumer lost, recreating it");
@@ -137,6 +146,7 @@ async fn session(
     js: &jetstream::Context,
     applier: &mut Applier,
     applied: &mut u64,
+    jump_seen: &mut Option<u64>,
 ) -> anyhow::Result<()> {
     let stream = js
         .get_stream(wire::stream_name(&cfg.env))
@@ -183,7 +193,24 @@ async fn session(
                     .info()
                     .map_err(|e| anyhow::anyhow!("{e}"))?
                     .stream_sequence;
+                if *applied > 0 && seq > *applied + 1 {
+                    if *jump_seen != Some(seq) {
+                        *jump_seen = Some(seq);
+                        anyhow::bail!(
+                            "stream sequence {seq} follows {applied}: the consumer skipped \
+                             {}..={}; reading them again",
+                            *applied + 1,
+                            seq - 1
+                        );
+                    }
+                    tracing::warn!(
+                        from = *applied + 1,
+                        to = seq - 1,
+                        "mirror: the stream no longer holds these messages (retention)"
+                    );
+                }
                 if seq > *applied {
+                    *jump_seen = None;
                     match wire::decode(&m.payload) {
                         Ok(msg) => {
                             if applier.apply(&msg, now_ns as i64)? == Applied::NewRun {
