@@ -879,6 +879,9 @@ async fn run(
                 match m {
                     StreamMsg::Open(stream_id) => sess.on_stream_open(id, stream_id, now),
                     StreamMsg::Refused { status, body } => {
+                        if let Some(c) = sse.as_mut() {
+                            c.tasks.remove(&id);
+                        }
                         sess.on_stream_refused(id, status, &body, now);
                     }
                     StreamMsg::Items(items) => {

@@ -58,6 +58,12 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
+        Server::answering_upgrade_with(404).await
+    }
+
+    /// `status` to every WebSocket upgrade (404: no such route; 200: a proxy that answers
+    /// without upgrading).
+    async fn answering_upgrade_with(status: u16) -> Server {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         let ws_attempts = Arc::new(AtomicUsize::new(0));
@@ -75,7 +81,7 @@ impl Server {
                     let _ = s
                         .write_all(
                             format!(
-                                "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                                "HTTP/1.1 {status} Whatever\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                                 body.len()
                             )
                             .as_bytes(),
@@ -246,5 +252,58 @@ async fn auto_falls_back_to_sse_on_a_refused_upgrade_and_a_cut_stream_resumes_ex
     );
     let m = client.metrics();
     assert_eq!((m.reconnects, m.duplicates_dropped, m.gaps), (1, 1, 0));
+    client.close().await;
+}
+
+#[tokio::test]
+async fn auto_falls_back_when_a_proxy_answers_the_upgrade_without_upgrading() {
+    let mut server = Server::answering_upgrade_with(200).await;
+    let (client, mut events) = Client::start(config(server.port, Transport::Auto)).unwrap();
+    client.subscribe(Subscription::new(5, &["last"])).unwrap();
+    let (_, mut s) = server.next_stream().await;
+    chunk(&mut s, &stream_start("sse-1")).await;
+    chunk(&mut s, &tick_event(1)).await;
+    let seen = until_ticks(&mut events, 1).await;
+    assert_eq!(seqs(&seen), [1]);
+    assert_eq!(client.transport(), Some(Transport::Sse));
+    client.close().await;
+}
+
+#[tokio::test]
+async fn websocket_only_does_not_fall_back_and_a_404_is_final() {
+    let server = Server::start().await;
+    let (client, mut events) = Client::start(config(server.port, Transport::WebSocket)).unwrap();
+    let until = tokio::time::Instant::now() + BOUND;
+    loop {
+        match tokio::time::timeout_at(until, events.next()).await {
+            Ok(Some(Event::State(t))) if t.to == ConnState::Failed => {
+                assert!(t.reason.contains("404"), "{}", t.reason);
+                break;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("no failure in time: {other:?}"),
+        }
+    }
+    assert_eq!(client.transport(), None);
+    assert_eq!(server.ws_attempts.load(Ordering::SeqCst), 1);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_silent_sse_stream_is_declared_dead_and_resumed() {
+    let mut server = Server::start().await;
+    let mut cfg = config(server.port, Transport::Sse);
+    cfg.session.default_heartbeat = Duration::from_millis(200);
+    let (client, mut events) = Client::start(cfg).unwrap();
+    client.subscribe(Subscription::new(5, &["last"])).unwrap();
+    let (_, mut s) = server.next_stream().await;
+    chunk(&mut s, &stream_start("sse-1")).await;
+    chunk(&mut s, &tick_event(1)).await;
+    until_ticks(&mut events, 1).await;
+    // Then nothing, the socket open: the client gives up on it after 2.5 periods.
+    let (req, _s2) = server.next_stream().await;
+    assert_eq!(req.last_event_id.as_deref(), Some(&*format!("{EPOCH}-1")));
+    drop(s);
+    assert_eq!(client.metrics().silent_deaths, 1);
     client.close().await;
 }
