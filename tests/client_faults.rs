@@ -1017,3 +1017,42 @@ async fn sse_a_slow_consumer_disconnected_by_the_server_loses_nothing() {
     );
     client.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_with_the_token_streams_and_without_it_each_subscription_is_refused_unauthorized() {
+    let stack = Stack::start(
+        &["--rate", "200"],
+        &[],
+        &["IB_STREAM_TOKEN=s3cret&+/0123456789ab"],
+    );
+    let mut cfg = sse_config(&stack.url(), Transport::Sse);
+    cfg.token = Some("s3cret&+/0123456789ab".into());
+    let (client, mut events) = Client::start(cfg).unwrap();
+    client
+        .subscribe(Subscription::new(MNQ, &["bid_ask"]))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut p = Progress::default();
+    read_until(&mut events, &mut seen, &mut p, |p| p.ticks >= 20).await;
+    assert_eq!(client.metrics().malformed, 0);
+    client.close().await;
+
+    // No token: the connection (GET /ready, open) is made; the stream is refused, typed.
+    let (client, mut events) = Client::start(sse_config(&stack.url(), Transport::Sse)).unwrap();
+    client
+        .subscribe(Subscription::new(MNQ, &["bid_ask"]))
+        .unwrap();
+    let until = tokio::time::Instant::now() + WAIT;
+    let error = loop {
+        match tokio::time::timeout_at(until, events.next()).await {
+            Ok(Some(Event::SubscribeFailed { error, local, .. })) => {
+                assert!(!local);
+                break error;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("no refusal in time: {other:?}"),
+        }
+    };
+    assert_eq!(error.code, "unauthorized", "{error:?}");
+    client.close().await;
+}
