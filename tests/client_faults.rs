@@ -825,7 +825,7 @@ fn sse_config(url: &str, transport: Transport) -> ClientConfig {
 async fn sse_web_server_killed_and_restarted_mid_stream_resumes_exactly() {
     let mut stack = Stack::start(&["--rate", "200"], &[], &[]);
     let (client, mut events) = Client::start(sse_config(&stack.url(), Transport::Sse)).unwrap();
-    client
+    let sub = client
         .subscribe(Subscription::new(MNQ, &["bid_ask"]))
         .unwrap();
     let mut seen = Vec::new();
@@ -859,6 +859,34 @@ async fn sse_web_server_killed_and_restarted_mid_stream_resumes_exactly() {
         client.metrics().heartbeats > 0
     })
     .await;
+    // Unsubscribing drops the stream's HTTP request: the server lets the stream go.
+    let port = stack.port;
+    let open = tokio::task::spawn_blocking(move || {
+        metric(port, "ib_stream_serve_streams{transport=\"sse\"}")
+    })
+    .await
+    .unwrap();
+    assert_eq!(open, Some(1.0));
+    client.unsubscribe(sub).unwrap();
+    let until = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(until, events.next()).await {
+            Ok(Some(Event::Complete {
+                complete,
+                resuming: false,
+                ..
+            })) if complete.reason == "unsubscribed" => break,
+            Ok(Some(_)) => {}
+            other => panic!("no complete{{unsubscribed}} in time: {other:?}"),
+        }
+    }
+    tokio::task::spawn_blocking(move || {
+        wait_until("the server's SSE stream closed", 30, || {
+            metric(port, "ib_stream_serve_streams{transport=\"sse\"}") == Some(0.0)
+        });
+    })
+    .await
+    .unwrap();
     client.close().await;
 
     // `watch --transport sse` on the restarted server.
