@@ -3,7 +3,9 @@
 //! engine restarted (a new run), the connection cut in the middle of a frame and a frame
 //! corrupted (by a TCP proxy in the test that parses the server's WebSocket frames), a slow
 //! consumer (the server's disconnect policy and the client's own bound), and 1,000
-//! subscriptions on one connection.
+//! subscriptions on one connection. Over SSE (the fallback transport): the web server killed
+//! and restarted, and `Auto` falling back through a proxy that refuses the WebSocket upgrade,
+//! across an engine restart.
 //!
 //! Exactness is checked against the ring itself: the engine's records of the contract between
 //! the first and last tick the client delivered are exactly the ticks it delivered (or are
@@ -21,7 +23,7 @@ use engine_support::{Sim, TempDir};
 use ib_stream::ipc::{ReadOutcome, RecordKind, RingReader, StartAt};
 use ib_stream_client::{
     BackoffConfig, Client, ClientConfig, ConnState, Event, Events, FrameError, GapReason,
-    ServerSlowPolicy, SlowConsumerPolicy, Subscription,
+    ServerSlowPolicy, SlowConsumerPolicy, Subscription, Transport,
 };
 use serve_proc::{Proc, metric, plain, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -747,11 +749,37 @@ async fn a_thousand_subscriptions_on_one_connection_are_each_answered() {
     }
     eprintln!("refused: {local} by the client, by the server: {server:?}");
     assert!(seen.iter().all(|e| !matches!(e, Event::Malformed(_))));
-    let h = client.health();
+    // The health counts are published before the events that change them go out, so they
+    // may be ahead of what was read (a late `complete` for a refused contract still queued):
+    // read on until the events catch up, bounded.
+    let until = tokio::time::Instant::now() + WAIT;
+    let h = loop {
+        let h = client.health();
+        if h.active_subscriptions as i64 == live {
+            break h;
+        }
+        match tokio::time::timeout_at(until, events.next()).await {
+            Ok(Some(e)) => {
+                if let Event::Complete {
+                    resuming: false, ..
+                } = e
+                {
+                    live -= 1;
+                }
+                assert!(
+                    !matches!(e, Event::Subscribed { .. } | Event::Malformed(_)),
+                    "{e:?}"
+                );
+            }
+            other => panic!(
+                "health says {} active, the events {live}: {other:?}",
+                h.active_subscriptions
+            ),
+        }
+    };
     assert_eq!(h.state, ConnState::Connected);
     assert_eq!(h.metrics.reconnects, 0, "never cut for the rate limit");
     assert_eq!(h.pending_subscriptions, 0);
-    assert_eq!(h.active_subscriptions as i64, live);
     client.close().await;
 }
 
@@ -808,4 +836,277 @@ fn watch_prints_ticks_as_json_lines_and_reports_a_dead_server_in_one_line() {
         )) && last.contains("gave up after 1 attempts"),
         "{stderr}"
     );
+}
+
+/// The client on SSE: the server's heartbeat period (`--heartbeat-secs 1`) is not advertised
+/// over SSE, so the client is told it.
+fn sse_config(url: &str, transport: Transport) -> ClientConfig {
+    let mut c = config(url);
+    c.transport = transport;
+    c.session.default_heartbeat = Duration::from_secs(1);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_web_server_killed_and_restarted_mid_stream_resumes_exactly() {
+    let mut stack = Stack::start(&["--rate", "200"], &[], &[]);
+    let (client, mut events) = Client::start(sse_config(&stack.url(), Transport::Sse)).unwrap();
+    let sub = client
+        .subscribe(Subscription::new(MNQ, &["bid_ask"]))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut p = Progress::default();
+    read_until(&mut events, &mut seen, &mut p, |p| p.ticks >= 50).await;
+    assert_eq!(client.transport(), Some(Transport::Sse));
+    Stack::kill(&mut stack.serve);
+    read_until(&mut events, &mut seen, &mut p, |p| p.lost).await;
+    stack.start_serve();
+    read_until(&mut events, &mut seen, &mut p, |p| {
+        p.connected >= 2 && p.ticks_since_connected >= 50
+    })
+    .await;
+    assert!(
+        seen.iter().any(
+            |e| matches!(e, Event::Subscribed { resumed_after: Some(t), stream_id, .. } if t.contains('-') && stream_id.starts_with("sse-"))
+        ),
+        "the second request resumed after a token (Last-Event-ID)"
+    );
+    assert!(
+        seen.iter().all(|e| !matches!(e, Event::Gap { .. })),
+        "nothing lost"
+    );
+    assert_exact(&stack, &ticks(&seen));
+    let m = client.metrics();
+    assert_eq!(m.reconnects, 1);
+    assert_eq!(m.malformed, 0);
+    // The stream's heartbeats (every second here) reach the session: its silence deadline
+    // is fed by them.
+    read_until(&mut events, &mut seen, &mut p, |_| {
+        client.metrics().heartbeats > 0
+    })
+    .await;
+    // Unsubscribing drops the stream's HTTP request: the server lets the stream go.
+    let port = stack.port;
+    let open = tokio::task::spawn_blocking(move || {
+        metric(port, "ib_stream_serve_streams{transport=\"sse\"}")
+    })
+    .await
+    .unwrap();
+    assert_eq!(open, Some(1.0));
+    client.unsubscribe(sub).unwrap();
+    let until = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(until, events.next()).await {
+            Ok(Some(Event::Complete {
+                complete,
+                resuming: false,
+                ..
+            })) if complete.reason == "unsubscribed" => break,
+            Ok(Some(_)) => {}
+            other => panic!("no complete{{unsubscribed}} in time: {other:?}"),
+        }
+    }
+    tokio::task::spawn_blocking(move || {
+        wait_until("the server's SSE stream closed", 30, || {
+            metric(port, "ib_stream_serve_streams{transport=\"sse\"}") == Some(0.0)
+        });
+    })
+    .await
+    .unwrap();
+    client.close().await;
+
+    // `watch --transport sse` on the restarted server.
+    let out = stack
+        .cmd()
+        .args(["watch", "--url", &stack.url(), "--con-id", &MNQ.to_string()])
+        .args([
+            "--tick-types",
+            "bid_ask",
+            "--count",
+            "5",
+            "--transport",
+            "sse",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
+    assert!(stderr.contains("(SSE)"), "{stderr}");
+}
+
+/// A TCP proxy that answers `GET /v3/ws` with 404 (as a proxy without WebSocket support or
+/// with only the SSE route configured would) and passes every other request through.
+async fn no_websocket_proxy(upstream: u16) -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let refused = Arc::new(AtomicUsize::new(0));
+    let r2 = Arc::clone(&refused);
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = l.accept().await {
+            let refused = Arc::clone(&r2);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match down.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                    if head.len() > 64 * 1024 {
+                        return;
+                    }
+                }
+                let line = head.split(|&c| c == b'\r').next().unwrap_or_default();
+                if line.windows(6).any(|w| w == b"/v3/ws") {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                    let _ = down
+                        .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    return;
+                };
+                if up.write_all(&head).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                }
+            });
+        }
+    });
+    (port, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_auto_falls_back_through_a_proxy_without_websocket_and_an_engine_restart_is_a_gap() {
+    let mut stack = Stack::start(&["--rate", "200"], &[], &[]);
+    let (old_epoch, _) = stack.ring_ticks();
+    let (port, refused) = no_websocket_proxy(stack.port).await;
+    let (client, mut events) = Client::start(sse_config(
+        &format!("http://127.0.0.1:{port}"),
+        Transport::Auto,
+    ))
+    .unwrap();
+    client
+        .subscribe(Subscription::new(MNQ, &["bid_ask"]))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut p = Progress::default();
+    read_until(&mut events, &mut seen, &mut p, |p| p.ticks >= 30).await;
+    assert_eq!(client.transport(), Some(Transport::Sse));
+    assert_eq!(refused.load(Ordering::SeqCst), 1);
+    Stack::kill(&mut stack.engine);
+    stack.start_engine();
+    read_until(&mut events, &mut seen, &mut p, |p| {
+        p.restarts == 1 && p.ticks_since_restart >= 30
+    })
+    .await;
+    let i = seen
+        .iter()
+        .position(|e| matches!(e, Event::Gap { gap, .. } if gap.reason == GapReason::WriterRestart))
+        .unwrap();
+    let Event::Gap { gap, .. } = &seen[i] else {
+        unreachable!()
+    };
+    let (new_epoch, _) = stack.ring_ticks();
+    assert_eq!(gap.epoch.as_deref(), Some(old_epoch.as_str()));
+    assert_eq!(gap.new_epoch.as_deref(), Some(new_epoch.as_str()));
+    let before = ticks(&seen[..i]);
+    assert!(gap.first_seq.unwrap() > *before.last().unwrap(), "{gap:?}");
+    let after = ticks(&seen[i..]);
+    let (_, ring) = stack.ring_ticks();
+    assert_eq!(after[0], ring[0], "the new run's first tick");
+    assert_exact(&stack, &after);
+    assert_eq!(client.metrics().reconnects, 0, "the stream stayed up");
+    assert_eq!(client.metrics().malformed, 0);
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_a_slow_consumer_disconnected_by_the_server_loses_nothing() {
+    // As over WebSocket (a_slow_consumer_disconnected_by_the_server_loses_nothing): the
+    // client's backpressure reaches the stream's socket, the server ends the stream, and the
+    // client opens it again from its resume point.
+    let stack = Stack::start(
+        &["--rate", "3000"],
+        &[],
+        &["IB_STREAM_RING_CAPACITY=1048576"],
+    );
+    let mut cfg = sse_config(&stack.url(), Transport::Sse);
+    cfg.queue_capacity = 1;
+    cfg.recv_buffer = Some(4096);
+    let (client, mut events) = Client::start(cfg).unwrap();
+    client
+        .subscribe(Subscription::new(MNQ, &["bid_ask"]).slow(ServerSlowPolicy::Disconnect))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut p = Progress::default();
+    read_until(&mut events, &mut seen, &mut p, |p| p.ticks > 0).await;
+    let port = stack.port;
+    tokio::task::spawn_blocking(move || {
+        wait_until("the server's slow-client close", 60, || {
+            metric(port, "ib_stream_serve_slow_client_closes_total").unwrap_or(0.0) >= 1.0
+        });
+    })
+    .await
+    .unwrap();
+    read_until(&mut events, &mut seen, &mut p, |p| {
+        p.resuming_completes >= 1 && p.ticks_since_resuming >= 200
+    })
+    .await;
+    assert!(
+        seen.iter().any(
+            |e| matches!(e, Event::ServerError { error, .. } if error.code == "slow_consumer")
+        )
+    );
+    assert!(
+        seen.iter().all(|e| !matches!(e, Event::Gap { .. })),
+        "nothing lost"
+    );
+    assert_exact(&stack, &ticks(&seen));
+    assert_eq!(
+        client.metrics().reconnects,
+        0,
+        "only that stream was opened again"
+    );
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_with_the_token_streams_and_without_it_each_subscription_is_refused_unauthorized() {
+    let stack = Stack::start(
+        &["--rate", "200"],
+        &[],
+        &["IB_STREAM_TOKEN=s3cret&+/0123456789ab"],
+    );
+    let mut cfg = sse_config(&stack.url(), Transport::Sse);
+    cfg.token = Some("s3cret&+/0123456789ab".into());
+    let (client, mut events) = Client::start(cfg).unwrap();
+    client
+        .subscribe(Subscription::new(MNQ, &["bid_ask"]))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut p = Progress::default();
+    read_until(&mut events, &mut seen, &mut p, |p| p.ticks >= 20).await;
+    assert_eq!(client.metrics().malformed, 0);
+    client.close().await;
+
+    // No token: the connection (GET /ready, open) is made; the stream is refused, typed.
+    let (client, mut events) = Client::start(sse_config(&stack.url(), Transport::Sse)).unwrap();
+    client
+        .subscribe(Subscription::new(MNQ, &["bid_ask"]))
+        .unwrap();
+    let until = tokio::time::Instant::now() + WAIT;
+    let error = loop {
+        match tokio::time::timeout_at(until, events.next()).await {
+            Ok(Some(Event::SubscribeFailed { error, local, .. })) => {
+                assert!(!local);
+                break error;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("no refusal in time: {other:?}"),
+        }
+    };
+    assert_eq!(error.code, "unauthorized", "{error:?}");
+    client.close().await;
 }

@@ -1,7 +1,9 @@
-//! The tokio side: one task owns the WebSocket, feeds the [`Session`] frames and time, and
-//! carries out its actions. The consumer holds a [`Client`] (requests, state, metrics,
+//! The tokio side: one task owns the connection (a WebSocket, or for SSE one HTTP stream per
+//! subscription, each read by a small task of its own), feeds the [`Session`] frames and time,
+//! and carries out its actions. The consumer holds a [`Client`] (requests, state, metrics,
 //! health) and an [`Events`] (the ordered stream of [`Event`]s).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,19 +11,44 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::error::{ClientError, ConnectError};
+use crate::error::{ClientError, ConnectError, FrameError};
 use crate::metrics::{Health, Metrics, MetricsSnapshot};
 use crate::overflow::{Overflow, SlowConsumerPolicy};
-use crate::session::{Action, Event, Session, SessionConfig};
+use crate::session::{Action, Event, Session, SessionConfig, StreamRequest};
+use crate::sse::{SseItem, SseParser};
 use crate::state::ConnState;
-use crate::subscription::{SubId, Subscription};
+use crate::subscription::{SubId, Subscription, percent_encode};
 
 type Ws = WebSocketStream<TcpStream>;
+
+/// Which transport the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// WebSocket, and SSE when the WebSocket upgrade is answered in a way that says there is
+    /// no WebSocket there (HTTP 404, 405, 426 or 501, or a 2xx answer without the upgrade, as
+    /// from a proxy that does not pass upgrades). Once fallen back the client stays on SSE.
+    #[default]
+    Auto,
+    /// WebSocket only (`GET /v3/ws`).
+    WebSocket,
+    /// SSE only: one `GET /v3/stream/{conId}` per subscription.
+    Sse,
+}
+
+/// The longest SSE line or event the client reads; a longer one is dropped as
+/// [`FrameError::TooLarge`] (the server's largest messages are a few KiB).
+const SSE_MAX_EVENT: usize = 1 << 20;
+/// Batches of SSE events waiting for the client task, per connection: when they are full
+/// the stream tasks stop reading their sockets, so backpressure reaches the server.
+const SSE_QUEUE: usize = 16;
 
 /// Everything a [`Client`] is built from.
 #[derive(Debug, Clone)]
@@ -41,6 +68,8 @@ pub struct ClientConfig {
     /// The socket's receive buffer (`SO_RCVBUF`), when it must be small: the kernel's
     /// default lets a paused consumer hide megabytes from the server's slow-client policy.
     pub recv_buffer: Option<u32>,
+    /// WebSocket, SSE, or WebSocket falling back to SSE (the default).
+    pub transport: Transport,
 }
 
 impl ClientConfig {
@@ -54,17 +83,36 @@ impl ClientConfig {
             queue_capacity: 4096,
             slow_consumer: SlowConsumerPolicy::Backpressure,
             recv_buffer: None,
+            transport: Transport::Auto,
         }
     }
 }
 
-/// Where to connect: the host:port for TCP and the `ws://` URL of the handshake.
+/// Where to connect: the host:port for TCP, the `ws://` URL of the handshake, and for SSE
+/// the path prefix and the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// `host:port`.
     pub authority: String,
     /// `ws://host:port/v3/ws[?token=...]`.
     pub url: String,
+    /// The path before `/v3/...` (empty unless the server is behind a path prefix).
+    pub prefix: String,
+    /// `token=<percent-encoded token>`, when there is one.
+    pub token_query: Option<String>,
+}
+
+impl Endpoint {
+    /// The request target of an HTTP request to `path` (which may have a query), with the
+    /// token.
+    fn target(&self, path: &str) -> String {
+        let mut t = format!("{}{path}", self.prefix);
+        if let Some(q) = &self.token_query {
+            t.push(if path.contains('?') { '&' } else { '?' });
+            t.push_str(q);
+        }
+        t
+    }
 }
 
 /// Reads `http://`, `ws://` (path empty or `/v3/ws`) and adds the token.
@@ -91,6 +139,7 @@ pub fn endpoint(url: &str, token: Option<&str>) -> Result<Endpoint, ConnectError
         p if p.ends_with("/v3/ws") => p,
         _ => return Err(bad("the path must be empty or end in /v3/ws")),
     };
+    let prefix = path.trim_end_matches("/v3/ws").to_owned();
     let authority = if authority
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
@@ -101,17 +150,21 @@ pub fn endpoint(url: &str, token: Option<&str>) -> Result<Endpoint, ConnectError
         format!("{authority}:80")
     };
     let mut url = format!("ws://{authority}{path}");
-    if let Some(t) = token {
-        url.push_str("?token=");
-        for b in t.bytes() {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                url.push(b as char);
-            } else {
-                url.push_str(&format!("%{b:02X}"));
-            }
-        }
+    let token_query = token.map(|t| {
+        let mut q = String::from("token=");
+        percent_encode(t, &mut q);
+        q
+    });
+    if let Some(q) = &token_query {
+        url.push('?');
+        url.push_str(q);
     }
-    Ok(Endpoint { authority, url })
+    Ok(Endpoint {
+        authority,
+        url,
+        prefix,
+        token_query,
+    })
 }
 
 async fn tcp_connect(authority: &str, recv_buffer: Option<u32>) -> std::io::Result<TcpStream> {
@@ -135,36 +188,257 @@ async fn tcp_connect(authority: &str, recv_buffer: Option<u32>) -> std::io::Resu
     Err(last.unwrap_or_else(|| std::io::Error::other("the host has no address")))
 }
 
+/// An open connection.
+enum Conn {
+    // Boxed: the enum is moved through the connect future; the WebSocket is large.
+    Ws(Box<Ws>),
+    /// The server answers HTTP; streams are opened per subscription.
+    Sse,
+}
+
 async fn connect(
     ep: Endpoint,
+    transport: Transport,
     timeout: Duration,
     recv_buffer: Option<u32>,
-) -> Result<Ws, ConnectError> {
+) -> Result<Conn, ConnectError> {
     let attempt = async {
-        let tcp = tcp_connect(&ep.authority, recv_buffer)
-            .await
-            .map_err(|e| ConnectError::WebSocket(Box::new(tungstenite::Error::Io(e))))?;
-        // One small frame per tick: no Nagle delay on our requests either.
-        let _ = tcp.set_nodelay(true);
-        match tokio_tungstenite::client_async(ep.url.as_str(), tcp).await {
-            Ok((ws, _)) => Ok(ws),
-            Err(tungstenite::Error::Http(resp)) => {
-                let body = resp
-                    .body()
-                    .as_deref()
-                    .map(|b| String::from_utf8_lossy(&b[..b.len().min(512)]).into_owned())
-                    .unwrap_or_default();
-                Err(ConnectError::Http {
-                    status: resp.status().as_u16(),
-                    body,
-                })
-            }
-            Err(e) => Err(ConnectError::WebSocket(Box::new(e))),
+        match transport {
+            Transport::WebSocket => connect_ws(&ep, recv_buffer)
+                .await
+                .map(|w| Conn::Ws(Box::new(w))),
+            Transport::Sse => probe_sse(&ep, recv_buffer).await.map(|()| Conn::Sse),
+            Transport::Auto => match connect_ws(&ep, recv_buffer).await {
+                Ok(ws) => Ok(Conn::Ws(Box::new(ws))),
+                Err(e) if e.means_no_websocket() => {
+                    tracing::info!(error = %e, "no WebSocket at the server: falling back to SSE");
+                    probe_sse(&ep, recv_buffer).await.map(|()| Conn::Sse)
+                }
+                Err(e) => Err(e),
+            },
         }
     };
     tokio::time::timeout(timeout, attempt)
         .await
         .unwrap_or(Err(ConnectError::Timeout(timeout)))
+}
+
+/// An HTTP/1.1 connection for one request; the connection's task ends with this guard.
+struct Http {
+    send: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    _conn: AbortOnDrop,
+}
+
+/// Aborts a task when dropped: a dropped SSE stream closes its socket at once.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn http_connect(ep: &Endpoint, recv_buffer: Option<u32>) -> Result<Http, ConnectError> {
+    let tcp = tcp_connect(&ep.authority, recv_buffer).await?;
+    let _ = tcp.set_nodelay(true);
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "SSE connection ended");
+        }
+    });
+    Ok(Http {
+        send,
+        _conn: AbortOnDrop(task),
+    })
+}
+
+async fn http_get(
+    http: &mut Http,
+    ep: &Endpoint,
+    path: &str,
+    last_event_id: Option<&str>,
+) -> Result<hyper::Response<Incoming>, ConnectError> {
+    let target = ep.target(path);
+    let mut req = hyper::Request::get(target.as_str())
+        .header(hyper::header::HOST, ep.authority.as_str())
+        .header(hyper::header::ACCEPT, "text/event-stream");
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id);
+    }
+    let req = req.body(Empty::new()).map_err(|e| ConnectError::BadUrl {
+        url: target.clone(),
+        why: e.to_string(),
+    })?;
+    Ok(http.send.send_request(req).await?)
+}
+
+/// SSE "connects" by asking the server's `/ready`: any HTTP answer shows the server is there
+/// (an engine that is not ready yet is the streams' business, as over WebSocket).
+async fn probe_sse(ep: &Endpoint, recv_buffer: Option<u32>) -> Result<(), ConnectError> {
+    let mut http = http_connect(ep, recv_buffer).await?;
+    let resp = http_get(&mut http, ep, "/ready", None).await?;
+    let status = resp.status().as_u16();
+    if matches!(status, 401 | 429) {
+        let body = read_body(resp.into_body(), 512).await;
+        return Err(ConnectError::Http {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// At most `max` bytes of a (short, error) body.
+async fn read_body(mut body: Incoming, max: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < max {
+        match body.frame().await {
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    out.extend_from_slice(&d[..d.len().min(max - out.len())]);
+                }
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// What an SSE stream's task reports, tagged with its request id.
+#[derive(Debug)]
+enum StreamMsg {
+    /// 200: `X-Stream-Id`.
+    Open(Option<String>),
+    /// An HTTP error and its body.
+    Refused { status: u16, body: Vec<u8> },
+    /// Events (a read's worth).
+    Items(Vec<SseItem>),
+    /// The stream ended.
+    End(String),
+}
+
+/// The SSE streams of one connection; dropping it drops them all.
+struct SseConn {
+    tx: mpsc::Sender<(u64, StreamMsg)>,
+    rx: mpsc::Receiver<(u64, StreamMsg)>,
+    tasks: HashMap<u64, AbortOnDrop>,
+}
+
+impl SseConn {
+    fn new() -> SseConn {
+        let (tx, rx) = mpsc::channel(SSE_QUEUE);
+        SseConn {
+            tx,
+            rx,
+            tasks: HashMap::new(),
+        }
+    }
+
+    fn open(&mut self, ep: &Endpoint, req: StreamRequest, cfg: &ClientConfig) {
+        let id = req.id;
+        let task = tokio::spawn(sse_stream(
+            ep.clone(),
+            req,
+            cfg.connect_timeout,
+            cfg.recv_buffer,
+            self.tx.clone(),
+        ));
+        self.tasks.insert(id, AbortOnDrop(task));
+    }
+}
+
+/// One subscription's SSE stream: the request, then its events until it ends.
+async fn sse_stream(
+    ep: Endpoint,
+    req: StreamRequest,
+    timeout: Duration,
+    recv_buffer: Option<u32>,
+    tx: mpsc::Sender<(u64, StreamMsg)>,
+) {
+    let id = req.id;
+    let end = |why: String| (id, StreamMsg::End(why));
+    let mut http = match tokio::time::timeout(timeout, http_connect(&ep, recv_buffer)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            let _ = tx.send(end(e.to_string())).await;
+            return;
+        }
+        Err(_) => {
+            let _ = tx
+                .send(end(ConnectError::Timeout(timeout).to_string()))
+                .await;
+            return;
+        }
+    };
+    // No timeout on the answer: the server answers once the engine has the subscription
+    // (seconds for an untracked contract); the session's silence check bounds the wait.
+    let resp = match http_get(&mut http, &ep, &req.path, req.last_event_id.as_deref()).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.send(end(e.to_string())).await;
+            return;
+        }
+    };
+    let status = resp.status().as_u16();
+    let is_sse = resp
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if status != 200 || !is_sse {
+        let body = read_body(resp.into_body(), 4096).await;
+        let _ = tx.send((id, StreamMsg::Refused { status, body })).await;
+        return;
+    }
+    let stream_id = resp
+        .headers()
+        .get("x-stream-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if tx.send((id, StreamMsg::Open(stream_id))).await.is_err() {
+        return;
+    }
+    let mut body = resp.into_body();
+    let mut parser = SseParser::new(SSE_MAX_EVENT);
+    let why = loop {
+        match body.frame().await {
+            Some(Ok(f)) => {
+                let Ok(data) = f.into_data() else { continue };
+                let mut items = Vec::new();
+                parser.feed(&data, &mut items);
+                if !items.is_empty() && tx.send((id, StreamMsg::Items(items))).await.is_err() {
+                    return;
+                }
+            }
+            Some(Err(e)) => break e.to_string(),
+            None => break "end of stream".to_owned(),
+        }
+    };
+    let _ = tx.send(end(why)).await;
+}
+
+async fn connect_ws(ep: &Endpoint, recv_buffer: Option<u32>) -> Result<Ws, ConnectError> {
+    let tcp = tcp_connect(&ep.authority, recv_buffer)
+        .await
+        .map_err(|e| ConnectError::WebSocket(Box::new(tungstenite::Error::Io(e))))?;
+    // One small frame per tick: no Nagle delay on our requests either.
+    let _ = tcp.set_nodelay(true);
+    match tokio_tungstenite::client_async(ep.url.as_str(), tcp).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(&b[..b.len().min(512)]).into_owned())
+                .unwrap_or_default();
+            Err(ConnectError::Http {
+                status: resp.status().as_u16(),
+                body,
+            })
+        }
+        Err(e) => Err(ConnectError::WebSocket(Box::new(e))),
+    }
 }
 
 #[derive(Debug)]
@@ -186,6 +460,8 @@ struct Shared {
     pending: AtomicUsize,
     ended: AtomicUsize,
     silence_limit_us: AtomicU64,
+    /// 0: not connected yet, 1: WebSocket, 2: SSE.
+    transport: AtomicU8,
 }
 
 fn state_code(s: ConnState) -> u8 {
@@ -320,6 +596,16 @@ impl Client {
         state_of(self.shared.state.load(Ordering::Relaxed))
     }
 
+    /// The transport of the current (or last) connection: `WebSocket` or `Sse`; `None`
+    /// before the first connection.
+    pub fn transport(&self) -> Option<Transport> {
+        match self.shared.transport.load(Ordering::Relaxed) {
+            1 => Some(Transport::WebSocket),
+            2 => Some(Transport::Sse),
+            _ => None,
+        }
+    }
+
     /// The counters.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.metrics.snapshot()
@@ -348,7 +634,7 @@ impl Client {
     }
 }
 
-type Connecting = Pin<Box<dyn Future<Output = Result<Ws, ConnectError>> + Send>>;
+type Connecting = Pin<Box<dyn Future<Output = Result<Conn, ConnectError>> + Send>>;
 
 /// Waits for room in the queue, unless the client is closing; `Err` when the consumer is
 /// gone or the client closes.
@@ -468,6 +754,9 @@ async fn run(
 ) {
     let mut sess = Session::new(cfg.session.clone(), Arc::clone(&metrics), Instant::now());
     let mut ws: Option<Ws> = None;
+    let mut sse: Option<SseConn> = None;
+    // Auto becomes Sse after a fallback: the server will not grow a WebSocket.
+    let mut transport = cfg.transport;
     let mut connecting: Option<Connecting> = None;
     let mut overflow = Overflow::default();
     let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
@@ -495,6 +784,7 @@ async fn run(
                 Action::Connect => {
                     connecting = Some(Box::pin(connect(
                         ep.clone(),
+                        transport,
                         cfg.connect_timeout,
                         cfg.recv_buffer,
                     )));
@@ -513,7 +803,18 @@ async fn run(
                         let _ =
                             tokio::time::timeout(Duration::from_millis(100), w.close(None)).await;
                     }
+                    sse = None;
                     connecting = None;
+                }
+                Action::OpenStream(r) => {
+                    if let Some(c) = sse.as_mut() {
+                        c.open(&ep, r, &cfg);
+                    }
+                }
+                Action::CloseStream(id) => {
+                    if let Some(c) = sse.as_mut() {
+                        c.tasks.remove(&id);
+                    }
                 }
                 Action::Deliver(ev) => {
                     if deliver(&tx, ev, cfg.slow_consumer, &mut overflow, &metrics, &shared)
@@ -571,13 +872,54 @@ async fn run(
                     }
                 }
             }
+            m = async { sse.as_mut().expect("guarded").rx.recv().await }, if sse.is_some() => {
+                let now = Instant::now();
+                // The connection holds a sender: `None` cannot happen while it is open.
+                let Some((id, m)) = m else { continue };
+                match m {
+                    StreamMsg::Open(stream_id) => sess.on_stream_open(id, stream_id, now),
+                    StreamMsg::Refused { status, body } => {
+                        if let Some(c) = sse.as_mut() {
+                            c.tasks.remove(&id);
+                        }
+                        sess.on_stream_refused(id, status, &body, now);
+                    }
+                    StreamMsg::Items(items) => {
+                        let wall = wall_us();
+                        for it in items {
+                            match it {
+                                SseItem::Event(e) => {
+                                    sess.on_stream_frame(id, &e.data, e.id.as_deref(), now, wall);
+                                }
+                                SseItem::Comment => sess.on_stream_alive(id, now),
+                                SseItem::Oversized { len } => {
+                                    sess.on_stream_malformed(id, FrameError::TooLarge(len), now, wall);
+                                }
+                            }
+                        }
+                    }
+                    StreamMsg::End(why) => {
+                        if let Some(c) = sse.as_mut() {
+                            c.tasks.remove(&id);
+                        }
+                        sess.on_stream_end(id, &why, now);
+                    }
+                }
+            }
             r = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
                 connecting = None;
                 let now = Instant::now();
                 match r {
-                    Ok(w) => {
-                        ws = Some(w);
+                    Ok(Conn::Ws(w)) => {
+                        ws = Some(*w);
+                        shared.transport.store(1, Ordering::Relaxed);
                         sess.on_open(now);
+                    }
+                    Ok(Conn::Sse) => {
+                        sse = Some(SseConn::new());
+                        transport = Transport::Sse;
+                        shared.transport.store(2, Ordering::Relaxed);
+                        sess.on_open_sse(now);
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "connect failed");
@@ -621,8 +963,17 @@ mod tests {
         let e = endpoint("http://127.0.0.1:8101", None).unwrap();
         assert_eq!(e.authority, "127.0.0.1:8101");
         assert_eq!(e.url, "ws://127.0.0.1:8101/v3/ws");
+        assert_eq!(e.prefix, "");
+        assert_eq!(e.target("/ready"), "/ready");
         let e = endpoint("ws://h:9/v3/ws", Some("a b&c")).unwrap();
         assert_eq!(e.url, "ws://h:9/v3/ws?token=a%20b%26c");
+        assert_eq!(
+            e.target("/v3/stream/5?tick_types=last"),
+            "/v3/stream/5?tick_types=last&token=a%20b%26c"
+        );
+        let e = endpoint("http://h:9/ibs/v3/ws", None).unwrap();
+        assert_eq!(e.prefix, "/ibs");
+        assert_eq!(e.target("/ready"), "/ibs/ready");
         assert_eq!(endpoint("ws://h", None).unwrap().authority, "h:80");
         for bad in ["https://h:1", "ftp://x", "ws://", "ws://h:1/other"] {
             let e = endpoint(bad, None).unwrap_err();

@@ -34,6 +34,9 @@ pub enum FrameError {
     /// A binary WebSocket frame (the protocol is JSON text).
     #[error("unexpected binary frame ({0} bytes)")]
     Binary(usize),
+    /// An SSE line or event larger than the client's bound (dropped unread).
+    #[error("SSE event too large ({0} bytes or more)")]
+    TooLarge(usize),
     /// A message about a stream this client does not hold.
     #[error("message for unknown stream `{0}`")]
     UnknownStream(String),
@@ -64,6 +67,12 @@ pub enum ConnectError {
     /// The WebSocket layer failed (TCP, handshake, framing).
     #[error("websocket: {0}")]
     WebSocket(#[from] Box<tokio_tungstenite::tungstenite::Error>),
+    /// TCP failed (connecting, or an SSE request's socket).
+    #[error("tcp: {0}")]
+    Io(#[from] std::io::Error),
+    /// The HTTP layer of an SSE request failed.
+    #[error("http: {0}")]
+    HttpClient(#[from] hyper::Error),
 }
 
 impl ConnectError {
@@ -73,7 +82,24 @@ impl ConnectError {
         match self {
             ConnectError::BadUrl { .. } => true,
             ConnectError::Http { status, .. } => matches!(status, 400 | 401 | 403 | 404 | 405),
-            ConnectError::Timeout(_) | ConnectError::WebSocket(_) => false,
+            ConnectError::Timeout(_)
+            | ConnectError::WebSocket(_)
+            | ConnectError::Io(_)
+            | ConnectError::HttpClient(_) => false,
+        }
+    }
+}
+
+impl ConnectError {
+    /// Whether the answer to the WebSocket upgrade says there is no WebSocket at this
+    /// address (404/405/426/501 for the route, or a proxy that answered without upgrading),
+    /// so SSE is worth trying.
+    pub fn means_no_websocket(&self) -> bool {
+        match self {
+            ConnectError::Http { status, .. } => {
+                matches!(status, 200..=299 | 404 | 405 | 426 | 501)
+            }
+            _ => false,
         }
     }
 }

@@ -17,7 +17,8 @@
 //! ```
 //!
 //! The protocol logic is [`Session`], sans IO (frames and time in, actions out); [`Client`]
-//! runs it on a tokio task that owns the WebSocket.
+//! runs it on a tokio task that owns the connection: a WebSocket, or SSE streams (one per
+//! subscription) when the server has no WebSocket or SSE is configured ([`Transport`]).
 
 mod backoff;
 mod client;
@@ -26,11 +27,12 @@ pub mod message;
 mod metrics;
 mod overflow;
 mod session;
+pub mod sse;
 mod state;
 mod subscription;
 
 pub use backoff::{Backoff, BackoffConfig};
-pub use client::{Client, ClientConfig, Endpoint, Events, endpoint};
+pub use client::{Client, ClientConfig, Endpoint, Events, Transport, endpoint};
 pub use error::{ClientError, ConnectError, FrameError, InvalidTransition};
 pub use message::{
     Complete, Gap, GapReason, Heartbeat, Info, L1Value, Limits, ServerError, ServerMessage, Tick,
@@ -38,6 +40,6 @@ pub use message::{
 };
 pub use metrics::{Health, Metrics, MetricsSnapshot};
 pub use overflow::{Overflow, SlowConsumerPolicy};
-pub use session::{Action, Event, MalformedPolicy, Session, SessionConfig, WallUs};
+pub use session::{Action, Event, MalformedPolicy, Session, SessionConfig, StreamRequest, WallUs};
 pub use state::{ConnState, StateMachine, Transition};
 pub use subscription::{ServerSlowPolicy, SubId, Subscription};

@@ -142,7 +142,30 @@ pub enum Action {
     Disconnect,
     /// Hand this event to the consumer.
     Deliver(Event),
+    /// SSE: open this subscription's stream (one HTTP request each).
+    OpenStream(StreamRequest),
+    /// SSE: drop the stream opened for request `id` (an unsubscribe).
+    CloseStream(u64),
 }
+
+/// An SSE stream to open: `GET <prefix><path>` with `Last-Event-ID` when resuming.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRequest {
+    /// The request id; the driver reports the stream's answer, events and end with it.
+    pub id: u64,
+    /// `/v3/stream/{conId}?tick_types=...` (percent-encoded; without the token).
+    pub path: String,
+    /// The resume token (`<epoch>-<seq>`), sent as the `Last-Event-ID` header.
+    pub last_event_id: Option<String>,
+}
+
+/// SSE has no `info{connected}`: the limits the session keeps to. The server caps SSE
+/// streams per address (512 by default) and has no request rate limit for them.
+const SSE_LIMITS: Limits = Limits {
+    max_streams: 512,
+    max_messages_per_second: 1000,
+    max_message_bytes: 16 * 1024,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
@@ -171,6 +194,8 @@ struct Sub {
     resume_on_complete: bool,
     /// The token the last subscribe carried.
     sent_after: Option<String>,
+    /// SSE: the request id of its open stream.
+    stream_req: Option<u64>,
 }
 
 impl Sub {
@@ -213,6 +238,13 @@ pub struct Session {
     connections: u64,
     /// Something other than a tick happened since [`Session::take_changed`].
     changed: bool,
+    /// The current connection is SSE: one HTTP stream per subscription.
+    sse: bool,
+    /// SSE: the open streams by request id, with their subscription and last frame. Each
+    /// stream has its own heartbeats, so each is watched for silence on its own.
+    streams: HashMap<u64, (SubId, Instant)>,
+    /// SSE: when the streams are next checked for silence.
+    sweep_at: Option<Instant>,
 }
 
 impl Session {
@@ -237,6 +269,9 @@ impl Session {
             closing: false,
             connections: 0,
             changed: true,
+            sse: false,
+            streams: HashMap::new(),
+            sweep_at: None,
         }
     }
 
@@ -304,6 +339,7 @@ impl Session {
                 delivered: 0,
                 resume_on_complete: false,
                 sent_after: None,
+                stream_req: None,
             },
         );
         self.pump(now);
@@ -315,6 +351,27 @@ impl Session {
             return;
         };
         match std::mem::replace(&mut s.phase, Phase::Ended) {
+            Phase::Active { stream_id } if self.sse => {
+                // No request to send: dropping the HTTP stream ends it; the server's
+                // `complete{unsubscribed}` is made here.
+                if let Some(rid) = s.stream_req.take() {
+                    self.streams.remove(&rid);
+                    self.actions.push_back(Action::CloseStream(rid));
+                }
+                self.by_stream.remove(&stream_id);
+                let complete = Complete {
+                    reason: "unsubscribed".into(),
+                    count: s.delivered,
+                    last_seq: s.resume.last.as_ref().map_or(0, |l| l.1),
+                };
+                let spec = (s.spec.contract_id, s.spec.tick_types.clone());
+                self.drop_routes(spec.0, &spec.1, id);
+                self.deliver(Event::Complete {
+                    sub: id,
+                    complete,
+                    resuming: false,
+                });
+            }
             Phase::Active { stream_id } => {
                 let rid = self.next_request;
                 self.next_request += 1;
@@ -361,7 +418,157 @@ impl Session {
 
     /// The WebSocket is open; the server's `info{connected}` comes next.
     pub fn on_open(&mut self, now: Instant) {
+        self.sse = false;
         self.last_frame = Some(now);
+    }
+
+    /// The server answered over HTTP and the connection is SSE (no WebSocket there, or
+    /// configured): connected at once, each subscription becomes an [`Action::OpenStream`].
+    pub fn on_open_sse(&mut self, now: Instant) {
+        if self.state() != ConnState::Connecting {
+            return;
+        }
+        self.sse = true;
+        self.last_frame = Some(now);
+        self.sweep_at = Some(now + self.sweep_period());
+        self.connected(Some(SSE_LIMITS), None, "server answered (SSE)", now);
+    }
+
+    /// Whether the current (or last) connection is SSE.
+    pub fn is_sse(&self) -> bool {
+        self.sse
+    }
+
+    fn sweep_period(&self) -> Duration {
+        (self.silence_limit() / 4).max(Duration::from_millis(10))
+    }
+
+    /// SSE: the stream of request `id` answered 200 (`stream_id` from `X-Stream-Id`).
+    pub fn on_stream_open(&mut self, id: u64, stream_id: Option<String>, now: Instant) {
+        let Some(entry) = self.streams.get_mut(&id) else {
+            return;
+        };
+        entry.1 = now;
+        let sub = entry.0;
+        if let Some(s) = self.subs.get_mut(&sub) {
+            s.stream_req = Some(id);
+        }
+        let stream_id = stream_id.unwrap_or_else(|| format!("sse-request-{id}"));
+        self.on_subscribed(&Value::from(id), stream_id, now);
+    }
+
+    /// SSE: the stream of request `id` was refused with an HTTP error; `body` is the
+    /// server's `{"error":{...}}` when it sent one.
+    pub fn on_stream_refused(&mut self, id: u64, status: u16, body: &[u8], now: Instant) {
+        if self.streams.remove(&id).is_none() {
+            return;
+        }
+        let parsed = serde_json::from_slice::<Value>(body).ok();
+        let e = parsed.as_ref().and_then(|v| v.get("error"));
+        let field = |k: &str| e.and_then(|e| e.get(k)).and_then(Value::as_str);
+        let error = ServerError {
+            code: field("code").map_or_else(|| format!("http_{status}"), str::to_owned),
+            message: field("message").map_or_else(
+                || String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+                str::to_owned,
+            ),
+            recoverable: matches!(status, 429 | 503),
+            ib_code: e.and_then(|e| e.get("ib_code")).and_then(Value::as_i64),
+            id: Some(Value::from(id)),
+        };
+        self.changed = true;
+        self.on_error(error, None, now);
+    }
+
+    /// SSE: one event's `data` on the stream of request `id`; `event_id` is its `id:`.
+    pub fn on_stream_frame(
+        &mut self,
+        id: u64,
+        data: &[u8],
+        event_id: Option<&str>,
+        now: Instant,
+        wall: WallUs,
+    ) {
+        if self.state() != ConnState::Connected {
+            return;
+        }
+        let Some(entry) = self.streams.get_mut(&id) else {
+            // A stream dropped already (unsubscribed, or of a lost connection).
+            return;
+        };
+        entry.1 = now;
+        let sub = entry.0;
+        self.count_frame(data.len(), now, wall);
+        match message::parse(data) {
+            Ok(m) => {
+                if let (ServerMessage::Tick(t), Some(eid)) = (&m, event_id) {
+                    self.check_event_id(sub, t.seq, eid);
+                }
+                if matches!(m, ServerMessage::Complete { .. }) {
+                    // The server closes the stream after it: that end is expected.
+                    self.streams.remove(&id);
+                    if let Some(s) = self.subs.get_mut(&sub) {
+                        s.stream_req = None;
+                    }
+                }
+                self.on_message(m, Some(sub), now, wall);
+            }
+            Err(e) => self.malformed(e, now),
+        }
+    }
+
+    /// The SSE id of a tick names the run and the sequence; the session's own resume point
+    /// must agree with it (it is what a reconnect sends). A disagreement is a server or
+    /// client bug worth seeing, not a reason to drop the tick.
+    fn check_event_id(&self, sub: SubId, seq: u64, eid: &str) {
+        let Some(s) = self.subs.get(&sub) else {
+            return;
+        };
+        let ok = match (eid.rsplit_once('-'), &s.resume.cur_epoch) {
+            (Some((e, q)), Some(cur)) => e == cur && q.parse::<u64>().ok() == Some(seq),
+            _ => true,
+        };
+        if !ok {
+            tracing::warn!(
+                event_id = eid,
+                seq,
+                epoch = ?s.resume.cur_epoch,
+                "an SSE tick's id does not match the run the client follows"
+            );
+        }
+    }
+
+    /// SSE: bytes that prove the stream alive without an event (a comment).
+    pub fn on_stream_alive(&mut self, id: u64, now: Instant) {
+        if let Some(entry) = self.streams.get_mut(&id) {
+            entry.1 = now;
+            self.last_frame = Some(now);
+        }
+    }
+
+    /// SSE: the stream of request `id` carried something unusable (an oversized line).
+    pub fn on_stream_malformed(&mut self, id: u64, e: FrameError, now: Instant, wall: WallUs) {
+        if self.state() != ConnState::Connected || !self.streams.contains_key(&id) {
+            return;
+        }
+        self.count_frame(0, now, wall);
+        self.malformed(e, now);
+    }
+
+    /// SSE: the stream of request `id` ended (closed by the server, an I/O error). After its
+    /// `complete` that is expected; otherwise the connection counts as lost: every stream is
+    /// dropped and resumed on a new one, as after a lost WebSocket.
+    pub fn on_stream_end(&mut self, id: u64, why: &str, now: Instant) {
+        if self.streams.remove(&id).is_none() || self.state() != ConnState::Connected {
+            return;
+        }
+        self.actions.push_back(Action::Disconnect);
+        self.lose_connection();
+        self.retry(
+            format!("connection lost: stream ended: {why}"),
+            ConnState::Connected,
+            now,
+        );
     }
 
     /// A connection attempt failed.
@@ -389,6 +596,8 @@ impl Session {
 
     /// Every stream on the connection is gone: back to the queue with its resume point.
     fn lose_connection(&mut self) {
+        self.streams.clear();
+        self.sweep_at = None;
         self.by_stream.clear();
         self.by_request.clear();
         self.routes.clear();
@@ -403,6 +612,7 @@ impl Session {
                 | Phase::Ended => Phase::Ended,
                 _ => Phase::Queued { not_before: None },
             };
+            s.stream_req = None;
         }
     }
 
@@ -442,6 +652,12 @@ impl Session {
                     min(t);
                 }
             }
+            // SSE: an idle connection with no stream sends nothing; the streams are watched.
+            ConnState::Connected if self.sse => {
+                if let Some(t) = self.sweep_at {
+                    min(t);
+                }
+            }
             ConnState::Connecting | ConnState::Connected => {
                 if let Some(t) = self.last_frame {
                     min(t + self.silence_limit());
@@ -470,6 +686,27 @@ impl Session {
                 self.retry_at = None;
                 self.go(ConnState::Connecting, "backoff elapsed", now);
                 self.actions.push_back(Action::Connect);
+            }
+            ConnState::Connected if self.sse => {
+                if self.sweep_at.is_some_and(|t| now >= t) {
+                    let limit = self.silence_limit();
+                    if self.streams.values().any(|(_, seen)| now >= *seen + limit) {
+                        Metrics::add(&self.metrics.silent_deaths, 1);
+                        self.actions.push_back(Action::Disconnect);
+                        self.lose_connection();
+                        self.retry(
+                            format!(
+                                "no frame on a stream for {} ms: heartbeat missed",
+                                limit.as_millis()
+                            ),
+                            ConnState::Connected,
+                            now,
+                        );
+                        return;
+                    }
+                    self.sweep_at = Some(now + self.sweep_period());
+                }
+                self.pump(now);
             }
             ConnState::Connecting | ConnState::Connected => {
                 if let Some(t) = self.last_frame
@@ -544,7 +781,16 @@ impl Session {
             self.next_request += 1;
             let s = self.subs.get_mut(&id).expect("listed");
             let after = s.resume.token();
-            let req = s.spec.request(rid, after.as_deref(), s.delivered);
+            let action = if self.sse {
+                self.streams.insert(rid, (id, now));
+                Action::OpenStream(StreamRequest {
+                    id: rid,
+                    path: s.spec.sse_path(after.as_deref(), s.delivered),
+                    last_event_id: after.clone(),
+                })
+            } else {
+                Action::Send(s.spec.request(rid, after.as_deref(), s.delivered))
+            };
             s.sent_after = after;
             s.phase = Phase::Pending {
                 id: rid,
@@ -552,7 +798,7 @@ impl Session {
             };
             self.by_request.insert(rid, id);
             self.changed = true;
-            self.actions.push_back(Action::Send(req));
+            self.actions.push_back(action);
             self.window.1 += 1;
             live += 1;
         }
@@ -596,12 +842,18 @@ impl Session {
         }
         self.count_frame(frame.len(), now, wall);
         match message::parse(frame) {
-            Ok(m) => self.on_message(m, now, wall),
+            Ok(m) => self.on_message(m, None, now, wall),
             Err(e) => self.malformed(e, now),
         }
     }
 
-    fn connected(&mut self, limits: Option<Limits>, heartbeat: Option<u64>, now: Instant) {
+    fn connected(
+        &mut self,
+        limits: Option<Limits>,
+        heartbeat: Option<u64>,
+        reason: &str,
+        now: Instant,
+    ) {
         self.limits = limits.or(self.limits);
         if let Some(h) = heartbeat {
             self.heartbeat = Duration::from_secs(h.max(1));
@@ -612,7 +864,7 @@ impl Session {
                 Metrics::add(&self.metrics.reconnects, 1);
             }
             self.backoff.reset();
-            self.go(ConnState::Connected, "server said connected", now);
+            self.go(ConnState::Connected, reason, now);
             self.window = (now, 0);
             self.pump(now);
         }
@@ -627,7 +879,9 @@ impl Session {
         self.actions.push_back(Action::Deliver(e));
     }
 
-    fn on_message(&mut self, m: ServerMessage, now: Instant, wall: WallUs) {
+    /// `via`: the subscription whose SSE stream carried the message (SSE routes by stream;
+    /// WebSocket by `stream_id`, and ticks by contract and kind).
+    fn on_message(&mut self, m: ServerMessage, via: Option<SubId>, now: Instant, wall: WallUs) {
         if self.state() == ConnState::Connecting {
             // The first message of a connection is `info{connected}`; anything else still
             // proves the server is there (an older server might not send it).
@@ -643,10 +897,10 @@ impl Session {
                 } => (*limits, *heartbeat_seconds),
                 _ => (None, None),
             };
-            self.connected(limits, hb, now);
+            self.connected(limits, hb, "server said connected", now);
         }
         match m {
-            ServerMessage::Tick(t) => self.on_tick(t, now, wall),
+            ServerMessage::Tick(t) => self.on_tick(t, via, now, wall),
             ServerMessage::Heartbeat(h) => {
                 Metrics::add(&self.metrics.heartbeats, 1);
                 Metrics::set(&self.metrics.server_lag_us, wall - h.ts);
@@ -654,21 +908,24 @@ impl Session {
                     .ring_head
                     .store(h.ring_head, std::sync::atomic::Ordering::Relaxed);
             }
-            ServerMessage::Info { info, stream_id } => self.on_info(info, stream_id),
-            ServerMessage::Gap(g) => self.on_gap(g),
+            ServerMessage::Info { info, stream_id } => self.on_info(info, via, stream_id),
+            ServerMessage::Gap(g) => self.on_gap(g, via),
             ServerMessage::Subscribed { id, stream_id } => self.on_subscribed(&id, stream_id, now),
             ServerMessage::Unsubscribed { .. } | ServerMessage::Pong { .. } => {}
-            ServerMessage::Error { error, stream_id } => self.on_error(error, stream_id, now),
+            ServerMessage::Error { error, stream_id } => match via {
+                Some(sub) => self.on_stream_error(error, sub),
+                None => self.on_error(error, stream_id, now),
+            },
             ServerMessage::Complete {
                 complete,
                 stream_id,
-            } => self.on_complete(complete, stream_id, now),
+            } => self.on_complete(complete, via, stream_id, now),
         }
     }
 
-    fn on_tick(&mut self, t: Tick, now: Instant, wall: WallUs) {
+    fn on_tick(&mut self, t: Tick, via: Option<SubId>, now: Instant, wall: WallUs) {
         let key = (t.cid, type_index(t.tt.requested_as()).unwrap_or(u8::MAX));
-        let Some(&id) = self.routes.get(&key) else {
+        let Some(id) = via.or_else(|| self.routes.get(&key).copied()) else {
             self.malformed(
                 FrameError::UnknownStream(format!("tick of cid {} {:?}", t.cid, t.tt)),
                 now,
@@ -695,8 +952,8 @@ impl Session {
         self.deliver(Event::Tick { sub: id, tick: t });
     }
 
-    fn on_info(&mut self, info: Info, stream_id: Option<String>) {
-        let sub = self.sub_of_stream(stream_id.as_ref());
+    fn on_info(&mut self, info: Info, via: Option<SubId>, stream_id: Option<String>) {
+        let sub = via.or_else(|| self.sub_of_stream(stream_id.as_ref()));
         if let Some(s) = sub.and_then(|id| self.subs.get_mut(&id)) {
             let r = &mut s.resume;
             match &info {
@@ -734,8 +991,8 @@ impl Session {
         self.deliver(Event::Info { sub, info });
     }
 
-    fn on_gap(&mut self, g: Gap) {
-        let sub = self.sub_of_stream(g.stream_id.as_ref());
+    fn on_gap(&mut self, g: Gap, via: Option<SubId>) {
+        let sub = via.or_else(|| self.sub_of_stream(g.stream_id.as_ref()));
         if let Some(s) = sub.and_then(|id| self.subs.get_mut(&id)) {
             match g.reason {
                 GapReason::WriterRestart => {
@@ -805,8 +1062,12 @@ impl Session {
             let Some(s) = self.subs.get_mut(&sub) else {
                 return;
             };
-            if error.code == "engine_unavailable" {
-                // The engine is restarting: ask again in a second.
+            // The engine is restarting, or (SSE, an HTTP answer) the server is busy: ask
+            // again in a second.
+            if matches!(
+                error.code.as_str(),
+                "engine_unavailable" | "too_many_connections" | "too_many_from_address"
+            ) {
                 s.phase = Phase::Queued {
                     not_before: Some(now + Duration::from_secs(1)),
                 };
@@ -825,6 +1086,15 @@ impl Session {
             return;
         }
         let sub = self.sub_of_stream(stream_id.as_ref());
+        self.stream_error(error, sub);
+    }
+
+    /// An `error` on an SSE stream: about that stream.
+    fn on_stream_error(&mut self, error: ServerError, sub: SubId) {
+        self.stream_error(error, Some(sub));
+    }
+
+    fn stream_error(&mut self, error: ServerError, sub: Option<SubId>) {
         if let Some(s) = sub.and_then(|id| self.subs.get_mut(&id))
             && error.code == "slow_consumer"
             && error.recoverable
@@ -834,8 +1104,24 @@ impl Session {
         self.deliver(Event::ServerError { sub, error });
     }
 
-    fn on_complete(&mut self, complete: Complete, stream_id: Option<String>, now: Instant) {
-        let Some(sub) = self.sub_of_stream(stream_id.as_ref()) else {
+    fn drop_routes(&mut self, cid: u32, types: &[String], sub: SubId) {
+        for t in types {
+            if let Some(i) = type_index(t)
+                && self.routes.get(&(cid, i)) == Some(&sub)
+            {
+                self.routes.remove(&(cid, i));
+            }
+        }
+    }
+
+    fn on_complete(
+        &mut self,
+        complete: Complete,
+        via: Option<SubId>,
+        stream_id: Option<String>,
+        now: Instant,
+    ) {
+        let Some(sub) = via.or_else(|| self.sub_of_stream(stream_id.as_ref())) else {
             self.malformed(
                 FrameError::UnknownStream(stream_id.unwrap_or_default()),
                 now,
@@ -859,11 +1145,7 @@ impl Session {
         } else {
             Phase::Ended
         };
-        for t in &spec.1 {
-            if let Some(i) = type_index(t) {
-                self.routes.remove(&(spec.0, i));
-            }
-        }
+        self.drop_routes(spec.0, &spec.1, sub);
         self.deliver(Event::Complete {
             sub,
             complete,

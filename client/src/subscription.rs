@@ -101,6 +101,49 @@ impl Subscription {
     }
 }
 
+/// Percent-encodes a query value (RFC 3986 unreserved characters stay as they are).
+pub(crate) fn percent_encode(s: &str, out: &mut String) {
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+impl Subscription {
+    /// The SSE request's path and query, the same options as [`Subscription::request`]: the
+    /// resume token goes in `Last-Event-ID` (by the caller) and wins over `since`, which is
+    /// then left out; `delivered` ticks count against `limit`.
+    pub(crate) fn sse_path(&self, after: Option<&str>, delivered: u64) -> String {
+        let mut p = format!("/v3/stream/{}?tick_types=", self.contract_id);
+        for (i, t) in self.tick_types.iter().enumerate() {
+            if i > 0 {
+                p.push(',');
+            }
+            percent_encode(t, &mut p);
+        }
+        if let Some(s) = self.slow {
+            p.push_str(match s {
+                ServerSlowPolicy::Conflate => "&slow=conflate",
+                ServerSlowPolicy::Disconnect => "&slow=disconnect",
+            });
+        }
+        if let Some(l) = self.limit {
+            p.push_str(&format!("&limit={}", l.saturating_sub(delivered).max(1)));
+        }
+        if let Some(t) = self.timeout_secs {
+            p.push_str(&format!("&timeout={t}"));
+        }
+        if let (None, Some(s)) = (after, &self.since) {
+            p.push_str("&since=");
+            percent_encode(s, &mut p);
+        }
+        p
+    }
+}
+
 /// Index of a requested tick type, for routing ticks: a tick's `cid` and kind name its
 /// stream on a connection (the server refuses overlapping streams).
 pub(crate) fn type_index(requested: &str) -> Option<u8> {
@@ -192,6 +235,26 @@ mod tests {
         assert!(v.get("since").is_none(), "the token wins over since");
         assert_eq!(v["limit"], 6);
         assert_eq!(v["tick_types"], json!(["bid_ask", "last"]));
+    }
+
+    #[test]
+    fn the_sse_path_carries_the_same_options_and_the_token_wins_over_since() {
+        let s = Subscription::new(5, &["bid_ask", "last"])
+            .since("2025-11-22T14:30:00+01:00")
+            .limit(10)
+            .slow(ServerSlowPolicy::Disconnect);
+        assert_eq!(
+            s.sse_path(None, 0),
+            "/v3/stream/5?tick_types=bid_ask,last&slow=disconnect&limit=10&since=2025-11-22T14%3A30%3A00%2B01%3A00"
+        );
+        assert_eq!(
+            s.sse_path(Some("ab-7"), 4),
+            "/v3/stream/5?tick_types=bid_ask,last&slow=disconnect&limit=6"
+        );
+        assert_eq!(
+            Subscription::new(7, &["last"]).sse_path(None, 0),
+            "/v3/stream/7?tick_types=last"
+        );
     }
 
     #[test]

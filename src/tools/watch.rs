@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ib_stream_client::{
     Client, ClientConfig, ClientError, ConnState, Event, Info, ServerSlowPolicy, Subscription,
+    Transport,
 };
 
 /// Options of `ib-stream watch`.
@@ -40,6 +41,22 @@ pub struct WatchArgs {
     /// Bearer token (default: IB_STREAM_TOKEN).
     #[arg(long)]
     pub token: Option<String>,
+    /// Transport: `auto` (WebSocket, falling back to SSE when the server or a proxy refuses
+    /// the upgrade with 404/405/426/501 or answers without upgrading), `ws` (WebSocket only)
+    /// or `sse` (Server-Sent Events only: one HTTP stream per contract). Plain http only.
+    #[arg(long, value_enum, default_value_t = WatchTransport::Auto)]
+    pub transport: WatchTransport,
+}
+
+/// `--transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WatchTransport {
+    /// WebSocket, SSE as the fallback.
+    Auto,
+    /// WebSocket only.
+    Ws,
+    /// SSE only.
+    Sse,
 }
 
 /// Why `watch` stopped with an error.
@@ -107,6 +124,11 @@ async fn watch(
     let mut cfg = ClientConfig::new(url.clone());
     cfg.token = args.token.clone().or(default_token.map(str::to_owned));
     cfg.session.backoff.max_attempts = args.max_attempts;
+    cfg.transport = match args.transport {
+        WatchTransport::Auto => Transport::Auto,
+        WatchTransport::Ws => Transport::WebSocket,
+        WatchTransport::Sse => Transport::Sse,
+    };
     let start_err = |source| WatchError::Start {
         url: url.clone(),
         source,

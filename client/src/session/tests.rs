@@ -14,6 +14,8 @@ struct Harness {
     events: Vec<Event>,
     connects: usize,
     disconnects: usize,
+    opened: Vec<StreamRequest>,
+    closed: Vec<u64>,
 }
 
 impl Harness {
@@ -28,6 +30,8 @@ impl Harness {
             events: Vec::new(),
             connects: 0,
             disconnects: 0,
+            opened: Vec::new(),
+            closed: Vec::new(),
         }
     }
 
@@ -38,6 +42,8 @@ impl Harness {
                 Action::Disconnect => self.disconnects += 1,
                 Action::Send(t) => self.sent.push(serde_json::from_str(&t).unwrap()),
                 Action::Deliver(e) => self.events.push(e),
+                Action::OpenStream(r) => self.opened.push(r),
+                Action::CloseStream(id) => self.closed.push(id),
             }
         }
     }
@@ -569,4 +575,272 @@ fn unsubscribe_in_every_phase() {
     let before = h.sent.len();
     h.open();
     assert_eq!(h.sent.len(), before);
+}
+
+// SSE: the same session, one HTTP stream per subscription.
+
+impl Harness {
+    fn open_sse(&mut self) {
+        if self.s.state() == Disconnected {
+            self.s.start(self.now);
+        }
+        self.s.on_open_sse(self.now);
+        self.drain();
+    }
+
+    /// Answers the last opened stream with 200 and its stream_start in `epoch`.
+    fn accept_sse(&mut self, stream_id: &str, epoch: &str, ring_head: u64) -> u64 {
+        let id = self.opened.last().unwrap().id;
+        self.s
+            .on_stream_open(id, Some(stream_id.to_owned()), self.now);
+        self.drain();
+        self.sse(id, &format!(r#"{{"type":"info","status":"stream_start","epoch":"{epoch}","ring_head":{ring_head},"resume_after":null,"stream_id":"{stream_id}"}}"#), None);
+        id
+    }
+
+    fn sse(&mut self, id: u64, data: &str, event_id: Option<&str>) {
+        self.s
+            .on_stream_frame(id, data.as_bytes(), event_id, self.now, 1_000_000);
+        self.drain();
+    }
+}
+
+#[test]
+fn sse_opens_a_stream_per_subscription_and_delivers_its_ticks() {
+    let mut h = Harness::new(quick());
+    h.open_sse();
+    assert_eq!(h.s.state(), Connected, "no info{{connected}} over SSE");
+    assert!(h.s.is_sse());
+    h.s.subscribe(1, Subscription::new(5, &["bid_ask"]).limit(10), h.now);
+    h.drain();
+    assert!(h.sent.is_empty(), "no WebSocket request");
+    assert_eq!(h.opened.len(), 1);
+    assert_eq!(h.opened[0].path, "/v3/stream/5?tick_types=bid_ask&limit=10");
+    assert_eq!(h.opened[0].last_event_id, None);
+    let id = h.accept_sse("sse-1", E1, 40);
+    for seq in [41, 42, 43] {
+        h.sse(id, &tick(seq), Some(&format!("{E1}-{seq}")));
+    }
+    assert_eq!(h.ticks(), [(1, 41), (1, 42), (1, 43)]);
+    assert!(h.events.iter().any(
+        |e| matches!(e, Event::Subscribed { sub: 1, stream_id, resumed_after: None } if stream_id == "sse-1")
+    ));
+    assert_eq!(
+        h.metrics.snapshot().ticks,
+        0,
+        "the driver counts delivered ticks"
+    );
+    assert_eq!(h.metrics.snapshot().messages, 4);
+}
+
+#[test]
+fn sse_routes_by_stream_so_overlapping_streams_each_get_their_ticks() {
+    let mut h = Harness::new(quick());
+    h.open_sse();
+    h.s.subscribe(1, Subscription::new(5, &["bid_ask"]), h.now);
+    h.drain();
+    let a = h.accept_sse("sse-1", E1, 0);
+    h.s.subscribe(2, Subscription::new(5, &["bid_ask"]), h.now);
+    h.drain();
+    let b = h.accept_sse("sse-2", E1, 0);
+    h.sse(a, &tick(1), None);
+    h.sse(b, &tick(1), None);
+    h.sse(b, &tick(2), None);
+    assert_eq!(h.ticks(), [(1, 1), (2, 1), (2, 2)]);
+    assert_eq!(h.metrics.snapshot().malformed, 0);
+}
+
+#[test]
+fn sse_a_stream_cut_resumes_every_stream_with_last_event_id_and_drops_duplicates() {
+    let mut h = Harness::new(quick());
+    h.open_sse();
+    h.s.subscribe(1, Subscription::new(5, &["bid_ask"]).since("5m"), h.now);
+    h.drain();
+    let id = h.accept_sse("sse-1", E1, 40);
+    h.sse(id, &tick(41), Some(&format!("{E1}-41")));
+    h.sse(id, &tick(42), Some(&format!("{E1}-42")));
+    h.s.on_stream_end(id, "end of stream", h.now);
+    h.drain();
+    assert_eq!(h.s.state(), Reconnecting);
+    assert_eq!(h.disconnects, 1, "the other streams are dropped too");
+    // Late events of the dropped stream are ignored.
+    h.sse(id, &tick(43), None);
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.connects, 2);
+    h.open_sse();
+    let r = h.opened.last().unwrap().clone();
+    assert_eq!(r.last_event_id.as_deref(), Some(&*format!("{E1}-42")));
+    assert_eq!(
+        r.path, "/v3/stream/5?tick_types=bid_ask",
+        "the token wins over since"
+    );
+    let id2 = h.accept_sse("sse-2", E1, 50);
+    // The server resends from the token; a tick at or before it would be dropped.
+    h.sse(id2, &tick(42), None);
+    h.sse(id2, &tick(43), None);
+    assert_eq!(h.ticks(), [(1, 41), (1, 42), (1, 43)]);
+    assert_eq!(h.metrics.snapshot().duplicates_dropped, 1);
+    assert_eq!(h.metrics.snapshot().reconnects, 1);
+    assert!(h.events.iter().any(|e| matches!(
+        e,
+        Event::Subscribed { resumed_after: Some(t), .. } if *t == format!("{E1}-42")
+    )));
+}
+
+#[test]
+fn sse_a_complete_ends_the_stream_without_a_reconnect_and_unsubscribe_closes_it() {
+    let mut h = Harness::new(quick());
+    h.open_sse();
+    h.s.subscribe(1, Subscription::new(5, &["bid_ask"]).limit(1), h.now);
+    h.drain();
+    let id = h.accept_sse("sse-1", E1, 0);
+    h.sse(id, &tick(1), None);
+    h.sse(
+        id,
+        r#"{"type":"complete","reason":"limit_reached","count":1,"duration_ms":5,"last_seq":1,"stream_id":"sse-1"}"#,
+        None,
+    );
+    h.s.on_stream_end(id, "end of stream", h.now);
+    h.drain();
+    assert_eq!(h.s.state(), Connected, "an expected end");
+    assert!(matches!(
+        h.events.last(),
+        Some(Event::Complete {
+            sub: 1,
+            resuming: false,
+            ..
+        })
+    ));
+    h.s.subscribe(2, Subscription::new(6, &["last"]), h.now);
+    h.drain();
+    let id2 = h.accept_sse("sse-2", E1, 0);
+    h.s.unsubscribe(2, h.now);
+    h.drain();
+    assert_eq!(h.closed, [id2]);
+    assert!(matches!(
+        h.events.last(),
+        Some(Event::Complete { sub: 2, complete, resuming: false }) if complete.reason == "unsubscribed"
+    ));
+    h.s.on_stream_end(id2, "aborted", h.now);
+    h.drain();
+    assert_eq!(h.s.state(), Connected);
+    assert_eq!(h.s.counts(), (0, 0, 2));
+}
+
+#[test]
+fn sse_a_slow_consumer_error_reopens_the_stream_from_its_resume_point() {
+    let mut h = Harness::new(quick());
+    h.open_sse();
+    h.s.subscribe(
+        1,
+        Subscription::new(5, &["bid_ask"]).slow(crate::ServerSlowPolicy::Disconnect),
+        h.now,
+    );
+    h.drain();
+    let id = h.accept_sse("sse-1", E1, 0);
+    h.sse(id, &tick(1), None);
+    h.sse(id, r#"{"type":"error","code":"slow_consumer","message":"x","recoverable":true,"stream_id":"sse-1"}"#, None);
+    h.sse(id, r#"{"type":"complete","reason":"error","count":1,"duration_ms":5,"last_seq":1,"stream_id":"sse-1"}"#, None);
+    h.s.on_stream_end(id, "end of stream", h.now);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.s.state(), Connected);
+    assert_eq!(h.opened.len(), 2);
+    assert_eq!(
+        h.opened[1].last_event_id.as_deref(),
+        Some(&*format!("{E1}-1"))
+    );
+}
+
+#[test]
+fn sse_http_refusals_are_typed_and_a_busy_engine_is_asked_again() {
+    let mut h = Harness::new(quick());
+    h.open_sse();
+    h.s.subscribe(1, Subscription::new(5, &["bid_ask"]), h.now);
+    h.drain();
+    let id = h.opened[0].id;
+    h.s.on_stream_refused(
+        id,
+        422,
+        br#"{"error":{"code":"subscription_refused","message":"no","ib_code":200}}"#,
+        h.now,
+    );
+    h.drain();
+    assert!(matches!(
+        h.events.last(),
+        Some(Event::SubscribeFailed { sub: 1, error, local: false })
+            if error.code == "subscription_refused" && error.ib_code == Some(200)
+    ));
+    h.s.subscribe(2, Subscription::new(6, &["last"]), h.now);
+    h.drain();
+    let id = h.opened[1].id;
+    h.s.on_stream_refused(id, 503, b"<html>busy</html>", h.now);
+    h.drain();
+    assert!(matches!(
+        h.events.last(),
+        Some(Event::SubscribeFailed { sub: 2, error, .. }) if error.code == "http_503"
+    ));
+    h.s.subscribe(3, Subscription::new(7, &["last"]), h.now);
+    h.drain();
+    let id = h.opened[2].id;
+    h.s.on_stream_refused(
+        id,
+        503,
+        br#"{"error":{"code":"engine_unavailable","message":"restarting"}}"#,
+        h.now,
+    );
+    h.advance(Duration::from_millis(1100));
+    assert_eq!(h.opened.len(), 4, "asked again after a second");
+}
+
+#[test]
+fn sse_a_silent_stream_is_declared_dead_even_while_another_stream_talks() {
+    let mut cfg = quick();
+    cfg.default_heartbeat = Duration::from_secs(1);
+    let mut h = Harness::new(cfg);
+    h.open_sse();
+    // With no stream, silence is fine.
+    h.advance(Duration::from_secs(10));
+    assert_eq!(h.s.state(), Connected);
+    h.s.subscribe(1, Subscription::new(5, &["bid_ask"]), h.now);
+    h.s.subscribe(2, Subscription::new(6, &["last"]), h.now);
+    h.drain();
+    let a = h.opened[0].id;
+    let b = h.opened[1].id;
+    h.s.on_stream_open(a, Some("sse-1".into()), h.now);
+    h.s.on_stream_open(b, Some("sse-2".into()), h.now);
+    h.drain();
+    for _ in 0..10 {
+        if h.s.state() != Connected {
+            break;
+        }
+        h.now += Duration::from_millis(300);
+        h.sse(a, r#"{"type":"heartbeat","ts":1,"ring_head":0}"#, None);
+        if let Some(d) = h.s.next_deadline()
+            && d <= h.now
+        {
+            h.s.on_timer(h.now);
+            h.drain();
+        }
+    }
+    assert_eq!(h.s.state(), Reconnecting);
+    assert_eq!(h.metrics.snapshot().silent_deaths, 1);
+    assert!(h.transitions().last().is_some_and(|t| t.1 == Reconnecting));
+}
+
+#[test]
+fn sse_an_oversized_event_is_malformed_and_resyncs() {
+    let mut h = Harness::new(quick());
+    h.open_sse();
+    h.s.subscribe(1, Subscription::new(5, &["bid_ask"]), h.now);
+    h.drain();
+    let id = h.accept_sse("sse-1", E1, 0);
+    h.s.on_stream_malformed(id, FrameError::TooLarge(2 << 20), h.now, 1);
+    h.drain();
+    assert!(
+        h.events
+            .iter()
+            .any(|e| matches!(e, Event::Malformed(FrameError::TooLarge(_))))
+    );
+    assert_eq!(h.s.state(), Reconnecting);
+    assert_eq!(h.metrics.snapshot().malformed, 1);
 }
