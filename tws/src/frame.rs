@@ -169,20 +169,34 @@ impl FrameReader {
     }
 
     /// The next whole payload (without its length prefix), or `None` until more bytes arrive.
-    /// `min` is the smallest length accepted.
-    #[inline]
+    /// `min` is the smallest length accepted. The per-tick path: the same rule as
+    /// [`frame_end`], written out as before issue 12 because the version through `frame_end`
+    /// made the decode bench 20 % slower in time with the same instructions (docs/BENCHMARKS.md,
+    /// "Session split (issue 12): old vs new in the same run").
     pub fn next_payload_min(&mut self, min: u32) -> Result<Option<&[u8]>, FrameError> {
-        let Some(end) = frame_end(&self.buf[self.start..self.end], min)? else {
+        let avail = &self.buf[self.start..self.end];
+        let Some(lb) = avail.get(..4) else {
             return Ok(None);
         };
+        let len = u32::from_be_bytes([lb[0], lb[1], lb[2], lb[3]]);
+        if !(min..=MAX_FRAME_LEN).contains(&len) {
+            return Err(FrameError::BadLength {
+                len,
+                min,
+                max: MAX_FRAME_LEN,
+            });
+        }
+        let end = 4 + len as usize;
+        if avail.len() < end {
+            return Ok(None);
+        }
         let s = self.start + 4;
         self.start += end;
         self.frames += 1;
-        Ok(Some(&self.buf[s..self.start]))
+        Ok(Some(&self.buf[s..s + len as usize]))
     }
 
     /// The next whole payload at `version` (length bounds of that version's framing).
-    #[inline]
     pub fn next_payload(&mut self, version: u32) -> Result<Option<&[u8]>, FrameError> {
         let min = if binary_msg_id(version) {
             MIN_FRAME_LEN
@@ -194,9 +208,7 @@ impl FrameReader {
 
     /// The next whole frame at `version`, or `None` until more bytes arrive. A bad length
     /// is fatal for the connection ([`FrameError::is_fatal`]); a bad message id consumes
-    /// the frame and the stream continues. On the per-tick path (inlined into the decoder's
-    /// loop).
-    #[inline]
+    /// the frame and the stream continues.
     pub fn next_frame(&mut self, version: u32) -> Result<Option<Frame<'_>>, FrameError> {
         match self.next_payload(version)? {
             Some(p) => Frame::parse(p, version).map(Some),
