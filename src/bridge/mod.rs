@@ -9,6 +9,10 @@
 //! was lost: the first failed publish fails every later one, and the bridge then reads the
 //! stream's last message and starts again right after it (the same path as a restart).
 //! `Nats-Msg-Id` (run and sequence) makes a republished record a duplicate the server drops.
+//! The server checks the message id before the expected sequence, so an acknowledgement (a
+//! duplicate's too) must name exactly the sequence the publish was meant to take
+//! ([`check_ack`]), and a resync waits for a leader whose stream end reaches what was
+//! acknowledged ([`Floor`]): a new leader can answer before it has applied its log.
 
 pub mod wire;
 

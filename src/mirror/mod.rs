@@ -19,6 +19,12 @@
 //! then writes nothing, recreates its consumer at the next sequence and reads again. Only a
 //! jump that the new consumer repeats (the messages are no longer in the stream: retention)
 //! is applied, and becomes a gap record.
+//!
+//! Same sequences, other messages: a cluster that elects a replica missing the tail loses that
+//! tail, and the bridge republishes it under other stream sequences. A record past the ring's
+//! next sequence, or strings past the table's next id, are then looked for in the stream
+//! ([`apply::Locate`], [`apply::LocateStrings`]) and read again from there; only what the
+//! stream no longer holds becomes a gap.
 
 pub mod apply;
 
