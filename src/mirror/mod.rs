@@ -318,7 +318,6 @@ async fn session(
                                 && let Some(epoch) = applier.epoch()
                                 && st.hole_seen != Some(seq)
                             {
-                                st.hole_seen = Some(seq);
                                 let from = locate(
                                     &stream,
                                     &cfg.env,
@@ -328,6 +327,8 @@ async fn session(
                                     seq,
                                 )
                                 .await?;
+                                // Only a search that ended counts: a failed one searches again.
+                                st.hole_seen = Some(seq);
                                 if from < seq {
                                     st.rewind = Some(from);
                                     anyhow::bail!(
