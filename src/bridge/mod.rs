@@ -9,6 +9,10 @@
 //! was lost: the first failed publish fails every later one, and the bridge then reads the
 //! stream's last message and starts again right after it (the same path as a restart).
 //! `Nats-Msg-Id` (run and sequence) makes a republished record a duplicate the server drops.
+//! The server checks the message id before the expected sequence, so an acknowledgement (a
+//! duplicate's too) must name exactly the sequence the publish was meant to take
+//! ([`check_ack`]), and a resync waits for a leader whose stream end reaches what was
+//! acknowledged ([`Floor`]): a new leader can answer before it has applied its log.
 
 pub mod wire;
 
@@ -141,16 +145,24 @@ pub fn run(cfg: &BridgeConfig) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         let client = connect(&cfg.urls, "ib-stream bridge").await?;
-        // Room for our own window of acknowledgements (the default 5 000 would block a
-        // larger --inflight forever: nobody polls the futures we hold), and a publish whose
-        // acknowledgement is lost fails after 3 s instead of 30, so a resync comes soon.
-        let js = jetstream::context::ContextBuilder::new()
-            .max_ack_inflight(cfg.inflight + 64)
-            .timeout(Duration::from_secs(3))
-            .build(client);
         let mut backoff = Duration::from_millis(100);
+        let mut floor = Floor::default();
         loop {
-            match session(cfg, &js).await {
+            // A context per session: the acknowledgements the last one left unread keep
+            // their permits in the context's acker for its ack timeout, and a new session
+            // on the same context would wait for them without a word (seen: 30 s stalls
+            // that let the ring lap the bridge after a leader change).
+            //
+            // Room for our own window of acknowledgements (the default 5 000 would block a
+            // larger --inflight forever: nobody polls the futures we hold), and a publish
+            // whose acknowledgement is lost fails after 3 s instead of 30, so a resync
+            // comes soon.
+            let js = jetstream::context::ContextBuilder::new()
+                .max_ack_inflight(cfg.inflight + 64)
+                .timeout(REQUEST_TIMEOUT)
+                .ack_timeout(REQUEST_TIMEOUT)
+                .build(client.clone());
+            match session(cfg, &js, &mut floor).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "bridge: resynchronising with the stream");
@@ -198,6 +210,89 @@ pub async fn ensure_stream(
     }
 }
 
+/// Every request and acknowledgement is bounded: a leader lost mid-request must not hang us.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a resync waits for the stream's leader to report at least what it acknowledged.
+const STALE_WAIT: Duration = Duration::from_secs(8);
+
+/// An acknowledgement that does not put the message where the bridge expected it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    /// Stored (or found already stored) under another stream sequence than the one this
+    /// publish expected: the bridge's idea of the stream's end is wrong.
+    #[error(
+        "acknowledged at stream sequence {got} (duplicate: {duplicate}), expected {expected}: the stream is not where the bridge thought"
+    )]
+    Misplaced {
+        /// The sequence this publish was meant to take.
+        expected: u64,
+        /// The sequence the stream reported.
+        got: u64,
+        /// The stream dropped it as a duplicate of a message it holds.
+        duplicate: bool,
+    },
+}
+
+/// Checks that the publish meant to be stream sequence `expected` is there. A duplicate is
+/// fine only at that very sequence: the stream de-duplicates by message id *before* it checks
+/// `Nats-Expected-Last-Sequence`, so after a resync from a stale stream end every republished
+/// record is acknowledged as a duplicate (of where it really is) while the bridge counts on,
+/// and the first new message then lands wherever the stream ends; checking the exact
+/// sequence turns that into a resync at once.
+pub fn check_ack(expected: u64, got: u64, duplicate: bool) -> Result<(), AckError> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(AckError::Misplaced {
+            expected,
+            got,
+            duplicate,
+        })
+    }
+}
+
+/// The least the bridge knows the stream holds: sequences it saw acknowledged, and the last
+/// sequence a `wrong last sequence` error reported. A resync that reads less from the stream
+/// read a leader that has not applied everything yet (seen: a new leader answered a stream
+/// info 342 messages short twice, 2 s apart), and waits for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Floor {
+    last: u64,
+}
+
+impl Floor {
+    /// The stream is known to hold sequence `seq`.
+    pub fn saw(&mut self, seq: u64) {
+        self.last = self.last.max(seq);
+    }
+
+    /// A stream end of `last` is behind what the stream is known to hold.
+    pub fn is_stale(&self, last: u64) -> bool {
+        last < self.last
+    }
+
+    /// The known least last sequence.
+    pub fn get(&self) -> u64 {
+        self.last
+    }
+
+    /// Accepts `last` as the stream's end (waited long enough: the cluster really lost the
+    /// messages after it, e.g. a stale replica was elected leader).
+    pub fn reset(&mut self, last: u64) {
+        self.last = last;
+    }
+}
+
+/// The stream's last sequence in a `wrong last sequence: N` error (the server's own words).
+pub fn wrong_last_sequence(err: &str) -> Option<u64> {
+    // The client repeats the phrase around the server's; the number follows one of them.
+    err.split("wrong last sequence: ").skip(1).find_map(|rest| {
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    })
+}
+
 /// Where the stream says the bridge left off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Resume {
@@ -209,21 +304,57 @@ struct Resume {
     next_string: u32,
 }
 
-async fn resume_point(stream: &mut jetstream::stream::Stream, env: &str) -> anyhow::Result<Resume> {
-    let info = stream.info().await?.clone();
+/// Reads the stream's end from its leader (stream info and a raw get: both answered by the
+/// leader, never by a replica), waiting a while for a leader that reports less than `floor`.
+async fn resume_point(
+    stream: &mut jetstream::stream::Stream,
+    env: &str,
+    floor: &mut Floor,
+) -> anyhow::Result<Resume> {
+    let since = Instant::now();
+    let info = loop {
+        let info = bounded("reading the stream's state", stream.info())
+            .await?
+            .clone();
+        let last = info.state.last_sequence;
+        if !floor.is_stale(last) {
+            break info;
+        }
+        if since.elapsed() >= STALE_WAIT {
+            tracing::warn!(
+                last,
+                known = floor.get(),
+                "bridge: the stream ends before messages it acknowledged; the cluster lost them, republishing from its end"
+            );
+            floor.reset(last);
+            break info;
+        }
+        tracing::info!(
+            last,
+            known = floor.get(),
+            "bridge: the stream's leader reports less than it acknowledged, waiting for it"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let last = info.state.last_sequence;
     let mut ring = None;
     if info.state.messages > 0 {
-        let m = stream.get_raw_message(last).await?;
+        let m = bounded(
+            "reading the stream's last message",
+            stream.get_raw_message(last),
+        )
+        .await?;
         let msg = wire::decode(&m.payload).context("the stream's last message")?;
         ring = Some((msg.epoch, msg.pos));
     }
     let mut next_string = 1;
-    if let (Some((epoch, _)), Ok(m)) = (
+    if let (Some((epoch, _)), Ok(Ok(m))) = (
         ring,
-        stream
-            .get_last_raw_message_by_subject(&wire::strings_subject(env))
-            .await,
+        tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            stream.get_last_raw_message_by_subject(&wire::strings_subject(env)),
+        )
+        .await,
     ) && let Ok(Msg {
         epoch: e,
         body: Body::Strings { first_id, strings },
@@ -240,14 +371,30 @@ async fn resume_point(stream: &mut jetstream::stream::Stream, env: &str) -> anyh
     })
 }
 
+/// `f`, or an error after [`REQUEST_TIMEOUT`].
+async fn bounded<T, E>(
+    what: &'static str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+        Ok(r) => r.with_context(|| what),
+        Err(_) => anyhow::bail!("{what}: no answer within {REQUEST_TIMEOUT:?}"),
+    }
+}
+
 /// A pipelined publisher whose every message must land right after the previous one.
 struct Publisher<'a> {
     js: &'a jetstream::Context,
     env: &'a str,
     expect: u64,
-    acks: VecDeque<PublishAckFuture>,
+    /// Each publish's acknowledgement and the stream sequence it must report.
+    acks: VecDeque<(u64, PublishAckFuture)>,
     max_inflight: usize,
     published: u64,
+    floor: &'a mut Floor,
 }
 
 impl Publisher<'_> {
@@ -259,19 +406,32 @@ impl Publisher<'_> {
             .payload(payload.into())
             .message_id(id)
             .expected_last_sequence(self.expect);
-        let ack = self.js.send_publish(subject, m).await?;
+        // Bounded as a whole: waiting for an acknowledgement permit has no timeout of its own.
+        let ack = bounded("publishing", self.js.send_publish(subject, m)).await?;
         self.expect += 1;
         self.published += 1;
-        self.acks.push_back(ack);
+        self.acks.push_back((self.expect, ack));
         Ok(())
     }
 
     async fn ack_one(&mut self) -> anyhow::Result<()> {
-        if let Some(a) = self.acks.pop_front() {
-            let ack = a.await.context("publish not acknowledged")?;
+        if let Some((expected, a)) = self.acks.pop_front() {
+            let ack = match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(1), a).await
+            {
+                Ok(Ok(ack)) => ack,
+                Ok(Err(e)) => {
+                    if let Some(last) = wrong_last_sequence(&format!("{e:#}")) {
+                        self.floor.saw(last);
+                    }
+                    return Err(anyhow::Error::new(e).context("publish not acknowledged"));
+                }
+                Err(_) => anyhow::bail!("publish not acknowledged: no answer"),
+            };
             if ack.duplicate {
                 tracing::debug!(seq = ack.sequence, "duplicate dropped by the stream");
             }
+            self.floor.saw(ack.sequence);
+            check_ack(expected, ack.sequence, ack.duplicate)?;
         }
         Ok(())
     }
@@ -367,9 +527,13 @@ impl SideFiles {
 }
 
 /// One connection's worth of bridging: from the stream's last message to the first error.
-async fn session(cfg: &BridgeConfig, js: &jetstream::Context) -> anyhow::Result<()> {
+async fn session(
+    cfg: &BridgeConfig,
+    js: &jetstream::Context,
+    floor: &mut Floor,
+) -> anyhow::Result<()> {
     let mut stream = ensure_stream(js, cfg).await?;
-    let resume = resume_point(&mut stream, &cfg.env).await?;
+    let resume = resume_point(&mut stream, &cfg.env, floor).await?;
     let ring_path = cfg.shm_dir.join(ib_stream_ipc::RING_FILE_NAME);
     let follow = FollowConfig {
         check_every: Duration::from_millis(50),
@@ -390,6 +554,7 @@ async fn session(cfg: &BridgeConfig, js: &jetstream::Context) -> anyhow::Result<
         acks: VecDeque::new(),
         max_inflight: cfg.inflight,
         published: 0,
+        floor,
     };
     let mut next_string = 1;
     match resume.ring {
@@ -524,5 +689,53 @@ async fn session(cfg: &BridgeConfig, js: &jetstream::Context) -> anyhow::Result<
             p.drain().await?;
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ack_must_put_the_message_at_the_expected_sequence_duplicate_or_not() {
+        assert_eq!(check_ack(7, 7, false), Ok(()));
+        // A republished record the stream already holds exactly there: consistent.
+        assert_eq!(check_ack(7, 7, true), Ok(()));
+        // Resumed from a stale end: the republished record is a duplicate of an earlier
+        // message, and counting on from here would misplace the next new one.
+        assert_eq!(
+            check_ack(7, 5, true),
+            Err(AckError::Misplaced {
+                expected: 7,
+                got: 5,
+                duplicate: true
+            })
+        );
+        assert!(check_ack(7, 9, false).is_err());
+    }
+
+    #[test]
+    fn the_floor_is_the_most_the_stream_was_seen_holding() {
+        let mut f = Floor::default();
+        assert!(!f.is_stale(0));
+        f.saw(10);
+        f.saw(4);
+        assert_eq!(f.get(), 10);
+        assert!(f.is_stale(9));
+        assert!(!f.is_stale(10));
+        assert!(!f.is_stale(11));
+        f.reset(3);
+        assert!(!f.is_stale(3));
+    }
+
+    #[test]
+    fn the_servers_last_sequence_is_read_from_a_wrong_last_sequence_error() {
+        let e = "publish not acknowledged: wrong last sequence: wrong last sequence: 102096 \
+                 (code 400, error code 10071): wrong last sequence: 102096 (code 400, error code 10071)";
+        assert_eq!(wrong_last_sequence(e), Some(102096));
+        assert_eq!(
+            wrong_last_sequence("timed out: didn't receive ack in time"),
+            None
+        );
     }
 }

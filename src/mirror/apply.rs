@@ -137,6 +137,44 @@ impl Applier {
         }
     }
 
+    /// The ring sequences this message would leave out (written as a gap by [`Applier::apply`]):
+    /// a record or hole of the current run that starts past the next sequence. The bridge
+    /// publishes every sequence (or a hole message naming them), so such a jump means the
+    /// stream the mirror reads is not the one it read so far (a cluster that re-elected a
+    /// stale replica rewrote its tail, and the bridge republished the records under other
+    /// stream sequences): the caller looks for them in the stream before accepting a gap.
+    pub fn missing(&self, msg: &Msg) -> Option<(u64, u64)> {
+        if self.epoch() != Some(msg.epoch) {
+            return None;
+        }
+        let next = self.last_seq() + 1;
+        let first = match &msg.body {
+            Body::Record(r) => r.seq,
+            Body::Hole { first, .. } => *first,
+            _ => return None,
+        };
+        (first > next).then(|| (next, first - 1))
+    }
+
+    /// The string ids this message would leave out: a strings message of the current run
+    /// that starts past the next id (the same stream rewrite as [`Applier::missing`] can put
+    /// the strings batch the mirror lacks before the records it already holds).
+    pub fn strings_missing(&self, msg: &Msg) -> Option<(u32, u32)> {
+        if self.epoch() != Some(msg.epoch) {
+            return None;
+        }
+        let have = self.strings_len();
+        match &msg.body {
+            Body::Strings { first_id, .. } if *first_id > have => Some((have, first_id - 1)),
+            _ => None,
+        }
+    }
+
+    /// The next string id the local table would give (ids start at 1).
+    pub fn strings_len(&self) -> u32 {
+        self.strings.as_ref().map_or(1, StringTableWriter::len)
+    }
+
     /// Applies one message of the stream, in stream order.
     pub fn apply(&mut self, msg: &Msg, now_ns: i64) -> Result<Applied, ApplyError> {
         if let Body::Run {
@@ -321,6 +359,102 @@ impl Applier {
     }
 }
 
+/// Where the stream holds a run's records from ring sequence `need` on: the first stream
+/// sequence whose message belongs to `epoch` with a position of at least `need` (the record
+/// `need` itself, or what was sent after it). Positions never go down within a run along the
+/// stream, so a binary search over stream sequences finds it; the caller reads each
+/// [`Locate::probe`] from the stream leader and reports it with [`Locate::feed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Locate {
+    epoch: u64,
+    need: u64,
+    lo: u64,
+    hi: u64,
+}
+
+impl Locate {
+    /// Searches `lo..=hi`; the message at `hi` is known to be at or past `need`.
+    pub fn new(epoch: u64, need: u64, lo: u64, hi: u64) -> Locate {
+        Locate {
+            epoch,
+            need,
+            lo: lo.min(hi),
+            hi,
+        }
+    }
+
+    /// The next stream sequence to read, or `None` when [`Locate::found`] is the answer.
+    pub fn probe(&self) -> Option<u64> {
+        (self.lo < self.hi).then(|| self.lo + (self.hi - self.lo) / 2)
+    }
+
+    /// The message at `seq` (`None`: the stream no longer holds it, or it is unreadable).
+    pub fn feed(&mut self, seq: u64, msg: Option<&Msg>) {
+        if msg.is_some_and(|m| m.epoch == self.epoch && m.pos >= self.need) {
+            self.hi = seq;
+        } else {
+            self.lo = seq + 1;
+        }
+    }
+
+    /// The first stream sequence to read again.
+    pub fn found(&self) -> u64 {
+        self.lo
+    }
+}
+
+/// Where the stream holds the strings a run's table lacks from id `have` on. A strings batch
+/// is read ahead of its records (a bridge catching up reads the whole table after its first
+/// batch), so its position says nothing: the search is over "the next strings message at or
+/// after this sequence" (a get by subject from the leader), whose ids never go down along the
+/// stream. Reading again from [`LocateStrings::found`] reaches the first batch with an id of
+/// `have` or more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocateStrings {
+    epoch: u64,
+    have: u32,
+    lo: u64,
+    hi: u64,
+}
+
+impl LocateStrings {
+    /// Searches `lo..=hi`; `hi` is known to be at or past the wanted batch.
+    pub fn new(epoch: u64, have: u32, lo: u64, hi: u64) -> LocateStrings {
+        LocateStrings {
+            epoch,
+            have,
+            lo: lo.min(hi),
+            hi,
+        }
+    }
+
+    /// The next stream sequence to ask "the next strings message from here" about.
+    pub fn probe(&self) -> Option<u64> {
+        (self.lo < self.hi).then(|| self.lo + (self.hi - self.lo) / 2)
+    }
+
+    /// The first strings message at or after `seq` (`None`: there is none, or it is
+    /// unreadable). An older run's batch is before this run's.
+    pub fn feed(&mut self, seq: u64, next: Option<&Msg>) {
+        let before = next.is_some_and(|m| match &m.body {
+            Body::Strings { first_id, strings } => {
+                m.epoch != self.epoch || (*first_id as usize + strings.len()) <= self.have as usize
+            }
+            _ => false,
+        });
+        if before {
+            self.lo = seq + 1;
+        } else {
+            self.hi = seq;
+        }
+    }
+
+    /// The first stream sequence to read again.
+    pub fn found(&self) -> u64 {
+        self.lo
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,6 +630,186 @@ mod tests {
         a.apply(&m, 0).unwrap();
         assert_eq!(a.epoch(), Some(0xe2));
         assert_eq!(ring(&d).len(), 1);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_record_or_hole_past_the_next_sequence_of_the_run_is_reported_missing() {
+        let d = tmpdir();
+        let mut a = Applier::open(&d, 64, &ShmOptions::default()).unwrap();
+        assert_eq!(
+            a.missing(&rec(4)),
+            None,
+            "no run yet: a late start is no jump"
+        );
+        a.apply(&rec(1), 0).unwrap();
+        assert_eq!(a.missing(&rec(1)), None);
+        assert_eq!(a.missing(&rec(2)), None);
+        assert_eq!(a.missing(&rec(5)), Some((2, 4)));
+        let hole = |first, last| Msg {
+            epoch: 0xe1,
+            pos: last,
+            body: Body::Hole {
+                first,
+                last,
+                t0_ns: 0,
+                t1_ns: 0,
+            },
+        };
+        assert_eq!(a.missing(&hole(2, 9)), None);
+        assert_eq!(a.missing(&hole(3, 9)), Some((2, 2)));
+        let mut other = rec(9);
+        other.epoch = 0xe2;
+        assert_eq!(a.missing(&other), None, "another run starts its own ring");
+        let strings = Msg {
+            epoch: 0xe1,
+            pos: 7,
+            body: Body::Strings {
+                first_id: 1,
+                strings: vec![b"X".to_vec()],
+            },
+        };
+        assert_eq!(a.missing(&strings), None);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A stream as the bridge writes it: an old run, then this run's records with strings
+    /// and status messages between them (positions never go down).
+    fn stream_of(len: u64) -> Vec<Option<Msg>> {
+        let mut s = vec![None, None]; // retention dropped 1 and 2
+        s.push(Some(Msg {
+            epoch: 0xe0,
+            pos: 500,
+            ..rec(500)
+        }));
+        let mut pos = 0;
+        while (s.len() as u64) < len {
+            let n = s.len() as u64;
+            if n.is_multiple_of(5) {
+                s.push(Some(Msg {
+                    epoch: 0xe1,
+                    pos,
+                    body: Body::Status(vec![]),
+                }));
+            } else {
+                pos += 1;
+                s.push(Some(rec(pos)));
+            }
+        }
+        s
+    }
+
+    fn locate(stream: &[Option<Msg>], need: u64, hi: u64) -> (u64, usize) {
+        let mut l = Locate::new(0xe1, need, 1, hi);
+        let mut probes = 0;
+        while let Some(seq) = l.probe() {
+            probes += 1;
+            l.feed(seq, stream[(seq - 1) as usize].as_ref());
+        }
+        (l.found(), probes)
+    }
+
+    #[test]
+    fn locate_finds_the_first_message_of_the_run_at_or_past_the_position() {
+        let stream = stream_of(1000);
+        let hi = stream.len() as u64;
+        for need in [1, 2, 3, 4, 5, 100, 357, 700] {
+            let (found, probes) = locate(&stream, need, hi);
+            let first = stream
+                .iter()
+                .position(|m| m.as_ref().is_some_and(|m| m.epoch == 0xe1 && m.pos >= need))
+                .unwrap() as u64
+                + 1;
+            assert_eq!(found, first, "need {need}");
+            assert!(probes <= 11, "a binary search: {probes} reads");
+        }
+        // Nothing before the known message holds it: the search ends at that message.
+        let (found, _) = locate(&stream, 10_000, 40);
+        assert_eq!(found, 40);
+        assert_eq!(Locate::new(0xe1, 1, 9, 9).probe(), None);
+        assert_eq!(Locate::new(0xe1, 1, 12, 9).found(), 9);
+    }
+
+    #[test]
+    fn locate_also_finds_a_strings_batch_read_ahead_of_records_the_mirror_holds() {
+        let strings = |pos, first_id, n| {
+            Some(Msg {
+                epoch: 0xe1,
+                pos,
+                body: Body::Strings {
+                    first_id,
+                    strings: vec![b"S".to_vec(); n],
+                },
+            })
+        };
+        // Ids 1..=3 and 4..=9 were sent at positions 2 and 5; the mirror holds records up to
+        // 8 and strings up to 5 (from another history that split the batches differently).
+        let mut stream = vec![Some(rec(1)), Some(rec(2)), strings(2, 1, 3)];
+        stream.extend((3..=5).map(|p| Some(rec(p))));
+        stream.push(strings(5, 4, 6));
+        stream.extend((6..=10).map(|p| Some(rec(p))));
+        let next_strings = |seq: u64| {
+            stream[(seq - 1) as usize..]
+                .iter()
+                .flatten()
+                .find(|m| matches!(m.body, Body::Strings { .. }))
+        };
+        let run = |have| {
+            let hi = stream.len() as u64;
+            let mut l = LocateStrings::new(0xe1, have, 1, hi);
+            while let Some(seq) = l.probe() {
+                l.feed(seq, next_strings(seq));
+            }
+            l.found()
+        };
+        // The next strings message from the answer on is the first batch the mirror needs.
+        let batch_seq = |from: u64| {
+            (from..=stream.len() as u64).find(|s| {
+                matches!(
+                    stream[(*s - 1) as usize].as_ref().unwrap().body,
+                    Body::Strings { .. }
+                )
+            })
+        };
+        assert_eq!(
+            batch_seq(run(6)),
+            Some(7),
+            "the batch holding id 6, before record 6"
+        );
+        assert_eq!(batch_seq(run(2)), Some(3));
+        assert_eq!(batch_seq(run(10)), None, "every string is there");
+        // The record search for record 8 alone would start after that batch.
+        let mut l = Locate::new(0xe1, 8, 1, stream.len() as u64);
+        while let Some(seq) = l.probe() {
+            l.feed(seq, stream[(seq - 1) as usize].as_ref());
+        }
+        assert_eq!(l.found(), 10);
+    }
+
+    #[test]
+    fn a_strings_batch_past_the_next_id_of_the_run_is_reported_missing() {
+        let d = tmpdir();
+        let mut a = Applier::open(&d, 64, &ShmOptions::default()).unwrap();
+        a.apply(&rec(1), 0).unwrap();
+        let s = |first_id| Msg {
+            epoch: 0xe1,
+            pos: 1,
+            body: Body::Strings {
+                first_id,
+                strings: vec![b"A".to_vec(), b"B".to_vec()],
+            },
+        };
+        assert_eq!(a.strings_len(), 1);
+        assert_eq!(a.strings_missing(&s(1)), None);
+        a.apply(&s(1), 0).unwrap();
+        assert_eq!(a.strings_len(), 3);
+        assert_eq!(
+            a.strings_missing(&s(2)),
+            None,
+            "overlapping: the rest is new"
+        );
+        assert_eq!(a.strings_missing(&s(3)), None);
+        assert_eq!(a.strings_missing(&s(5)), Some((3, 4)));
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -19,6 +19,12 @@
 //! then writes nothing, recreates its consumer at the next sequence and reads again. Only a
 //! jump that the new consumer repeats (the messages are no longer in the stream: retention)
 //! is applied, and becomes a gap record.
+//!
+//! Same sequences, other messages: a cluster that elects a replica missing the tail loses that
+//! tail, and the bridge republishes it under other stream sequences. A record past the ring's
+//! next sequence, or strings past the table's next id, are then looked for in the stream
+//! ([`apply::Locate`], [`apply::LocateStrings`]) and read again from there; only what the
+//! stream no longer holds becomes a gap.
 
 pub mod apply;
 
@@ -126,9 +132,9 @@ pub fn run(cfg: &MirrorConfig) -> anyhow::Result<()> {
         let client = bridge::connect(&cfg.urls, "ib-stream mirror").await?;
         let js = jetstream::new(client);
         let mut backoff = Duration::from_millis(100);
-        let mut jump_seen = None;
+        let mut st = Resync::default();
         loop {
-            match session(cfg, &js, &mut applier, &mut applied, &mut jump_seen).await {
+            match session(cfg, &js, &mut applier, &mut applied, &mut st).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), applied, "mirror: consumer lost, recreating it");
@@ -141,61 +147,154 @@ pub fn run(cfg: &MirrorConfig) -> anyhow::Result<()> {
     })
 }
 
+/// What the mirror remembers across consumers to read the stream again, not skip it.
+#[derive(Debug, Default)]
+struct Resync {
+    /// A stream-sequence jump already refused once (a repeated one is retention).
+    jump_seen: Option<u64>,
+    /// The stream sequence whose ring-sequence hole was already looked for in the stream.
+    hole_seen: Option<u64>,
+    /// The next consumer starts here (earlier than `applied`: records to read again).
+    rewind: Option<u64>,
+}
+
+/// Without a message for this long, the mirror checks that the stream has nothing new.
+const QUIET_CHECK: Duration = Duration::from_secs(5);
+
+/// Every request to the cluster is bounded: a leader lost mid-request must not hang the mirror.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn bounded<T, E>(
+    what: &'static str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+        Ok(r) => r.with_context(|| what),
+        Err(_) => anyhow::bail!("{what}: no answer within {REQUEST_TIMEOUT:?}"),
+    }
+}
+
+/// The first stream sequence holding the run `epoch` from ring sequence `need` on, at or
+/// before `hi` (see [`apply::Locate`]); read from the stream leader.
+async fn locate(
+    stream: &jetstream::stream::Stream,
+    env: &str,
+    epoch: u64,
+    need: u64,
+    have_strings: u32,
+    hi: u64,
+) -> anyhow::Result<u64> {
+    let mut l = apply::Locate::new(epoch, need, 1, hi);
+    while let Some(seq) = l.probe() {
+        let m = read_raw(stream.get_raw_message(seq), seq).await?;
+        l.feed(seq, m.as_ref());
+    }
+    let mut s = apply::LocateStrings::new(epoch, have_strings, 1, hi);
+    let subject = wire::strings_subject(env);
+    while let Some(seq) = s.probe() {
+        let m = read_raw(
+            stream.get_first_raw_message_by_subject(subject.as_str(), seq),
+            seq,
+        )
+        .await?;
+        s.feed(seq, m.as_ref());
+    }
+    Ok(l.found().min(s.found()))
+}
+
+/// A message read from the stream leader: `None` when the stream does not hold it.
+async fn read_raw(
+    f: impl std::future::Future<
+        Output = Result<jetstream::message::StreamMessage, jetstream::stream::RawMessageError>,
+    >,
+    seq: u64,
+) -> anyhow::Result<Option<wire::Msg>> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+        Err(_) => anyhow::bail!("reading the stream at {seq}: no answer"),
+        Ok(Ok(m)) => Ok(wire::decode(&m.payload).ok()),
+        Ok(Err(e)) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+            Ok(None)
+        }
+        Ok(Err(e)) => Err(e).with_context(|| format!("reading the stream at {seq}")),
+    }
+}
+
 async fn session(
     cfg: &MirrorConfig,
     js: &jetstream::Context,
     applier: &mut Applier,
     applied: &mut u64,
-    jump_seen: &mut Option<u64>,
+    st: &mut Resync,
 ) -> anyhow::Result<()> {
-    let stream = js
-        .get_stream(wire::stream_name(&cfg.env))
-        .await
-        .context("the environment's stream (is a bridge running?)")?;
-    let floor = stream
-        .consumer_info(&cfg.name)
-        .await
-        .map_or(0, |i| i.ack_floor.stream_sequence);
-    let start = (*applied).max(floor) + 1;
+    let mut stream = bounded(
+        "the environment's stream (is a bridge running?)",
+        js.get_stream(wire::stream_name(&cfg.env)),
+    )
+    .await?;
+    // The consumer's acknowledgements only matter without a state file of this run: the
+    // state is written before every acknowledgement, so it is never behind them, and a
+    // rewind (below) must not be overruled by them.
+    let start = match st.rewind {
+        Some(r) => r,
+        None if *applied > 0 => *applied + 1,
+        None => {
+            tokio::time::timeout(REQUEST_TIMEOUT, stream.consumer_info(&cfg.name))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map_or(0, |i| i.ack_floor.stream_sequence)
+                + 1
+        }
+    };
     // Recreated at exactly the next sequence: a durable left with messages pending would
     // only redeliver them after its ack wait.
-    let _ = stream.delete_consumer(&cfg.name).await;
-    let c: consumer::PullConsumer = stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some(cfg.name.clone()),
-            filter_subject: wire::all_subjects(&cfg.env),
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: start,
-            },
-            ack_policy: consumer::AckPolicy::All,
-            max_ack_pending: 1_000_000,
-            ..Default::default()
-        })
-        .await
-        .context("creating the durable consumer")?;
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, stream.delete_consumer(&cfg.name)).await;
+    let created = stream.create_consumer(consumer::pull::Config {
+        durable_name: Some(cfg.name.clone()),
+        filter_subject: wire::all_subjects(&cfg.env),
+        deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: start,
+        },
+        ack_policy: consumer::AckPolicy::All,
+        max_ack_pending: 1_000_000,
+        ..Default::default()
+    });
+    let c: consumer::PullConsumer = bounded("creating the durable consumer", created).await?;
+    if let Some(r) = st.rewind.take() {
+        *applied = r - 1;
+    }
     tracing::info!(start, name = %cfg.name, "mirror: consuming");
-    let mut msgs = c
-        .stream()
-        .max_messages_per_batch(2000)
-        .heartbeat(Duration::from_secs(1))
-        .expires(Duration::from_secs(5))
-        .messages()
-        .await?;
+    let mut msgs = bounded(
+        "starting to pull",
+        c.stream()
+            .max_messages_per_batch(2000)
+            .heartbeat(Duration::from_secs(1))
+            .expires(Duration::from_secs(5))
+            .messages(),
+    )
+    .await?;
     let mut pending: Option<jetstream::Message> = None;
     let mut since_ack = 0u32;
     let mut last_ack = Instant::now();
+    // A consumer can go quiet without an error (its leader moved while a pull was pending):
+    // after a while without messages the stream's end says whether there is anything to read.
+    let mut quiet_since = Instant::now();
     loop {
         let next = tokio::time::timeout(Duration::from_millis(20), msgs.next()).await;
         let now_ns = ib_stream_ipc::shm::unix_time_ns();
         match next {
             Ok(Some(Ok(m))) => {
+                quiet_since = Instant::now();
                 let seq = m
                     .info()
                     .map_err(|e| anyhow::anyhow!("{e}"))?
                     .stream_sequence;
                 if *applied > 0 && seq > *applied + 1 {
-                    if *jump_seen != Some(seq) {
-                        *jump_seen = Some(seq);
+                    if st.jump_seen != Some(seq) {
+                        st.jump_seen = Some(seq);
                         anyhow::bail!(
                             "stream sequence {seq} follows {applied}: the consumer skipped \
                              {}..={}; reading them again",
@@ -210,9 +309,41 @@ async fn session(
                     );
                 }
                 if seq > *applied {
-                    *jump_seen = None;
+                    st.jump_seen = None;
                     match wire::decode(&m.payload) {
                         Ok(msg) => {
+                            let records = applier.missing(&msg);
+                            let strings = applier.strings_missing(&msg);
+                            if (records.is_some() || strings.is_some())
+                                && let Some(epoch) = applier.epoch()
+                                && st.hole_seen != Some(seq)
+                            {
+                                let from = locate(
+                                    &stream,
+                                    &cfg.env,
+                                    epoch,
+                                    applier.last_seq(),
+                                    applier.strings_len(),
+                                    seq,
+                                )
+                                .await?;
+                                // Only a search that ended counts: a failed one searches again.
+                                st.hole_seen = Some(seq);
+                                if from < seq {
+                                    st.rewind = Some(from);
+                                    anyhow::bail!(
+                                        "stream sequence {seq} skips ring sequences {records:?} \
+                                         / string ids {strings:?}, which the stream holds from \
+                                         sequence {from} on (its tail was rewritten); reading \
+                                         it again"
+                                    );
+                                }
+                                tracing::warn!(
+                                    ?records,
+                                    ?strings,
+                                    "mirror: the stream does not hold these either"
+                                );
+                            }
                             if applier.apply(&msg, now_ns as i64)? == Applied::NewRun {
                                 *applied = seq;
                                 write_state(&cfg.shm_dir, msg.epoch, seq)?;
@@ -229,6 +360,19 @@ async fn session(
             }
             Ok(Some(Err(e))) => return Err(anyhow::anyhow!("consumer: {e}")),
             Ok(None) => return Err(anyhow::anyhow!("consumer ended")),
+            Err(_) if quiet_since.elapsed() >= QUIET_CHECK => {
+                quiet_since = Instant::now();
+                let last = bounded("reading the stream's state", stream.info())
+                    .await?
+                    .state
+                    .last_sequence;
+                if last > *applied {
+                    anyhow::bail!(
+                        "the consumer delivered nothing for {QUIET_CHECK:?} while the stream \
+                         holds up to {last} (applied {applied})"
+                    );
+                }
+            }
             Err(_) => {}
         }
         if since_ack >= 1024
@@ -238,7 +382,10 @@ async fn session(
                 write_state(&cfg.shm_dir, epoch, *applied)?;
             }
             if let Some(m) = pending.take() {
-                m.ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+                match tokio::time::timeout(REQUEST_TIMEOUT, m.ack()).await {
+                    Ok(r) => r.map_err(|e| anyhow::anyhow!("ack: {e}"))?,
+                    Err(_) => anyhow::bail!("ack: not sent within {REQUEST_TIMEOUT:?}"),
+                }
             }
             since_ack = 0;
             last_ack = Instant::now();
