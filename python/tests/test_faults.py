@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -180,19 +180,35 @@ def fast_system() -> Iterator[System]:
 
 @pytest.mark.parametrize("policy", ["conflate", "disconnect"])
 def test_slow_consumer(fast_system: System, policy: str) -> None:
-    """A handler that stalls the client for 4 s (a small receive buffer, and a second web
-    server with a 16-message stream queue so the socket buffers do not absorb it all):
-    with `conflate` the server drops ticks and says so (gap{slow_client}, exact counts);
-    with `disconnect` the stream ends with error{slow_consumer} and the client resumes it
-    at once on the same connection, losing nothing."""
+    """A handler that stalls the client (a small receive buffer, and a second web server
+    with a 16-message stream queue) until that server has acted on it: with `conflate` the
+    server drops ticks and says so (gap{slow_client}, exact counts); with `disconnect` the
+    stream ends with error{slow_consumer} and the client resumes it at once on the same
+    connection, losing nothing. The stall ends when the server's metrics show it acted (how
+    much the kernel's socket buffers absorb first depends on the machine), bounded."""
     url = fast_system.extra_server("--queue-capacity", "16")
     got = Collector()
     stall = threading.Event()
+    release = threading.Event()
 
     def slow(m: ibs.Message) -> None:
         if isinstance(m, ibs.Tick) and not stall.is_set():
             stall.set()
-            time.sleep(4)
+            release.wait(90)
+
+    metric = (
+        "ib_stream_serve_conflated_ticks_total"
+        if policy == "conflate"
+        else "ib_stream_serve_slow_client_closes_total"
+    )
+
+    def server_acted() -> bool:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return any(
+            line.startswith(metric + " ") and float(line.split()[-1]) > 0
+            for line in text.splitlines()
+        )
 
     sub = ibs.Subscription(CONTRACT, KINDS, slow=policy)
     c = ibs.StreamClient(url, [sub], recv_buffer_bytes=4096)
@@ -200,6 +216,11 @@ def test_slow_consumer(fast_system: System, policy: str) -> None:
     c.add_handler(slow)
     c.start()
     try:
+        wait_until("the stall", stall.is_set, 60)
+        try:
+            wait_until(f"the server's {metric}", server_acted, 80)
+        finally:
+            release.set()
         if policy == "conflate":
             wait_until("the slow-client gap", lambda: got.gaps("slow_client"), 60)
         else:
