@@ -545,6 +545,13 @@ async fn a_corrupted_frame_is_a_typed_error_counted_and_the_stream_resumes_exact
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_disconnected_by_the_server_loses_nothing() {
+    slow_consumer_disconnected_loses_nothing(config).await;
+}
+
+/// The client's backpressure reaches the stream's socket, the server ends the stream
+/// (`slow=disconnect`), and the client opens it again from its resume point: over
+/// WebSocket on the same connection, over SSE as a new request for that stream.
+async fn slow_consumer_disconnected_loses_nothing(make_config: impl Fn(&str) -> ClientConfig) {
     // 3000 ticks/s fill the socket buffers in seconds; each resubscription replays what the
     // consumer missed through the stream's queue (1024), so the client catches up within a
     // few of them.
@@ -553,7 +560,7 @@ async fn a_slow_consumer_disconnected_by_the_server_loses_nothing() {
         &[],
         &["IB_STREAM_RING_CAPACITY=1048576"],
     );
-    let mut cfg = config(&stack.url());
+    let mut cfg = make_config(&stack.url());
     cfg.queue_capacity = 1;
     cfg.recv_buffer = Some(4096);
     let (client, mut events) = Client::start(cfg).unwrap();
@@ -589,7 +596,7 @@ async fn a_slow_consumer_disconnected_by_the_server_loses_nothing() {
     assert_eq!(
         client.metrics().reconnects,
         0,
-        "resubscribed on the same connection"
+        "only that stream was opened again, on the same connection"
     );
     client.close().await;
 }
@@ -1024,52 +1031,7 @@ async fn sse_auto_falls_back_through_a_proxy_without_websocket_and_an_engine_res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_a_slow_consumer_disconnected_by_the_server_loses_nothing() {
-    // As over WebSocket (a_slow_consumer_disconnected_by_the_server_loses_nothing): the
-    // client's backpressure reaches the stream's socket, the server ends the stream, and the
-    // client opens it again from its resume point.
-    let stack = Stack::start(
-        &["--rate", "3000"],
-        &[],
-        &["IB_STREAM_RING_CAPACITY=1048576"],
-    );
-    let mut cfg = sse_config(&stack.url(), Transport::Sse);
-    cfg.queue_capacity = 1;
-    cfg.recv_buffer = Some(4096);
-    let (client, mut events) = Client::start(cfg).unwrap();
-    client
-        .subscribe(Subscription::new(MNQ, &["bid_ask"]).slow(ServerSlowPolicy::Disconnect))
-        .unwrap();
-    let mut seen = Vec::new();
-    let mut p = Progress::default();
-    read_until(&mut events, &mut seen, &mut p, |p| p.ticks > 0).await;
-    let port = stack.port;
-    tokio::task::spawn_blocking(move || {
-        wait_until("the server's slow-client close", 60, || {
-            metric(port, "ib_stream_serve_slow_client_closes_total").unwrap_or(0.0) >= 1.0
-        });
-    })
-    .await
-    .unwrap();
-    read_until(&mut events, &mut seen, &mut p, |p| {
-        p.resuming_completes >= 1 && p.ticks_since_resuming >= 200
-    })
-    .await;
-    assert!(
-        seen.iter().any(
-            |e| matches!(e, Event::ServerError { error, .. } if error.code == "slow_consumer")
-        )
-    );
-    assert!(
-        seen.iter().all(|e| !matches!(e, Event::Gap { .. })),
-        "nothing lost"
-    );
-    assert_exact(&stack, &ticks(&seen));
-    assert_eq!(
-        client.metrics().reconnects,
-        0,
-        "only that stream was opened again"
-    );
-    client.close().await;
+    slow_consumer_disconnected_loses_nothing(|url| sse_config(url, Transport::Sse)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
