@@ -635,6 +635,7 @@ fn server_role(v: &[String]) {
         let limits = ib_stream::serve::listen::ConnLimits {
             max_connections: clients.max(100) * 2 + 64,
             header_timeout: Duration::from_secs(10),
+            ..Default::default()
         };
         let stats = std::sync::Arc::clone(&state.connections);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -21,6 +21,7 @@ async fn serve(env: &Env, max: usize) -> (SocketAddr, Arc<ConnStats>) {
     let limits = ConnLimits {
         max_connections: max,
         header_timeout: Duration::from_secs(30),
+        ..Default::default()
     };
     tokio::spawn(listen::serve(
         listener,

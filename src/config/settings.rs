@@ -188,6 +188,8 @@ pub struct Settings {
     pub http_max_connections: u32,
     /// Time an HTTP client has to send a complete request header.
     pub http_header_timeout: Duration,
+    /// `SO_SNDBUF` of each accepted web-server socket (0: the kernel's autotuning).
+    pub http_send_buffer_bytes: u32,
     /// Contracts recorded all the time.
     pub tracked_contracts: Vec<TrackedContract>,
     /// Log filter (`tracing` env-filter syntax).
@@ -234,6 +236,7 @@ impl Settings {
             max_streams: 50,
             http_max_connections: 1024,
             http_header_timeout: Duration::from_secs(10),
+            http_send_buffer_bytes: 256 * 1024,
             tracked_contracts: Vec::new(),
             log_level: "info".into(),
         }
@@ -787,6 +790,21 @@ const KEYS: &[KeyDef] = &[
             Ok(())
         },
         get: |s| format!("{}", s.http_header_timeout.as_secs_f64()),
+    },
+    KeyDef {
+        key: "IB_STREAM_HTTP_SEND_BUFFER_BYTES",
+        aliases: &[],
+        help: "kernel send buffer of each web-server connection in bytes (0: autotuned); \
+               bounds the ticks a stalled client has queued before the slow-client policy acts",
+        set: |s, v| {
+            let n: u32 = parse_num(v, "a byte count")?;
+            if n != 0 && n < 4096 {
+                return Err("a send buffer below 4096 bytes would not hold one message".into());
+            }
+            s.http_send_buffer_bytes = n;
+            Ok(())
+        },
+        get: |s| s.http_send_buffer_bytes.to_string(),
     },
     KeyDef {
         key: "IB_STREAM_TRACKED_CONTRACTS",

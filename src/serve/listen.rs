@@ -62,15 +62,20 @@ pub struct ConnLimits {
     pub max_connections: usize,
     /// Time a client has to send a request's complete header.
     pub header_timeout: Duration,
+    /// `SO_SNDBUF` of each accepted socket (0: the kernel's autotuning, which grows it to
+    /// `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default: some 30,000 ticks a stalled client
+    /// would receive late, long after the server's slow-client policy should have acted).
+    pub send_buffer_bytes: usize,
 }
 
 impl ConnLimits {
     /// The limits `settings` configure (`IB_STREAM_HTTP_MAX_CONNECTIONS`,
-    /// `IB_STREAM_HTTP_HEADER_TIMEOUT`).
+    /// `IB_STREAM_HTTP_HEADER_TIMEOUT`, `IB_STREAM_HTTP_SEND_BUFFER_BYTES`).
     pub fn of(settings: &crate::config::Settings) -> Self {
         ConnLimits {
             max_connections: settings.http_max_connections as usize,
             header_timeout: settings.http_header_timeout,
+            send_buffer_bytes: settings.http_send_buffer_bytes as usize,
         }
     }
 }
@@ -80,6 +85,7 @@ impl Default for ConnLimits {
         ConnLimits {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
+            send_buffer_bytes: 256 * 1024,
         }
     }
 }
@@ -160,6 +166,27 @@ impl Table {
 
 /// The answer to a connection over the cap when every slot is busy: written without reading
 /// the request, in the API's error shape.
+/// Options of an accepted socket. `TCP_NODELAY`: a stream writes one small frame per tick,
+/// and Nagle's algorithm would hold each behind the client's delayed ACK. `SO_SNDBUF`
+/// (`send_buffer_bytes`, 0 leaves the kernel's autotuning): what the kernel queues for a
+/// stalled client is invisible to the stream's queue, so it bounds how late the slow-client
+/// policy (conflate or disconnect) notices and how stale the ticks are that the client
+/// still receives after it stalled. Failures only cost that, so they are logged at debug.
+fn tune_accepted(sock: &tokio::net::TcpStream, send_buffer_bytes: usize) {
+    if let Err(e) = sock.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
+    }
+    if send_buffer_bytes > 0
+        && let Err(e) = nix::sys::socket::setsockopt(
+            sock,
+            nix::sys::socket::sockopt::SndBuf,
+            &send_buffer_bytes,
+        )
+    {
+        tracing::debug!(error = %e, "cannot set SO_SNDBUF on an accepted socket");
+    }
+}
+
 pub fn refusal() -> &'static [u8] {
     static REFUSAL: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     REFUSAL.get_or_init(|| {
@@ -276,9 +303,7 @@ pub async fn serve(
                 continue;
             }
         }
-        if let Err(e) = sock.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
-        }
+        tune_accepted(&sock, limits.send_buffer_bytes);
         next_id += 1;
         let conn = Conn {
             in_flight: Arc::new(AtomicUsize::new(0)),
@@ -575,11 +600,36 @@ mod tests {
         assert_eq!(v["error"]["code"], "too_many_connections");
     }
 
+    #[tokio::test]
+    async fn accepted_sockets_get_the_configured_send_buffer() {
+        use nix::sys::socket::{getsockopt, sockopt::SndBuf};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (autotuned, _) = listener.accept().await.unwrap();
+        let before = getsockopt(&autotuned, SndBuf).unwrap();
+        tune_accepted(&autotuned, 0);
+        assert_eq!(
+            getsockopt(&autotuned, SndBuf).unwrap(),
+            before,
+            "0 leaves the kernel's"
+        );
+        assert!(autotuned.nodelay().unwrap());
+
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (capped, _) = listener.accept().await.unwrap();
+        tune_accepted(&capped, 64 * 1024);
+        // Linux doubles the value for its bookkeeping and reports the doubled figure.
+        assert_eq!(getsockopt(&capped, SndBuf).unwrap(), 2 * 64 * 1024);
+        assert!(capped.nodelay().unwrap());
+    }
+
     #[test]
     fn the_cap_fits_the_descriptor_limit() {
         let l = ConnLimits {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
+            ..Default::default()
         };
         assert_eq!(l.effective_max(None), 1024);
         assert_eq!(l.effective_max(Some(20_000)), 1024);
