@@ -87,7 +87,11 @@ class AsyncStreamClient:
     consecutive failed connection attempts before FAILED (None: never give up);
     `close_when_done` closes the client (CLOSED) when every subscription has ended;
     `queue_size` bounds the queue behind `async for msg in client` (when full, reading
-    stops, so the server's slow-client policy applies: `Subscription.slow`).
+    stops, so the server's slow-client policy applies: `Subscription.slow`);
+    `recv_buffer_bytes` sets the WebSocket's `SO_RCVBUF` (None: the kernel's autotuning):
+    smaller makes a lagging consumer felt by the server sooner, but keep it above two of the
+    path's TCP segments (loopback's are 64 KiB), or after a stall TCP crawls on zero-window
+    probes.
     """
 
     def __init__(
