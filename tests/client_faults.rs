@@ -562,7 +562,9 @@ async fn slow_consumer_disconnected_loses_nothing(make_config: impl Fn(&str) -> 
     );
     let mut cfg = make_config(&stack.url());
     cfg.queue_capacity = 1;
-    cfg.recv_buffer = Some(4096);
+    // Small, but above two loopback segments (64 KiB each): below one, TCP crawls on
+    // zero-window probes once the consumer reads again (see ClientConfig::recv_buffer).
+    cfg.recv_buffer = Some(128 * 1024);
     let (client, mut events) = Client::start(cfg).unwrap();
     client
         .subscribe(Subscription::new(MNQ, &["bid_ask"]).slow(ServerSlowPolicy::Disconnect))

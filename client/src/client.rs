@@ -67,6 +67,9 @@ pub struct ClientConfig {
     pub slow_consumer: SlowConsumerPolicy,
     /// The socket's receive buffer (`SO_RCVBUF`), when it must be small: the kernel's
     /// default lets a paused consumer hide megabytes from the server's slow-client policy.
+    /// Keep it above two of the path's TCP segments (loopback's are 64 KiB): below one, the
+    /// connection falls back to zero-window probes with a growing backoff after a stall and
+    /// crawls at a few KB/s.
     pub recv_buffer: Option<u32>,
     /// WebSocket, SSE, or WebSocket falling back to SSE (the default).
     pub transport: Transport,
