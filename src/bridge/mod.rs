@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use async_nats::jetstream::{self, message::PublishMessage};
 use ib_stream_ipc::{
     FollowConfig, FollowEvent, Record, RingFollower, STATUS_FILE_NAME, STRINGS_FILE_NAME, StartAt,
     StatusReader, StatusSnapshot, StringTableReader,
@@ -385,13 +385,19 @@ where
     }
 }
 
+/// A publish's acknowledgement, pollable in place (so a bounded wait on it loses nothing).
+type AckFuture = <jetstream::context::PublishAckFuture as std::future::IntoFuture>::IntoFuture;
+
+/// How often an idle bridge looks at the ring (the web server's tailer polls as often).
+const IDLE_POLL: Duration = Duration::from_micros(100);
+
 /// A pipelined publisher whose every message must land right after the previous one.
 struct Publisher<'a> {
     js: &'a jetstream::Context,
     env: &'a str,
     expect: u64,
     /// Each publish's acknowledgement and the stream sequence it must report.
-    acks: VecDeque<(u64, PublishAckFuture)>,
+    acks: VecDeque<(u64, AckFuture)>,
     max_inflight: usize,
     published: u64,
     floor: &'a mut Floor,
@@ -410,36 +416,63 @@ impl Publisher<'_> {
         let ack = bounded("publishing", self.js.send_publish(subject, m)).await?;
         self.expect += 1;
         self.published += 1;
-        self.acks.push_back((self.expect, ack));
+        self.acks.push_back((self.expect, ack.into_future()));
         Ok(())
     }
 
     async fn ack_one(&mut self) -> anyhow::Result<()> {
         if let Some((expected, a)) = self.acks.pop_front() {
-            let ack = match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(1), a).await
-            {
-                Ok(Ok(ack)) => ack,
-                Ok(Err(e)) => {
-                    if let Some(last) = wrong_last_sequence(&format!("{e:#}")) {
-                        self.floor.saw(last);
-                    }
-                    return Err(anyhow::Error::new(e).context("publish not acknowledged"));
-                }
+            match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(1), a).await {
+                Ok(res) => self.settle(expected, res)?,
                 Err(_) => anyhow::bail!("publish not acknowledged: no answer"),
-            };
-            if ack.duplicate {
-                tracing::debug!(seq = ack.sequence, "duplicate dropped by the stream");
             }
-            self.floor.saw(ack.sequence);
-            check_ack(expected, ack.sequence, ack.duplicate)?;
         }
         Ok(())
     }
 
-    async fn drain(&mut self) -> anyhow::Result<()> {
-        while !self.acks.is_empty() {
-            self.ack_one().await?;
+    /// Checks one acknowledgement: the stream must have put the message at `expected`.
+    fn settle(
+        &mut self,
+        expected: u64,
+        res: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+    ) -> anyhow::Result<()> {
+        let ack = match res {
+            Ok(ack) => ack,
+            Err(e) => {
+                if let Some(last) = wrong_last_sequence(&format!("{e:#}")) {
+                    self.floor.saw(last);
+                }
+                return Err(anyhow::Error::new(e).context("publish not acknowledged"));
+            }
+        };
+        if ack.duplicate {
+            tracing::debug!(seq = ack.sequence, "duplicate dropped by the stream");
         }
+        self.floor.saw(ack.sequence);
+        check_ack(expected, ack.sequence, ack.duplicate)?;
+        Ok(())
+    }
+
+    /// The ring had nothing: settle acknowledgements as they come (an error surfaces now,
+    /// not at the next tick) and look at the ring again within about [`IDLE_POLL`].
+    ///
+    /// With acknowledgements pending, waits on the oldest for at most a millisecond (the
+    /// runtime's timer resolution; an ack on one host comes sooner). With none, lets the
+    /// runtime's other tasks run (the NATS connection writes what was published) and then
+    /// sleeps the thread itself for `IDLE_POLL`: nothing is in flight, so nothing waits on
+    /// this runtime, and tokio's timer could not wake it sooner than a millisecond, which
+    /// was most of a tick's A-ring-to-C-ring latency (bench `bridge`).
+    async fn idle(&mut self) -> anyhow::Result<()> {
+        if let Some((_, a)) = self.acks.front_mut() {
+            if let Ok(res) = tokio::time::timeout(Duration::from_millis(1), a.as_mut()).await
+                && let Some((expected, _)) = self.acks.pop_front()
+            {
+                self.settle(expected, res)?;
+            }
+            return Ok(());
+        }
+        tokio::task::yield_now().await;
+        std::thread::sleep(IDLE_POLL);
         Ok(())
     }
 
@@ -684,10 +717,7 @@ async fn session(
                 )
                 .await?;
             }
-            // Idle: settle every acknowledgement (an error surfaces now, not at the next
-            // tick), then wait a little for the ring.
-            p.drain().await?;
-            tokio::time::sleep(Duration::from_micros(500)).await;
+            p.idle().await?;
         }
     }
 }
