@@ -56,6 +56,7 @@ pub mod decimal;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+pub mod history;
 pub mod msg;
 pub mod proto;
 pub mod text;
