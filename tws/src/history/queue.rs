@@ -193,10 +193,13 @@ mod tests {
         let sends: Vec<(Duration, HistKey)> =
             plan.iter().map(|(t, k)| (*t, (*k).clone())).collect();
         assert_eq!(schedule_breaks(&rules, &sends), None);
-        // 648 units / 60 per 600 s: the last request goes in the 11th window (10 full windows
-        // of 60 units before it), so the ETA is at least 6000 s and under 6600 s.
+        // Each window of 600 s sends 5 TRADES + 5 BID_ASK (15 units) every 2 s until its 60 units
+        // are used (at +0, +2, +4, +6 s), then waits for the first of them to age out: 20 pages
+        // of each kind per window. 216 pages of each: 10 full windows and 16 of each in the
+        // 11th, sent at 6000, 6002, 6004 and the last one at 6006 s: the ETA.
         let eta = plan.last().unwrap().0;
-        assert!(eta >= s(6000) && eta < s(6600), "eta {eta:?}");
+        assert_eq!(eta, s(6006));
+        assert_eq!(plan[40].0, s(600));
         // Every window of 600 s holds at most 60 units (the budget is used, never exceeded),
         // and the first window is full.
         let units_in = |from: Duration| -> u32 {
