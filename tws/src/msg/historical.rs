@@ -776,6 +776,58 @@ mod tests {
         }
     }
 
+    /// Frames IB's Python client 10.x (`EClient.reqHistoricalTicks`, `reqHeadTimeStamp`,
+    /// `cancelHeadTimeStamp`) wrote with a capturing connection at 176 (text) and 226
+    /// (protobuf), for `requests()`: each decodes to the request and re-encodes to the bytes.
+    const PY_CLIENT: &[(u32, [&str; 4])] = &[
+        (
+            176,
+            [
+                "000000533936003700323635353938004141504c0053544b0000000000534d415254004e415344415100555344000000310032303236303130322d31343a33303a3030000031303030004249445f41534b003100310000",
+                "000000533936003800323635353938004141504c0053544b0000000000534d415254004e41534441510055534400000031000032303236303130322030393a33303a303120555443003100545241444553003000300000",
+                "0000003b3837003900323635353938004141504c0053544b0000000000534d415254004e415344415100555344000000310030004d4944504f494e54003200",
+                "000000053930003900",
+            ],
+        ),
+        (
+            226,
+            [
+                "00000051000001280807122608fe9a1012044141504c1a0353544b4205534d4152544a064e415344415152035553449001011a1132303236303130322d31343a33303a303028e80732074249445f41534b38014001",
+                "0000004f000001280808122608fe9a1012044141504c1a0353544b4205534d4152544a064e41534441515203555344900101221532303236303130322030393a33303a30312055544328013206545241444553",
+                "0000003a0000011f0809122608fe9a1012044141504c1a0353544b4205534d4152544a064e4153444151520355534490010122084d4944504f494e542802",
+                "00000006000001220809",
+            ],
+        ),
+    ];
+
+    #[test]
+    fn requests_match_ibs_python_client_byte_for_byte() {
+        let unhex = |s: &str| -> Vec<u8> {
+            (0..s.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+                .collect()
+        };
+        let mut want = requests();
+        // The captured requests: ids 7, 8 (end "... UTC", n 1), 9, cancel 9.
+        if let HistRequest::Ticks(r) = &mut want[1] {
+            r.req_id = 8;
+            r.end = "20260102 09:30:01 UTC".into();
+        }
+        for (version, frames) in PY_CLIENT {
+            for (hex, req) in frames.iter().zip(&want) {
+                let bytes = unhex(hex);
+                let back = one_frame(&bytes, *version, |f| {
+                    HistRequest::decode(f, *version).unwrap().unwrap()
+                });
+                assert_eq!(&back, req, "at {version}");
+                let mut out = Vec::new();
+                req.encode(*version, &mut out).unwrap();
+                assert_eq!(out, bytes, "at {version}: {req:?}");
+            }
+        }
+    }
+
     #[test]
     fn requests_older_than_their_version_are_refused() {
         let mut out = Vec::new();
