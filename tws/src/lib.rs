@@ -56,6 +56,7 @@ pub mod decimal;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+pub mod history;
 pub mod msg;
 pub mod proto;
 pub mod text;
@@ -68,7 +69,10 @@ pub use frame::{
     Body, Frame, FrameReader, write_frame, write_proto_frame, write_raw_frame, write_text_frame,
 };
 pub use handshake::{ClientHandshake, ClientHandshakeError, ClientHello, ServerAck};
-pub use msg::{ClientMsg, ServerMsg, TbtQuote, TbtTrade, TickByTickData};
+pub use msg::{
+    ClientMsg, HeadTimestampRequest, HistMid, HistReply, HistRequest, HistTicks,
+    HistoricalTicksRequest, ServerMsg, TbtQuote, TbtTrade, TickByTickData, Timed,
+};
 pub use tick::{
     DecodeStats, Decoded, Decoder, ErrorRef, Interner, VecInterner, decode_error, decode_tick,
 };

@@ -21,6 +21,12 @@ pub const REQ_SMART_COMPONENTS: u32 = 114;
 pub const AGG_GROUP: u32 = 121;
 /// contractData: underSymbol/underSecType.
 pub const UNDERLYING_INFO: u32 = 122;
+/// reqHeadTimeStamp / headTimestamp exist.
+pub const REQ_HEAD_TIMESTAMP: u32 = 118;
+/// cancelHeadTimestamp exists.
+pub const CANCEL_HEADTIMESTAMP: u32 = 123;
+/// reqHistoricalTicks and its three answers exist.
+pub const HISTORICAL_TICKS: u32 = 130;
 /// contractData: marketRuleIds.
 pub const MARKET_RULES: u32 = 126;
 /// contractData: realExpirationDate.

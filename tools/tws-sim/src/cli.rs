@@ -54,7 +54,7 @@ CONTROL CHANNEL (--control-port): one JSON object a line in, one a line out.
   {\"cmd\":\"farm\",\"code\":2103}                   farm notice 2103/2104, 2105/2106, 2157/2158
   {\"cmd\":\"competing\",\"on\":true}                10197 and no data until off
   {\"cmd\":\"restart\",\"down_ms\":500}              close listener and clients, listen again
-  {\"cmd\":\"stats\"}                               clients, ticks sent per subscription
+  {\"cmd\":\"stats\"}                               clients, ticks sent per subscription, cancels, historical
   Answers: {\"ok\":true,\"clients\":N}, stats as {\"ok\":true,\"clients\":[...]}, or {\"ok\":false,\"error\":...}.
 
 FAULT SCHEDULE (--faults FILE, --fault '<ms> <json>'): lines `<ms after start> <command JSON>`;
@@ -101,6 +101,10 @@ struct ServeArgs {
     /// Per-instrument rate: CONID=TICKS_PER_SEC (repeatable); overrides --rate.
     #[arg(long = "rate-for", value_name = "CONID=RATE")]
     rate_for: Vec<String>,
+    /// Historical ticks: Unix second of tick 0 of every stream (tick k is at epoch + k/rate);
+    /// default: when the simulator starts.
+    #[arg(long, value_name = "UNIX_SECS")]
+    hist_epoch: Option<i64>,
     /// Pacing of the ticks.
     #[arg(long, value_enum, default_value_t = Mode::Steady)]
     mode: Mode,
@@ -368,6 +372,9 @@ fn run_server(s: &ServeArgs) -> anyhow::Result<()> {
         Gateway::new(cfg, universe, WallClock::system()),
         recording,
     )?);
+    if let Some(secs) = s.hist_epoch {
+        hub.gateway.set_historical_epoch(secs);
+    }
     let listener = TcpListener::bind(localhost(s.port))
         .with_context(|| format!("cannot listen on 127.0.0.1:{}", s.port))?;
     let mut stdout = std::io::stdout();

@@ -455,6 +455,10 @@ impl Connection {
             return;
         };
         debug!(client_id = live.client_id, ?req, "request");
+        if let Request::Historical(h) = req {
+            self.gw.serve_historical(*h, now, &mut self.replies);
+            return self.encode_replies(now);
+        }
         let epoch = self.gw.unix_secs(now);
         live.session
             .handle(req, self.gw.universe(), now, epoch, &mut self.replies);

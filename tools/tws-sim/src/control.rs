@@ -14,10 +14,12 @@
 //! - `{"cmd":"competing","on":true}`: 10197 for each subscription and no data until off.
 //! - `{"cmd":"restart","down_ms":500}`: close the listener and every connection, listen again.
 //! - `{"cmd":"stats"}`: clients with ticks sent per subscription, and the cancels the account
-//!   received since the simulator started (kept after clients disconnect).
+//!   received since the simulator started (kept after clients disconnect), and the historical
+//!   service's counters (`historical`: requests, answers, refusals, pacing violations).
 //!
 //! Answers: `{"ok":true,"clients":<n addressed>}`,
-//! `{"ok":true,"clients":[...stats...],"cancels":{"mkt_data":n,"tick_by_tick":n,"unknown":n}}`
+//! `{"ok":true,"clients":[...stats...],"cancels":{"mkt_data":n,"tick_by_tick":n,"unknown":n},`
+//! `"historical":{"pacing_violations":n,...}}`
 //! or `{"ok":false,"error":"..."}`.
 
 use std::io::{BufRead, BufReader, Write};
@@ -144,6 +146,7 @@ impl Executor {
                     "ok": true,
                     "clients": self.hub.stats(target(client)),
                     "cancels": self.hub.gateway.cancels(),
+                    "historical": self.hub.gateway.historical_stats(std::time::Instant::now()),
                 })
             }
         }

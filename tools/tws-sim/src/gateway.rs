@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::historical::HistoricalDesk;
 use crate::limits::SharedAccount;
 use crate::schedule::{Mode, Schedule};
 use crate::session::SessionConfig;
@@ -73,6 +74,8 @@ pub struct Gateway {
     wall: WallClock,
     /// Nanoseconds the wall clock was moved by [`Gateway::jump_wall_clock`].
     wall_jump: AtomicI64,
+    /// Historical ticks: the time index's epoch and the pacing state (crate::historical).
+    historical: Mutex<HistoricalDesk>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -94,6 +97,7 @@ impl Gateway {
             universe,
             account: SharedAccount::default(),
             clients: Mutex::default(),
+            historical: Mutex::new(HistoricalDesk::new(wall.unix_nanos, wall.at)),
             wall,
             wall_jump: AtomicI64::new(0),
             cfg,
@@ -106,6 +110,10 @@ impl Gateway {
 
     pub fn universe(&self) -> &Universe {
         &self.universe
+    }
+
+    pub(crate) fn historical_desk(&self) -> MutexGuard<'_, HistoricalDesk> {
+        lock(&self.historical)
     }
 
     pub fn account(&self) -> &SharedAccount {

@@ -20,6 +20,7 @@ pub mod decimal;
 pub mod expected;
 pub mod gateway;
 pub mod generator;
+pub mod historical;
 pub mod hub;
 pub mod limits;
 pub mod load;

@@ -54,6 +54,9 @@ pub enum Request {
     Executions {
         req_id: i32,
     },
+    /// reqHistoricalTicks / reqHeadTimeStamp / cancelHeadTimestamp: served by the gateway's
+    /// historical desk (crate::historical), not the session.
+    Historical(Box<ib_stream_tws::HistRequest>),
     /// A request the simulator does not serve (logged, no reply).
     Other,
 }
@@ -95,6 +98,8 @@ pub enum Reply {
         req_id: i32,
         tick: L1Tick,
     },
+    /// historicalTicks* or headTimestamp (crate::historical).
+    Historical(Box<ib_stream_tws::HistReply>),
 }
 
 /// IB's error codes and texts.
@@ -352,6 +357,8 @@ impl Session {
             Request::Executions { req_id } => out.push(Reply::ExecDetailsEnd(req_id)),
             // TWS only binds future orders: nothing to answer.
             Request::AutoOpenOrders | Request::Other => {}
+            // The connection hands these to the gateway before the session sees them.
+            Request::Historical(_) => {}
         }
     }
 
@@ -656,7 +663,7 @@ const SEC_TYPES: [&str; 22] = [
 ];
 
 /// 321 with IB's text: "Error validating request.-'<tag>' : cause - <cause>".
-fn invalid(req_id: i32, tag: &str, cause: &str) -> Reply {
+pub(crate) fn invalid(req_id: i32, tag: &str, cause: &str) -> Reply {
     error(
         req_id,
         code::INVALID_REQUEST,
@@ -668,7 +675,7 @@ fn invalid(req_id: i32, tag: &str, cause: &str) -> Reply {
 /// before it looks the contract up (321). A conId does not stand for the exchange: IB
 /// wants the exchange on every data request ("Please enter exchange"). Without a conId the
 /// security type must be given, and when given it must be one of IB's.
-fn contract_problem(c: &ContractQuery) -> Option<&'static str> {
+pub(crate) fn contract_problem(c: &ContractQuery) -> Option<&'static str> {
     if c.exchange.trim().is_empty() {
         return Some("Please enter exchange");
     }

@@ -3,8 +3,8 @@
 //! codec, so the text or protobuf form always matches the negotiated version.
 
 use ib_stream_tws::{
-    ClientHello, ClientMsg, Contract, ContractDetails, FrameReader, ServerAck, ServerMsg, TbtQuote,
-    TbtTrade, TickByTickData, negotiate as codec_negotiate,
+    ClientHello, ClientMsg, Contract, ContractDetails, FrameReader, HistRequest, ServerAck,
+    ServerMsg, TbtQuote, TbtTrade, TickByTickData, negotiate as codec_negotiate,
 };
 
 use crate::expected::trade_strings;
@@ -158,6 +158,18 @@ impl Inbound {
             let Some(frame) = self.reader.next_frame(self.version)? else {
                 return Ok(None);
             };
+            match HistRequest::decode(&frame, self.version) {
+                Ok(Some(h)) => {
+                    return Ok(Some(Incoming::Request(Box::new(Request::Historical(
+                        Box::new(h),
+                    )))));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("client message skipped: {e}");
+                    continue;
+                }
+            }
             match ClientMsg::decode(&frame, self.version) {
                 Ok(msg) => return Ok(Some(request(msg))),
                 Err(e) => tracing::warn!("client message skipped: {e}"),
@@ -260,6 +272,10 @@ pub fn encode_reply(
         Reply::TickSnapshotEnd(r) => ServerMsg::TickSnapshotEnd { req_id: *r },
         Reply::L1 { req_id, tick } => {
             TickEncoder::new(version).encode_l1(out, *req_id, tick);
+            return;
+        }
+        Reply::Historical(h) => {
+            h.encode(version, out);
             return;
         }
     };

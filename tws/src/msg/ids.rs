@@ -38,6 +38,14 @@ pub mod incoming {
     pub const ACCOUNT_UPDATE_MULTI_END: u32 = 74;
     /// tickReqParams.
     pub const TICK_REQ_PARAMS: u32 = 81;
+    /// headTimestamp.
+    pub const HEAD_TIMESTAMP: u32 = 88;
+    /// historicalTicks (MIDPOINT).
+    pub const HISTORICAL_TICKS: u32 = 96;
+    /// historicalTicksBidAsk.
+    pub const HISTORICAL_TICKS_BID_ASK: u32 = 97;
+    /// historicalTicksLast (TRADES).
+    pub const HISTORICAL_TICKS_LAST: u32 = 98;
     /// tickByTick.
     pub const TICK_BY_TICK: u32 = 99;
     /// completedOrdersEnd.
@@ -74,6 +82,12 @@ pub mod outgoing {
     pub const START_API: u32 = 71;
     /// reqAccountUpdatesMulti.
     pub const REQ_ACCOUNT_UPDATES_MULTI: u32 = 76;
+    /// reqHeadTimeStamp.
+    pub const REQ_HEAD_TIMESTAMP: u32 = 87;
+    /// cancelHeadTimestamp.
+    pub const CANCEL_HEAD_TIMESTAMP: u32 = 90;
+    /// reqHistoricalTicks.
+    pub const REQ_HISTORICAL_TICKS: u32 = 96;
     /// reqTickByTickData.
     pub const REQ_TICK_BY_TICK_DATA: u32 = 97;
     /// cancelTickByTickData.

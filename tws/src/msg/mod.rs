@@ -3,8 +3,12 @@
 //! real gateway and clients choose it (see docs/PROTOCOL-TWS.md).
 
 pub mod client;
+pub mod historical;
 pub mod ids;
 pub mod server;
 
 pub use client::ClientMsg;
+pub use historical::{
+    HeadTimestampRequest, HistMid, HistReply, HistRequest, HistTicks, HistoricalTicksRequest, Timed,
+};
 pub use server::{ServerMsg, TbtQuote, TbtTrade, TickByTickData};
