@@ -23,6 +23,7 @@ pub mod generator;
 pub mod hub;
 pub mod limits;
 pub mod load;
+pub mod market;
 pub mod schedule;
 pub mod server;
 pub mod session;
