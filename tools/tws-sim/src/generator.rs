@@ -1,13 +1,16 @@
-//! Deterministic market data.
+//! Deterministic market data: the streams a subscription sees of an instrument's [`Market`].
 //!
-//! Tick k of a subscription is a function of (seed, conId, kind, k) only: each tick draws its
-//! randomness from a hash of those four numbers and the price walks from the instrument's start
-//! price, so a fresh subscription always replays the same sequence, whatever the timing, the
-//! rate or the other subscriptions. Values are fixed point (prices 1e-9, sizes 1e-8), on the
-//! instrument's tick grid, with sizes in lots, exchanges and trade conditions from the
-//! instrument's lists.
+//! Every stream of an instrument walks the same market (keyed by seed and conId, not by kind),
+//! so they agree: BidAsk tick k is the quote of market step k, MidPoint tick k its mid, AllLast
+//! tick k the trade printed against that quote, Last the same trades less the unreported ones,
+//! and L1 (reqMktData) message j >= 6 reports step j - 6 with a volume that is the sum of the
+//! reported trade sizes so far. Tick k of a subscription is still a function of (seed, conId,
+//! kind, k) only, computed by walking from k = 0, so a fresh subscription always replays the
+//! same sequence, whatever the timing, the rate or the other subscriptions, and nothing here
+//! reads a clock. Values are fixed point (prices 1e-9, sizes 1e-8), on the instrument's tick
+//! grid, with sizes in lots, exchanges and trade conditions from the instrument's lists.
 
-use crate::decimal::SIZE_SCALE;
+use crate::market::{Market, Trade, draw, stream_key};
 use crate::universe::Instrument;
 
 /// The four tick-by-tick kinds.
@@ -47,10 +50,6 @@ impl TbtKind {
             Self::MidPoint => 4,
         }
     }
-
-    fn tag(self) -> u64 {
-        self.wire_type() as u64
-    }
 }
 
 /// One tick-by-tick tick. Exchange and conditions are indexes into the instrument's lists so
@@ -78,109 +77,46 @@ pub enum TbtTick {
     },
 }
 
-/// SplitMix64 finaliser: a fast, well-mixed hash step.
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// The random bits of tick k.
-fn draw(stream_key: u64, k: u64) -> u64 {
-    splitmix(stream_key ^ splitmix(k))
-}
-
-fn stream_key(seed: u64, con_id: i32, tag: u64) -> u64 {
-    splitmix(splitmix(splitmix(seed) ^ con_id as u32 as u64) ^ tag)
-}
-
-/// The part of an instrument the walk needs, copied so a generator owns no borrow.
-#[derive(Debug, Clone, Copy)]
-struct Params {
-    min_tick: i64,
-    lot: i64,
-    max_lots: u64,
-    max_spread: u64,
-    n_exchanges: u64,
-    n_conditions: u64,
-}
-
-impl Params {
-    fn of(inst: &Instrument) -> Self {
-        Self {
-            min_tick: inst.min_tick,
-            lot: inst.lot,
-            max_lots: u64::from(inst.spec.max_lots),
-            max_spread: u64::from(inst.spec.max_spread_ticks),
-            n_exchanges: inst.spec.trade_exchanges.len() as u64,
-            n_conditions: inst.spec.trade_conditions.len().max(1) as u64,
-        }
-    }
-
-    fn size(&self, bits: u64) -> i64 {
-        self.lot * (1 + (bits % self.max_lots) as i64)
-    }
-}
-
-/// A mid price (in ticks) that moves by -2..=+2 ticks per step and never gets near zero.
-#[derive(Debug, Clone, Copy)]
-struct Walk {
-    mid_ticks: i64,
-    floor: i64,
-}
-
-impl Walk {
-    fn new(p: &Params, start: i64) -> Self {
-        let floor = p.max_spread as i64 + 2;
-        Self {
-            mid_ticks: (start / p.min_tick).max(floor),
-            floor,
-        }
-    }
-
-    fn step(&mut self, r: u64) {
-        let step = match r % 16 {
-            0 => -2,
-            1..=4 => -1,
-            5..=10 => 0,
-            11..=14 => 1,
-            _ => 2,
-        };
-        self.mid_ticks += step;
-        if self.mid_ticks < self.floor {
-            // Reflect off the floor so prices stay positive and the walk stays symmetric.
-            self.mid_ticks = 2 * self.floor - self.mid_ticks;
-        }
-    }
-}
-
-/// The tick-by-tick stream of one subscription.
+/// The tick-by-tick stream of one subscription: its own walker over the instrument's
+/// [`Market`].
+///
+/// BidAsk tick k is the quote of market step k and MidPoint tick k its mid; AllLast tick k is
+/// the trade of step k; Last tick j is the j-th reported trade (Last skips the unreported
+/// steps, about one in 32, so its tick j is at step j or a little after:
+/// [`market_step`](Self::market_step) tells which).
 #[derive(Debug, Clone)]
 pub struct TbtGen {
     kind: TbtKind,
-    key: u64,
-    p: Params,
-    lot_units: i64,
-    walk: Walk,
-    k: u64,
+    market: Market,
 }
 
 impl TbtGen {
     pub fn new(seed: u64, inst: &Instrument, kind: TbtKind) -> Self {
-        let p = Params::of(inst);
         Self {
             kind,
-            key: stream_key(seed, inst.con_id(), kind.tag()),
-            p,
-            lot_units: inst.lot / SIZE_SCALE,
-            walk: Walk::new(&p, inst.start_price),
-            k: 0,
+            market: Market::new(seed, inst),
         }
     }
 
     pub fn kind(&self) -> TbtKind {
         self.kind
+    }
+
+    /// The market step of the tick last returned (`None` before the first), for indexing a
+    /// tick to its time.
+    pub fn market_step(&self) -> Option<u64> {
+        self.market.step()
+    }
+}
+
+fn trade_tick(t: Trade) -> TbtTick {
+    TbtTick::Trade {
+        price: t.price,
+        size: t.size,
+        past_limit: t.past_limit,
+        unreported: t.unreported,
+        exchange: t.exchange,
+        conditions: t.conditions,
     }
 }
 
@@ -188,49 +124,35 @@ impl Iterator for TbtGen {
     type Item = TbtTick;
 
     fn next(&mut self) -> Option<TbtTick> {
-        let r = draw(self.key, self.k);
-        self.k += 1;
-        let p = &self.p;
-        self.walk.step(r);
-        let spread = 1 + ((r >> 8) % p.max_spread) as i64;
-        let bid = self.walk.mid_ticks * p.min_tick;
-        let ask = (self.walk.mid_ticks + spread) * p.min_tick;
+        let m = &mut self.market;
         Some(match self.kind {
-            TbtKind::BidAsk => TbtTick::BidAsk {
-                bid,
-                ask,
-                bid_size: p.size(r >> 16),
-                ask_size: p.size(r >> 24),
-                bid_past_low: (r >> 32).is_multiple_of(4096),
-                ask_past_high: (r >> 44).is_multiple_of(4096),
-            },
-            TbtKind::MidPoint => TbtTick::MidPoint {
-                mid: bid + spread * p.min_tick / 2,
-            },
-            TbtKind::Last | TbtKind::AllLast => {
-                let price = if (r >> 12) & 1 == 1 { ask } else { bid };
-                // Stocks trade odd lots now and then (fewer shares than one lot).
-                let size = if self.lot_units > 1 && (r >> 40).is_multiple_of(8) {
-                    SIZE_SCALE * (1 + ((r >> 48) % (self.lot_units as u64 - 1)) as i64)
-                } else {
-                    p.size(r >> 16)
-                };
-                // The first condition string is the common one.
-                let conditions = if p.n_conditions > 1 && (r >> 24) % 16 >= 10 {
-                    1 + ((r >> 28) % (p.n_conditions - 1)) as usize
-                } else {
-                    0
-                };
-                TbtTick::Trade {
-                    price,
-                    size,
-                    past_limit: (r >> 52).is_multiple_of(8192),
-                    // Unreported trades appear only in AllLast, as at IB.
-                    unreported: self.kind == TbtKind::AllLast && (r >> 57).is_multiple_of(32),
-                    exchange: ((r >> 32) % p.n_exchanges) as usize,
-                    conditions,
+            TbtKind::BidAsk => {
+                let q = m.advance();
+                TbtTick::BidAsk {
+                    bid: q.bid,
+                    ask: q.ask,
+                    bid_size: q.bid_size,
+                    ask_size: q.ask_size,
+                    bid_past_low: q.bid_past_low,
+                    ask_past_high: q.ask_past_high,
                 }
             }
+            TbtKind::MidPoint => TbtTick::MidPoint {
+                mid: m.advance().mid(),
+            },
+            TbtKind::AllLast => {
+                m.advance();
+                trade_tick(m.trade())
+            }
+            TbtKind::Last => loop {
+                // Unreported trades appear only in AllLast, as at IB. One in 32 steps is
+                // unreported, so this loop ends within a step or two.
+                m.advance();
+                let t = m.trade();
+                if !t.unreported {
+                    break trade_tick(t);
+                }
+            },
         })
     }
 }
@@ -301,36 +223,54 @@ pub enum L1Tick {
     },
 }
 
-/// The reqMktData (L1) stream of one subscription: a fixed opening (close, open, high, low,
-/// volume, halted) and then quote, size, trade, volume and timestamp updates.
+/// The reqMktData (L1) stream of one subscription: its own walker over the instrument's
+/// [`Market`], reported as IB's L1 ticks.
+///
+/// Messages 0..6 are the opening: close (the prior session's, 0.3 % under the opening level),
+/// open, high and low (all the opening level: the session starts with the stream), volume 0,
+/// halted 0. Message j >= 6 reports market step s = j - 6, exactly one message a step: when
+/// step s's reported trade makes a new session high (or low), the new HIGH (or LOW); otherwise
+/// one of the step's BID or ASK (price and displayed size), BID_SIZE, ASK_SIZE, LAST (the step's
+/// trade; VOLUME instead when it is unreported), VOLUME or LAST_TIMESTAMP, drawn from the L1
+/// stream's own key. VOLUME at step s is the sum of the sizes of every reported trade at steps
+/// 0..=s, whether or not L1 showed it as a LAST (L1 is a sample of the market, as at IB).
 #[derive(Debug, Clone)]
 pub struct L1Gen {
     key: u64,
-    p: Params,
-    start: i64,
+    market: Market,
+    min_tick: i64,
+    open: i64,
     delayed: bool,
-    walk: Walk,
-    spread: i64,
+    high: i64,
+    low: i64,
     volume: i64,
     k: u64,
 }
 
 const L1_TAG: u64 = 5;
-const L1_OPENING: u64 = 6;
+/// Messages before the first market step.
+pub const L1_OPENING: u64 = 6;
 
 impl L1Gen {
     pub fn new(seed: u64, inst: &Instrument, delayed: bool) -> Self {
-        let p = Params::of(inst);
+        let open = Market::opening_price(seed, inst);
         Self {
             key: stream_key(seed, inst.con_id(), L1_TAG),
-            p,
-            start: inst.start_price,
+            market: Market::new(seed, inst),
+            min_tick: inst.min_tick,
+            open,
             delayed,
-            walk: Walk::new(&p, inst.start_price),
-            spread: 1,
-            volume: inst.lot * 1000,
+            high: open,
+            low: open,
+            volume: 0,
             k: 0,
         }
+    }
+
+    /// The market step message k - 1 reported (`None` for the opening), for indexing a
+    /// message to its time.
+    pub fn market_step(&self) -> Option<u64> {
+        self.market.step()
     }
 
     fn tick_id(&self, tick_type: i32) -> i32 {
@@ -341,102 +281,98 @@ impl L1Gen {
         }
     }
 
-    fn live_next(&mut self) -> L1Tick {
-        let k = self.k;
-        self.k += 1;
-        let tick = self.p.min_tick;
-        // Round the opening levels to the tick grid around the start price.
-        let level = |pct: i64| (self.start + self.start / 1000 * pct) / tick * tick;
-        if k < L1_OPENING {
-            return match k {
-                0 => L1Tick::Price {
-                    tick_type: l1::CLOSE,
-                    price: level(-3),
-                    size: 0,
-                    attr: 0,
-                },
-                1 => L1Tick::Price {
-                    tick_type: l1::OPEN,
-                    price: level(-1),
-                    size: 0,
-                    attr: 0,
-                },
-                2 => L1Tick::Price {
-                    tick_type: l1::HIGH,
-                    price: level(4),
-                    size: 0,
-                    attr: 0,
-                },
-                3 => L1Tick::Price {
-                    tick_type: l1::LOW,
-                    price: level(-5),
-                    size: 0,
-                    attr: 0,
-                },
-                4 => L1Tick::Size {
-                    tick_type: l1::VOLUME,
-                    size: self.volume,
-                },
-                _ => L1Tick::Generic {
-                    tick_type: l1::HALTED,
-                    value: 0,
-                },
-            };
-        }
-        let r = draw(self.key, k);
-        let bid = |s: &Self| s.walk.mid_ticks * tick;
-        let ask = |s: &Self| (s.walk.mid_ticks + s.spread) * tick;
-        match (r >> 56) % 100 {
-            0..30 => {
-                self.walk.step(r);
-                self.spread = 1 + ((r >> 8) % self.p.max_spread) as i64;
-                L1Tick::Price {
-                    tick_type: l1::BID,
-                    price: bid(self),
-                    size: self.p.size(r >> 16),
-                    attr: ATTR_CAN_AUTO_EXECUTE,
-                }
-            }
-            30..60 => {
-                self.walk.step(r);
-                self.spread = 1 + ((r >> 8) % self.p.max_spread) as i64;
-                L1Tick::Price {
-                    tick_type: l1::ASK,
-                    price: ask(self),
-                    size: self.p.size(r >> 16),
-                    attr: ATTR_CAN_AUTO_EXECUTE,
-                }
-            }
-            60..70 => L1Tick::Size {
-                tick_type: l1::BID_SIZE,
-                size: self.p.size(r >> 16),
-            },
-            70..80 => L1Tick::Size {
-                tick_type: l1::ASK_SIZE,
-                size: self.p.size(r >> 16),
-            },
-            80..90 => {
-                let price = if (r >> 12) & 1 == 1 {
-                    ask(self)
-                } else {
-                    bid(self)
-                };
-                let size = self.p.size(r >> 16);
-                self.volume += size;
-                L1Tick::Price {
-                    tick_type: l1::LAST,
-                    price,
-                    size,
-                    attr: 0,
-                }
-            }
-            90..95 => L1Tick::Size {
+    fn opening(&self, k: u64) -> L1Tick {
+        let level = |tick_type: i32, price: i64| L1Tick::Price {
+            tick_type,
+            price,
+            size: 0,
+            attr: 0,
+        };
+        match k {
+            0 => level(
+                l1::CLOSE,
+                (self.open - self.open / 1000 * 3) / self.min_tick * self.min_tick,
+            ),
+            1 => level(l1::OPEN, self.open),
+            2 => level(l1::HIGH, self.high),
+            3 => level(l1::LOW, self.low),
+            4 => L1Tick::Size {
                 tick_type: l1::VOLUME,
                 size: self.volume,
             },
+            _ => L1Tick::Generic {
+                tick_type: l1::HALTED,
+                value: 0,
+            },
+        }
+    }
+
+    fn live_next(&mut self) -> L1Tick {
+        let k = self.k;
+        self.k += 1;
+        if k < L1_OPENING {
+            return self.opening(k);
+        }
+        let q = self.market.advance();
+        let step = k - L1_OPENING;
+        let t = self.market.trade();
+        let reported = !t.unreported;
+        if reported {
+            self.volume += t.size;
+            if t.price > self.high {
+                self.high = t.price;
+                return L1Tick::Price {
+                    tick_type: l1::HIGH,
+                    price: t.price,
+                    size: 0,
+                    attr: 0,
+                };
+            }
+            if t.price < self.low {
+                self.low = t.price;
+                return L1Tick::Price {
+                    tick_type: l1::LOW,
+                    price: t.price,
+                    size: 0,
+                    attr: 0,
+                };
+            }
+        }
+        let volume = L1Tick::Size {
+            tick_type: l1::VOLUME,
+            size: self.volume,
+        };
+        match (draw(self.key, step) >> 56) % 100 {
+            0..30 => L1Tick::Price {
+                tick_type: l1::BID,
+                price: q.bid,
+                size: q.bid_size,
+                attr: ATTR_CAN_AUTO_EXECUTE,
+            },
+            30..60 => L1Tick::Price {
+                tick_type: l1::ASK,
+                price: q.ask,
+                size: q.ask_size,
+                attr: ATTR_CAN_AUTO_EXECUTE,
+            },
+            60..70 => L1Tick::Size {
+                tick_type: l1::BID_SIZE,
+                size: q.bid_size,
+            },
+            70..80 => L1Tick::Size {
+                tick_type: l1::ASK_SIZE,
+                size: q.ask_size,
+            },
+            80..90 if reported => L1Tick::Price {
+                tick_type: l1::LAST,
+                price: t.price,
+                size: t.size,
+                attr: 0,
+            },
+            80..95 => volume,
             _ => L1Tick::Timestamp {
                 tick_type: l1::LAST_TIMESTAMP,
-                epoch: L1_BASE_EPOCH + (k / 4) as i64,
+                epoch: L1_BASE_EPOCH + (step / 4) as i64,
             },
         }
     }
@@ -595,5 +531,237 @@ mod tests {
                 ..
             }
         )));
+    }
+
+    /// BidAsk, MidPoint and AllLast subscriptions opened separately agree step by step: each
+    /// trade prints at the bid or the ask of the same step's quote (or inside it), each mid is
+    /// that quote's exact middle.
+    #[test]
+    fn every_kind_reports_the_same_market() {
+        for con in [265598, 711280073, 212921504, 12087792] {
+            let i = inst(con);
+            let quotes = TbtGen::new(4, &i, TbtKind::BidAsk);
+            let mids = TbtGen::new(4, &i, TbtKind::MidPoint);
+            let trades = TbtGen::new(4, &i, TbtKind::AllLast);
+            let mut inside = 0;
+            for (k, ((q, m), t)) in quotes.zip(mids).zip(trades).take(20_000).enumerate() {
+                let (TbtTick::BidAsk { bid, ask, .. }, TbtTick::MidPoint { mid }) = (q, m) else {
+                    panic!("kind")
+                };
+                let TbtTick::Trade { price, .. } = t else {
+                    panic!("kind")
+                };
+                assert_eq!(2 * mid, bid + ask, "{con} step {k}");
+                assert!(
+                    bid <= price && price <= ask,
+                    "{con} step {k}: {price} vs {bid}/{ask}"
+                );
+                if price != bid && price != ask {
+                    inside += 1;
+                }
+            }
+            assert!(
+                inside < 2_000,
+                "{con}: inside prints are occasional ({inside})"
+            );
+        }
+    }
+
+    /// Last is AllLast less its unreported trades, at the same market steps.
+    #[test]
+    fn last_is_all_last_less_the_unreported() {
+        let i = inst(265598);
+        let mut all = TbtGen::new(8, &i, TbtKind::AllLast);
+        let mut last = TbtGen::new(8, &i, TbtKind::Last);
+        let mut skipped = 0;
+        for _ in 0..10_000 {
+            let l = last.next().unwrap();
+            let step = last.market_step().unwrap();
+            loop {
+                let a = all.next().unwrap();
+                if all.market_step() == Some(step) {
+                    assert_eq!(a, l, "step {step}");
+                    break;
+                }
+                assert!(
+                    matches!(
+                        a,
+                        TbtTick::Trade {
+                            unreported: true,
+                            ..
+                        }
+                    ),
+                    "{a:?}"
+                );
+                skipped += 1;
+            }
+        }
+        assert!(skipped > 0, "AllLast carries trades Last does not");
+    }
+
+    /// L1's volume is the sum of the reported trade sizes through the step it reports, and its
+    /// bid, ask, last, high and low are those of the same market steps.
+    #[test]
+    fn l1_agrees_with_the_market_and_its_volume_adds_up() {
+        for con in [265598, 711280073, 12087792] {
+            let i = inst(con);
+            let mut l1 = L1Gen::new(6, &i, false);
+            let opening: Vec<_> = l1.by_ref().take(L1_OPENING as usize).collect();
+            let open = match opening[1] {
+                L1Tick::Price { price, .. } => price,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(
+                opening[4],
+                L1Tick::Size {
+                    tick_type: l1::VOLUME,
+                    size: 0
+                }
+            );
+            let quotes = TbtGen::new(6, &i, TbtKind::BidAsk);
+            let trades = TbtGen::new(6, &i, TbtKind::AllLast);
+            let (mut volume, mut high, mut low) = (0i64, open, open);
+            let mut seen = [0u32; 4];
+            for (s, (q, t)) in quotes.zip(trades).take(30_000).enumerate() {
+                let msg = l1.next().unwrap();
+                assert_eq!(l1.market_step(), Some(s as u64));
+                let TbtTick::BidAsk {
+                    bid,
+                    ask,
+                    bid_size,
+                    ask_size,
+                    ..
+                } = q
+                else {
+                    panic!()
+                };
+                let TbtTick::Trade {
+                    price,
+                    size,
+                    unreported,
+                    ..
+                } = t
+                else {
+                    panic!()
+                };
+                if !unreported {
+                    volume += size;
+                    high = high.max(price);
+                    low = low.min(price);
+                }
+                match msg {
+                    L1Tick::Size {
+                        tick_type: l1::VOLUME,
+                        size,
+                    } => {
+                        assert_eq!(size, volume, "{con} step {s}");
+                        seen[0] += 1;
+                    }
+                    L1Tick::Price {
+                        tick_type: l1::LAST,
+                        price: p,
+                        size: z,
+                        ..
+                    } => {
+                        assert_eq!((p, z, unreported), (price, size, false), "{con} step {s}");
+                        seen[1] += 1;
+                    }
+                    L1Tick::Price {
+                        tick_type: l1::BID,
+                        price: p,
+                        size: z,
+                        ..
+                    } => {
+                        assert_eq!((p, z), (bid, bid_size), "{con} step {s}");
+                        seen[2] += 1;
+                    }
+                    L1Tick::Price {
+                        tick_type: l1::ASK,
+                        price: p,
+                        size: z,
+                        ..
+                    } => {
+                        assert_eq!((p, z), (ask, ask_size), "{con} step {s}");
+                    }
+                    L1Tick::Size {
+                        tick_type: l1::BID_SIZE,
+                        size: z,
+                    } => assert_eq!(z, bid_size),
+                    L1Tick::Size {
+                        tick_type: l1::ASK_SIZE,
+                        size: z,
+                    } => assert_eq!(z, ask_size),
+                    L1Tick::Price {
+                        tick_type: l1::HIGH,
+                        price: p,
+                        ..
+                    } => {
+                        assert_eq!((p, p), (high, price), "{con} step {s}: a new high");
+                        seen[3] += 1;
+                    }
+                    L1Tick::Price {
+                        tick_type: l1::LOW,
+                        price: p,
+                        ..
+                    } => {
+                        assert_eq!((p, p), (low, price), "{con} step {s}: a new low");
+                    }
+                    L1Tick::Timestamp { .. } => {}
+                    other => panic!("{con} step {s}: unexpected {other:?}"),
+                }
+            }
+            assert!(seen.iter().all(|&n| n > 0), "{con}: {seen:?}");
+        }
+    }
+
+    #[test]
+    fn every_kind_depends_on_the_seed() {
+        let i = inst(711280073);
+        for kind in TbtKind::ALL {
+            let a: Vec<_> = TbtGen::new(1, &i, kind).take(200).collect();
+            assert_eq!(a, TbtGen::new(1, &i, kind).take(200).collect::<Vec<_>>());
+            assert_ne!(
+                a,
+                TbtGen::new(2, &i, kind).take(200).collect::<Vec<_>>(),
+                "{kind:?}"
+            );
+        }
+        let a: Vec<_> = L1Gen::new(1, &i, false).take(200).collect();
+        assert_eq!(a, L1Gen::new(1, &i, false).take(200).collect::<Vec<_>>());
+        assert_ne!(a, L1Gen::new(2, &i, false).take(200).collect::<Vec<_>>());
+    }
+
+    /// The property: over 10k trades of the Last stream, a simple delta against the
+    /// same step's quote (at or above the ask +size, at or below the bid -size) finds both
+    /// buyers and sellers.
+    #[test]
+    fn delta_over_last_is_neither_all_buys_nor_all_sells() {
+        for con in [711280073, 265598] {
+            let i = inst(con);
+            let mut quotes = TbtGen::new(21, &i, TbtKind::BidAsk);
+            let mut last = TbtGen::new(21, &i, TbtKind::Last);
+            let (mut buys, mut sells) = (0u32, 0u32);
+            let mut quote = None;
+            for _ in 0..10_000 {
+                let TbtTick::Trade { price, .. } = last.next().unwrap() else {
+                    panic!()
+                };
+                while quotes.market_step() != last.market_step() {
+                    quote = quotes.next();
+                }
+                let Some(TbtTick::BidAsk { bid, ask, .. }) = quote else {
+                    panic!()
+                };
+                if price >= ask {
+                    buys += 1;
+                } else if price <= bid {
+                    sells += 1;
+                }
+            }
+            assert!(
+                buys > 4_000 && sells > 4_000,
+                "{con}: {buys} buys, {sells} sells"
+            );
+        }
     }
 }

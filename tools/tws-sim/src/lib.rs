@@ -11,6 +11,7 @@
 //! around it (a thread pair per connection), [`hub`] what its threads share, [`control`] the
 //! control channel and fault schedule.
 
+pub mod calendar;
 pub mod capture;
 pub mod cli;
 pub mod clock;
@@ -24,6 +25,7 @@ pub mod historical;
 pub mod hub;
 pub mod limits;
 pub mod load;
+pub mod market;
 pub mod schedule;
 pub mod server;
 pub mod session;
