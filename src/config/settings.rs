@@ -250,6 +250,19 @@ impl Settings {
         }
     }
 
+    /// The engine's client id as messages name it: the fixed id, or the registry's
+    /// streaming range when the id comes from the registry.
+    pub fn engine_client_id_text(&self) -> String {
+        if self.client_id_registry {
+            let r = self
+                .client_id_ranges
+                .of(crate::clientid::Purpose::Streaming);
+            format!("from the registry ({}-{})", r.start(), r.end())
+        } else {
+            self.client_id.to_string()
+        }
+    }
+
     /// The directory of the client-id registry's file.
     pub fn client_id_registry_dir(&self) -> PathBuf {
         self.client_id_registry_dir
@@ -1326,6 +1339,7 @@ mod tests {
         };
         let s = load_env(&[("IB_STREAM_ENV", "staging")]).unwrap().settings;
         assert!(!s.client_id_registry, "off unless configured");
+        assert_eq!(s.engine_client_id_text(), "30", "the fixed id");
         assert_eq!(s.client_id_ranges, IdRanges::defaults(Environment::Staging));
         assert_eq!(s.client_id_registry_dir(), s.shm_dir);
         let s = load_env(&[
@@ -1342,6 +1356,7 @@ mod tests {
         assert_eq!(backfill, &(300..=309));
         let streaming = s.client_id_ranges.of(crate::clientid::Purpose::Streaming);
         assert_eq!(streaming, &(30..=31), "staging's default kept");
+        assert_eq!(s.engine_client_id_text(), "from the registry (30-31)");
         let err = load_env(&[("IB_STREAM_CLIENT_ID_RANGES", "streaming=12-13")])
             .unwrap_err()
             .to_string();
