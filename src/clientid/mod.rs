@@ -246,3 +246,67 @@ pub fn status_lines(s: &IdSettings, engine_client_id: Option<i32>) -> Vec<String
     }
     lines
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lists_each_holder_marks_the_gone_and_the_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Settings::defaults(Environment::Development);
+        s.client_id_registry = true;
+        s.client_id_registry_dir = Some(dir.path().to_path_buf());
+        let path = store::file_path(dir.path(), "development");
+        let gone = Process {
+            pid: u32::MAX - 1,
+            start: 1,
+        };
+        store::save(
+            &path,
+            &Registry {
+                leases: vec![
+                    Lease {
+                        id: 15,
+                        purpose: "backfill".into(),
+                        holder: "backfill".into(),
+                        process: gone,
+                        since_ns: 1,
+                    },
+                    Lease {
+                        id: 21,
+                        purpose: "streaming".into(),
+                        holder: "engine".into(),
+                        process: store::this_process(),
+                        since_ns: 2,
+                    },
+                ],
+                refused: vec![registry::Refused {
+                    id: 20,
+                    at_ns: now_ns(),
+                }],
+            },
+        )
+        .unwrap();
+        let lines = status_lines(&IdSettings::of(&s), Some(21));
+        assert!(lines[0].starts_with("client ids: registry "), "{lines:?}");
+        assert!(lines[0].ends_with("engine uses 21"), "{lines:?}");
+        let pid = std::process::id();
+        assert_eq!(
+            lines[1..],
+            [
+                format!(
+                    "  15 backfill backfill pid {} (gone: reclaimed at the next allocation)",
+                    u32::MAX - 1
+                ),
+                format!("  21 streaming engine pid {pid}"),
+                "  20 refused by IB (326), skipped for now".to_string(),
+            ]
+        );
+        s.client_id_registry = false;
+        assert_eq!(
+            status_lines(&IdSettings::of(&s), None),
+            vec!["client ids: fixed 20-25 (registry off); engine uses unknown".to_string()]
+        );
+    }
+}
