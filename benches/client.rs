@@ -119,6 +119,9 @@ fn start_server(a: &Args, rt: &Runtime, dir: &Path) -> (AppState, SocketAddr) {
         control_timeout: Duration::from_secs(1),
         stale_after: Duration::from_secs(5),
         identity: "bench".into(),
+        client_ids: ib_stream::clientid::IdSettings::of(&ib_stream::config::Settings::defaults(
+            ib_stream::config::Environment::Development,
+        )),
     };
     // An (empty) history source, so a client's `since=` is answered (then live).
     let storage = dir.join("storage");

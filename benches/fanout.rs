@@ -619,6 +619,9 @@ fn server_role(v: &[String]) {
         control_timeout: Duration::from_secs(1),
         stale_after: Duration::from_secs(5),
         identity: "bench".into(),
+        client_ids: ib_stream::clientid::IdSettings::of(&ib_stream::config::Settings::defaults(
+            ib_stream::config::Environment::Development,
+        )),
     };
     // The runtime `ib-stream serve` builds (`serve::run_blocking`).
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 pub mod bridge;
+pub mod clientid;
 pub mod config;
 pub mod engine;
 pub mod mirror;

@@ -93,7 +93,8 @@ enum Fault {
     /// A storm of control requests: (client, instrument of [`EXTRA`], subscribe or cancel).
     Control(Vec<(usize, u32, bool)>),
     /// The engine's host slept: its wall clock jumps ahead by `ms`, the monotonic one does
-    /// not, and the connection is gone when it wakes.
+    /// not, and the connection is gone when it wakes; the session hears of the wake
+    /// (`Session::on_wake`) and must connect again at once.
     Sleep { ms: u64 },
     /// IB says 100 (too many messages, as it counted them) and closes the connection.
     Pacing,
@@ -236,6 +237,8 @@ struct World {
     faults: Vec<(u64, Fault)>,
     next_fault: usize,
     pending_restore: Option<(u64, bool)>,
+    /// A wake the engine did not answer with a connect at once (a broken invariant).
+    late_after_wake: Option<String>,
     // Invariant state.
     req_con: HashMap<i32, u32>,
     /// Ticks delivered to the engine and not yet seen in the ring: (conId, gateway time in
@@ -472,6 +475,7 @@ impl World {
             faults,
             next_fault: 0,
             pending_restore: None,
+            late_after_wake: None,
             req_con: HashMap::new(),
             expected: VecDeque::new(),
             arrivals: VecDeque::new(),
@@ -629,6 +633,17 @@ impl World {
             Fault::Sleep { ms } => {
                 self.unix_offset += (ms * MS) as i64;
                 self.cut(false);
+                // The driver sees the boot clock run ahead of the monotonic one at its next
+                // turn and tells the session, which must connect again at once.
+                let clock = self.clock();
+                self.s.on_wake(clock, ms * MS);
+                let due = self.s.next_deadline(self.now);
+                if due > self.now && self.late_after_wake.is_none() {
+                    self.late_after_wake = Some(format!(
+                        "after a wake at {} the next connect is due only at {due}",
+                        self.now
+                    ));
+                }
             }
             Fault::Pacing => {
                 if let Some(c) = &mut self.conn {
@@ -796,7 +811,7 @@ impl World {
                         self.fin_to_eng = false;
                         self.reset_conn_state();
                     }
-                    Action::ShutdownIbWrite | Action::Stop => {}
+                    Action::ShutdownIbWrite | Action::Stop | Action::ClientIdRefused { .. } => {}
                     Action::ControlOut(c) => {
                         let n = self.s.control_out(c).len();
                         self.s.control_written(c, n);
@@ -1074,6 +1089,9 @@ impl World {
 
     /// Invariants after every step.
     fn check(&mut self) -> Result<(), String> {
+        if let Some(e) = self.late_after_wake.take() {
+            return Err(e);
+        }
         self.tap_encoded()?;
         while let ReadOutcome::Record(r) = self.ring.try_read() {
             for b in r.as_bytes_ref() {

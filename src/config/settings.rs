@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::env_file::{EnvFileError, read_env_file};
 use super::tracked::{TrackedContract, TrackedError, format_tracked, parse_tracked};
+use crate::clientid::IdRanges;
 use crate::up::role::Role;
 
 /// One of the side-by-side deployments. They differ in ports, IB client ids, storage path and
@@ -130,6 +131,13 @@ pub struct Settings {
     pub client_id: i32,
     /// How many further ids to try when IB says the id is in use (326).
     pub client_id_range: u32,
+    /// Take IB client ids from the environment's registry (by purpose, persisted) instead
+    /// of [`Settings::client_id`] and [`Settings::client_id_range`].
+    pub client_id_registry: bool,
+    /// Where the registry's file is kept (None: [`Settings::shm_dir`]).
+    pub client_id_registry_dir: Option<PathBuf>,
+    /// The registry's id ranges by purpose.
+    pub client_id_ranges: IdRanges,
     /// TCP connect plus handshake timeout.
     pub connect_timeout: Duration,
     /// Run against the simulated gateway instead of a real one.
@@ -205,6 +213,9 @@ impl Settings {
             ib_ports: env.ib_ports(),
             client_id: env.client_id(),
             client_id_range: 5,
+            client_id_registry: false,
+            client_id_registry_dir: None,
+            client_id_ranges: IdRanges::defaults(env),
             connect_timeout: Duration::from_secs(5),
             simulate: false,
             allow_delayed: true,
@@ -240,6 +251,26 @@ impl Settings {
             tracked_contracts: Vec::new(),
             log_level: "info".into(),
         }
+    }
+
+    /// The engine's client id as messages name it: the fixed id, or the registry's
+    /// streaming range when the id comes from the registry.
+    pub fn engine_client_id_text(&self) -> String {
+        if self.client_id_registry {
+            let r = self
+                .client_id_ranges
+                .of(crate::clientid::Purpose::Streaming);
+            format!("from the registry ({}-{})", r.start(), r.end())
+        } else {
+            self.client_id.to_string()
+        }
+    }
+
+    /// The directory of the client-id registry's file.
+    pub fn client_id_registry_dir(&self) -> PathBuf {
+        self.client_id_registry_dir
+            .clone()
+            .unwrap_or_else(|| self.shm_dir.clone())
     }
 
     /// The engine's control socket (the upstream engine's when this role reads its ring).
@@ -447,6 +478,41 @@ const KEYS: &[KeyDef] = &[
             Ok(())
         },
         get: |s| s.client_id_range.to_string(),
+    },
+    KeyDef {
+        key: "IB_STREAM_CLIENT_ID_REGISTRY",
+        aliases: &[],
+        help: "take client ids from the environment's registry by purpose (else the fixed id)",
+        set: |s, v| {
+            s.client_id_registry = parse_bool(v)?;
+            Ok(())
+        },
+        get: |s| s.client_id_registry.to_string(),
+    },
+    KeyDef {
+        key: "IB_STREAM_CLIENT_ID_REGISTRY_DIR",
+        aliases: &[],
+        help: "directory of the client-id registry's file (default: the shm dir)",
+        set: |s, v| {
+            s.client_id_registry_dir = if v.trim().is_empty() {
+                None
+            } else {
+                Some(nonempty_path(v)?)
+            };
+            Ok(())
+        },
+        get: |s| s.client_id_registry_dir().display().to_string(),
+    },
+    KeyDef {
+        key: "IB_STREAM_CLIENT_ID_RANGES",
+        aliases: &[],
+        help: "registry ranges, e.g. streaming=10-11,backfill=5-7,lookup=2-4,tools=8-9 \
+               (purposes not named keep the environment's default)",
+        set: |s, v| {
+            s.client_id_ranges = IdRanges::parse_over(&IdRanges::defaults(s.environment), v)?;
+            Ok(())
+        },
+        get: |s| s.client_id_ranges.to_string(),
     },
     KeyDef {
         key: "IB_STREAM_CONNECTION_TIMEOUT",
@@ -1277,6 +1343,44 @@ mod tests {
         .unwrap_err();
         assert!(
             err.to_string().contains("did you mean IB_STREAM_CLIENT_ID"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_client_id_registry_settings_default_per_environment_and_validate() {
+        let load_env = |pairs: &[(&str, &str)]| {
+            load(&ConfigSources {
+                env_vars: vars(pairs),
+                ..Default::default()
+            })
+        };
+        let s = load_env(&[("IB_STREAM_ENV", "staging")]).unwrap().settings;
+        assert!(!s.client_id_registry, "off unless configured");
+        assert_eq!(s.engine_client_id_text(), "30", "the fixed id");
+        assert_eq!(s.client_id_ranges, IdRanges::defaults(Environment::Staging));
+        assert_eq!(s.client_id_registry_dir(), s.shm_dir);
+        let s = load_env(&[
+            ("IB_STREAM_ENV", "staging"),
+            ("IB_STREAM_CLIENT_ID_REGISTRY", "on"),
+            ("IB_STREAM_CLIENT_ID_REGISTRY_DIR", "/var/lib/ib-stream"),
+            ("IB_STREAM_CLIENT_ID_RANGES", "backfill=300-309"),
+        ])
+        .unwrap()
+        .settings;
+        assert!(s.client_id_registry);
+        assert_eq!(s.client_id_registry_dir(), Path::new("/var/lib/ib-stream"));
+        let backfill = s.client_id_ranges.of(crate::clientid::Purpose::Backfill);
+        assert_eq!(backfill, &(300..=309));
+        let streaming = s.client_id_ranges.of(crate::clientid::Purpose::Streaming);
+        assert_eq!(streaming, &(30..=31), "staging's default kept");
+        assert_eq!(s.engine_client_id_text(), "from the registry (30-31)");
+        let err = load_env(&[("IB_STREAM_CLIENT_ID_RANGES", "streaming=12-13")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("IB_STREAM_CLIENT_ID_RANGES")
+                && err.contains("the streaming ids 12-13 overlap the lookup ids 12-14"),
             "{err}"
         );
     }

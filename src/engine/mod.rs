@@ -16,6 +16,7 @@ pub mod publish;
 pub mod session;
 pub mod sub_gaps;
 pub mod subs;
+pub mod wake;
 
 pub use backoff::Backoff;
 pub use driver::{Engine, EngineError, run};

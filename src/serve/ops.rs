@@ -1,5 +1,5 @@
 //! Operations endpoints: `/health`, `/ready`, `/metrics`, `/background/status`,
-//! `/v3/streams`.
+//! `/v3/streams`, `/v3/client-ids`.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -225,6 +225,26 @@ pub async fn background_status(
         "engine": engine,
         "contracts": contracts,
     })))
+}
+
+/// `GET /v3/client-ids`: every IB client id in use in this environment: the registry's
+/// leases and refusals when it is on, the fixed range when it is off, and the id the
+/// engine reports in its status region.
+pub async fn client_ids(
+    State(st): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    Params::parse(q.as_deref(), &[])?;
+    let engine = match read_engine_status(&st) {
+        EngineStatusView::Snapshot(snap, _) => Some(snap.engine.client_id),
+        EngineStatusView::Unavailable(_) => None,
+    };
+    let ids = st.cfg.client_ids.clone();
+    // The registry's file is read from disk: off the async workers.
+    let body = tokio::task::spawn_blocking(move || crate::clientid::view(&ids, engine))
+        .await
+        .map_err(|e| ApiError::unavailable("client_ids", format!("client ids: {e}")))?;
+    Ok(Json(body).into_response())
 }
 
 /// `GET /v3/streams`: the shared subscriptions and the client streams on each.

@@ -84,6 +84,8 @@ pub struct ServeConfig {
     pub stale_after: Duration,
     /// The identity under which this process holds engine subscriptions.
     pub identity: String,
+    /// Where the client ids in use are read from (`GET /v3/client-ids`).
+    pub client_ids: crate::clientid::IdSettings,
 }
 
 impl ServeConfig {
@@ -106,6 +108,7 @@ impl ServeConfig {
             control_timeout: Duration::from_secs(5),
             stale_after: Duration::from_secs(5),
             identity: format!("serve-{}", std::process::id()),
+            client_ids: crate::clientid::IdSettings::of(s),
         }
     }
 

@@ -483,7 +483,7 @@ fn print_intro(plan: &Plan) {
         _ if !s.role.runs_engine() => {}
         Some(p) => say!(
             "up: {env}: simulating an IB Gateway (tws-sim on 127.0.0.1:{p}), client id {}",
-            s.client_id
+            s.engine_client_id_text()
         ),
         None => say!(
             "up: {env}: IB at {}:{}, client id {}",
@@ -493,7 +493,7 @@ fn print_intro(plan: &Plan) {
                 .map(u16::to_string)
                 .collect::<Vec<_>>()
                 .join(","),
-            s.client_id
+            s.engine_client_id_text()
         ),
     }
     say!(

@@ -143,7 +143,7 @@ pub fn not_ready_hint(kind: ChildKind, plan: &Plan) -> String {
                     .map(u16::to_string)
                     .collect::<Vec<_>>()
                     .join(","),
-                s.client_id
+                s.engine_client_id_text()
             )
         }
         ChildKind::Recorder => format!(

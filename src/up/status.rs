@@ -94,7 +94,12 @@ pub fn summarise(settings: &Settings, timeout: Duration) -> (String, Result<(), 
         }
     }
 
-    engine_section(ring_dir, now as i64, &mut out, &mut bad);
+    let engine_client_id = engine_section(ring_dir, now as i64, &mut out, &mut bad);
+    for line in
+        crate::clientid::status_lines(&crate::clientid::IdSettings::of(settings), engine_client_id)
+    {
+        let _ = writeln!(out, "{line}");
+    }
     readers_section(ring_dir, &mut out);
 
     let records = settings
@@ -225,20 +230,21 @@ fn readers_section(shm: &Path, out: &mut String) {
     );
 }
 
-fn engine_section(shm: &Path, now: i64, out: &mut String, bad: &mut Vec<String>) {
+/// The engine's lines; returns the client id it reports.
+fn engine_section(shm: &Path, now: i64, out: &mut String, bad: &mut Vec<String>) -> Option<i32> {
     let reader = match StatusReader::open(&shm.join(STATUS_REGION)) {
         Ok(r) => r,
         Err(e) => {
             let _ = writeln!(out, "engine:   no status region ({e})");
             bad.push("no engine status region".into());
-            return;
+            return None;
         }
     };
     let mut snap = StatusSnapshot::new_boxed();
     if let Err(e) = reader.read(&mut snap) {
         let _ = writeln!(out, "engine:   {e}");
         bad.push(format!("engine: {e}"));
-        return;
+        return None;
     }
     let e = &snap.engine;
     let state = ConnState::from_u8(e.conn_state);
@@ -291,6 +297,7 @@ fn engine_section(shm: &Path, now: i64, out: &mut String, bad: &mut Vec<String>)
             s.con_id, kind, state, s.ticks
         );
     }
+    Some(snap.engine.client_id)
 }
 
 /// Whose web server answered `/health`.

@@ -235,6 +235,7 @@ pub struct EnvOpts {
     pub ws: WsLimits,
     pub per_ip: ib_stream::serve::limits::PerIpLimits,
     pub history: Option<Arc<dyn HistorySource>>,
+    pub client_ids: ib_stream::clientid::IdSettings,
 }
 
 impl Default for EnvOpts {
@@ -249,6 +250,9 @@ impl Default for EnvOpts {
             ws: WsLimits::default(),
             per_ip: ib_stream::serve::limits::PerIpLimits::default(),
             history: None,
+            client_ids: ib_stream::clientid::IdSettings::of(
+                &ib_stream::config::Settings::defaults(ib_stream::config::Environment::Development),
+            ),
         }
     }
 }
@@ -284,6 +288,7 @@ pub fn config(dir: &std::path::Path, o: &EnvOpts) -> ServeConfig {
         control_timeout: Duration::from_secs(5),
         stale_after: Duration::from_secs(5),
         identity: "serve-test".into(),
+        client_ids: o.client_ids.clone(),
     }
 }
 

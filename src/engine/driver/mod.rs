@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpStream, UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::clientid::{ClientIds, Purpose};
 use crate::config::Settings;
 use crate::ipc::{IpcError, ShmOptions};
 
@@ -28,6 +29,10 @@ pub mod rx_stamp;
 use super::contract_store;
 use super::publish::{Publisher, unix_ns};
 use super::session::{Action, Clock, EngineOptions, Session};
+use super::wake::{self, WakeDetector};
+
+/// The engine's name in the client-id registry.
+pub const REGISTRY_HOLDER: &str = "engine";
 
 const IB: Token = Token(0);
 const LISTENER: Token = Token(1);
@@ -84,6 +89,10 @@ pub struct Engine {
     next_token: usize,
     start: Instant,
     stop: Arc<AtomicBool>,
+    /// The client-id registry, when the engine's id comes from it.
+    ids: Option<ClientIds>,
+    /// Sees the host sleep between two loop turns.
+    wake: WakeDetector,
 }
 
 impl Engine {
@@ -122,7 +131,8 @@ impl Engine {
             mono: 0,
             unix: unix_ns(),
         };
-        let session = Session::new(
+        let wake = WakeDetector::new(opts.wake_threshold_ms.saturating_mul(1_000_000));
+        let mut session = Session::new(
             settings.clone(),
             opts,
             publisher,
@@ -131,6 +141,18 @@ impl Engine {
             crate::ipc::shm::random_u64(),
             clock,
         );
+        let ids = ClientIds::from_settings(&settings);
+        if let Some(ids) = &ids {
+            let id = ids
+                .acquire(Purpose::Streaming, REGISTRY_HOLDER)
+                .map_err(|e| EngineError::Config(format!("client id: {e}")))?;
+            info!(
+                client_id = id,
+                registry = %ids.path().display(),
+                "client id from the registry"
+            );
+            session.set_client_id(clock, id);
+        }
         let mut engine = Engine {
             settings,
             session,
@@ -146,6 +168,8 @@ impl Engine {
             next_token: FIRST_CLIENT,
             start,
             stop: Arc::new(AtomicBool::new(false)),
+            ids,
+            wake,
         };
         engine.after_input();
         Ok(engine)
@@ -178,6 +202,7 @@ impl Engine {
             "engine started"
         );
         while !self.stop.load(Ordering::Relaxed) {
+            self.watch_for_sleep();
             let clock = self.clock();
             self.session.on_timeout(clock);
             self.after_input();
@@ -267,6 +292,38 @@ impl Engine {
                 Err(e) => warn!("cannot write the contract store (contracts stay in memory): {e}"),
             },
             Action::Stop => self.stop.store(true, Ordering::Relaxed),
+            Action::ClientIdRefused { id } => self.on_client_id_refused(id),
+        }
+    }
+
+    /// IB said 326 for the registry's id: the registry's next id, or a clear error (the
+    /// session then tries the same id again after a backoff).
+    fn on_client_id_refused(&mut self, id: i32) {
+        let Some(ids) = &self.ids else { return };
+        match ids.refused(Purpose::Streaming, REGISTRY_HOLDER, id) {
+            Ok(next) => {
+                info!(
+                    refused = id,
+                    next, "client id in use at IB; the registry gave the next"
+                );
+                let clock = self.clock();
+                self.session.set_client_id(clock, next);
+            }
+            Err(e) => {
+                error!("client id {id} refused by IB (326) and {e}; trying again after a backoff")
+            }
+        }
+    }
+
+    /// Tells the session when the host slept since the last turn.
+    fn watch_for_sleep(&mut self) {
+        let Some((boot, mono)) = wake::read_clocks() else {
+            return;
+        };
+        if let Some(slept) = self.wake.observe(boot, mono) {
+            let clock = self.clock();
+            self.session.on_wake(clock, slept);
+            self.after_input();
         }
     }
 
@@ -440,6 +497,11 @@ impl Engine {
         let clock = self.clock();
         self.session.finish_stop(clock);
         let _ = std::fs::remove_file(&self.socket_path);
+        if let Some(ids) = &self.ids
+            && let Err(e) = ids.release(self.session.client_id())
+        {
+            warn!("cannot give the client id back to the registry (reclaimed once we exit): {e}");
+        }
     }
 
     fn flush_stop(&mut self, queued: usize, start: u64) {

@@ -67,7 +67,7 @@ impl Session {
         self.schedule_connect(now, delay);
     }
 
-    fn schedule_connect(&mut self, now: u64, delay: u64) {
+    pub(super) fn schedule_connect(&mut self, now: u64, delay: u64) {
         self.next_connect = Some(now + delay);
         if delay > 0 {
             let id = self.client_id();

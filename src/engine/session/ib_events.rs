@@ -102,6 +102,22 @@ impl Session {
             .as_ref()
             .map_or((0, self.client_id()), |c| (c.version, c.hs.client_id));
         match code {
+            codes::CLIENT_ID_IN_USE if self.given_client_id.is_some() => {
+                // The registry's id: the caller picks the next (Action::ClientIdRefused);
+                // until it does, the next connect waits a backoff, so a registry with no
+                // id to give never turns this into a loop of connects.
+                warn!(
+                    client_id,
+                    "IB says client id {client_id} is in use (326); asking the registry for the next"
+                );
+                self.disconnect("client id in use (326)", now, true);
+                if !self.stopping {
+                    let d = self.backoff.next_delay();
+                    self.schedule_connect(now, d);
+                    self.actions
+                        .push_back(Action::ClientIdRefused { id: client_id });
+                }
+            }
             codes::CLIENT_ID_IN_USE => {
                 let range = self.settings.client_id_range;
                 self.client_id_offset = (self.client_id_offset + 1) % (range + 1);

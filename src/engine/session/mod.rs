@@ -27,7 +27,8 @@
 //! disconnects), [`ib_events`] (IB's messages, error policy, farm notices, subscription and
 //! contract book events), [`pump`] (the paced outbound queue), [`lookups`] (contract
 //! lookups of control clients), [`requests`] (control requests and their JSON),
-//! [`timers`] (deadlines, status, watchdog), [`stop`] (the clean stop).
+//! [`timers`] (deadlines, status, watchdog), [`stop`] (the clean stop), [`wake`] (the host
+//! slept: reconnect at once).
 
 mod handshake;
 mod ib_events;
@@ -36,6 +37,7 @@ mod pump;
 mod requests;
 mod stop;
 mod timers;
+mod wake;
 
 #[cfg(test)]
 mod tests;
@@ -124,6 +126,10 @@ pub struct EngineOptions {
     /// Longest reconnect delay in ms.
     #[arg(long, default_value_t = 30_000)]
     pub backoff_cap_ms: u64,
+    /// A host sleep longer than this (ms; the boot clock running ahead of the monotonic
+    /// one between two loop turns) makes the engine reconnect at once (0: not watched).
+    #[arg(long, default_value_t = 2_000)]
+    pub wake_threshold_ms: u64,
 }
 
 impl Default for EngineOptions {
@@ -137,6 +143,7 @@ impl Default for EngineOptions {
             status_ms: 100,
             backoff_base_ms: 250,
             backoff_cap_ms: 30_000,
+            wake_threshold_ms: 2_000,
         }
     }
 }
@@ -163,6 +170,12 @@ pub enum Action {
     SaveContracts(Vec<StoredContract>),
     /// A control client asked the engine to stop.
     Stop,
+    /// IB refused the client id given with [`Session::set_client_id`] (326). The next
+    /// connect waits a backoff unless the caller gives another id (its registry's next).
+    ClientIdRefused {
+        /// The id refused.
+        id: i32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +220,11 @@ pub struct Session {
     conn: Option<IbConn>,
     port_idx: usize,
     client_id_offset: u32,
+    /// The id the caller's registry gave ([`Session::set_client_id`]); None: the settings'
+    /// fixed id, moved through its range on 326.
+    given_client_id: Option<i32>,
+    /// Sleeps of the host the caller reported ([`Session::on_wake`]).
+    wakes: u64,
     backoff: Backoff,
     next_connect: Option<u64>,
     pacer: Pacer,
@@ -304,6 +322,8 @@ impl Session {
             conn: None,
             port_idx: 0,
             client_id_offset: 0,
+            given_client_id: None,
+            wakes: 0,
             next_connect: Some(clock.mono),
             pacing_blocked: false,
             extra: VecDeque::new(),
@@ -387,9 +407,24 @@ impl Session {
 
     /// The client id the next (or current) connection uses.
     pub fn client_id(&self) -> i32 {
-        self.settings
-            .client_id
-            .saturating_add(self.client_id_offset as i32)
+        self.given_client_id.unwrap_or_else(|| {
+            self.settings
+                .client_id
+                .saturating_add(self.client_id_offset as i32)
+        })
+    }
+
+    /// Connect with `id` from now on (the caller's client-id registry chose it): at the
+    /// next connect, at once when one is waiting for a backoff after
+    /// [`Action::ClientIdRefused`], since a new id needs no backoff.
+    pub fn set_client_id(&mut self, clock: Clock, id: i32) {
+        self.clock = clock;
+        let changed = self.given_client_id != Some(id);
+        self.given_client_id = Some(id);
+        if changed && self.conn.is_none() && !self.stopping && self.next_connect.is_some() {
+            self.next_connect = Some(clock.mono);
+        }
+        self.status_dirty = true;
     }
 
     /// True once `nextValidId` arrived on the current connection.

@@ -623,3 +623,108 @@ fn a_refusal_at_ibs_slot_cap_is_retried_a_second_apart_until_a_slot_is_free() {
         (SubState::Active, 0, None)
     );
 }
+
+/// The StartApi's client id of the next connect.
+fn next_start_id(h: &mut Harness) -> i32 {
+    let (_, start) = h.connect();
+    let ClientMsg::StartApi { client_id, .. } = start else {
+        panic!("{start:?}")
+    };
+    client_id
+}
+
+#[test]
+fn a_registry_id_refused_with_326_is_handed_back_and_a_new_one_connects_at_once() {
+    let mut h = Harness::new(false);
+    h.s.set_client_id(h.clock, 40);
+    assert_eq!(next_start_id(&mut h), 40);
+    assert!(!h.error(-1, codes::CLIENT_ID_IN_USE));
+    let acts = h.actions();
+    assert!(acts.contains(&Action::CloseIb), "{acts:?}");
+    assert!(
+        acts.contains(&Action::ClientIdRefused { id: 40 }),
+        "{acts:?}"
+    );
+    // Until the caller gives another id the session waits: no loop of refused connects.
+    assert!(h.s.next_deadline(h.clock.mono) > h.clock.mono);
+    h.s.set_client_id(h.clock, 41);
+    assert_eq!(
+        h.s.next_deadline(h.clock.mono),
+        h.clock.mono,
+        "a new id: at once"
+    );
+    assert_eq!(next_start_id(&mut h), 41);
+    assert!(h.gateway(&[ServerMsg::NextValidId { order_id: 1 }]));
+    assert!(h.s.is_ready());
+    assert_eq!(h.s.client_id(), 41);
+}
+
+#[test]
+fn a_registry_id_refused_with_no_successor_is_tried_again_after_a_backoff() {
+    let mut h = Harness::new(false);
+    h.s.set_client_id(h.clock, 40);
+    assert_eq!(next_start_id(&mut h), 40);
+    let refused_at = h.clock.mono;
+    assert!(!h.error(-1, codes::CLIENT_ID_IN_USE));
+    h.actions();
+    let (at, port) = h
+        .until_connect(60_000 * MS)
+        .expect("a connect after the backoff");
+    assert!(at > refused_at, "after a backoff, not at once");
+    assert_eq!(port, 4002, "the same port: 326 is not the port's fault");
+    h.s.on_connecting(h.clock);
+    h.s.on_connected(h.clock);
+    assert_eq!(
+        h.s.client_id(),
+        40,
+        "the registry's id, not the fixed range"
+    );
+}
+
+#[test]
+fn a_wake_reconnects_at_once_and_the_gap_starts_before_the_sleep() {
+    let mut h = Harness::new(true);
+    h.ready();
+    let req = h.tbt_request().unwrap();
+    h.at(100 * MS);
+    h.quote(req);
+    let last_rx = h.clock.unix;
+    h.records();
+    // The host sleeps an hour: the wall clock moves on, the monotonic clock does not.
+    let slept = 3_600_000 * MS;
+    h.clock.unix += slept as i64;
+    h.at(110 * MS);
+    let woke = h.clock.unix;
+    h.s.on_wake(h.clock, slept);
+    assert_eq!(h.s.wakes(), 1);
+    assert!(h.actions().contains(&Action::CloseIb));
+    assert_eq!(h.s.next_deadline(h.clock.mono), h.clock.mono, "no backoff");
+    h.ready();
+    let gaps: Vec<Record> = h
+        .records()
+        .into_iter()
+        .filter(|r| r.kind() == Some(RecordKind::Gap) && r.instrument_id == 0)
+        .collect();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(gaps[0].tick_type, GapReason::Disconnected as u8);
+    assert_eq!(
+        gaps[0].body[2], last_rx,
+        "from the last bytes before the sleep"
+    );
+    assert!(gaps[0].body[3] >= woke, "to the reconnect after it");
+}
+
+#[test]
+fn a_wake_during_a_backoff_connects_at_once() {
+    let mut h = Harness::new(false);
+    h.ready();
+    h.s.on_closed(h.clock, "reset by peer");
+    h.actions();
+    assert!(
+        h.s.next_deadline(h.clock.mono) > h.clock.mono,
+        "backing off"
+    );
+    h.s.on_wake(h.clock, 5_000 * MS);
+    assert_eq!(h.s.next_deadline(h.clock.mono), h.clock.mono);
+    assert_eq!(h.tick(), Some(4002));
+}

@@ -102,6 +102,7 @@ impl Session {
 
     fn refresh_status(&mut self) {
         let offset = self.clock.unix - self.clock.mono as i64;
+        let client_id = self.client_id();
         let p = &mut self.ingest.publisher;
         for (key, ticks, last_mono) in self.ingest.subs.tick_stats() {
             if let Some(s) = p
@@ -116,7 +117,7 @@ impl Session {
                 };
             }
         }
-        p.snap.engine.client_id = self.settings.client_id + self.client_id_offset as i32;
+        p.snap.engine.client_id = client_id;
         p.snap.set_farms(self.farms.farms());
         // IB does not say which contracts a farm serves: while any market data farm is
         // broken, every subscription's data may be stale.
