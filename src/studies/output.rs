@@ -75,7 +75,7 @@ impl RowWriter {
 
     fn width(&self, col: &str, c: &Cell) -> usize {
         let w = match c {
-            Cell::Time(_) => 25,
+            Cell::Time(_) => 32,
             Cell::Bool(_) | Cell::Text(_) => 7,
             _ => TABLE_WIDTH,
         };
