@@ -417,3 +417,104 @@ fn server_get(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(subcommand)]
+        study: StudyCommand,
+    }
+
+    fn common(args: &[&str]) -> CommonArgs {
+        let mut v = vec!["t", "passthrough"];
+        v.extend_from_slice(args);
+        match T::try_parse_from(v).unwrap().study {
+            StudyCommand::Passthrough(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_interval_is_the_storage_querys_microseconds() {
+        let c = common(&[
+            "--con-id",
+            "7",
+            "--from",
+            "2026-01-05T14:30:00.0000015Z",
+            "--to",
+            "2026-01-05T14:31:00.0000001Z",
+        ]);
+        let s = selection(&c).unwrap();
+        // From floors, to rounds up: a record is in when its microsecond overlaps the range.
+        assert_eq!(s.from_us, Some(1_767_623_400_000_001));
+        assert_eq!(s.to_us, Some(1_767_623_460_000_001));
+        assert_eq!((s.con_id, s.trades), (7, TradeKind::Last));
+        // Civil times are read in --tz.
+        let c = common(&[
+            "--con-id",
+            "7",
+            "--from",
+            "2026-01-05 09:30",
+            "--tz",
+            "America/New_York",
+        ]);
+        assert_eq!(selection(&c).unwrap().from_us, Some(1_767_623_400_000_000));
+    }
+
+    #[test]
+    fn bad_options_are_refused_before_any_input_is_read() {
+        let c = common(&[
+            "--con-id",
+            "7",
+            "--from",
+            "2026-01-05",
+            "--to",
+            "2026-01-04",
+        ]);
+        assert!(matches!(selection(&c), Err(StudiesError::Usage(_))));
+        assert!(
+            T::try_parse_from([
+                "t",
+                "passthrough",
+                "--con-id",
+                "7",
+                "--url",
+                "x",
+                "--storage"
+            ])
+            .is_err()
+        );
+        let ctx = Context {
+            ring_dir: "/nonexistent".into(),
+            storage_root: "/nonexistent".into(),
+            default_url: "http://127.0.0.1:1".into(),
+            token: None,
+        };
+        let run_args = |v: &[&str]| {
+            let mut a = vec!["t"];
+            a.extend_from_slice(v);
+            let study = T::try_parse_from(a).unwrap().study;
+            run(&StudiesArgs { study }, &ctx, &mut Vec::new())
+        };
+        let e = run_args(&[
+            "passthrough",
+            "--con-id",
+            "7",
+            "--storage",
+            "--from",
+            "2026-01-05",
+        ]);
+        assert!(matches!(e, Err(StudiesError::Usage(m)) if m.contains("--to")));
+        let e = run_args(&["bars", "--con-id", "7", "--size", "2d"]);
+        assert!(matches!(e, Err(StudiesError::Usage(_))));
+        let e = run_args(&["bars", "--con-id", "7", "--tz", "Mars/Base"]);
+        assert!(matches!(e, Err(StudiesError::Clock(_))));
+        // No ring there: the input's error, naming the file.
+        let e = run_args(&["bars", "--con-id", "7"]).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent"), "{e}");
+    }
+}
