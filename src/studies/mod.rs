@@ -129,8 +129,9 @@ pub fn ns_to_us(ns: i64) -> i64 {
 /// studies ignore (other contracts and kinds, trades of the other trade kind, a trade without
 /// a price or size).
 pub fn event_of(rec: &Record, con_id: u32, trades: TradeKind) -> Option<Event> {
-    let kind = rec.kind()?;
-    if kind == RecordKind::Gap {
+    // On the kind byte itself: this runs for every record of a study's input.
+    let kind = rec.kind;
+    if kind == RecordKind::Gap as u8 {
         if rec.instrument_id != 0 && rec.instrument_id != con_id {
             return None;
         }
@@ -156,30 +157,29 @@ pub fn event_of(rec: &Record, con_id: u32, trades: TradeKind) -> Option<Event> {
     if rec.instrument_id != con_id {
         return None;
     }
-    let t_us = ns_to_us(rec.ts_recv);
-    let kind = if kind == trades.record_kind() {
-        let t = rec.as_trade()?;
-        if t.price == UNDEF_I64 || t.size == UNDEF_I64 {
+    let b = &rec.body;
+    let kind = if kind == trades.record_kind() as u8 {
+        if b[0] == UNDEF_I64 || b[1] == UNDEF_I64 {
             return None;
         }
         TickKind::Trade {
-            price: t.price,
-            size: t.size,
+            price: b[0],
+            size: b[1],
         }
-    } else if kind == RecordKind::TbtBidAsk {
-        let q = rec.as_quote()?;
+    } else if kind == RecordKind::TbtBidAsk as u8 {
+        // Body order: bid price, ask price, bid size, ask size.
         TickKind::Quote {
-            bid: q.bid_price,
-            ask: q.ask_price,
-            bid_size: q.bid_size,
-            ask_size: q.ask_size,
+            bid: b[0],
+            ask: b[1],
+            bid_size: b[2],
+            ask_size: b[3],
         }
     } else {
         return None;
     };
     Some(Event::Tick(Tick {
         seq: rec.seq,
-        t_us,
+        t_us: ns_to_us(rec.ts_recv),
         kind,
     }))
 }
