@@ -1,6 +1,7 @@
 //! `ib-stream studies`: the same recorded interval read from the three inputs — this machine's
 //! ring, the web server (through the client crate) and storage — gives byte-identical output,
-//! for bars, delta and VWAP (and passthrough, which shows the ticks themselves). The system
+//! for bars, delta, multi-delta, VWAP and Bollinger (and passthrough, which shows the ticks
+//! themselves). The system
 //! is real: `ib-stream up --simulate` (tws-sim, engine, recorder, web server).
 //!
 //! The test compares the inputs with each other, never with a particular market shape; the
@@ -112,6 +113,8 @@ fn ring_server_and_storage_give_byte_identical_studies() {
         &["delta", "--bar", "1s"],
         &["vwap"],
         &["vwap", "--window", "2s"],
+        &["multi-delta", "--sizes", "1s,2s"],
+        &["bollinger", "--period", "3s", "--min-trades", "2"],
     ] {
         let [ring, server, storage] = studies_of(study);
         let head: String = outputs.first().map_or(String::new(), |p: &String| {
