@@ -1,8 +1,8 @@
 //! `ib-stream studies`: the same recorded interval read from the three inputs — this machine's
 //! ring, the web server (through the client crate) and storage — gives byte-identical output,
 //! for bars, delta, multi-delta, VWAP and Bollinger (and passthrough, which shows the ticks
-//! themselves). The system
-//! is real: `ib-stream up --simulate` (tws-sim, engine, recorder, web server).
+//! themselves). The system is real: `ib-stream up --simulate` (tws-sim, engine, recorder, web
+//! server).
 //!
 //! The test compares the inputs with each other, never with a particular market shape; the
 //! study arithmetic is checked against hand-computed values in the unit tests of
