@@ -11,6 +11,7 @@ pub mod recorder;
 pub mod report;
 pub mod serve;
 pub mod storage;
+pub mod studies;
 pub mod tickjson;
 pub mod tools;
 pub mod up;

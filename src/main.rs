@@ -58,6 +58,8 @@ enum Command {
     Status(ib_stream::up::status::StatusArgs),
     /// Inspect, check, export and import recorded history.
     Storage(ib_stream::storage::cli::StorageArgs),
+    /// Studies and bars (delta, VWAP, Bollinger, ...) from the ring, a server or storage.
+    Studies(ib_stream::studies::cli::StudiesArgs),
     /// Republish the ring on a NATS JetStream stream (engine host).
     Bridge(ib_stream::bridge::BridgeArgs),
     /// Rebuild the engine host's ring here from its JetStream stream.
@@ -101,6 +103,7 @@ fn main() -> std::process::ExitCode {
             | Command::Top(_)
             | Command::Status(_)
             | Command::Storage(_)
+            | Command::Studies(_)
     );
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -134,6 +137,16 @@ fn is_permanent(e: &anyhow::Error) -> bool {
     config || report::is_permanent(e.as_ref())
 }
 
+/// This environment's web server as a client reaches it: one bound to every address is
+/// reached on loopback.
+fn local_url(s: &config::Settings) -> String {
+    let host = match s.serve_host.as_str() {
+        "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
+        h => h,
+    };
+    format!("http://{host}:{}", s.serve_port)
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Record(args) => {
@@ -143,6 +156,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Storage(args) => {
             let loaded = load(&cli.global)?;
             ib_stream::storage::cli::run(&args, &loaded.settings.storage_path)?;
+        }
+        Command::Studies(args) => {
+            let loaded = load(&cli.global)?;
+            let s = &loaded.settings;
+            let ctx = ib_stream::studies::cli::Context {
+                ring_dir: s.ring_dir().to_path_buf(),
+                storage_root: s.storage_path.clone(),
+                default_url: local_url(s),
+                token: s.token.clone(),
+            };
+            ib_stream::studies::cli::run(&args, &ctx, &mut std::io::stdout().lock())?;
         }
         Command::Config(ConfigCommand::Check) => {
             let loaded = load(&cli.global)?;
@@ -200,12 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(args) => {
             let loaded = load(&cli.global)?;
             let s = &loaded.settings;
-            // A server bound to every address is reached on loopback.
-            let host = match s.serve_host.as_str() {
-                "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
-                h => h,
-            };
-            let url = format!("http://{host}:{}", s.serve_port);
+            let url = local_url(s);
             ib_stream::tools::watch::run(&args, &url, s.token.as_deref(), &mut std::io::stdout())?;
         }
         Command::Serve(args) => {

@@ -1,0 +1,520 @@
+//! `ib-stream studies <study>`: a study over one of three inputs (`--ring`, the default;
+//! `--url`; `--storage`), written as a table, JSON lines or CSV.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::bars::{BarAggregator, BarSize, BarSource};
+use super::bollinger::Bollinger;
+use super::clock::{Clock, ClockError, parse_time_size};
+use super::delta::{Delta, MultiDelta};
+use super::input::{self, Input, InputError, Selection};
+use super::output::{Format, RowWriter};
+use super::passthrough::Passthrough;
+use super::vwap::{Vwap, VwapWindow};
+use super::{Event, Study, TradeKind};
+use crate::storage::query::time;
+
+/// Options of `ib-stream studies`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StudiesArgs {
+    /// The study.
+    #[command(subcommand)]
+    pub study: StudyCommand,
+}
+
+/// The studies.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum StudyCommand {
+    /// OHLCV, trade count and VWAP bars by time, tick count or volume.
+    Bars(BarsArgs),
+    /// Trades classified against the quote in force, per trade or per bar.
+    Delta(DeltaArgs),
+    /// Delta bars of several sizes at once.
+    MultiDelta(MultiDeltaArgs),
+    /// VWAP over the session or a rolling window, with volatility bands.
+    Vwap(VwapArgs),
+    /// Moving average of trade prices with standard-deviation bands.
+    Bollinger(BollingerArgs),
+    /// The ticks and gaps the studies receive.
+    Passthrough(CommonArgs),
+    /// The server's health (`GET /health`).
+    Health(ServerArgs),
+    /// What the server streams (`GET /v3/streams`).
+    Info(ServerArgs),
+}
+
+/// Input, interval, clock and output, shared by every study.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// The contract.
+    #[arg(long = "con-id")]
+    pub con_id: u32,
+    /// Read this machine's ring (the default).
+    #[arg(long, conflicts_with_all = ["url", "storage"])]
+    pub ring: bool,
+    /// Read a web server, e.g. `http://127.0.0.1:8101` (history then live from --from).
+    #[arg(long, conflicts_with = "storage")]
+    pub url: Option<String>,
+    /// Read recorded history (the configured storage, or this directory); needs --from and
+    /// --to.
+    #[arg(long, num_args = 0..=1, require_equals = false, value_name = "ROOT")]
+    pub storage: Option<Option<PathBuf>>,
+    /// First receive time (RFC 3339, `YYYY-MM-DD[ HH:MM[:SS]]` in --tz, `now`).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End receive time (exclusive).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// The exchange's time zone: bars align to its clock, times print in it.
+    #[arg(long, default_value = "America/New_York")]
+    pub tz: String,
+    /// Local time the exchange's session starts (daily bars, session VWAP, cumulative delta).
+    #[arg(long, default_value = "18:00")]
+    pub session_start: String,
+    /// Which trades: last or all_last.
+    #[arg(long, value_enum, default_value_t = TradeKind::Last)]
+    pub trades: TradeKind,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Stop after this many seconds (ring and server).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Wait this long for the ring to appear, in seconds.
+    #[arg(long, default_value_t = 0.0)]
+    pub wait: f64,
+    /// Bearer token for --url (default: IB_STREAM_TOKEN).
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+/// `bars`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BarsArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Time bars of this size (1s to 1d: `1s`, `5m`, `1h`, `1d`).
+    #[arg(long, default_value = "1m", conflicts_with_all = ["ticks", "volume"])]
+    pub size: String,
+    /// Bars of this many trades (or quotes).
+    #[arg(long)]
+    pub ticks: Option<u64>,
+    /// Bars of this much volume.
+    #[arg(long)]
+    pub volume: Option<String>,
+    /// Prices: trades, or the bid, ask or mid of quotes.
+    #[arg(long, value_enum, default_value_t = BarSource::Trades)]
+    pub source: BarSource,
+    /// Write empty time bars for intervals without a price.
+    #[arg(long)]
+    pub fill: bool,
+}
+
+/// `delta`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeltaArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Per time bar of this size instead of per trade.
+    #[arg(long)]
+    pub bar: Option<String>,
+}
+
+/// `multi-delta`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MultiDeltaArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Bar sizes, comma-separated.
+    #[arg(long, default_value = "1m,5m,15m", value_delimiter = ',')]
+    pub sizes: Vec<String>,
+}
+
+/// `vwap`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VwapArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// `session`, or a rolling window (`30m`).
+    #[arg(long, default_value = "session")]
+    pub window: String,
+    /// Bands at this many times the realised volatility.
+    #[arg(long, default_value_t = 3.0)]
+    pub k: f64,
+}
+
+/// `bollinger`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BollingerArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Window (`1200s`, `20m`).
+    #[arg(long, default_value = "1200s")]
+    pub period: String,
+    /// Bands at this many standard deviations.
+    #[arg(long, default_value_t = 1.0)]
+    pub k: f64,
+    /// No value until this many trades are in the window.
+    #[arg(long, default_value_t = 10)]
+    pub min_trades: u64,
+}
+
+/// `health` and `info`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// The web server (default: this environment's).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Bearer token (default: IB_STREAM_TOKEN).
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+/// Why `studies` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StudiesError {
+    /// A bad option.
+    #[error("{0}")]
+    Usage(String),
+    /// A bad time zone or session start.
+    #[error(transparent)]
+    Clock(#[from] ClockError),
+    /// A bad time.
+    #[error(transparent)]
+    Time(#[from] time::TimeError),
+    /// The input failed.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// Writing the output failed.
+    #[error("write")]
+    Write(#[from] std::io::Error),
+    /// The server could not be asked.
+    #[error("{0}")]
+    Server(String),
+}
+
+/// What the configuration supplies.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The ring's directory.
+    pub ring_dir: PathBuf,
+    /// The storage root.
+    pub storage_root: PathBuf,
+    /// This environment's web server.
+    pub default_url: String,
+    /// IB_STREAM_TOKEN.
+    pub token: Option<String>,
+}
+
+/// Runs a study, writing to `out`.
+pub fn run(args: &StudiesArgs, ctx: &Context, out: &mut dyn Write) -> Result<(), StudiesError> {
+    use StudyCommand as C;
+    match &args.study {
+        C::Bars(a) => {
+            let clock = clock(&a.common)?;
+            let size = match (a.ticks, &a.volume) {
+                (Some(0), _) => {
+                    return Err(StudiesError::Usage("--ticks must be at least 1".into()));
+                }
+                (Some(n), _) => BarSize::Ticks(n),
+                (None, Some(v)) => BarSize::Volume(
+                    crate::tickjson::parse_fixed(v, crate::ipc::SIZE_SCALE)
+                        .filter(|v| *v > 0)
+                        .ok_or_else(|| {
+                            StudiesError::Usage(format!("--volume {v:?} is not a positive size"))
+                        })?,
+                ),
+                (None, None) => {
+                    BarSize::Time(parse_time_size(&a.size).map_err(StudiesError::Usage)?)
+                }
+            };
+            let s = BarAggregator::new(size, a.source, a.fill, clock.clone());
+            drive(s, &a.common, clock, ctx, out)
+        }
+        C::Delta(a) => {
+            let clock = clock(&a.common)?;
+            let bar = a
+                .bar
+                .as_deref()
+                .map(parse_time_size)
+                .transpose()
+                .map_err(StudiesError::Usage)?;
+            drive(Delta::new(clock.clone(), bar), &a.common, clock, ctx, out)
+        }
+        C::MultiDelta(a) => {
+            let clock = clock(&a.common)?;
+            let sizes = a
+                .sizes
+                .iter()
+                .map(|s| parse_time_size(s))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(StudiesError::Usage)?;
+            drive(MultiDelta::new(&clock, &sizes), &a.common, clock, ctx, out)
+        }
+        C::Vwap(a) => {
+            let clock = clock(&a.common)?;
+            let window = if a.window == "session" {
+                VwapWindow::Session
+            } else {
+                VwapWindow::Rolling(time::parse_duration(&a.window)?.max(1000) / 1000)
+            };
+            drive(
+                Vwap::new(clock.clone(), window, a.k),
+                &a.common,
+                clock,
+                ctx,
+                out,
+            )
+        }
+        C::Bollinger(a) => {
+            let clock = clock(&a.common)?;
+            let period = time::parse_duration(&a.period)?.max(1000) / 1000;
+            drive(
+                Bollinger::new(period, a.k, a.min_trades),
+                &a.common,
+                clock,
+                ctx,
+                out,
+            )
+        }
+        C::Passthrough(c) => {
+            let clock = clock(c)?;
+            drive(Passthrough, c, clock, ctx, out)
+        }
+        C::Health(s) => server_get(s, ctx, "/health", out),
+        C::Info(s) => server_get(s, ctx, "/v3/streams", out),
+    }
+}
+
+fn clock(c: &CommonArgs) -> Result<Clock, StudiesError> {
+    Ok(Clock::new(&c.tz, &c.session_start)?)
+}
+
+fn selection(c: &CommonArgs) -> Result<Selection, StudiesError> {
+    let tz = time::zone(&c.tz)?;
+    let now = crate::ipc::shm::unix_time_ns() as i64;
+    let from_ns = c
+        .from
+        .as_deref()
+        .map(|s| time::parse_time(s, &tz, now))
+        .transpose()?;
+    let to_ns =
+        c.to.as_deref()
+            .map(|s| time::parse_time(s, &tz, now))
+            .transpose()?;
+    if let (Some(a), Some(b)) = (from_ns, to_ns)
+        && a >= b
+    {
+        return Err(StudiesError::Usage(format!(
+            "--from {a} ns is not before --to {b} ns"
+        )));
+    }
+    // The storage query's rule: a record is in range when its microsecond overlaps
+    // [from, to), so `to` rounds up to the microsecond.
+    Ok(Selection {
+        con_id: c.con_id,
+        trades: c.trades,
+        from_us: from_ns.map(|n| n.div_euclid(1000)),
+        to_us: to_ns.map(|n| n.div_euclid(1000) + i64::from(n.rem_euclid(1000) != 0)),
+    })
+}
+
+/// Feeds one input to `study`, writing its rows as they come.
+fn drive<S: Study>(
+    mut study: S,
+    c: &CommonArgs,
+    clock: Clock,
+    ctx: &Context,
+    out: &mut dyn Write,
+) -> Result<(), StudiesError> {
+    let sel = selection(c)?;
+    let mut w = RowWriter::new(c.format, clock);
+    let mut rows: Vec<S::Out> = Vec::with_capacity(64);
+    let result = {
+        let mut sink = |i: Input| -> Result<(), std::io::Error> {
+            match i {
+                Input::Event(Event::Tick(t)) => study.on_tick(&t, &mut rows),
+                Input::Event(Event::Gap(g)) => study.on_gap(&g, &mut rows),
+                Input::Clock(now) => study.on_clock(now, &mut rows),
+            }
+            for r in rows.drain(..) {
+                w.row(&r);
+            }
+            // Flush on the clock too, so a live study's closed bars show at once.
+            if w.buffered() > 32 * 1024 || matches!(i, Input::Clock(_)) && w.buffered() > 0 {
+                w.flush(out)?;
+            }
+            Ok(())
+        };
+        match (&c.url, &c.storage) {
+            (Some(url), _) => {
+                let token = c.token.as_deref().or(ctx.token.as_deref());
+                input::remote(url, token, &sel, c.seconds, &mut sink)
+            }
+            (None, Some(root)) => {
+                if sel.from_us.is_none() || sel.to_us.is_none() {
+                    return Err(StudiesError::Usage(
+                        "--storage needs --from and --to".into(),
+                    ));
+                }
+                let root = root.as_deref().unwrap_or(&ctx.storage_root);
+                input::storage(root, &sel, &mut sink)
+            }
+            (None, None) => input::ring(
+                &ctx.ring_dir,
+                &sel,
+                Duration::from_secs_f64(c.wait.max(0.0)),
+                c.seconds,
+                &mut sink,
+            ),
+        }
+    };
+    match result {
+        Ok(()) => {}
+        // The reader of our output went away: it has what it wanted.
+        Err(InputError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        Err(InputError::Output(e)) => return Err(e.into()),
+        Err(e) => return Err(e.into()),
+    }
+    study.finish(&mut rows);
+    for r in rows.drain(..) {
+        w.row(&r);
+    }
+    w.flush(out)?;
+    Ok(())
+}
+
+fn server_get(
+    s: &ServerArgs,
+    ctx: &Context,
+    path: &str,
+    out: &mut dyn Write,
+) -> Result<(), StudiesError> {
+    let url = s.url.as_deref().unwrap_or(&ctx.default_url);
+    let ep =
+        ib_stream_client::endpoint(url, None).map_err(|e| StudiesError::Server(e.to_string()))?;
+    let (host, port) = ep
+        .authority
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| StudiesError::Server(format!("{url}: no host:port")))?;
+    let token = s.token.as_deref().or(ctx.token.as_deref());
+    let a = crate::up::http::get(&host, port, path, token, Duration::from_secs(5))
+        .map_err(|e| StudiesError::Server(format!("GET {url}{path}: {e}")))?;
+    writeln!(out, "{}", a.body.trim_end())?;
+    if a.status != 200 {
+        return Err(StudiesError::Server(format!(
+            "GET {url}{path}: HTTP {}",
+            a.status
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(subcommand)]
+        study: StudyCommand,
+    }
+
+    fn common(args: &[&str]) -> CommonArgs {
+        let mut v = vec!["t", "passthrough"];
+        v.extend_from_slice(args);
+        match T::try_parse_from(v).unwrap().study {
+            StudyCommand::Passthrough(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_interval_is_the_storage_querys_microseconds() {
+        let c = common(&[
+            "--con-id",
+            "7",
+            "--from",
+            "2026-01-05T14:30:00.0000015Z",
+            "--to",
+            "2026-01-05T14:31:00.0000001Z",
+        ]);
+        let s = selection(&c).unwrap();
+        // From floors, to rounds up: a record is in when its microsecond overlaps the range.
+        assert_eq!(s.from_us, Some(1_767_623_400_000_001));
+        assert_eq!(s.to_us, Some(1_767_623_460_000_001));
+        assert_eq!((s.con_id, s.trades), (7, TradeKind::Last));
+        // Civil times are read in --tz.
+        let c = common(&[
+            "--con-id",
+            "7",
+            "--from",
+            "2026-01-05 09:30",
+            "--tz",
+            "America/New_York",
+        ]);
+        assert_eq!(selection(&c).unwrap().from_us, Some(1_767_623_400_000_000));
+    }
+
+    #[test]
+    fn bad_options_are_refused_before_any_input_is_read() {
+        let c = common(&[
+            "--con-id",
+            "7",
+            "--from",
+            "2026-01-05",
+            "--to",
+            "2026-01-04",
+        ]);
+        assert!(matches!(selection(&c), Err(StudiesError::Usage(_))));
+        assert!(
+            T::try_parse_from([
+                "t",
+                "passthrough",
+                "--con-id",
+                "7",
+                "--url",
+                "x",
+                "--storage"
+            ])
+            .is_err()
+        );
+        let ctx = Context {
+            ring_dir: "/nonexistent".into(),
+            storage_root: "/nonexistent".into(),
+            default_url: "http://127.0.0.1:1".into(),
+            token: None,
+        };
+        let run_args = |v: &[&str]| {
+            let mut a = vec!["t"];
+            a.extend_from_slice(v);
+            let study = T::try_parse_from(a).unwrap().study;
+            run(&StudiesArgs { study }, &ctx, &mut Vec::new())
+        };
+        let e = run_args(&[
+            "passthrough",
+            "--con-id",
+            "7",
+            "--storage",
+            "--from",
+            "2026-01-05",
+        ]);
+        assert!(matches!(e, Err(StudiesError::Usage(m)) if m.contains("--to")));
+        let e = run_args(&["bars", "--con-id", "7", "--size", "2d"]);
+        assert!(matches!(e, Err(StudiesError::Usage(_))));
+        let e = run_args(&["bars", "--con-id", "7", "--tz", "Mars/Base"]);
+        assert!(matches!(e, Err(StudiesError::Clock(_))));
+        // No ring there: the input's error, naming the file.
+        let e = run_args(&["bars", "--con-id", "7"]).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent"), "{e}");
+    }
+}
