@@ -50,6 +50,7 @@
 use crate as tws;
 pub use ib_stream_ipc as ipc;
 
+pub mod civil;
 pub mod codes;
 pub mod contract;
 pub mod decimal;
