@@ -89,21 +89,6 @@ fn ticks_failed(req_id: i32, why: &str) -> Reply {
     }
 }
 
-fn query(c: &ib_stream_tws::Contract) -> ContractQuery {
-    ContractQuery {
-        con_id: c.con_id,
-        symbol: c.symbol.clone(),
-        sec_type: c.sec_type.clone(),
-        exchange: c.exchange.clone(),
-        primary_exchange: c.primary_exchange.clone(),
-        currency: c.currency.clone(),
-        local_symbol: c.local_symbol.clone(),
-        trading_class: c.trading_class.clone(),
-        multiplier: c.multiplier.clone(),
-        last_trade_date_or_contract_month: c.last_trade_date_or_contract_month.clone(),
-    }
-}
-
 /// The generator stream a whatToShow reads.
 pub fn kind_for(what_to_show: &str) -> Option<TbtKind> {
     match what_to_show.to_ascii_uppercase().as_str() {
@@ -361,7 +346,7 @@ impl Gateway {
         c: &ib_stream_tws::Contract,
         out: &mut Vec<Reply>,
     ) -> Option<usize> {
-        let q = query(c);
+        let q = ContractQuery::from(c);
         if let Some(cause) = crate::session::contract_problem(&q) {
             out.push(crate::session::invalid(req_id, "bX", cause));
             return None;

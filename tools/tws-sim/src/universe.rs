@@ -189,6 +189,23 @@ pub struct ContractQuery {
     pub last_trade_date_or_contract_month: String,
 }
 
+impl From<&ib_stream_tws::Contract> for ContractQuery {
+    fn from(c: &ib_stream_tws::Contract) -> Self {
+        ContractQuery {
+            con_id: c.con_id,
+            symbol: c.symbol.clone(),
+            sec_type: c.sec_type.clone(),
+            exchange: c.exchange.clone(),
+            primary_exchange: c.primary_exchange.clone(),
+            currency: c.currency.clone(),
+            local_symbol: c.local_symbol.clone(),
+            trading_class: c.trading_class.clone(),
+            multiplier: c.multiplier.clone(),
+            last_trade_date_or_contract_month: c.last_trade_date_or_contract_month.clone(),
+        }
+    }
+}
+
 impl ContractQuery {
     /// A short description for error texts.
     pub fn describe(&self) -> String {

@@ -73,21 +73,6 @@ pub struct Inbound {
     version: u32,
 }
 
-fn query(c: &Contract) -> ContractQuery {
-    ContractQuery {
-        con_id: c.con_id,
-        symbol: c.symbol.clone(),
-        sec_type: c.sec_type.clone(),
-        exchange: c.exchange.clone(),
-        primary_exchange: c.primary_exchange.clone(),
-        currency: c.currency.clone(),
-        local_symbol: c.local_symbol.clone(),
-        trading_class: c.trading_class.clone(),
-        multiplier: c.multiplier.clone(),
-        last_trade_date_or_contract_month: c.last_trade_date_or_contract_month.clone(),
-    }
-}
-
 fn request(msg: ClientMsg) -> Incoming {
     Incoming::Request(Box::new(match msg {
         ClientMsg::StartApi { client_id, .. } => return Incoming::StartApi { client_id },
@@ -99,7 +84,7 @@ fn request(msg: ClientMsg) -> Incoming {
             ..
         } => Request::MktData {
             req_id,
-            contract: query(&contract),
+            contract: ContractQuery::from(&contract),
             generic_tick_list,
             snapshot,
         },
@@ -111,7 +96,7 @@ fn request(msg: ClientMsg) -> Incoming {
             ..
         } => Request::TickByTick {
             req_id,
-            contract: query(&contract),
+            contract: ContractQuery::from(&contract),
             tick_type,
         },
         ClientMsg::CancelTickByTick { req_id } => Request::CancelTickByTick { req_id },
@@ -120,7 +105,7 @@ fn request(msg: ClientMsg) -> Incoming {
         }
         ClientMsg::ReqContractDetails { req_id, contract } => Request::ContractDetails {
             req_id,
-            contract: query(&contract),
+            contract: ContractQuery::from(&contract),
         },
         ClientMsg::ReqCurrentTime => Request::CurrentTime,
         ClientMsg::ReqIds { .. } => Request::Ids,
