@@ -156,6 +156,28 @@ struct Resync {
     hole_seen: Option<u64>,
     /// The next consumer starts here (earlier than `applied`: records to read again).
     rewind: Option<u64>,
+    /// The last rewind: where to, and the ring's last sequence and string count then.
+    last_rewind: Option<(u64, u64, u32)>,
+}
+
+impl Resync {
+    /// Whether to read the stream again from `from` for a hole found at `seq`, the local
+    /// ring ending at `last_seq` with `have_strings` strings. Not when a rewind to the same
+    /// place from the same state was already made: reading again then found nothing new
+    /// (seen: two holes in strings the cluster lost, each sending the mirror back to the
+    /// same sequence in turn, forever), so the hole is what the stream holds.
+    fn rewind_to(&mut self, from: u64, seq: u64, last_seq: u64, have_strings: u32) -> bool {
+        if from >= seq {
+            return false;
+        }
+        let key = (from, last_seq, have_strings);
+        if self.last_rewind == Some(key) {
+            return false;
+        }
+        self.last_rewind = Some(key);
+        self.rewind = Some(from);
+        true
+    }
 }
 
 /// Without a message for this long, the mirror checks that the stream has nothing new.
@@ -329,8 +351,12 @@ async fn session(
                                 .await?;
                                 // Only a search that ended counts: a failed one searches again.
                                 st.hole_seen = Some(seq);
-                                if from < seq {
-                                    st.rewind = Some(from);
+                                if st.rewind_to(
+                                    from,
+                                    seq,
+                                    applier.last_seq(),
+                                    applier.strings_len(),
+                                ) {
                                     anyhow::bail!(
                                         "stream sequence {seq} skips ring sequences {records:?} \
                                          / string ids {strings:?}, which the stream holds from \
@@ -393,5 +419,30 @@ async fn session(
         } else if pending.is_none() {
             applier.heartbeat(now_ns);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rewind_that_found_nothing_new_is_not_made_again() {
+        let mut st = Resync::default();
+        // Two holes in turn send the mirror back to 48645 with the same local state.
+        assert!(st.rewind_to(48_645, 49_905, 50_000, 164));
+        assert_eq!(st.rewind, Some(48_645));
+        st.rewind = None;
+        assert!(
+            !st.rewind_to(48_645, 50_928, 50_000, 164),
+            "no progress: apply the hole"
+        );
+        assert!(!st.rewind_to(48_645, 49_905, 50_000, 164));
+        assert_eq!(st.rewind, None);
+        // Progress since (a string arrived), or another place: reading again may help.
+        assert!(st.rewind_to(48_645, 50_928, 50_000, 165));
+        assert!(st.rewind_to(48_000, 50_928, 50_000, 165));
+        // Nothing earlier to read.
+        assert!(!st.rewind_to(50_928, 50_928, 50_000, 165));
     }
 }
