@@ -309,9 +309,15 @@ impl Settings {
         self.history_root() != self.storage_path
     }
 
-    /// Whether the web server may ask the engine it reads for subscriptions.
+    /// Whether the web server may ask the engine it reads for subscriptions: its own engine,
+    /// an upstream one only when allowed, never a mirror's (the engine is on another host,
+    /// beyond NATS: the server streams what that engine carries, as its mirrored status says).
     pub fn may_subscribe(&self) -> bool {
-        !self.role.reads_upstream_ring() || self.upstream_subscribe
+        if self.role.reads_upstream_ring() {
+            self.upstream_subscribe
+        } else {
+            self.role.runs_engine()
+        }
     }
 }
 
@@ -1508,6 +1514,15 @@ mod tests {
             .settings;
         assert_eq!(own.history_root(), own.storage_path);
         assert!(!own.history_read_only() && own.may_subscribe());
+        // A mirror host has no engine to ask: its server streams what the mirrored status
+        // says the engine host carries, even with IB_STREAM_UPSTREAM_SUBSCRIBE set.
+        let mirror = load_with(&[
+            ("IB_STREAM_ROLE", "mirror"),
+            ("IB_STREAM_UPSTREAM_SUBSCRIBE", "true"),
+        ])
+        .unwrap()
+        .settings;
+        assert!(!mirror.may_subscribe());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

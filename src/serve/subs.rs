@@ -211,9 +211,10 @@ impl SharedSubs {
             StatusCode::FORBIDDEN,
             "upstream_read_only",
             format!(
-                "this server reads another environment's engine read-only (IB_STREAM_ROLE \
-                 passthrough/migration) and that engine does not stream {} {}; subscribe \
-                 there, or set IB_STREAM_UPSTREAM_SUBSCRIBE=true to let this server ask it",
+                "this server reads another engine's ring read-only (IB_STREAM_ROLE \
+                 passthrough/migration, or mirror: the engine is on the bridge's host) and \
+                 that engine does not stream {} {}; subscribe there (passthrough/migration: \
+                 or set IB_STREAM_UPSTREAM_SUBSCRIBE=true to let this server ask it)",
                 key.0,
                 key.1.name()
             ),
