@@ -14,10 +14,13 @@
 //! ([`check_ack`]), and a resync waits for a leader whose stream end reaches what was
 //! acknowledged ([`Floor`]): a new leader can answer before it has applied its log.
 
+pub mod audit;
 pub mod wire;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -143,11 +146,13 @@ pub fn run(cfg: &BridgeConfig) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let stop = stop_flag()?;
     rt.block_on(async {
         let client = connect(&cfg.urls, "ib-stream bridge").await?;
-        let mut backoff = Duration::from_millis(100);
+        let mut retry = Retry::new(std::process::id().into());
         let mut floor = Floor::default();
         loop {
+            let began = Instant::now();
             // A context per session: the acknowledgements the last one left unread keep
             // their permits in the context's acker for its ack timeout, and a new session
             // on the same context would wait for them without a word (seen: 30 s stalls
@@ -162,16 +167,58 @@ pub fn run(cfg: &BridgeConfig) -> anyhow::Result<()> {
                 .timeout(REQUEST_TIMEOUT)
                 .ack_timeout(REQUEST_TIMEOUT)
                 .build(client.clone());
-            match session(cfg, &js, &mut floor).await {
+            match session(cfg, &js, &mut floor, &stop).await {
                 Ok(()) => return Ok(()),
+                Err(e) if stop.load(Ordering::Relaxed) => {
+                    tracing::info!(error = %format!("{e:#}"), "bridge: stopped");
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "bridge: resynchronising with the stream");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(retry.delay_after(began.elapsed())).await;
                 }
             }
         }
     })
+}
+
+/// Set by SIGINT or SIGTERM: the bridge then settles what it published and exits, the
+/// mirror saves its place and acknowledges what it applied.
+pub fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    Ok(stop)
+}
+
+/// The wait before a bridge or mirror session starts again: exponential with jitter up to
+/// 2 s, and back to the first step after a session that ran [`Retry::STABLE`] (a fault
+/// hours after the last one must not wait as long as the tenth retry of an outage).
+#[derive(Debug, Clone)]
+pub struct Retry {
+    backoff: crate::engine::Backoff,
+}
+
+impl Retry {
+    /// A session that lasted this long was healthy.
+    pub const STABLE: Duration = Duration::from_secs(10);
+
+    /// Jittered by `seed` (the process id: two bridges do not retry in step).
+    pub fn new(seed: u64) -> Retry {
+        Retry {
+            backoff: crate::engine::Backoff::new(100_000_000, 2_000_000_000, seed),
+        }
+    }
+
+    /// How long to wait after a session that ended in an error having run `lasted`.
+    pub fn delay_after(&mut self, lasted: Duration) -> Duration {
+        if lasted >= Self::STABLE {
+            self.backoff.reset();
+        }
+        Duration::from_nanos(self.backoff.next_delay())
+    }
 }
 
 /// Creates the stream or brings its retention to the configured one.
@@ -463,11 +510,17 @@ impl Publisher<'_> {
     /// `IDLE_POLL` itself: tokio's timer cannot wake it sooner than a millisecond, which
     /// was most of a tick's A-ring-to-C-ring latency (bench `bridge`).
     async fn idle(&mut self) -> anyhow::Result<()> {
+        self.settle_all().await?;
+        tokio::task::yield_now().await;
+        std::thread::sleep(IDLE_POLL);
+        Ok(())
+    }
+
+    /// Waits for every outstanding acknowledgement and checks each.
+    async fn settle_all(&mut self) -> anyhow::Result<()> {
         while !self.acks.is_empty() {
             self.ack_one().await?;
         }
-        tokio::task::yield_now().await;
-        std::thread::sleep(IDLE_POLL);
         Ok(())
     }
 
@@ -559,6 +612,7 @@ async fn session(
     cfg: &BridgeConfig,
     js: &jetstream::Context,
     floor: &mut Floor,
+    stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let mut stream = ensure_stream(js, cfg).await?;
     let resume = resume_point(&mut stream, &cfg.env, floor).await?;
@@ -619,6 +673,13 @@ async fn session(
     let mut last_ts: i64 = 0;
     let mut buf = vec![Record::ZERO; 1024];
     loop {
+        if stop.load(Ordering::Relaxed) {
+            // Everything published is acknowledged (or the error says what is not): a
+            // restarted bridge resumes from the stream's end with nothing in doubt.
+            p.settle_all().await?;
+            tracing::info!(published = p.published, last_pos = pos, "bridge: stopped");
+            return Ok(());
+        }
         let batch = f.read_batch(&mut buf);
         if batch.records > 0
             && let Some((first_id, strings)) = side.new_strings()
@@ -720,6 +781,25 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_back_off_and_start_over_after_a_stable_session() {
+        let mut r = Retry::new(7);
+        let quick = Duration::from_millis(50);
+        let first = r.delay_after(quick);
+        assert!(first <= Duration::from_millis(100), "{first:?}");
+        let mut last = first;
+        for _ in 0..8 {
+            last = r.delay_after(quick);
+        }
+        assert!(last >= Duration::from_secs(1), "grew to the cap: {last:?}");
+        assert!(last <= Duration::from_secs(2), "{last:?}");
+        let after_stable = r.delay_after(Retry::STABLE);
+        assert!(
+            after_stable <= Duration::from_millis(100),
+            "{after_stable:?}"
+        );
+    }
 
     #[test]
     fn an_ack_must_put_the_message_at_the_expected_sequence_duplicate_or_not() {

@@ -29,6 +29,7 @@
 pub mod apply;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -128,19 +129,24 @@ pub fn run(cfg: &MirrorConfig) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let stop = bridge::stop_flag()?;
     rt.block_on(async {
         let client = bridge::connect(&cfg.urls, "ib-stream mirror").await?;
         let js = jetstream::new(client);
-        let mut backoff = Duration::from_millis(100);
+        let mut retry = bridge::Retry::new(std::process::id().into());
         let mut st = Resync::default();
         loop {
-            match session(cfg, &js, &mut applier, &mut applied, &mut st).await {
+            let began = Instant::now();
+            match session(cfg, &js, &mut applier, &mut applied, &mut st, &stop).await {
                 Ok(()) => return Ok(()),
+                Err(e) if stop.load(Ordering::Relaxed) => {
+                    tracing::info!(error = %format!("{e:#}"), applied, "mirror: stopped");
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), applied, "mirror: consumer lost, recreating it");
                     applier.heartbeat(ib_stream_ipc::shm::unix_time_ns());
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(retry.delay_after(began.elapsed())).await;
                 }
             }
         }
@@ -250,6 +256,7 @@ async fn session(
     applier: &mut Applier,
     applied: &mut u64,
     st: &mut Resync,
+    stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let mut stream = bounded(
         "the environment's stream (is a bridge running?)",
@@ -401,7 +408,9 @@ async fn session(
             }
             Err(_) => {}
         }
-        if since_ack >= 1024
+        let stopping = stop.load(Ordering::Relaxed);
+        if stopping
+            || since_ack >= 1024
             || (pending.is_some() && last_ack.elapsed() >= Duration::from_millis(20))
         {
             if let Some(epoch) = applier.epoch() {
@@ -416,6 +425,10 @@ async fn session(
             since_ack = 0;
             last_ack = Instant::now();
             applier.heartbeat(now_ns);
+            if stopping {
+                tracing::info!(applied, "mirror: stopped");
+                return Ok(());
+            }
         } else if pending.is_none() {
             applier.heartbeat(now_ns);
         }
