@@ -64,6 +64,9 @@ enum Command {
     Bridge(ib_stream::bridge::BridgeArgs),
     /// Rebuild the engine host's ring here from its JetStream stream.
     Mirror(ib_stream::mirror::MirrorArgs),
+    /// Read the environment's JetStream stream and check it holds each record once, in
+    /// order, with every hole declared (one JSON line; exit code 1 when it does not).
+    StreamAudit(ib_stream::bridge::audit::AuditArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -246,6 +249,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &loaded.settings,
                 &args,
             )?)?;
+        }
+        Command::StreamAudit(args) => {
+            let loaded = load(&cli.global)?;
+            let env = args
+                .stream_env
+                .clone()
+                .unwrap_or_else(|| loaded.settings.environment.name().to_owned());
+            let urls = ib_stream::bridge::split_urls(&args.nats_url);
+            let report = ib_stream::bridge::audit::run(&urls, &env)?;
+            println!("{}", serde_json::to_string(&report)?);
+            if !report.is_clean() {
+                std::process::exit(1);
+            }
         }
         Command::Up(args) => ib_stream::up::run(&up_flags(&cli.global), &args)?,
         Command::Status(args) => ib_stream::up::status::run(&up_flags(&cli.global), &args)?,
