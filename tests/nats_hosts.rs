@@ -7,9 +7,10 @@
 //! Faults, one after another, each followed by the same check: C's ring holds every
 //! record of A's ring once, in order, under the same epoch and sequences, or a gap record
 //! covering exactly the sequences the bridge never read (only the deliberate lap may
-//! produce one): kill -9 the bridge, the mirror, one NATS node (the cluster continues), all
-//! NATS nodes (restarted on their file storage), cut C's and then A's link for 6 s, a
-//! bridge lapped by the ring, and an engine restart (a new run, a new ring on C).
+//! produce one): kill -9 the bridge, SIGTERM the bridge and the mirror (each exits 0),
+//! kill -9 the mirror, one NATS node (the cluster continues), all NATS nodes (restarted on
+//! their file storage), cut C's and then A's link for 6 s, a bridge lapped by the ring, and
+//! an engine restart (a new run, a new ring on C).
 //!
 //! Needs root, `ip netns` and nats-server (scripts/install-nats.sh installs it; the test
 //! command runs it first). Without them the test fails saying so: it never passes untested.
@@ -24,7 +25,8 @@ use std::time::{Duration, Instant};
 use ib_stream::ipc::{
     GapReason, Quote, RING_FILE_NAME, ReadOutcome, Record, RecordKind, RingReader, RingWriter,
     STATUS_FILE_NAME, STRINGS_FILE_NAME, ShmOptions, StartAt, StatusReader, StatusSnapshot,
-    StatusWriter, StringTableConfig, StringTableReader, StringTableWriter, Trade,
+    StatusWriter, StringTableConfig, StringTableReader, StringTableWriter, SubState, SubStatus,
+    Trade,
 };
 
 const ENGINE_CAPACITY: u64 = 1 << 15;
@@ -57,6 +59,9 @@ struct Hosts {
     nats: [Option<Child>; 3],
     bridge: Option<Child>,
     mirror: Option<Child>,
+    /// `ib-stream serve` on C's ring and an SSE client (`ib-stream watch`) of it, both on C.
+    serve: Option<Child>,
+    watch: Option<Child>,
     netns: Vec<String>,
 }
 
@@ -65,7 +70,12 @@ impl Drop for Hosts {
         for c in self
             .nats
             .iter_mut()
-            .chain([&mut self.bridge, &mut self.mirror])
+            .chain([
+                &mut self.bridge,
+                &mut self.mirror,
+                &mut self.watch,
+                &mut self.serve,
+            ])
             .flatten()
         {
             let _ = c.kill();
@@ -78,6 +88,8 @@ impl Drop for Hosts {
             for name in [
                 "bridge.log",
                 "mirror.log",
+                "serve.log",
+                "watch.log",
                 "nats-a.log",
                 "nats-b.log",
                 "nats-c.log",
@@ -121,6 +133,8 @@ impl Hosts {
             nats: [None, None, None],
             bridge: None,
             mirror: None,
+            serve: None,
+            watch: None,
             netns: Vec::new(),
         };
         fs::create_dir_all(&h.tmp).unwrap();
@@ -266,11 +280,122 @@ impl Hosts {
         self.mirror = Some(self.spawn("c", "mirror.log", &a));
     }
 
+    /// The web server on C's ring, and an SSE client of it on C (the Rust streaming client
+    /// behind `ib-stream watch`), its ticks as JSON lines in `watch.jsonl`.
+    fn start_serve_and_watch(&mut self) {
+        let mut args = Self::ib_args(&self.shm_c);
+        args.extend([
+            "--set".into(),
+            format!(
+                "IB_STREAM_STORAGE_PATH={}",
+                self.tmp.join("storage-c").display()
+            ),
+            "--set".into(),
+            "IB_STREAM_ROLE=mirror".into(),
+        ]);
+        let mut serve = args.clone();
+        serve.extend(
+            [
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "8101",
+                "--heartbeat-secs",
+                "1",
+            ]
+            .map(String::from),
+        );
+        let a: Vec<&str> = serve.iter().map(String::as_str).collect();
+        self.serve = Some(self.spawn("c", "serve.log", &a));
+        let mut watch = args;
+        watch.extend(
+            [
+                "watch",
+                "--url",
+                "http://127.0.0.1:8101",
+                "--con-id",
+                "1000",
+                "--con-id",
+                "1001",
+                "--transport",
+                "sse",
+            ]
+            .map(String::from),
+        );
+        let out = fs::File::create(self.tmp.join("watch.jsonl")).unwrap();
+        let log = fs::File::create(self.tmp.join("watch.log")).unwrap();
+        self.watch = Some(
+            Command::new("ip")
+                .args(["netns", "exec", &self.ns("c")])
+                .args(&watch)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    /// `(conId, seq)` of every tick the SSE client on C printed, in order.
+    fn watched(&self) -> Vec<(u32, u64)> {
+        let text = fs::read_to_string(self.tmp.join("watch.jsonl")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| {
+                (
+                    v["cid"].as_u64().expect("cid") as u32,
+                    v["seq"].as_u64().expect("seq"),
+                )
+            })
+            .collect()
+    }
+
     fn kill(child: &mut Option<Child>) {
         if let Some(mut c) = child.take() {
             c.kill().unwrap();
             c.wait().unwrap();
         }
+    }
+
+    /// `ib-stream stream-audit` from host C: the stream must hold every record once, in
+    /// order, each hole declared (what a restarted bridge's de-duplication promises).
+    fn audit(&self, what: &str) -> serde_json::Value {
+        let mut args = Self::ib_args(&self.shm_c);
+        args.extend(["stream-audit".into(), "--nats-url".into(), Self::urls()]);
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns("c")])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{what}: stream audit failed: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert!(report["messages"].as_u64().unwrap() > 0, "{what}: {report}");
+        report
+    }
+
+    /// SIGTERM: the process must finish what it started and exit 0 within a few seconds.
+    fn terminate(child: &mut Option<Child>, what: &str) {
+        let mut c = child.take().expect("running");
+        sh(&["kill", "-TERM", &c.id().to_string()]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                panic!("{what} still running 10 s after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "{what} after SIGTERM: {status}");
     }
 
     /// Takes host `node`'s link down (its port on the switch) for `d`, then up again.
@@ -379,6 +504,13 @@ impl Engine {
         if n.is_multiple_of(100) {
             let mut snap = StatusSnapshot::new_boxed();
             snap.counters.records_published = n;
+            // What a mirror host's web server may stream (it cannot subscribe itself).
+            for con_id in 1000..1004 {
+                for kind in [RecordKind::TbtBidAsk, RecordKind::TbtLast] {
+                    snap.push_subscription(SubStatus::new(con_id, kind, SubState::Active, 1))
+                        .unwrap();
+                }
+            }
             self.status.as_mut().unwrap().publish(&snap, n as i64);
         }
     }
@@ -519,6 +651,64 @@ fn check_run(h: &Hosts, engine: &Engine, epoch: u64, what: &str) -> Vec<(u64, u6
     gaps
 }
 
+/// The SSE client on C saw, per contract, every tick of A's first run from its first one
+/// on, once and in order, except inside the lap's gap; then, after the engine restart, the
+/// new run from its first tick of that contract to A's last.
+fn check_watched(h: &Hosts, t: &Ticker, old: u64, new: u64, lap: (u64, u64)) {
+    let e = t.engine.lock().unwrap();
+    for cid in [1000u32, 1001] {
+        let want = |epoch: u64| -> Vec<u64> {
+            e.log
+                .iter()
+                .filter(|(ep, r)| *ep == epoch && r.instrument_id == cid)
+                .map(|(_, r)| r.seq)
+                .collect()
+        };
+        let (want_old, want_new) = (want(old), want(new));
+        let last_new = *want_new.last().expect("the new run has ticks");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let got = loop {
+            let got: Vec<u64> = h
+                .watched()
+                .into_iter()
+                .filter(|(c, _)| *c == cid)
+                .map(|(_, s)| s)
+                .collect();
+            if got.last() == Some(&last_new) || Instant::now() >= deadline {
+                break got;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        // The run change is where the sequence starts again.
+        let split = got
+            .windows(2)
+            .position(|w| w[1] <= w[0])
+            .map(|i| i + 1)
+            .unwrap_or_else(|| panic!("contract {cid}: no new run seen by the SSE client"));
+        let (got_old, got_new) = got.split_at(split);
+        let first = got_old[0];
+        let expect_old: Vec<u64> = want_old
+            .iter()
+            .copied()
+            .filter(|s| *s >= first && !(lap.0..=lap.1).contains(s))
+            .collect();
+        assert_eq!(
+            got_old,
+            &expect_old[..],
+            "contract {cid}: the SSE client's first run differs from A's"
+        );
+        assert!(
+            got_old.len() > 1000,
+            "contract {cid}: the client watched the faults"
+        );
+        assert_eq!(
+            got_new,
+            &want_new[..],
+            "contract {cid}: the SSE client's second run differs from A's"
+        );
+    }
+}
+
 fn phase(name: &str) {
     eprintln!("nats_hosts: {name} ({:?})", Instant::now());
 }
@@ -550,6 +740,7 @@ fn ring_across_hosts_survives_every_fault() {
     }
     let check = |h: &Hosts, what: &str| check_no_gaps(h, &t, what);
     check(&h, "start");
+    h.start_serve_and_watch();
 
     phase("kill -9 the bridge");
     Hosts::kill(&mut h.bridge);
@@ -557,6 +748,16 @@ fn ring_across_hosts_survives_every_fault() {
     h.start_bridge();
     wait_caught_up(&h, &t, "bridge restart", long);
     check(&h, "bridge restart");
+    h.audit("bridge restart");
+
+    phase("SIGTERM the bridge and the mirror: clean exits");
+    Hosts::terminate(&mut h.bridge, "the bridge");
+    Hosts::terminate(&mut h.mirror, "the mirror");
+    h.start_bridge();
+    h.start_mirror();
+    wait_caught_up(&h, &t, "after SIGTERM", long);
+    check(&h, "after SIGTERM");
+    h.audit("after SIGTERM");
 
     phase("kill -9 the mirror");
     Hosts::kill(&mut h.mirror);
@@ -595,7 +796,7 @@ fn ring_across_hosts_survives_every_fault() {
     std::thread::sleep(Duration::from_millis(50));
     wait_caught_up(&h, &t, "before the lap", long);
     Hosts::kill(&mut h.bridge);
-    let lap_from = {
+    let lap_from: u64 = {
         let mut e = t.engine.lock().unwrap();
         let from = e.ring.as_ref().unwrap().last_seq() + 1;
         for _ in 0..ENGINE_CAPACITY * 2 {
@@ -605,7 +806,7 @@ fn ring_across_hosts_survives_every_fault() {
     };
     h.start_bridge();
     wait_caught_up(&h, &t, "after the lap", long);
-    {
+    let lap = {
         let e = t.engine.lock().unwrap();
         let gaps = check_run(&h, &e, epoch, "after the lap");
         assert_eq!(gaps.len(), 1, "one gap for one lap: {gaps:?}");
@@ -619,7 +820,8 @@ fn ring_across_hosts_survives_every_fault() {
             last >= lap_from + ENGINE_CAPACITY - 1 && last < lap_from + 2 * ENGINE_CAPACITY,
             "{gaps:?}"
         );
-    }
+        gaps[0]
+    };
     t.paused.store(false, Ordering::Relaxed);
 
     phase("engine restart: a new run");
@@ -642,6 +844,11 @@ fn ring_across_hosts_survives_every_fault() {
     let mut snap = StatusSnapshot::new_boxed();
     st.read(&mut snap).unwrap();
     assert!(snap.counters.records_published > 0);
+
+    check_watched(&h, &t, epoch, new_epoch, lap);
+
+    let report = h.audit("the end");
+    eprintln!("nats_hosts: stream audit {report}");
 
     drop(t);
     drop(h);
