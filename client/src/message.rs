@@ -305,6 +305,9 @@ pub enum Info {
         ring_head: Option<u64>,
         /// The resume point as given (a token string or a number), if any.
         resume_after: Value,
+        /// Seconds between heartbeats on this stream (how an SSE client learns the period:
+        /// it gets no `info{connected}`).
+        heartbeat_seconds: Option<u64>,
     },
     /// A replay from storage starts.
     HistoryStart {
@@ -557,6 +560,7 @@ fn info(v: Value) -> Result<Info, FrameError> {
             epoch: str_of(&v, "epoch"),
             ring_head: u64_of(&v, "ring_head"),
             resume_after: v.get("resume_after").cloned().unwrap_or(Value::Null),
+            heartbeat_seconds: u64_of(&v, "heartbeat_seconds"),
         },
         "history_start" => Info::HistoryStart {
             epoch: str_of(&v, "epoch"),

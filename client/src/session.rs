@@ -882,22 +882,33 @@ impl Session {
     /// `via`: the subscription whose SSE stream carried the message (SSE routes by stream;
     /// WebSocket by `stream_id`, and ticks by contract and kind).
     fn on_message(&mut self, m: ServerMessage, via: Option<SubId>, now: Instant, wall: WallUs) {
+        // The heartbeat period: WebSocket says it in `info{connected}`, SSE (no such
+        // message) in every `info{stream_start}`.
+        let (limits, hb) = match &m {
+            ServerMessage::Info {
+                info:
+                    Info::Connected {
+                        limits,
+                        heartbeat_seconds,
+                        ..
+                    },
+                ..
+            } => (*limits, *heartbeat_seconds),
+            ServerMessage::Info {
+                info:
+                    Info::StreamStart {
+                        heartbeat_seconds, ..
+                    },
+                ..
+            } => (None, *heartbeat_seconds),
+            _ => (None, None),
+        };
         if self.state() == ConnState::Connecting {
             // The first message of a connection is `info{connected}`; anything else still
             // proves the server is there (an older server might not send it).
-            let (limits, hb) = match &m {
-                ServerMessage::Info {
-                    info:
-                        Info::Connected {
-                            limits,
-                            heartbeat_seconds,
-                            ..
-                        },
-                    ..
-                } => (*limits, *heartbeat_seconds),
-                _ => (None, None),
-            };
             self.connected(limits, hb, "server said connected", now);
+        } else if let Some(h) = hb {
+            self.heartbeat = Duration::from_secs(h.max(1));
         }
         match m {
             ServerMessage::Tick(t) => self.on_tick(t, via, now, wall),

@@ -121,3 +121,21 @@ def test_complete_error_after_slow_consumer_resumes_but_after_a_rejection_ends()
     assert [r["after_seq"] for r in sent] == ["22872d15be0476b4-41"]
     sub, sent = asyncio.run(run("subscription_rejected"))
     assert sub.done and sub.end_reason == "error" and sent == []
+
+
+def test_an_sse_client_learns_the_heartbeat_period_from_stream_start() -> None:
+    import asyncio
+
+    async def run() -> float:
+        sub = ibs.Subscription(7, ("bid_ask",))
+        c = ibs.AsyncStreamClient("http://127.0.0.1:1", [sub], transport="sse")
+        before = c.health().heartbeat_timeout
+        ev = (
+            b'event: info\ndata: {"type":"info","status":"stream_start","epoch":"22872d15be0476b4",'
+            b'"ring_head":3,"heartbeat_seconds":4,"stream_id":"sse-1"}'
+        )
+        await c._on_sse_event(ev, sub)
+        assert before == 35.0, "assumed until the server says"
+        return c.health().heartbeat_timeout
+
+    assert asyncio.run(run()) == 2.0 * 4 + 5.0

@@ -511,6 +511,8 @@ pub fn stream_start(st: &AppState, stream_id: &str, con_id: u32, opts: &StreamOp
             // no id: this, `info{live}` and `gap{writer_restart}.new_epoch` tell the run).
             "epoch": format!("{:016x}", st.hub.stats().epoch.load(Ordering::Relaxed)),
             "tracked": opts.types.iter().all(|t| st.subs.is_tracked((con_id, *t))),
+            // SSE has no `info{connected}`: this is how its clients learn the period.
+            "heartbeat_seconds": st.cfg.heartbeat.as_secs(),
         }),
     )
 }

@@ -634,6 +634,32 @@ fn sse_opens_a_stream_per_subscription_and_delivers_its_ticks() {
 }
 
 #[test]
+fn sse_learns_the_heartbeat_period_from_stream_start() {
+    let mut h = Harness::new(quick());
+    h.open_sse();
+    let assumed = h.s.silence_limit();
+    h.s.subscribe(1, Subscription::new(5, &["bid_ask"]), h.now);
+    h.drain();
+    let id = h.opened.last().unwrap().id;
+    h.s.on_stream_open(id, Some("sse-1".to_owned()), h.now);
+    h.drain();
+    h.sse(
+        id,
+        &format!(
+            r#"{{"type":"info","status":"stream_start","epoch":"{E1}","ring_head":1,"resume_after":null,"heartbeat_seconds":4,"stream_id":"sse-1"}}"#
+        ),
+        None,
+    );
+    // 4 s and the grace of 2.5 periods: 10 s, whatever was assumed before.
+    assert_eq!(h.s.silence_limit(), Duration::from_secs(10));
+    assert_ne!(assumed, h.s.silence_limit());
+    h.advance(Duration::from_secs(9));
+    assert_eq!(h.s.state(), Connected, "inside the server's period");
+    h.advance(Duration::from_millis(1001));
+    assert_eq!(h.s.state(), Reconnecting);
+}
+
+#[test]
 fn sse_routes_by_stream_so_overlapping_streams_each_get_their_ticks() {
     let mut h = Harness::new(quick());
     h.open_sse();

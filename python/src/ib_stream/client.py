@@ -616,15 +616,20 @@ class AsyncStreamClient:
         rate = limits.get("max_messages_per_second")
         if isinstance(rate, int) and rate > 0:
             self._msg_rate = max(1.0, rate * 0.7)
-        hb = data.get("heartbeat_seconds")
-        if self._hb_timeout_cfg is None and isinstance(hb, int | float) and hb > 0:
-            self._hb_timeout = 2.0 * hb + 5.0
+        self._learn_heartbeat(data)
         self._connected("WebSocket open")
         for sub in self._subs:
             if sub.unsubscribe_wanted:
                 self._finish(sub, "unsubscribed")  # asked for before this connection
             elif not sub.done:
                 self._queue_subscribe(sub)
+
+    def _learn_heartbeat(self, data: dict[str, Any]) -> None:
+        """The server's heartbeat period (WebSocket: `info{connected}`; SSE, which has no
+        such message: every `info{stream_start}`) sets the silence allowed, unless configured."""
+        hb = data.get("heartbeat_seconds")
+        if self._hb_timeout_cfg is None and isinstance(hb, int | float) and hb > 0:
+            self._hb_timeout = 2.0 * hb + 5.0
 
     def _retry_subscribe_later(self, sub: Subscription) -> None:
         outbox = self._outbox
@@ -911,6 +916,8 @@ class AsyncStreamClient:
             return
         m.last_message_wall = _time()
         t = data.get("type")
+        if t == "info" and data.get("status") == "stream_start":
+            self._learn_heartbeat(data)
         if t == "info" and data.get("status") == "stream_start" and sub.epoch is None:
             start_epoch = data.get("epoch")
             if isinstance(start_epoch, str):
