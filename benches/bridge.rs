@@ -18,8 +18,13 @@
 //!   its lateness). The bench thread sleeps 20 µs when it has nothing to do, so figures
 //!   include up to that much of its own polling.
 //!
+//! - ours runs with `--batch 64` (env `BRIDGE_BATCH`): the records the bridge finds in the
+//!   ring at once go as one message of up to 64; one throughput round with `--batch 1` (one
+//!   message per record on its instrument's subject, the default) runs in between.
+//!
 //! The last line is `bench=bridge tps= floor_tps= vs_floor= p50_us= p99_us= ...`, p50/p99
-//! at 10k ticks/s (the goal's rate) and `p50_100k_us`/`p99_100k_us` at 100k.
+//! at 10k ticks/s (the goal's rate) and `p50_100k_us`/`p99_100k_us` at 100k, `batch=` and
+//! `tps_batch1=`.
 
 use std::collections::VecDeque;
 use std::net::TcpListener;
@@ -214,7 +219,10 @@ fn stored(seq: u64, stamp: i64) -> Record {
 
 impl Pipeline {
     /// Starts the bridge and the mirror, writes the first tick and waits until ring C has it.
-    fn start(dir: &Path, url: &str) -> anyhow::Result<Pipeline> {
+    fn start(dir: &Path, url: &str, batch: u64) -> anyhow::Result<Pipeline> {
+        let dir = dir.join(format!("batch{batch}"));
+        let dir = dir.as_path();
+        let env = format!("bench{batch}");
         let (shm_a, shm_c) = (dir.join("a"), dir.join("c"));
         std::fs::create_dir_all(&shm_a)?;
         std::fs::create_dir_all(&shm_c)?;
@@ -237,7 +245,9 @@ impl Pipeline {
         let mut bridge = spawn(
             "bridge",
             &bridge_log,
-            ib(&shm_a).args(["bridge", "--stream-env", "bench", "--nats-url", url]),
+            ib(&shm_a)
+                .args(["bridge", "--stream-env", &env, "--nats-url", url])
+                .args(["--batch", &batch.to_string()]),
         )?;
         let mut mirror = spawn(
             "mirror",
@@ -245,7 +255,7 @@ impl Pipeline {
             ib(&shm_c).args([
                 "mirror",
                 "--stream-env",
-                "bench",
+                &env,
                 "--name",
                 "bench",
                 "--nats-url",
@@ -422,6 +432,7 @@ fn us(h: &Histogram<u64>, q: f64) -> f64 {
 fn run() -> anyhow::Result<()> {
     let n = env_num("BRIDGE_TICKS", 300_000).max(1000);
     let secs = env_num("BRIDGE_SECS", 3).max(1);
+    let batch = env_num("BRIDGE_BATCH", 64).clamp(1, 1024);
     ensure!(
         n < CAPACITY / 2,
         "BRIDGE_TICKS must stay below {}",
@@ -435,13 +446,17 @@ fn run() -> anyhow::Result<()> {
     // Interleaved, floor first: the same server's disk and the machine's load for both.
     let floor_a = rt.block_on(floor(&url, n))?;
     eprintln!("floor: {floor_a:.0} msgs/s");
-    let mut p = Pipeline::start(dir.path(), &url)?;
+    let mut p = Pipeline::start(dir.path(), &url, batch)?;
     let ours_a = p.throughput(n)?;
-    eprintln!("ours: {ours_a:.0} ticks/s");
+    eprintln!("ours, --batch {batch}: {ours_a:.0} ticks/s");
+    let mut single = Pipeline::start(dir.path(), &url, 1)?;
+    let single_tps = single.throughput(n / 4)?;
+    eprintln!("ours, --batch 1: {single_tps:.0} ticks/s");
+    drop(single);
     let floor_b = rt.block_on(floor(&url, n))?;
     eprintln!("floor: {floor_b:.0} msgs/s");
     let ours_b = p.throughput(n)?;
-    eprintln!("ours: {ours_b:.0} ticks/s");
+    eprintln!("ours, --batch {batch}: {ours_b:.0} ticks/s");
     let (tps, floor_tps) = ((ours_a + ours_b) / 2.0, (floor_a + floor_b) / 2.0);
     let h10 = p.paced(10_000, secs)?;
     let h100 = p.paced(100_000, secs)?;
@@ -456,7 +471,7 @@ fn run() -> anyhow::Result<()> {
         );
     }
     println!(
-        "bench=bridge tps={tps:.0} floor_tps={floor_tps:.0} vs_floor={:.2} p50_us={:.1} p99_us={:.1} p50_100k_us={:.1} p99_100k_us={:.1}",
+        "bench=bridge tps={tps:.0} floor_tps={floor_tps:.0} vs_floor={:.2} p50_us={:.1} p99_us={:.1} p50_100k_us={:.1} p99_100k_us={:.1} batch={batch} tps_batch1={single_tps:.0}",
         tps / floor_tps,
         us(&h10, 0.5),
         us(&h10, 0.99),

@@ -10,7 +10,8 @@
 //! produce one): kill -9 the bridge, SIGTERM the bridge and the mirror (each exits 0),
 //! kill -9 the mirror, one NATS node (the cluster continues), all NATS nodes (restarted on
 //! their file storage), cut C's and then A's link for 6 s, a bridge lapped by the ring, and
-//! an engine restart (a new run, a new ring on C).
+//! an engine restart (a new run, a new ring on C). Every other bridge start batches records
+//! (`--batch 16`), so the stream holds both message forms.
 //!
 //! Needs root, `ip netns` and nats-server (scripts/install-nats.sh installs it; the test
 //! command runs it first). Without them the test fails saying so: it never passes untested.
@@ -62,6 +63,9 @@ struct Hosts {
     /// `ib-stream serve` on C's ring and an SSE client (`ib-stream watch`) of it, both on C.
     serve: Option<Child>,
     watch: Option<Child>,
+    /// Bridge starts so far: every other one batches (`--batch 16`), so the stream mixes
+    /// per-record messages and batches, and the mirror and the audit read both.
+    bridge_starts: u32,
     netns: Vec<String>,
 }
 
@@ -135,6 +139,7 @@ impl Hosts {
             mirror: None,
             serve: None,
             watch: None,
+            bridge_starts: 0,
             netns: Vec::new(),
         };
         fs::create_dir_all(&h.tmp).unwrap();
@@ -263,6 +268,13 @@ impl Hosts {
             .map(String::from),
         );
         args.push(Self::urls());
+        let batch = if self.bridge_starts.is_multiple_of(2) {
+            16
+        } else {
+            1
+        };
+        self.bridge_starts += 1;
+        args.extend(["--batch".into(), batch.to_string()]);
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         self.bridge = Some(self.spawn("a", "bridge.log", &a));
     }

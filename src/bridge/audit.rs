@@ -47,6 +47,21 @@ pub struct RunTally {
     pub undeclared: Vec<(u64, u64)>,
 }
 
+impl RunTally {
+    fn record(&mut self, seq: u64) {
+        if self.records == 0 && self.last == 0 {
+            self.first = seq;
+        } else if seq <= self.last {
+            self.duplicates += 1;
+            return;
+        } else if seq > self.last + 1 {
+            self.undeclared.push((self.last + 1, seq - 1));
+        }
+        self.records += 1;
+        self.last = seq;
+    }
+}
+
 /// What the stream holds, summed up.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Report {
@@ -111,18 +126,12 @@ impl Audit {
         };
         let key = format!("{:016x}", msg.epoch);
         match &msg.body {
-            Body::Record(rec) => {
+            Body::Record(rec) => r.runs.entry(key).or_default().record(rec.seq),
+            Body::Records(rs) => {
                 let t = r.runs.entry(key).or_default();
-                if t.records == 0 && t.last == 0 {
-                    t.first = rec.seq;
-                } else if rec.seq <= t.last {
-                    t.duplicates += 1;
-                    return;
-                } else if rec.seq > t.last + 1 {
-                    t.undeclared.push((t.last + 1, rec.seq - 1));
+                for rec in rs {
+                    t.record(rec.seq);
                 }
-                t.records += 1;
-                t.last = rec.seq;
             }
             Body::Hole { first, last, .. } => {
                 let t = r.runs.entry(key).or_default();
@@ -262,12 +271,26 @@ mod tests {
         }
         feed(&mut a, hole(7, 6, 9));
         feed(&mut a, rec(7, 10));
+        let batch: Vec<Record> = (11..=13)
+            .map(|q| match rec(7, q).body {
+                Body::Record(r) => r,
+                _ => unreachable!(),
+            })
+            .collect();
+        feed(
+            &mut a,
+            Msg {
+                epoch: 7,
+                pos: 13,
+                body: Body::Records(batch),
+            },
+        );
         feed(&mut a, rec(8, 1));
         let r = a.report();
         assert!(r.is_clean(), "{r:?}");
-        assert_eq!(r.messages, 8);
+        assert_eq!(r.messages, 9);
         let t = &r.runs[&format!("{:016x}", 7)];
-        assert_eq!((t.first, t.last, t.records, t.declared_lost), (1, 10, 6, 4));
+        assert_eq!((t.first, t.last, t.records, t.declared_lost), (1, 13, 9, 4));
         assert_eq!(r.runs.len(), 2);
     }
 

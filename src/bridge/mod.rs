@@ -59,6 +59,12 @@ pub struct BridgeArgs {
     /// Stream subjects' environment token (default: the environment's name).
     #[arg(long, env = "IB_STREAM_NATS_ENV")]
     pub stream_env: Option<String>,
+    /// Records per message: 1 publishes each record on its instrument's subject
+    /// (`ib.<env>.<conId>.<kind>`); more batches consecutive records, what the ring holds
+    /// when the bridge reads it, on `ib.<env>.batch` (many times the throughput; consumers
+    /// can no longer pick an instrument by subject).
+    #[arg(long, env = "IB_STREAM_NATS_BATCH", default_value_t = 1)]
+    pub batch: usize,
 }
 
 /// Everything the bridge needs, resolved.
@@ -78,6 +84,8 @@ pub struct BridgeConfig {
     pub max_bytes: i64,
     /// Publishes in flight at most.
     pub inflight: usize,
+    /// Records per message (1: one message per record on its instrument's subject).
+    pub batch: usize,
 }
 
 impl BridgeConfig {
@@ -93,6 +101,11 @@ impl BridgeConfig {
         );
         anyhow::ensure!(a.inflight >= 1, "--inflight must be at least 1");
         anyhow::ensure!(
+            (1..=wire::MAX_BATCH).contains(&a.batch),
+            "--batch must be 1 to {}",
+            wire::MAX_BATCH
+        );
+        anyhow::ensure!(
             (1..=5).contains(&a.replicas),
             "--replicas must be 1 to 5 (JetStream's limit)"
         );
@@ -104,6 +117,7 @@ impl BridgeConfig {
             max_age: Duration::from_secs(a.max_age_secs),
             max_bytes: a.max_bytes,
             inflight: a.inflight,
+            batch: a.batch,
         })
     }
 }
@@ -692,20 +706,34 @@ async fn session(
             };
             p.msg(wire::strings_subject(p.env()), id, &m).await?;
         }
-        for rec in &buf[..batch.records] {
-            pos = rec.seq;
-            last_ts = rec.ts_recv;
-            let m = Msg {
-                epoch,
-                pos,
-                body: Body::Record(*rec),
-            };
-            p.msg(
-                wire::record_subject(p.env(), rec),
-                wire::msg_id(epoch, rec.seq),
-                &m,
-            )
-            .await?;
+        if cfg.batch > 1 {
+            for b in wire::batches(&buf[..batch.records], cfg.batch) {
+                let (first, last) = (&b[0], &b[b.len() - 1]);
+                pos = last.seq;
+                last_ts = last.ts_recv;
+                p.send(
+                    wire::batch_subject(p.env()),
+                    wire::batch_id(epoch, first.seq, last.seq),
+                    wire::encode_records(epoch, pos, b),
+                )
+                .await?;
+            }
+        } else {
+            for rec in &buf[..batch.records] {
+                pos = rec.seq;
+                last_ts = rec.ts_recv;
+                let m = Msg {
+                    epoch,
+                    pos,
+                    body: Body::Record(*rec),
+                };
+                p.msg(
+                    wire::record_subject(p.env(), rec),
+                    wire::msg_id(epoch, rec.seq),
+                    &m,
+                )
+                .await?;
+            }
         }
         match batch.event {
             Some(FollowEvent::Lost {

@@ -25,12 +25,20 @@ const TAG_HOLE: u8 = 2;
 const TAG_STRINGS: u8 = 3;
 const TAG_STATUS: u8 = 4;
 const TAG_RUN: u8 = 5;
+const TAG_RECORDS: u8 = 6;
+
+/// Records a batch message carries at most (`--batch`): 1 MiB, NATS's default payload limit,
+/// holds 16 000; 1 024 keeps a message at 64 KiB.
+pub const MAX_BATCH: usize = 1024;
 
 /// One message of the ring's stream, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
     /// One ring record, its `seq` the engine's.
     Record(Record),
+    /// Consecutive ring records (`seq` ascending by one), `--batch` > 1: one message for
+    /// many ticks, on [`batch_subject`].
+    Records(Vec<Record>),
     /// The bridge was lapped: ring sequences `first..=last` were overwritten unread.
     Hole {
         /// First sequence never read.
@@ -113,6 +121,17 @@ pub fn record_subject(env: &str, rec: &Record) -> String {
     format!("ib.{env}.{}.{kind}", rec.instrument_id)
 }
 
+/// The subject of a batch of records (mixed instruments: per-instrument subjects would
+/// split the ring's order): `ib.<env>.batch`.
+pub fn batch_subject(env: &str) -> String {
+    format!("ib.{env}.batch")
+}
+
+/// The message id of a batch: run, first and last sequence.
+pub fn batch_id(epoch: u64, first: u64, last: u64) -> String {
+    format!("{epoch:016x}.{first}-{last}")
+}
+
 /// The subject of a hole (a gap the bridge saw): `ib.<env>.0.gap`.
 pub fn hole_subject(env: &str) -> String {
     format!("ib.{env}.0.gap")
@@ -146,6 +165,34 @@ fn header(out: &mut Vec<u8>, tag: u8, epoch: u64, pos: u64) {
     out.extend_from_slice(&pos.to_le_bytes());
 }
 
+/// Encodes a batch of records (a [`Body::Records`] message) straight from a slice.
+pub fn encode_records(epoch: u64, pos: u64, rs: &[Record]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + rs.len() * 64);
+    header(&mut out, TAG_RECORDS, epoch, pos);
+    for r in rs {
+        out.extend_from_slice(r.as_bytes_ref());
+    }
+    out
+}
+
+/// Splits `rs` into batches of at most `max` records with consecutive sequences.
+pub fn batches(rs: &[Record], max: usize) -> impl Iterator<Item = &[Record]> {
+    let max = max.max(1);
+    let mut rest = rs;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut n = 1;
+        while n < rest.len().min(max) && rest[n].seq == rest[n - 1].seq + 1 {
+            n += 1;
+        }
+        let (b, r) = rest.split_at(n);
+        rest = r;
+        Some(b)
+    })
+}
+
 /// Encodes `msg`.
 pub fn encode(msg: &Msg) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + 64);
@@ -154,6 +201,7 @@ pub fn encode(msg: &Msg) -> Vec<u8> {
             header(&mut out, TAG_RECORD, msg.epoch, msg.pos);
             out.extend_from_slice(r.as_bytes_ref());
         }
+        Body::Records(rs) => return encode_records(msg.epoch, msg.pos, rs),
         Body::Hole {
             first,
             last,
@@ -212,6 +260,16 @@ pub fn decode(b: &[u8]) -> Result<Msg, WireError> {
         TAG_RECORD => {
             let arr: &[u8; 64] = body.try_into().map_err(|_| short("record"))?;
             Body::Record(Record::from_bytes_array(arr))
+        }
+        TAG_RECORDS => {
+            if body.is_empty() || !body.len().is_multiple_of(64) {
+                return Err(short("records"));
+            }
+            Body::Records(
+                body.chunks_exact(64)
+                    .map(|c| Record::from_bytes_array(c.try_into().expect("64 bytes")))
+                    .collect(),
+            )
         }
         TAG_HOLE => {
             if body.len() != 32 {
@@ -275,6 +333,23 @@ mod tests {
             },
             Msg {
                 epoch: 9,
+                pos: 44,
+                body: Body::Records(vec![
+                    r,
+                    {
+                        let mut b = r;
+                        b.seq = 43;
+                        b
+                    },
+                    {
+                        let mut b = r;
+                        b.seq = 44;
+                        b
+                    },
+                ]),
+            },
+            Msg {
+                epoch: 9,
                 pos: 80,
                 body: Body::Hole {
                     first: 43,
@@ -321,8 +396,15 @@ mod tests {
             let b = encode(&m);
             for cut in 0..b.len() {
                 if let Ok(d) = decode(&b[..cut]) {
-                    // Only a status body (opaque bytes) or a shorter strings list can parse.
-                    assert!(matches!(d.body, Body::Status(_)), "{cut}: {d:?}");
+                    // Only a status body (opaque bytes) or a batch cut at a record's end
+                    // can parse; a cut batch is shorter, never different.
+                    match (&d.body, &m.body) {
+                        (Body::Status(_), _) => {}
+                        (Body::Records(got), Body::Records(all)) => {
+                            assert!(got.len() < all.len() && all.starts_with(got), "{cut}")
+                        }
+                        _ => panic!("{cut}: {d:?}"),
+                    }
                 }
             }
         }
@@ -332,12 +414,30 @@ mod tests {
     }
 
     #[test]
+    fn batches_are_bounded_and_consecutive() {
+        let rec = |seq| {
+            let mut r = Record::mid_point(1, 1, 1);
+            r.seq = seq;
+            r
+        };
+        let rs: Vec<Record> = [1, 2, 3, 4, 5, 9, 10, 12].map(rec).to_vec();
+        let seqs: Vec<Vec<u64>> = batches(&rs, 3)
+            .map(|b| b.iter().map(|r| r.seq).collect())
+            .collect();
+        assert_eq!(seqs, vec![vec![1, 2, 3], vec![4, 5], vec![9, 10], vec![12]]);
+        assert_eq!(batches(&[], 8).count(), 0);
+        assert_eq!(batches(&rs, 0).count(), rs.len(), "0 is taken as 1");
+    }
+
+    #[test]
     fn subjects_and_ids() {
         let mut r = Record::mid_point(265_598, 7, 1);
         r.seq = 5;
         assert_eq!(record_subject("paper", &r), "ib.paper.265598.mid_point");
         assert_eq!(stream_name("paper"), "IB_PAPER");
         assert_eq!(msg_id(0xab, 5), "00000000000000ab.5");
+        assert_eq!(batch_id(0xab, 5, 9), "00000000000000ab.5-9");
+        assert_eq!(batch_subject("paper"), "ib.paper.batch");
         assert!(valid_env("development") && !valid_env("a.b") && !valid_env("a b"));
     }
 }

@@ -150,6 +150,7 @@ impl Applier {
         let next = self.last_seq() + 1;
         let first = match &msg.body {
             Body::Record(r) => r.seq,
+            Body::Records(rs) => rs.first()?.seq,
             Body::Hole { first, .. } => *first,
             _ => return None,
         };
@@ -190,6 +191,11 @@ impl Applier {
         let applied = self.ensure_run(msg.epoch)?;
         match &msg.body {
             Body::Record(r) => self.place(r, now_ns),
+            Body::Records(rs) => {
+                for r in rs {
+                    self.place(r, now_ns);
+                }
+            }
             Body::Hole {
                 first,
                 last,
@@ -521,6 +527,36 @@ mod tests {
                 .epoch,
             0xe1
         );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    fn batch(seqs: std::ops::RangeInclusive<u64>) -> Msg {
+        let rs: Vec<Record> = seqs
+            .map(|q| match rec(q).body {
+                Body::Record(r) => r,
+                _ => unreachable!(),
+            })
+            .collect();
+        Msg {
+            epoch: 0xe1,
+            pos: rs.last().unwrap().seq,
+            body: Body::Records(rs),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_applied_record_by_record_and_one_overlapping_a_republish_too() {
+        let d = tmpdir();
+        let mut a = Applier::open(&d, 64, &ShmOptions::default()).unwrap();
+        a.apply(&batch(1..=4), 0).unwrap();
+        // A republish cut differently: 3..=6 holds two records the ring has.
+        assert_eq!(a.missing(&batch(3..=6)), None);
+        a.apply(&batch(3..=6), 0).unwrap();
+        a.apply(&rec(7), 0).unwrap();
+        assert_eq!(a.missing(&batch(10..=11)), Some((8, 9)));
+        assert_eq!(a.stats.duplicates, 2);
+        let seqs: Vec<u64> = ring(&d).iter().map(|g| g.0).collect();
+        assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
         std::fs::remove_dir_all(&d).unwrap();
     }
 
