@@ -308,10 +308,29 @@ def shared_system_for_limits() -> Iterator[System]:
 
 
 @pytest.mark.parametrize("transport", ["ws", "sse"])
-def test_corrupted_frames_are_counted_and_the_stream_goes_on(
+def test_a_corrupted_tick_is_fetched_again_by_a_resync(
     system: System, proxy: Proxy, transport: str
 ) -> None:
     c, got, _ = run_client(proxy.url, transport)
+    try:
+        more_ticks(got, 100)
+        proxy.corrupt = (b'{"seq":', b'{"seq"!')
+        wait_until("the corrupted frame", lambda: c.metrics().frame_errors == 1, 30)
+        more_ticks(got, 100)
+    finally:
+        c.close()
+    errs = got.of(ibs.FrameError)
+    assert len(errs) == 1 and "malformed JSON" in errs[0].why
+    assert c.metrics().reconnects == 1, "the resync is one reconnect"
+    # Nothing missing, nothing twice: the resume after the last good tick fetched it again.
+    assert_exact(system, got.ticks(), KINDS)
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+def test_corrupted_frames_are_counted_and_skipped_when_asked(
+    system: System, proxy: Proxy, transport: str
+) -> None:
+    c, got, _ = run_client(proxy.url, transport, on_malformed="skip")
     try:
         more_ticks(got, 100)
         # Same length, so the WebSocket and HTTP framing stay intact: only the JSON breaks.

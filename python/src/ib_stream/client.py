@@ -91,7 +91,10 @@ class AsyncStreamClient:
     `recv_buffer_bytes` sets the WebSocket's `SO_RCVBUF` (None: the kernel's autotuning):
     smaller makes a lagging consumer felt by the server sooner, but keep it above two of the
     path's TCP segments (loopback's are 64 KiB), or after a stall TCP crawls on zero-window
-    probes.
+    probes. `on_malformed`: a frame that cannot be read is counted (`frame_errors`) and
+    delivered as a `FrameError`; `"resync"` (the default) then reconnects and resumes after
+    the last tick delivered, so a corrupted tick arrives again and nothing is lost;
+    `"skip"` goes on with the next frame (the corrupted tick is then missing).
     """
 
     def __init__(
@@ -110,9 +113,12 @@ class AsyncStreamClient:
         recv_buffer_bytes: int | None = None,
         seed: int | None = None,
         close_when_done: bool = True,
+        on_malformed: str = "resync",
     ) -> None:
         if transport not in ("ws", "sse"):
             raise ValueError("transport must be 'ws' or 'sse'")
+        if on_malformed not in ("resync", "skip"):
+            raise ValueError("on_malformed must be 'resync' or 'skip'")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"url {url!r} must be http(s)://host:port")
@@ -135,6 +141,7 @@ class AsyncStreamClient:
         self._rcvbuf = recv_buffer_bytes
         self._rng = random.Random(seed)
         self._close_when_done = close_when_done or transport == "sse"
+        self._resync_on_malformed = on_malformed == "resync"
 
         self._state = State.DISCONNECTED
         self._state_lock = threading.Lock()
@@ -533,7 +540,7 @@ class AsyncStreamClient:
                 sub = self._routes.get((data["cid"], data["tt"]))
                 seq = data["seq"]
                 if sub is None:
-                    await self._frame_error("a tick of no subscription", raw)
+                    await self._frame_error("a tick of no subscription", raw, maybe_tick=False)
                     return
                 if seq <= sub.last_seq:
                     m.duplicates += 1
@@ -557,10 +564,15 @@ class AsyncStreamClient:
         m.last_message_wall = _time()
         await self._on_control(data, raw)
 
-    async def _frame_error(self, why: str, raw: str | bytes) -> None:
+    async def _frame_error(self, why: str, raw: str | bytes, *, maybe_tick: bool = True) -> None:
+        """Counts and delivers a frame that cannot be read. A frame that may have been a tick
+        (`maybe_tick`) then ends the connection under `on_malformed="resync"`: the reconnect
+        resumes after the last tick delivered, so the corrupted one comes again."""
         self._m.frame_errors += 1
         log.warning("frame error: %s: %.200r", why, raw)
         await self._deliver(FrameError(why, raw))
+        if maybe_tick and self._resync_on_malformed:
+            raise _Retry(f"malformed frame ({why}): resuming on a new connection")
 
     async def _on_control(self, data: dict[str, Any], raw: str | bytes) -> None:
         t = data.get("type")
@@ -570,7 +582,7 @@ class AsyncStreamClient:
         if t == "subscribed":
             sub = self._pending.pop(rid, None) if isinstance(rid, int) else None
             if sub is None or not isinstance(sid, str):
-                await self._frame_error("an answer to no request", raw)
+                await self._frame_error("an answer to no request", raw, maybe_tick=False)
                 return
             sub.stream_id = sid
             self._streams[sid] = sub
