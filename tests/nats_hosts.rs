@@ -112,6 +112,13 @@ impl Drop for Hosts {
     }
 }
 
+/// The nats-server to run: `IB_STREAM_TEST_NATS_SERVER` (the test command's second run
+/// names the current release scripts/install-nats.sh keeps in .venv-nats), else the one on
+/// PATH (Debian's).
+fn nats_server() -> String {
+    std::env::var("IB_STREAM_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into())
+}
+
 fn ip_of(node: usize) -> String {
     format!("10.77.0.{}", node + 1)
 }
@@ -144,7 +151,14 @@ impl Hosts {
         };
         fs::create_dir_all(&h.tmp).unwrap();
         fs::create_dir_all(&h.shm_a).unwrap();
-        let which = Command::new("nats-server").arg("--version").output();
+        let which = Command::new(nats_server()).arg("--version").output();
+        if let Ok(o) = &which {
+            eprintln!(
+                "nats_hosts: {} {}",
+                nats_server(),
+                String::from_utf8_lossy(&o.stdout).trim()
+            );
+        }
         assert!(
             which.is_ok_and(|o| o.status.success()),
             "nats-server is not installed: run scripts/install-nats.sh (the test command does)"
@@ -221,7 +235,7 @@ impl Hosts {
         let c = self.spawn(
             n,
             &format!("nats-{n}.log"),
-            &["nats-server", "-c", conf.to_str().unwrap()],
+            &[&nats_server(), "-c", conf.to_str().unwrap()],
         );
         self.nats[i] = Some(c);
     }
