@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -139,3 +140,44 @@ def test_an_sse_client_learns_the_heartbeat_period_from_stream_start() -> None:
         return c.health().heartbeat_timeout
 
     assert asyncio.run(run()) == 2.0 * 4 + 5.0
+
+
+def test_sse_tick_runs_parse_at_once_and_odd_events_one_by_one() -> None:
+    import asyncio
+
+    ea, eb = b"22872d15be0476b4", b"33872d15be0476b4"
+
+    def tick(epoch: bytes, seq: int) -> bytes:
+        return (
+            b"event: tick\nid: %s-%d\ndata: "
+            b'{"seq":%d,"st":1767277800123456,"cid":7,"tt":"bid_ask","bp":1.5}\n\n'
+        ) % (epoch, seq, seq)
+
+    class Resp:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        async def aiter_raw(self) -> AsyncIterator[bytes]:
+            for i in range(0, len(self.data), 100):  # events cut across reads
+                yield self.data[i : i + 100]
+
+    body = b"".join(tick(ea, s) for s in range(1, 6))
+    body += b"".join(tick(ea, s) for s in range(3, 8))  # 3..5 again: dropped
+    body += b'event: tick\nid: 22872d15be0476b4-8\ndata: {"seq":8,\n\n'  # malformed
+    body += b"".join(tick(ea, s) for s in (9, 10)) + b"".join(tick(eb, s) for s in (1, 2))
+
+    async def run() -> tuple[list[tuple[str | None, int]], ibs.Metrics, list[ibs.FrameError]]:
+        sub = ibs.Subscription(7, ("bid_ask",))
+        c = ibs.AsyncStreamClient("http://127.0.0.1:1", [sub], transport="sse", on_malformed="skip")
+        got: list[tuple[str | None, int]] = []
+        errs: list[ibs.FrameError] = []
+        c.add_handler(lambda m: got.append((m.epoch, m.seq)) if isinstance(m, ibs.Tick) else None)
+        c.add_handler(lambda m: errs.append(m) if isinstance(m, ibs.FrameError) else None)
+        await c._pump_sse(Resp(body), sub)  # type: ignore[arg-type]
+        return got, c.metrics(), errs
+
+    got, m, errs = asyncio.run(run())
+    a, b = ea.decode(), eb.decode()
+    assert got == [(a, s) for s in (1, 2, 3, 4, 5, 6, 7, 9, 10)] + [(b, 1), (b, 2)]
+    assert m.duplicates == 3 and m.ticks == 11 and m.frame_errors == 1
+    assert len(errs) == 1 and "malformed JSON" in errs[0].why

@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import random
+import re
 import socket
 import threading
 import time
@@ -25,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -44,9 +46,12 @@ from ._state import TERMINAL, State, check_transition
 
 log = logging.getLogger("ib_stream.client")
 
-_loads = json.loads
+_loads = orjson.loads
 _SSE_TICK = b"event: tick\nid: "
 _SSE_TICK_LEN = len(_SSE_TICK)
+# A run of tick events: what the server sends for ticks and nothing else (docs/PROTOCOL.md).
+_SSE_TICK_RUN = re.compile(rb"(?:event: tick\nid: [0-9a-f]{16}-[0-9]+\ndata: [^\n]*\n\n)+")
+_SSE_DATA = re.compile(rb"\ndata: ([^\n]*)")
 _monotonic = time.monotonic
 _time = time.time
 
@@ -783,87 +788,81 @@ class AsyncStreamClient:
     async def _pump_sse(self, resp: httpx.Response, sub: Subscription) -> None:
         buf = b""
         m = self._m
+        tick_run = _SSE_TICK_RUN.match
         async for chunk in resp.aiter_raw():
             self._last_rx = _monotonic()
             m.bytes += len(chunk)
             buf += chunk
-            if b"\n\n" not in buf:
+            end = buf.rfind(b"\n\n")
+            if end < 0:
                 continue
-            events = buf.split(b"\n\n")
-            buf = events.pop()
-            i = 0
-            while i < len(events):
-                # Fast path: a run of plain tick events is parsed with one json.loads.
-                j = i
-                ids: list[bytes] = []
-                payloads: list[bytes] = []
-                while j < len(events):
-                    ev = events[j]
-                    if not ev.startswith(_SSE_TICK):
-                        break
-                    nl = ev.find(b"\n", _SSE_TICK_LEN)
-                    if nl < 0 or ev[nl : nl + 7] != b"\ndata: " or b"\n" in ev[nl + 7 :]:
-                        break
-                    ids.append(ev[_SSE_TICK_LEN:nl])
-                    payloads.append(ev[nl + 7 :])
-                    j += 1
-                if j - i >= 2 and await self._sse_ticks(ids, payloads, sub):
-                    i = j
+            block, buf = buf[: end + 2], buf[end + 2 :]
+            pos, n = 0, len(block)
+            while pos < n:
+                # Fast path: a run of plain tick events, found by one regex match and parsed
+                # with one JSON call; anything else (or a run that does not parse as a whole)
+                # goes event by event, so a bad event is reported on its own.
+                run = tick_run(block, pos)
+                if run is not None and await self._sse_ticks(block[pos : run.end()], sub):
+                    pos = run.end()
                 else:
-                    await self._on_sse_event(events[i], sub)
-                    i += 1
+                    nxt = block.find(b"\n\n", pos)
+                    await self._on_sse_event(block[pos:nxt], sub)
+                    pos = nxt + 2
                 if sub.done:
                     return
 
-    async def _sse_ticks(self, ids: list[bytes], payloads: list[bytes], sub: Subscription) -> bool:
-        """Delivers a run of tick events parsed at once; False (nothing done) when the run
-        does not parse as a whole, so each event is taken on its own and the bad one is
-        reported alone."""
+    async def _sse_ticks(self, run: bytes, sub: Subscription) -> bool:
+        """Delivers a run of tick events (`event: tick`, `id: <epoch>-<seq>`, `data: {...}`)
+        of one run parsed at once; False (nothing done) when the run is not one engine run or
+        does not parse as a whole, so each event is taken on its own."""
+        payloads = _SSE_DATA.findall(run)
+        ep_b = run[_SSE_TICK_LEN : _SSE_TICK_LEN + 16]
+        if run.count(b"\nid: " + ep_b + b"-") != len(payloads):
+            return False
         try:
             datas = _loads(b"[" + b",".join(payloads) + b"]")
-        except ValueError:
+            seqs = [d["seq"] for d in datas]
+            st = datas[-1]["st"]
+            if not all("st" in d for d in datas):
+                return False
+        except (ValueError, KeyError, TypeError, IndexError):
             return False
-        if (
-            type(datas) is not list
-            or len(datas) != len(ids)
-            or any(type(d) is not dict for d in datas)
-            or any(e[16:17] != b"-" for e in ids)
-        ):
+        if len(datas) != len(payloads) or not all(a < b for a, b in itertools.pairwise(seqs)):
             return False
         m = self._m
-        epoch = sub.epoch
-        q = self._queue
+        if ep_b != self._sse_epoch_b:
+            self._sse_epoch_b = ep_b
+            self._sse_epoch = ep_b.decode("ascii", "replace")
+        ep = self._sse_epoch
+        first = 0
+        if ep == sub.epoch:
+            last = sub.last_seq
+            while first < len(seqs) and seqs[first] <= last:
+                first += 1
+        m.messages += len(datas)
+        m.duplicates += first
+        if first == len(datas):
+            return True
+        new = len(datas) - first
+        sub.epoch = ep
+        sub.last_seq = seqs[-1]
+        sub.delivered += new
+        m.ticks += new
         dispatch = self._handlers.dispatch
-        st = None
-        for eid, data in zip(ids, datas, strict=True):
-            m.messages += 1
-            e_b = eid[:16]
-            if e_b != self._sse_epoch_b:
-                self._sse_epoch_b = e_b
-                self._sse_epoch = e_b.decode("ascii", "replace")
-            ep = self._sse_epoch
-            try:
-                seq = data["seq"]
-                st = data["st"]
-            except KeyError as e:
-                await self._frame_error(f"a tick without {e}", eid)
-                continue
-            if ep == epoch and seq <= sub.last_seq:
-                m.duplicates += 1
-                continue
-            sub.epoch = epoch = ep
-            sub.last_seq = seq
-            sub.delivered += 1
-            m.ticks += 1
-            tick = Tick(data, ep, sub)
-            dispatch(tick)
-            if q is not None:
+        q = self._queue
+        if q is None:
+            for d in datas[first:]:
+                dispatch(Tick(d, ep, sub))
+        else:
+            for d in datas[first:]:
+                tick = Tick(d, ep, sub)
+                dispatch(tick)
                 await q.put(tick)
-        if st is not None:
-            now = _time()
-            m.last_tick_st_us = st
-            m.last_message_wall = now
-            m.lag_us = int(now * 1e6) - st
+        now = _time()
+        m.last_tick_st_us = st
+        m.last_message_wall = now
+        m.lag_us = int(now * 1e6) - st
         return True
 
     async def _on_sse_event(self, ev: bytes, sub: Subscription) -> None:
