@@ -53,6 +53,7 @@ mod tests {
             "/v3/contracts/lookup",
             "/v3/contracts/{conId}",
             "/v3/history/{conId}",
+            "/v3/bars/{conId}",
             "/v3/info",
             "/v3/buffer/{conId}/query",
             "/v3/buffer/{conId}/info",
