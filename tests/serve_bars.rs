@@ -406,3 +406,41 @@ async fn bad_requests_are_refused_with_the_error_schema() {
         assert!(body_json(r).await["error"]["code"].is_string(), "{uri}");
     }
 }
+
+#[tokio::test]
+async fn the_chart_page_is_served_without_a_token_and_says_when_its_library_is_missing() {
+    let env = Env::new(EnvOpts {
+        token: Some("s3cret-token-for-tests".into()),
+        ..EnvOpts::default()
+    })
+    .await;
+    let page = env.get("/chart").await;
+    assert_eq!(page.status(), 200);
+    let html = body_text(page).await;
+    let lib = env.get("/page/lightweight-charts.js").await;
+    match ib_stream::serve::page::CHART_LIB {
+        Some(bytes) => {
+            assert!(html.contains("/page/chart.js"), "{html}");
+            assert_eq!(lib.status(), 200);
+            assert_eq!(
+                axum::body::to_bytes(lib.into_body(), usize::MAX)
+                    .await
+                    .unwrap(),
+                bytes
+            );
+        }
+        None => {
+            // The live page, with the note.
+            assert!(
+                html.contains("chart-note") && html.contains("/page/app.js"),
+                "{html}"
+            );
+            assert_eq!(lib.status(), 404);
+        }
+    }
+    for asset in ["/page/chart.js", "/page/chart.css"] {
+        assert_eq!(env.get(asset).await.status(), 200, "{asset}");
+    }
+    // The data still needs the token.
+    assert_eq!(env.get(&format!("/v3/bars/{CON}")).await.status(), 401);
+}
