@@ -8,9 +8,13 @@ const LIB: &str =
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(chart_lib)");
-    // The directory, not the file: a missing file would rerun this script on every build.
-    println!("cargo::rerun-if-changed=web");
+    // Not the missing file (cargo would rerun this script, and rebuild the crate, on every
+    // build): the lock file, which scripts/install-web.sh touches after installing (npm gives
+    // the files it unpacks old times).
+    println!("cargo::rerun-if-changed=web/package-lock.json");
     if std::path::Path::new(LIB).is_file() {
+        // Present: watched, so that removing it rebuilds without it.
+        println!("cargo::rerun-if-changed={LIB}");
         println!("cargo::rustc-cfg=chart_lib");
     }
 }
