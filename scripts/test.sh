@@ -14,6 +14,9 @@ cargo clippy -p ib-stream-ipc --all-targets --features loom --locked -- -D warni
 echo "== nats-server (Debian's package) for the cross-host tests (tests/nats_hosts.rs)"
 scripts/install-nats.sh
 
+echo "== the chart page's library (web/package-lock.json; embedded by the build, used by the Chromium test)"
+scripts/install-web.sh
+
 echo "== tests"
 if command -v cargo-nextest >/dev/null 2>&1; then
   # The deterministic simulation runs below, optimised, with thousands of seeds.

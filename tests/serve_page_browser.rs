@@ -1,12 +1,16 @@
 //! The live page in a real headless browser (Debian's `chromium`, installed by
 //! `scripts/install-chromium.sh`), driven over the DevTools protocol: load the page, and with
 //! no click see the tracked contract's ticks in the table, the chart drawn with labelled
-//! axes, every time with its zone, the connection state and the rates.
+//! axes, every time with its zone, the connection state and the rates. And the chart page
+//! (`/chart`): over recorded files, the bars it draws are the rows `ib-stream studies bars`
+//! writes for that interval, candles and whitespace for the gaps, in the exchange's zone.
 //!
-//! Ignored by default because it needs chromium:
-//! `./scripts/install-chromium.sh && cargo test --test serve_page_browser -- --ignored`.
+//! Ignored by default because it needs chromium (and, for the chart, the library):
+//! `./scripts/install-chromium.sh && ./scripts/install-web.sh &&
+//! cargo test --test serve_page_browser -- --ignored`.
 
 mod serve_support;
+mod storage_query_support;
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use serve_support::*;
+use storage_query_support::{CID, EPOCH_A, T0, TempRoot, epoch_records, write_store};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -65,15 +70,9 @@ impl Cdp {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs chromium: ./scripts/install-chromium.sh, then run with --ignored"]
-async fn the_page_streams_the_tracked_contract_on_open_with_labelled_axes_and_zoned_times() {
-    let mut env = Env::new(EnvOpts::default()).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = env.app.clone();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
+/// Starts headless chromium (TZ=UTC) and opens `url` in a 1280x1000 window; the profile
+/// directory lives as long as the returned guard.
+async fn chromium(url: &str) -> (tokio::process::Child, Cdp, tempfile::TempDir) {
     let profile = tempfile::tempdir().unwrap();
     let mut chrome = tokio::process::Command::new("chromium")
         .args([
@@ -112,12 +111,7 @@ async fn the_page_streams_the_tracked_contract_on_open_with_labelled_axes_and_zo
         next_id: 0,
         session: None,
     };
-    let target = cdp
-        .call(
-            "Target.createTarget",
-            json!({"url": format!("http://{addr}/")}),
-        )
-        .await;
+    let target = cdp.call("Target.createTarget", json!({"url": url})).await;
     let attached = cdp
         .call(
             "Target.attachToTarget",
@@ -131,6 +125,19 @@ async fn the_page_streams_the_tracked_contract_on_open_with_labelled_axes_and_zo
         json!({"width": 1280, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
     )
     .await;
+    (chrome, cdp, profile)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium: ./scripts/install-chromium.sh, then run with --ignored"]
+async fn the_page_streams_the_tracked_contract_on_open_with_labelled_axes_and_zoned_times() {
+    let mut env = Env::new(EnvOpts::default()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = env.app.clone();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let (mut chrome, mut cdp, _profile) = chromium(&format!("http://{addr}/")).await;
     // Wait for the page's script.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while cdp
@@ -247,6 +254,176 @@ async fn the_page_streams_the_tracked_contract_on_open_with_labelled_axes_and_zo
     running.store(false, Ordering::Relaxed);
     let env = publisher.await.unwrap();
     env.wait_sinks(0).await;
+    let _ = chrome.kill().await;
+}
+
+/// `ib-stream studies bars --con-id CID --storage ROOT --from .. --to .. --format jsonl`, in
+/// process: the rows the chart must draw.
+fn command_bars(root: &std::path::Path, from: &str, to: &str) -> Vec<Value> {
+    use clap::Parser;
+    #[derive(Debug, Parser)]
+    struct Cmd {
+        #[command(subcommand)]
+        study: ib_stream::studies::cli::StudyCommand,
+    }
+    let root_s = root.display().to_string();
+    let cid = CID.to_string();
+    let args = [
+        "studies",
+        "bars",
+        "--con-id",
+        &cid,
+        "--storage",
+        &root_s,
+        "--from",
+        from,
+        "--to",
+        to,
+        "--format",
+        "jsonl",
+        "--size",
+        "1m",
+    ];
+    let study = Cmd::try_parse_from(args).unwrap().study;
+    let ctx = ib_stream::studies::cli::Context {
+        ring_dir: "/nonexistent".into(),
+        storage_root: root.to_path_buf(),
+        default_url: "http://127.0.0.1:1".into(),
+        token: None,
+    };
+    let mut out = Vec::new();
+    ib_stream::studies::cli::run(
+        &ib_stream::studies::cli::StudiesArgs { study },
+        &ctx,
+        &mut out,
+    )
+    .unwrap();
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium: ./scripts/install-chromium.sh, then run with --ignored"]
+async fn the_chart_draws_the_bars_of_a_recorded_interval_as_the_command_computes_them() {
+    assert!(
+        ib_stream::serve::page::CHART_LIB.is_some(),
+        "built without the chart library: run ./scripts/install-web.sh first"
+    );
+    let root = TempRoot::new("chart");
+    // 15 minutes of the standard market, one record a second, with the engine's gap record
+    // for 4 lost minutes in the middle (their records are not stored).
+    let mut strings = ib_stream::tickjson::LocalStrings::default();
+    let mut recs = epoch_records(900, T0, 1_000_000_000, &mut strings, false);
+    let (a, b) = (recs[300], recs[540]);
+    let mut gap = ib_stream_ipc::Record::new(ib_stream_ipc::RecordKind::Gap);
+    gap.tick_type = ib_stream_ipc::GapReason::Disconnected as u8;
+    gap.body = [a.seq as i64 + 1, b.seq as i64, a.ts_recv - 1000, b.ts_recv];
+    gap.seq = a.seq;
+    gap.ts_recv = b.ts_recv;
+    recs[300] = gap;
+    recs.retain(|r| r.seq <= a.seq || r.seq > b.seq);
+    write_store(&root.0, EPOCH_A, &recs, &strings);
+    let env = Env::new(EnvOpts {
+        history: Some(Arc::new(
+            ib_stream::serve::storage_history::StorageHistory::new(&root.0),
+        )),
+        ..EnvOpts::default()
+    })
+    .await;
+    let ts = |ns: i64| {
+        jiff::Timestamp::from_nanosecond(i128::from(ns))
+            .unwrap()
+            .to_string()
+    };
+    let (from, to) = (ts(T0), ts(T0 + 3_600_000_000_000));
+    let want = command_bars(&root.0, &from, &to);
+    let empty = want.iter().filter(|b| b["open"].is_null()).count();
+    assert!(
+        want.len() > 10 && empty > 0,
+        "{} bars, {empty} empty",
+        want.len()
+    );
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = env.app.clone();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    // The tracked contract (MNQ, the store's CID) from the start of the recording.
+    let url = format!("http://{addr}/chart?con_id={CID}&size=1m&since={from}");
+    let (mut chrome, mut cdp, _profile) = chromium(&url).await;
+    let probe = "(() => ({ \
+        bars: window.__bars, \
+        state: document.getElementById('conn').dataset.state, \
+        zone: document.getElementById('zone').textContent, \
+        buttons: [...document.querySelectorAll('#contracts button')].map(b => [b.textContent, b.getAttribute('aria-pressed')]), \
+        candles: candles.data().filter(d => d.open !== undefined).length, \
+        whitespace: window.__bars.filter(b => b.open === null).map(b => { \
+          const i = chart.timeScale().timeToIndex(Date.parse(b.start) / 1000); \
+          return i !== null && (candles.dataByIndex(i) || {}).open === undefined; }), \
+        slots: window.__bars.length === 0 ? 0 : chart.timeScale().timeToIndex(Date.parse(window.__bars.at(-1).start) / 1000) \
+          - chart.timeScale().timeToIndex(Date.parse(window.__bars[0].start) / 1000) + 1, \
+        volume: volume.data().filter(d => d.value !== undefined).length, \
+        delta: delta.data().filter(d => d.value !== undefined).length, \
+        vwap: vwap.data().filter(d => d.value !== undefined).length, \
+        tick: chart.timeScale().options().tickMarkFormatter(1767623400, 3), \
+        painted: [...document.querySelectorAll('#chart canvas')].some(c => { \
+          const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; \
+          for (let i = 3; i < d.length; i += 4) if (d[i]) return true; return false; }) \
+      }))()";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let seen = loop {
+        if cdp.eval("typeof window.__bars").await == json!("object") {
+            let v = cdp.eval(probe).await;
+            let done = v["bars"]
+                .as_array()
+                .is_some_and(|b| b.len() == want.len() && b.iter().all(|r| r["final"] == true));
+            if done && v["painted"] == true {
+                break v;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the chart never drew the interval"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The bars the page draws are the command's, row for row.
+    assert_eq!(seen["bars"].as_array().unwrap(), &want);
+    // Candles for the bars with prices, whitespace (a gap drawn as a gap) for the empty ones.
+    assert_eq!(
+        seen["candles"].as_u64().unwrap() as usize,
+        want.len() - empty
+    );
+    // Each empty bar has its slot on the time axis, with no candle in it: the gap shows.
+    assert_eq!(seen["whitespace"], json!(vec![true; empty]), "{seen}");
+    assert_eq!(
+        seen["slots"].as_u64().unwrap() as usize,
+        want.len(),
+        "{seen}"
+    );
+    assert_eq!(seen["volume"], seen["candles"]);
+    assert!(
+        seen["delta"].as_u64().unwrap() > 0 && seen["vwap"].as_u64().unwrap() > 0,
+        "{seen}"
+    );
+    assert_eq!(seen["state"], "open");
+    // The exchange's zone is named and the time axis is in it (14:30Z is 09:30 in New York).
+    assert_eq!(seen["zone"], "America/New_York");
+    assert_eq!(seen["tick"], "09:30");
+    assert_eq!(seen["buttons"], json!([["MNQ", "true"]]));
+    let shot = cdp
+        .call("Page.captureScreenshot", json!({"format": "png"}))
+        .await;
+    let png = base64_decode(shot["data"].as_str().expect("screenshot data"));
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("chart-screenshot.png");
+    std::fs::write(&out, &png).expect("write the screenshot");
+    eprintln!("screenshot: {}", out.display());
     let _ = chrome.kill().await;
 }
 

@@ -12,10 +12,14 @@ use super::error::ApiError;
 use super::state::AppState;
 
 /// Paths served without a token.
-pub const OPEN_PATHS: [&str; 6] = [
+pub const OPEN_PATHS: [&str; 10] = [
     "/",
     "/page/app.js",
     "/page/style.css",
+    "/chart",
+    "/page/chart.js",
+    "/page/chart.css",
+    "/page/lightweight-charts.js",
     "/openapi.json",
     "/health",
     "/ready",

@@ -6,6 +6,8 @@
 //! [`run`] binds and serves it. The message schema is in `docs/PROTOCOL.md`.
 
 pub mod auth;
+pub mod bar_feed;
+pub mod bars;
 pub mod contract_service;
 pub mod contracts;
 pub mod control_client;
@@ -61,6 +63,10 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(page::index))
         .route("/page/app.js", get(page::script))
         .route("/page/style.css", get(page::style))
+        .route("/chart", get(page::chart))
+        .route("/page/chart.js", get(page::chart_script))
+        .route("/page/chart.css", get(page::chart_style))
+        .route("/page/lightweight-charts.js", get(page::chart_lib))
         .route("/openapi.json", get(page::openapi))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
@@ -74,6 +80,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v3/contracts/lookup", get(contracts::lookup))
         .route("/v3/contracts/{con_id}", get(contracts::by_id))
         .route("/v3/history/{con_id}", get(history::query))
+        .route("/v3/bars/{con_id}", get(bars::bars))
         // The original IB-Stream's and ib-contract's routes (docs/PROTOCOL.md maps them).
         .merge(legacy::routes())
         .merge(contract_service::routes())

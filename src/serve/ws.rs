@@ -46,7 +46,30 @@ pub const CLOSE_TOO_MANY_FROM_ADDRESS: u16 = 4029;
 
 /// One of the `max_connections` WebSocket slots; freed on drop (also when the upgrade
 /// fails and its callback is dropped unrun).
-struct WsSlot(AppState);
+#[derive(Debug)]
+pub struct WsSlot(AppState);
+
+impl WsSlot {
+    /// Takes one of the server's `max_connections` WebSocket slots (shared by `/v3/ws` and
+    /// the bars stream), or says they are all in use.
+    pub fn reserve(st: &AppState) -> Result<WsSlot, ApiError> {
+        let max = st.cfg.ws.max_connections;
+        if st
+            .metrics
+            .ws_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max as u64).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(ApiError::unavailable(
+                "too_many_connections",
+                format!("all {max} WebSocket connections of this server are in use"),
+            ));
+        }
+        Ok(WsSlot(st.clone()))
+    }
+}
 
 impl Drop for WsSlot {
     fn drop(&mut self) {
@@ -84,21 +107,7 @@ pub async fn upgrade(
         }
     };
     let limits = st.cfg.ws;
-    let max = limits.max_connections;
-    if st
-        .metrics
-        .ws_open
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < max as u64).then_some(n + 1)
-        })
-        .is_err()
-    {
-        return Err(ApiError::unavailable(
-            "too_many_connections",
-            format!("all {max} WebSocket connections of this server are in use"),
-        ));
-    }
-    let slot = WsSlot(st.clone());
+    let slot = WsSlot::reserve(&st)?;
     Ok(ws
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
@@ -164,7 +173,7 @@ enum Stop {
     Close(u16, &'static str),
 }
 
-fn text(json: &Bytes) -> Message {
+pub(crate) fn text(json: &Bytes) -> Message {
     // Our encoders write UTF-8 only; an impossible failure sends an empty object.
     Message::Text(Utf8Bytes::try_from(json.clone()).unwrap_or_else(|_| Utf8Bytes::from("{}")))
 }
@@ -744,7 +753,7 @@ impl Conn {
 }
 
 /// An API error as a WebSocket `error` reply to request `id`.
-fn api_error(id: &Value, e: &ApiError) -> Bytes {
+pub(crate) fn api_error(id: &Value, e: &ApiError) -> Bytes {
     let mut v = json!({
         "type": "error",
         "id": id,

@@ -68,10 +68,10 @@ pub struct CommonArgs {
     #[arg(long)]
     pub to: Option<String>,
     /// The exchange's time zone: bars align to its clock, times print in it.
-    #[arg(long, default_value = "America/New_York")]
+    #[arg(long, default_value = super::clock::DEFAULT_TZ)]
     pub tz: String,
     /// Local time the exchange's session starts (daily bars, session VWAP, cumulative delta).
-    #[arg(long, default_value = "18:00")]
+    #[arg(long, default_value = super::clock::DEFAULT_SESSION_START)]
     pub session_start: String,
     /// Which trades: last or all_last.
     #[arg(long, value_enum, default_value_t = TradeKind::Last)]
@@ -316,14 +316,7 @@ fn selection(c: &CommonArgs) -> Result<Selection, StudiesError> {
             "--from {a} ns is not before --to {b} ns"
         )));
     }
-    // The storage query's rule: a record is in range when its microsecond overlaps
-    // [from, to), so `to` rounds up to the microsecond.
-    Ok(Selection {
-        con_id: c.con_id,
-        trades: c.trades,
-        from_us: from_ns.map(|n| n.div_euclid(1000)),
-        to_us: to_ns.map(|n| n.div_euclid(1000) + i64::from(n.rem_euclid(1000) != 0)),
-    })
+    Ok(Selection::of_ns(c.con_id, c.trades, from_ns, to_ns))
 }
 
 /// Feeds one input to `study`, writing its rows as they come.

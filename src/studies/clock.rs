@@ -11,6 +11,11 @@ use jiff::civil::Time;
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
 
+/// The exchange time zone bars use unless told otherwise (CME's and the US equity markets').
+pub const DEFAULT_TZ: &str = "America/New_York";
+/// Local time the exchange's session starts unless told otherwise (CME Globex, 18:00 New York).
+pub const DEFAULT_SESSION_START: &str = "18:00";
+
 /// One day in µs: the longest time bar.
 pub const DAY_US: i64 = 86_400_000_000;
 

@@ -138,6 +138,11 @@ impl Delta {
         }
     }
 
+    /// The delta bar in progress (per-bar mode), not final.
+    pub fn current(&self) -> Option<&DeltaBar> {
+        self.cur.as_ref()
+    }
+
     fn close_bar_before(&mut self, t_us: i64, out: &mut Vec<DeltaRow>) {
         if let Some(b) = self.cur
             && t_us >= b.end_us

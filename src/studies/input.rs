@@ -47,6 +47,23 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// The ticks of `con_id` received in `[from_ns, to_ns)`, at the microseconds every input
+    /// shares: by the storage query's rule a record is in range when its microsecond overlaps
+    /// the range, so `from` floors and `to` rounds up.
+    pub fn of_ns(
+        con_id: u32,
+        trades: TradeKind,
+        from_ns: Option<i64>,
+        to_ns: Option<i64>,
+    ) -> Selection {
+        Selection {
+            con_id,
+            trades,
+            from_us: from_ns.map(|n| n.div_euclid(1000)),
+            to_us: to_ns.map(|n| n.div_euclid(1000) + i64::from(n.rem_euclid(1000) != 0)),
+        }
+    }
+
     fn before(&self, t_us: i64) -> bool {
         self.from_us.is_some_and(|f| t_us < f)
     }
@@ -95,7 +112,7 @@ fn wall_us() -> i64 {
 
 /// A quiet ring or server says nothing: the clock moves bars on. Ticks are published a
 /// moment after they are stamped, so the clock given trails the wall clock by this much.
-const CLOCK_LAG_US: i64 = 200_000;
+pub const CLOCK_LAG_US: i64 = 200_000;
 
 /// How long past `to` an input waits for the record that proves nothing before `to` is
 /// still to come, when the stream is quiet.
@@ -271,6 +288,19 @@ pub fn remote_tick(t: &ib_stream_client::Tick, trades: TradeKind) -> Option<Tick
     })
 }
 
+/// The study gap of a server's `gap` message; `last_t_us`, the receive time of the last tick
+/// before it, stands in for an unknown start. `None` when nothing was lost (`count: 0`: a
+/// clean engine restart, the run change a replay across runs says): storage read directly
+/// has no gap there either.
+pub fn remote_gap(g: &ib_stream_client::Gap, last_t_us: i64) -> Option<Gap> {
+    (g.count != Some(0)).then(|| Gap {
+        from_us: g.t0.unwrap_or(last_t_us),
+        to_us: g.t1,
+        first_seq: g.first_seq,
+        last_seq: g.last_seq,
+    })
+}
+
 /// Reads a remote server at `url` (history then live from `from`) until `to`, or for
 /// `seconds`, or forever.
 pub fn remote(
@@ -355,16 +385,12 @@ async fn remote_async(
                 }
             }
             ClientEvent::Gap { gap, .. } => {
-                let from = gap.t0.unwrap_or(last_t);
-                if sel.after(from) {
+                if sel.after(gap.t0.unwrap_or(last_t)) {
                     break Ok(());
                 }
-                out(sink(Input::Event(Event::Gap(Gap {
-                    from_us: from,
-                    to_us: gap.t1,
-                    first_seq: gap.first_seq,
-                    last_seq: gap.last_seq,
-                }))))?;
+                if let Some(g) = remote_gap(&gap, last_t) {
+                    out(sink(Input::Event(Event::Gap(g))))?;
+                }
             }
             ClientEvent::State(t) if t.to == ConnState::Failed => break Err(fail(t.reason)),
             ClientEvent::SubscribeFailed { error, .. } => {
