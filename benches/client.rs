@@ -13,9 +13,9 @@
 //! delivery, not the slow-client policy. The plain reader and the client alternate, and
 //! each figure is the median of its rounds.
 //!
-//! Last line: `bench=client rust_tps= raw_tps= rust_vs_raw= py_tps= py_ring_rps= ipc_ring_rps=`
-//! (`rust_vs_raw` = raw_tps / rust_tps: how many times slower the client is; the goal is at
-//! most 1.5).
+//! Last line: `bench=client rust_tps= raw_tps= rust_vs_raw= py_tps= py_ring_rps= ipc_ring_rps=
+//! py_ws_tps= py_sse_tps=` (`rust_vs_raw` = raw_tps / rust_tps: how many times slower the
+//! client is; the goal is at most 1.5; `py_tps` is the faster of the Python transports).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -264,12 +264,12 @@ fn python() -> Option<PathBuf> {
 
 /// Runs `python/bench_client.py` while a publisher thread keeps quotes coming; its last line
 /// is `py_tps=<n> py_ring_rps=<n>`.
-fn python_figures(addr: SocketAddr, ring: &Path, writer: RingWriter) -> (String, String) {
+fn python_figures(addr: SocketAddr, ring: &Path, writer: RingWriter) -> (String, String, String) {
     let Some(py) = python() else {
         eprintln!(
             "bench client: python/.venv/bin/python or python/bench_client.py missing: py_tps=na py_ring_rps=na"
         );
-        return ("na".into(), "na".into());
+        return ("na".into(), "na".into(), String::new());
     };
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = Arc::clone(&stop);
@@ -305,11 +305,15 @@ fn python_figures(addr: SocketAddr, ring: &Path, writer: RingWriter) -> (String,
                 .find_map(|kv| kv.strip_prefix(k))
                 .map(str::to_owned)
         };
-        Some((get("py_tps=")?, get("py_ring_rps=")?))
+        let per: Vec<String> = ["py_ws_tps=", "py_sse_tps="]
+            .iter()
+            .filter_map(|k| get(k).map(|v| format!("{k}{v}")))
+            .collect();
+        Some((get("py_tps=")?, get("py_ring_rps=")?, per.join(" ")))
     });
     parsed.unwrap_or_else(|| {
         eprintln!("bench client: no `py_tps=.. py_ring_rps=..` line from bench_client.py");
-        ("na".into(), "na".into())
+        ("na".into(), "na".into(), String::new())
     })
 }
 
@@ -350,10 +354,10 @@ fn main() {
     });
     let (raw_tps, rust_tps) = (median(raw), median(rust));
     let ipc = ipc_ring_rps(dir.path());
-    let (py_tps, py_ring) = python_figures(addr, &ring, writer);
+    let (py_tps, py_ring, py_per) = python_figures(addr, &ring, writer);
     drop(state);
     println!(
-        "bench=client rust_tps={rust_tps:.0} raw_tps={raw_tps:.0} rust_vs_raw={:.2} py_tps={py_tps} py_ring_rps={py_ring} ipc_ring_rps={ipc:.0}",
+        "bench=client rust_tps={rust_tps:.0} raw_tps={raw_tps:.0} rust_vs_raw={:.2} py_tps={py_tps} py_ring_rps={py_ring} ipc_ring_rps={ipc:.0} {py_per}",
         raw_tps / rust_tps
     );
 }
