@@ -307,11 +307,12 @@ def shared_system_for_limits() -> Iterator[System]:
         s.stop()
 
 
-@pytest.mark.parametrize("transport", ["ws", "sse"])
-def test_a_corrupted_tick_is_fetched_again_by_a_resync(
-    system: System, proxy: Proxy, transport: str
-) -> None:
-    c, got, _ = run_client(proxy.url, transport)
+def corrupt_one_tick(
+    proxy: Proxy, transport: str, on_malformed: str
+) -> tuple[ibs.StreamClient, Collector]:
+    """Streams through the proxy, which breaks the JSON of one tick in flight (same length, so
+    the WebSocket and HTTP framing stay intact); returns after 100 ticks more."""
+    c, got, _ = run_client(proxy.url, transport, on_malformed=on_malformed)
     try:
         more_ticks(got, 100)
         proxy.corrupt = (b'{"seq":', b'{"seq"!')
@@ -321,6 +322,14 @@ def test_a_corrupted_tick_is_fetched_again_by_a_resync(
         c.close()
     errs = got.of(ibs.FrameError)
     assert len(errs) == 1 and "malformed JSON" in errs[0].why
+    return c, got
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+def test_a_corrupted_tick_is_fetched_again_by_a_resync(
+    system: System, proxy: Proxy, transport: str
+) -> None:
+    c, got = corrupt_one_tick(proxy, transport, "resync")
     assert c.metrics().reconnects == 1, "the resync is one reconnect"
     # Nothing missing, nothing twice: the resume after the last good tick fetched it again.
     assert_exact(system, got.ticks(), KINDS)
@@ -330,19 +339,8 @@ def test_a_corrupted_tick_is_fetched_again_by_a_resync(
 def test_corrupted_frames_are_counted_and_skipped_when_asked(
     system: System, proxy: Proxy, transport: str
 ) -> None:
-    c, got, _ = run_client(proxy.url, transport, on_malformed="skip")
-    try:
-        more_ticks(got, 100)
-        # Same length, so the WebSocket and HTTP framing stay intact: only the JSON breaks.
-        proxy.corrupt = (b'{"seq":', b'{"seq"!')
-        wait_until("the corrupted frame", lambda: c.metrics().frame_errors == 1, 30)
-        more_ticks(got, 100)
-    finally:
-        c.close()
-    errs = got.of(ibs.FrameError)
-    assert len(errs) == 1 and "malformed JSON" in errs[0].why
+    c, got = corrupt_one_tick(proxy, transport, "skip")
     assert c.metrics().reconnects == 0
     # Exactly the corrupted tick is missing, and the FrameError said so in its place.
-    ticks = got.ticks()
     with pytest.raises(AssertionError, match="1 stored ticks not delivered"):
-        assert_exact(system, ticks, KINDS)
+        assert_exact(system, got.ticks(), KINDS)

@@ -188,14 +188,7 @@ pub async fn bars(
             .map_err(|e| ApiError::bad_parameter(e.body_text()))?;
         return websocket(st, r, opts, ip, ws).await;
     }
-    let ip_slot = st
-        .per_ip
-        .reserve(ip, Counted::Sse, st.cfg.per_ip.sse_streams)
-        .inspect_err(|_| {
-            st.metrics
-                .sse_refused_per_ip
-                .fetch_add(1, Ordering::Relaxed);
-        })?;
+    let ip_slot = st.reserve_sse_slot(ip)?;
     let stream_id: Arc<str> = st.new_stream_id("bars").into();
     let rx = start(&st, r, opts, Arc::clone(&stream_id), "sse", ip_slot).await?;
     st.metrics.sse_opened.fetch_add(1, Ordering::Relaxed);
@@ -387,21 +380,7 @@ impl FeedTask {
                     CloseReason::Stopped => CompleteReason::Stopped,
                     CloseReason::ServerShutdown => CompleteReason::ServerShutdown,
                 };
-                msgs.push((
-                    "complete",
-                    messages::complete(
-                        Some(&self.stream_id),
-                        reason,
-                        self.feed.closed(),
-                        started.elapsed().as_millis() as u64,
-                        0,
-                    ),
-                ));
-                for m in msgs.drain(..) {
-                    if self.out.send(m).await.is_err() {
-                        break;
-                    }
-                }
+                self.complete(reason, started, &mut msgs).await;
                 return;
             }
             let notify = Arc::clone(&self.notify);
@@ -423,18 +402,7 @@ impl FeedTask {
                         if failed {
                             // The tick stream ended with an error (sent): so do the bars.
                             self.feed.finish(&mut msgs);
-                            msgs.push(("complete", messages::complete(
-                                Some(&self.stream_id),
-                                CompleteReason::Error,
-                                self.feed.closed(),
-                                started.elapsed().as_millis() as u64,
-                                0,
-                            )));
-                            for m in msgs.drain(..) {
-                                if self.out.send(m).await.is_err() {
-                                    break;
-                                }
-                            }
+                            self.complete(CompleteReason::Error, started, &mut msgs).await;
                             return;
                         }
                         if let Some(u) = self.feed.take_update() {
@@ -460,6 +428,31 @@ impl FeedTask {
                 if self.out.send(m).await.is_err() {
                     return;
                 }
+            }
+        }
+    }
+
+    /// Ends the stream: `complete` after whatever `msgs` holds, all sent while the client
+    /// is there.
+    async fn complete(
+        &mut self,
+        reason: CompleteReason,
+        started: std::time::Instant,
+        msgs: &mut Vec<(&'static str, Bytes)>,
+    ) {
+        msgs.push((
+            "complete",
+            messages::complete(
+                Some(&self.stream_id),
+                reason,
+                self.feed.closed(),
+                started.elapsed().as_millis() as u64,
+                0,
+            ),
+        ));
+        for m in msgs.drain(..) {
+            if self.out.send(m).await.is_err() {
+                break;
             }
         }
     }

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, mpsc};
 
 use super::error::ApiError;
 use super::hub::{CloseReason, Out, Pos, SinkFlag, SlowPolicy};
-use super::limits::{ClientIp, Counted, IpSlot};
+use super::limits::{ClientIp, IpSlot};
 use super::messages::{self, CompleteReason, now_ns};
 use super::params::{self, DEFAULT_TICK_TYPES, Params, TickType};
 use super::replay::{self, Join, Resume, SinkSlot, StartFrom, TaskGuard};
@@ -559,14 +559,7 @@ pub async fn stream(
     let con_id = params::con_id(&raw_con)?;
     let opts = parse_options(query.as_deref(), &headers, st.cfg.default_slow)?;
     check_history(&st, &opts)?;
-    let ip_slot = st
-        .per_ip
-        .reserve(ip, Counted::Sse, st.cfg.per_ip.sse_streams)
-        .inspect_err(|_| {
-            st.metrics
-                .sse_refused_per_ip
-                .fetch_add(1, Ordering::Relaxed);
-        })?;
+    let ip_slot = st.reserve_sse_slot(ip)?;
     let stream_id: Arc<str> = st.new_stream_id("sse").into();
     let (tx, rx) = mpsc::channel(st.cfg.queue_capacity);
     let notify = Arc::new(Notify::new());

@@ -382,6 +382,21 @@ impl AppState {
         }))
     }
 
+    /// One of `ip`'s SSE stream slots (tick and bar streams share the per-address cap),
+    /// or the refusal, counted.
+    pub fn reserve_sse_slot(
+        &self,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<Option<super::limits::IpSlot>, ApiError> {
+        self.per_ip
+            .reserve(ip, super::limits::Counted::Sse, self.cfg.per_ip.sse_streams)
+            .inspect_err(|_| {
+                self.metrics
+                    .sse_refused_per_ip
+                    .fetch_add(1, Ordering::Relaxed);
+            })
+    }
+
     /// A new stream id (`sse-7`, `ws-3-2`).
     pub fn new_stream_id(&self, prefix: &str) -> String {
         format!(
