@@ -400,6 +400,11 @@ impl Backfill {
         }
     }
 
+    /// The jobs not finished.
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values().map(|j| &j.job)
+    }
+
     /// True when nothing is left to do.
     pub fn is_idle(&self) -> bool {
         self.jobs.is_empty()

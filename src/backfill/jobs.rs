@@ -18,7 +18,7 @@ use ib_stream_tws::Contract;
 
 use super::convert::SEC_NS;
 use super::core::Job;
-use crate::storage::backfill::{FillKey, FillStates, is_backfill_epoch};
+use crate::storage::backfill::{FillKey, FillState, FillStates, is_backfill_epoch, subtract};
 use crate::storage::layout::{HOUR_NS, Stream, list_segments};
 use crate::storage::query::{Query, QueryError, QueryIter, default_format};
 
@@ -103,19 +103,26 @@ pub fn whole_seconds(gap: &Record) -> Option<(i64, i64)> {
     Some((t0.div_euclid(SEC_NS) + 1, t1.div_euclid(SEC_NS)))
 }
 
-/// A stream whose gap cannot be asked for: its key, the gap's times and why.
-pub type Unfillable = (FillKey, i64, i64, String);
+/// A stream whose gap is not asked for: its key, the gap's times and its state
+/// (unavailable with the reason, or filled with no tick of its own when other fills hold
+/// every second of it).
+pub type Unasked = (FillKey, i64, i64, FillState);
 
 /// The jobs for the interrupted streams that have no fill state yet, with the contract to
-/// ask for each (`contract_of`). Streams whose gap has no whole second, or no known end,
-/// come back apart with the reason, to be stored as unavailable.
+/// ask for each (`contract_of`); `running`: the jobs still being filled. Gaps overlap (the session's and each subscription's): a
+/// job asks only the seconds no other fill or job of its conId and kind holds (from the
+/// start of the first such second to the end of the last; `store_fill` keeps out any held in
+/// between). A stream whose seconds a job still being filled will hold gets nothing now (a
+/// later scan decides). Streams whose gap has no whole second, no known end, or whose
+/// seconds stored fills hold come back apart, to be stored as they are.
 pub fn plan(
     found: &[(FoundGap, u32, RecordKind)],
     states: &FillStates,
+    running: &[Job],
     contract_of: &dyn Fn(u32) -> Contract,
-) -> (Vec<Job>, Vec<Unfillable>) {
-    let mut jobs = Vec::new();
-    let mut unavailable = Vec::new();
+) -> (Vec<Job>, Vec<Unasked>) {
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut unasked = Vec::new();
     for (gap, con_id, kind) in found {
         let key = FillKey {
             gap_epoch: gap.epoch,
@@ -123,38 +130,59 @@ pub fn plan(
             con_id: *con_id,
             kind: *kind,
         };
-        if states.get(&key).is_some() {
+        if states.get(&key).is_some() || running.iter().any(|j| j.key == key) {
             continue;
         }
-        match whole_seconds(&gap.rec) {
-            Some((from_s, to_s)) if from_s < to_s => jobs.push(Job {
-                key,
-                from_s,
-                to_s,
-                contract: contract_of(*con_id),
-            }),
-            Some(_) => unavailable.push((
-                key,
-                gap.rec.body[2],
-                gap.rec.body[3],
-                "within one second: IB's history (stamped to the second) cannot tell the lost \
-                 ticks from those received"
-                    .to_string(),
-            )),
-            None => unavailable.push((
-                key,
-                gap.rec.body[2].max(0),
-                gap.rec.body[2].max(0),
-                "the gap's end time is not known".to_string(),
-            )),
+        let (t0, t1) = (gap.rec.body[2], gap.rec.body[3]);
+        let Some((from_s, to_s)) = whole_seconds(&gap.rec) else {
+            let why = "the gap's end time is not known".to_string();
+            unasked.push((key, t0.max(0), t0.max(0), FillState::Unavailable { why }));
+            continue;
+        };
+        if from_s >= to_s {
+            let why = "within one second: IB's history (stamped to the second) cannot tell \
+                       the lost ticks from those received"
+                .to_string();
+            unasked.push((key, t0, t1, FillState::Unavailable { why }));
+            continue;
         }
+        let gap_ns = [from_s * SEC_NS, to_s * SEC_NS];
+        let stored = subtract(gap_ns, &states.covered(*con_id, *kind, &key));
+        if stored.is_empty() {
+            unasked.push((key, gap_ns[0], gap_ns[1], FillState::Filled));
+            continue;
+        }
+        let asked: Vec<[i64; 2]> = jobs
+            .iter()
+            .chain(running)
+            .filter(|j| j.key.con_id == *con_id && j.key.kind == *kind)
+            .map(|j| [j.from_s * SEC_NS, j.to_s * SEC_NS])
+            .collect();
+        let left = subtract(gap_ns, &asked)
+            .into_iter()
+            .flat_map(|r| subtract(r, &states.covered(*con_id, *kind, &key)))
+            .collect::<Vec<_>>();
+        // Only seconds a job still being filled will hold: decided at a later scan, once
+        // that job is stored.
+        let (Some(first), Some(last)) = (left.first(), left.last()) else {
+            continue;
+        };
+        jobs.push(Job {
+            key,
+            from_s: first[0].div_euclid(SEC_NS),
+            to_s: (last[1] + SEC_NS - 1).div_euclid(SEC_NS),
+            contract: contract_of(*con_id),
+        });
     }
-    (jobs, unavailable)
+    (jobs, unasked)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Format;
+    use crate::storage::backfill::{FillRecord, store_fill};
+    use crate::tickjson::NoStrings;
     use ib_stream_ipc::GapReason;
 
     fn gap(t0: i64, t1: i64) -> Record {
@@ -200,11 +228,37 @@ mod tests {
             con_id: c as i32,
             ..Contract::default()
         };
-        let (jobs, short) = plan(&found, &FillStates::default(), &contract);
+        let (jobs, short) = plan(&found, &FillStates::default(), &[], &contract);
         assert_eq!(jobs.len(), 2);
+        assert!(matches!(short[0].3, FillState::Unavailable { .. }));
         assert_eq!((jobs[0].from_s, jobs[0].to_s), (11, 20));
         assert_eq!(jobs[1].contract.con_id, 5);
         assert_eq!(short.len(), 1);
         assert_eq!(short[0].0.gap_seq, 2);
+        // A second gap over the same time (a subscription's): nothing left to ask; one
+        // reaching further: only the further part.
+        let found = vec![
+            (mk(1, 10 * SEC_NS, 20 * SEC_NS), 5, RecordKind::TbtLast),
+            (mk(3, 10 * SEC_NS, 20 * SEC_NS), 5, RecordKind::TbtLast),
+            (mk(4, 10 * SEC_NS, 25 * SEC_NS), 5, RecordKind::TbtLast),
+        ];
+        let (jobs, rest) = plan(&found, &FillStates::default(), &[], &contract);
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(
+            (jobs[1].key.gap_seq, jobs[1].from_s, jobs[1].to_s),
+            (4, 20, 25)
+        );
+        assert!(rest.is_empty(), "gap 3 waits for gap 1's fill: {rest:?}");
+        // Once gap 1's fill is stored, gap 3 has nothing left: filled by it.
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Record::mid_point(5, 12 * SEC_NS, 1);
+        r.kind = RecordKind::TbtLast as u8;
+        r.ts_recv = r.ts_event;
+        let f = FillRecord::new(jobs[0].key, 11 * SEC_NS, 20 * SEC_NS, FillState::Filled);
+        store_fill(dir.path(), &[Format::Binary], f, &[r], &NoStrings, 1).unwrap();
+        let states = FillStates::load(dir.path()).unwrap();
+        let (jobs, rest) = plan(&found, &states, &[], &contract);
+        assert_eq!(jobs.len(), 1, "gap 4's further part: {jobs:?}");
+        assert_eq!((rest[0].0.gap_seq, &rest[0].3), (3, &FillState::Filled));
     }
 }

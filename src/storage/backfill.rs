@@ -279,6 +279,26 @@ impl FillStates {
             .map(|(_, r)| r)
     }
 
+    /// What other fills of `con_id` and `kind` (all but `except`) hold: their intervals less
+    /// their missing sub-ranges, ns `[t0, t1)`. Fills that stored no tick hold nothing (so
+    /// nothing can be doubled with them).
+    pub fn covered(&self, con_id: u32, kind: RecordKind, except: &FillKey) -> Vec<[i64; 2]> {
+        let mut out = Vec::new();
+        for (k, r) in &self.by_key {
+            if k == except || k.con_id != con_id || k.kind != kind || r.n == 0 {
+                continue;
+            }
+            match &r.state {
+                FillState::Filled => out.push([r.t0, r.t1]),
+                FillState::Partial { missing, .. } => {
+                    out.extend(subtract([r.t0, r.t1], missing));
+                }
+                FillState::Unavailable { .. } => {}
+            }
+        }
+        out
+    }
+
     /// Every fill, in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&FillKey, &FillRecord)> {
         self.by_key.iter()
@@ -288,6 +308,30 @@ impl FillStates {
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }
+}
+
+/// `range` less every interval of `holes` (all `[t0, t1)`), in order.
+pub fn subtract(range: [i64; 2], holes: &[[i64; 2]]) -> Vec<[i64; 2]> {
+    let mut holes: Vec<[i64; 2]> = holes.iter().copied().filter(|h| h[0] < h[1]).collect();
+    holes.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = range[0];
+    for [a, b] in holes {
+        if b <= at {
+            continue;
+        }
+        if a >= range[1] {
+            break;
+        }
+        if a > at {
+            out.push([at, a]);
+        }
+        at = at.max(b);
+    }
+    if at < range[1] {
+        out.push([at, range[1]]);
+    }
+    out
 }
 
 fn parse_line(line: &[u8]) -> Result<FillRecord, String> {
@@ -339,6 +383,9 @@ pub fn store_fill(
     }
     let epoch = key.epoch();
     remove_fill_segments(root, formats, epoch, fill.t0, fill.t1)?;
+    // Gaps overlap (the session's and each subscription's): a second another fill of this
+    // conId and kind already holds is not stored again.
+    let held = states.covered(key.con_id, key.kind, &key);
     let mut recs: Vec<Record> = records
         .iter()
         .filter(|r| {
@@ -346,6 +393,7 @@ pub fn store_fill(
                 && r.kind == key.kind as u8
                 && r.ts_recv >= fill.t0
                 && r.ts_recv < fill.t1
+                && !held.iter().any(|[a, b]| r.ts_recv >= *a && r.ts_recv < *b)
         })
         .copied()
         .collect();
@@ -614,6 +662,35 @@ mod tests {
         assert_eq!(FillStates::load(root).unwrap().get(&key()).unwrap().n, 3);
         let report = crate::storage::validate::validate(root).unwrap();
         assert!(report.is_ok(), "{report:?}");
+    }
+
+    #[test]
+    fn overlapping_fills_store_each_second_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let s = LocalStrings::default();
+        let sec = 1_000_000_000;
+        let recs: Vec<Record> = (0..6).map(|i| mid(T0 + i * sec, i)).collect();
+        let first = FillRecord::new(key(), T0, T0 + 4 * sec, FillState::Filled);
+        assert_eq!(
+            store_fill(root, &Format::ALL, first, &recs, &s, 1).unwrap(),
+            StoreOutcome::Stored(4)
+        );
+        // A second gap over [2 s, 6 s): only its seconds 4 and 5 are new.
+        let mut other = key();
+        other.gap_seq += 1;
+        let second = FillRecord::new(other, T0 + 2 * sec, T0 + 6 * sec, FillState::Filled);
+        assert_eq!(
+            store_fill(root, &Format::ALL, second, &recs, &s, 2).unwrap(),
+            StoreOutcome::Stored(2)
+        );
+        let (got, _) = query_all(root, &Query::new(CID, T0, T0 + HOUR_NS)).unwrap();
+        let p: Vec<i64> = got.iter().map(|r| r.body[0] / PRICE_SCALE).collect();
+        assert_eq!(p, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(
+            subtract([0, 10], &[[2, 3], [5, 12], [-1, 1]]),
+            [[1, 2], [3, 5]]
+        );
     }
 
     #[test]
