@@ -338,3 +338,34 @@ fn studies_read_backfilled_trades_in_place() {
     let want: Vec<i64> = fx.trades.iter().map(|r| r.body[0]).collect();
     assert_eq!(inside, want);
 }
+
+#[tokio::test]
+async fn the_backfill_endpoint_shows_its_status_file() {
+    use ib_stream::backfill::status::{BackfillStatus, store as store_status};
+    let root = TempRoot::new("backfill-endpoint");
+    let env = Env::new(EnvOpts {
+        history: Some(Arc::new(StorageHistory::new(&root.0))),
+        ..EnvOpts::default()
+    })
+    .await;
+    let v = body_json(env.get("/v3/backfill").await).await;
+    assert_eq!(v["present"], false);
+    let s = BackfillStatus {
+        pid: 42,
+        state: "filling".into(),
+        client_id: 13,
+        queue_depth: 7,
+        budget_used: 58,
+        budget_max: 60,
+        pacing_violations: 0,
+        eta_s: 540,
+        ..BackfillStatus::default()
+    };
+    store_status(&root.0, &s).unwrap();
+    let v = body_json(env.get("/v3/backfill").await).await;
+    assert_eq!(v["present"], true);
+    assert_eq!(v["status"]["queue_depth"], 7);
+    assert_eq!(v["status"]["budget_used"], 58);
+    assert_eq!(v["status"]["eta_s"], 540);
+    assert_eq!(v["status"]["client_id"], 13);
+}

@@ -3,7 +3,7 @@
 //!
 //! One thread, blocking I/O with a short read timeout (the work is a few requests a minute).
 //! It takes a client id from the registry's `backfill` range (326: the next one), connects to
-//! the gateway like the engine (`IB_STREAM_IB_HOST`, the ports in turn), scans storage for
+//! the gateway like the engine (`IB_STREAM_HOST`, the ports in turn), scans storage for
 //! gaps every `--scan-secs` and fills them, storing each fill as it finishes. The status file
 //! is rewritten every second. `--once` exits when nothing is left to fill and a scan finds nothing new.
 
