@@ -28,6 +28,8 @@ use crate::storage::backfill::{FillRecord, FillStates, StoreOutcome, store_fill}
 
 /// IB's "client id already in use".
 const CLIENT_ID_IN_USE: i32 = 326;
+/// How far before the last fully decided scan later scans look again (2 hours).
+const SCAN_MARGIN_NS: i64 = 2 * 3_600_000_000_000;
 /// Sends per second at most: under the session's 50 messages/s.
 const MAX_SENDS_PER_SEC: u32 = 40;
 
@@ -114,6 +116,7 @@ pub fn run_cli(s: &Settings, args: &BackfillArgs) -> Result<(), RunError> {
         root: root.clone(),
         formats,
         lookback_ns: lookback,
+        decided_before_ns: None,
         core: Backfill::new(PacingRules::default(), 1, args.page),
         status: BackfillStatus {
             pid: std::process::id(),
@@ -140,6 +143,9 @@ struct Runner {
     root: PathBuf,
     formats: Vec<Format>,
     lookback_ns: i64,
+    /// Gaps before this were all decided (stored or unavailable): later scans start here,
+    /// less a margin, instead of reading `--lookback` of system files every few seconds.
+    decided_before_ns: Option<i64>,
     core: Backfill,
     status: BackfillStatus,
     start: Instant,
@@ -348,7 +354,13 @@ impl Runner {
         if !self.root.exists() {
             return Ok(0);
         }
-        let found = interrupted(&self.root, now_ns.saturating_sub(self.lookback_ns), now_ns)?;
+        let mut since = now_ns.saturating_sub(self.lookback_ns);
+        if let Some(t) = self.decided_before_ns {
+            // A gap record may be written a while after its outage began: a margin.
+            since = since.max(t.saturating_sub(SCAN_MARGIN_NS));
+        }
+        let idle_before = self.core.is_idle();
+        let found = interrupted(&self.root, since, now_ns)?;
         let states = FillStates::load(&self.root)
             .map_err(crate::storage::backfill::BackfillStoreError::from)?;
         let contracts = contract_store::load(&contract_store::store_path(&self.root));
@@ -366,6 +378,10 @@ impl Runner {
         let running: Vec<_> = self.core.jobs().cloned().collect();
         let (jobs, unfillable) = plan(&found, &states, &running, &contract_of);
         let found = jobs.len() + unfillable.len();
+        // Nothing running and nothing new: every gap up to now is decided.
+        if idle_before && found == 0 {
+            self.decided_before_ns = Some(now_ns);
+        }
         for (key, t0, t1, state) in unfillable {
             let fill = FillRecord::new(key, t0, t1, state);
             let none = crate::tickjson::NoStrings;
