@@ -252,6 +252,13 @@ impl Backfill {
             self.next_req_id = self.next_req_id.checked_add(1).unwrap_or(1);
             self.open.insert(req_id, id);
             self.requests += 1;
+            tracing::debug!(
+                req_id,
+                start = p.start,
+                n = p.number_of_ticks,
+                what = j.what,
+                "historical request"
+            );
             out.push(Action::Send(Box::new(HistRequest::Ticks(
                 HistoricalTicksRequest {
                     req_id,

@@ -84,6 +84,14 @@ enum Ids {
 
 /// Runs until SIGINT/SIGTERM (or, with `--once`, until the first scan's fills are done).
 pub fn run_cli(s: &Settings, args: &BackfillArgs) -> Result<(), RunError> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&s.log_level)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
     let root = args
         .storage
         .clone()
