@@ -2,6 +2,7 @@
 //! ring, and from there to disk, the web and strategy processes.
 #![deny(unsafe_code)]
 
+pub mod backfill;
 pub mod bridge;
 pub mod clientid;
 pub mod config;

@@ -42,6 +42,8 @@ enum Command {
     Config(ConfigCommand),
     /// Record the ring to storage (the recorder sidecar).
     Record(ib_stream::recorder::RecordArgs),
+    /// Fill the recorded gaps from IB's history (its own IB session, paced).
+    Backfill(ib_stream::backfill::run::BackfillArgs),
     /// Run the engine: IB session to the shared-memory ring, plus the control socket.
     Engine(ib_stream::engine::EngineOptions),
     /// Print records from the ring as JSON lines.
@@ -155,6 +157,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Record(args) => {
             let loaded = load(&cli.global)?;
             ib_stream::recorder::run_cli(&loaded.settings, &args)?;
+        }
+        Command::Backfill(args) => {
+            let loaded = load(&cli.global)?;
+            ib_stream::backfill::run::run_cli(&loaded.settings, &args)?;
         }
         Command::Storage(args) => {
             let loaded = load(&cli.global)?;

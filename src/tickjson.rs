@@ -271,6 +271,7 @@ pub fn encode(rec: &Record, strings: &dyn StringLookup, out: &mut Vec<u8>) {
     flag_field(out, "fz", rec.has_flag(flags::FROZEN));
     flag_field(out, "snap", rec.has_flag(flags::SNAPSHOT));
     flag_field(out, "stale", rec.has_flag(flags::STALE));
+    flag_field(out, "backfill", rec.has_flag(flags::BACKFILL));
     let b = rec.body;
     match rec.kind() {
         Some(RecordKind::TbtLast | RecordKind::TbtAllLast) => {
@@ -608,6 +609,7 @@ pub fn decode(line: &[u8], strings: &mut dyn StringIntern) -> Result<Record, Dec
         ("fz", flags::FROZEN),
         ("snap", flags::SNAPSHOT),
         ("stale", flags::STALE),
+        ("backfill", flags::BACKFILL),
     ] {
         if flag(k) {
             f |= bit;
@@ -843,7 +845,7 @@ mod tests {
                 r.ts_recv = st;
                 r.ts_event = ts.unwrap_or(UNDEF_I64);
                 r.instrument_id = cid;
-                let common = fl & 0x0f;
+                let common = fl & 0x1f;
                 let mut b = body;
                 match kind {
                     RecordKind::TbtLast | RecordKind::TbtAllLast => {

@@ -135,6 +135,9 @@ pub mod flags {
     pub const SNAPSHOT: u16 = 1 << 2;
     /// The engine saw the data as stale (after IB error 1100, before 1101/1102).
     pub const STALE: u16 = 1 << 3;
+    /// Filled in afterwards from IB's history (`ib-stream backfill`), not received live:
+    /// one-second timestamps, no live sequence number.
+    pub const BACKFILL: u16 = 1 << 4;
 
     /// Last/AllLast: the trade was outside the limit (`pastLimit`).
     pub const PAST_LIMIT: u16 = 1 << 8;

@@ -170,6 +170,8 @@ pub struct Settings {
     /// Whether the recorder runs. Off: nothing is recorded and history is read from
     /// [`Settings::upstream_storage_path`] (the original IB-Stream's meaning).
     pub enable_storage: bool,
+    /// Whether `up` runs `ib-stream backfill` (fills recorded gaps from IB's history).
+    pub backfill: bool,
     /// Root of recorded history.
     pub storage_path: PathBuf,
     /// Formats the recorder writes.
@@ -231,6 +233,7 @@ impl Settings {
             upstream_storage_path: PathBuf::from("storage").join(Environment::Production.name()),
             upstream_subscribe: false,
             enable_storage: true,
+            backfill: false,
             storage_path: PathBuf::from("storage").join(env.name()),
             storage_formats: StorageFormats {
                 jsonl: true,
@@ -677,6 +680,17 @@ const KEYS: &[KeyDef] = &[
             Ok(())
         },
         get: |s| s.enable_storage.to_string(),
+    },
+    KeyDef {
+        key: "IB_STREAM_BACKFILL",
+        aliases: &[],
+        help: "up also runs `ib-stream backfill`: fills the recorded gaps from IB's history \
+               (its own IB session and client id; needs the recorder and an IB gateway)",
+        set: |s, v| {
+            s.backfill = parse_bool(v)?;
+            Ok(())
+        },
+        get: |s| s.backfill.to_string(),
     },
     KeyDef {
         key: "IB_STREAM_STORAGE_PATH",
@@ -1179,6 +1193,16 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 fn check_role(s: &Settings) -> Result<(), ConfigError> {
     let role = s.role;
     let bad = |what: String| Err(ConfigError::Inconsistent(what));
+    // The backfill fills the recorder's storage through its own IB session.
+    if s.backfill && !(matches!(role, Role::Recording | Role::Isolated) && s.enable_storage) {
+        return bad(format!(
+            "IB_STREAM_BACKFILL=true fills the gaps of this environment's own recording from \
+             IB, so it needs a role that runs the engine and the recorder \
+             (IB_STREAM_ROLE=recording or isolated, with IB_STREAM_ENABLE_STORAGE=true); \
+             here IB_STREAM_ROLE={role}, IB_STREAM_ENABLE_STORAGE={}",
+            s.enable_storage
+        ));
+    }
     // A mirror's upstream is on another host; its directories here are its own.
     if matches!(role, Role::Recording | Role::Mirror) {
         return Ok(());

@@ -93,6 +93,8 @@ pub enum SeqItem {
         seq: u64,
         /// What it says.
         info: GapInfo,
+        /// Its backfill fill states, a JSON array (`None`: not backfilled).
+        fill: Option<Bytes>,
     },
 }
 

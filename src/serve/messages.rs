@@ -94,6 +94,19 @@ pub fn gap(stream_id: Option<&str>, g: &GapInfo) -> Bytes {
     )
 }
 
+/// A gap message with the backfill's fill states (`fill`, a JSON array; see
+/// `storage::backfill`) when there are any.
+pub fn with_fill(msg: Bytes, fill: Option<&[u8]>) -> Bytes {
+    match fill {
+        Some(a) => {
+            let mut v = msg.to_vec();
+            crate::storage::backfill::add_fill_field(&mut v, a);
+            Bytes::from(v)
+        }
+        None => msg,
+    }
+}
+
 /// The `gap{writer_restart}` message: the engine restarted (a new ring epoch). Its one
 /// meaning (`ipc`'s `WriterRestart`): every sequence of the old run (`epoch`) up to
 /// `first_seq - 1` was delivered or reported; after a clean stop (`clean: true`) nothing of

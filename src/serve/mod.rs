@@ -74,6 +74,7 @@ pub fn app(state: AppState) -> Router {
         .route("/background/status", get(ops::background_status))
         .route("/v3/streams", get(ops::streams))
         .route("/v3/client-ids", get(ops::client_ids))
+        .route("/v3/backfill", get(ops::backfill))
         .route("/v3/streams/{con_id}", delete(ops::stop_streams))
         .route("/v3/stream/{con_id}", get(sse::stream))
         .route("/v3/ws", get(ws::upgrade))

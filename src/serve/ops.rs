@@ -247,6 +247,30 @@ pub async fn client_ids(
     Ok(Json(body).into_response())
 }
 
+/// `GET /v3/backfill`: the backfill's status file in this environment's storage (its
+/// session, pacing budgets, queue, violations, ETA): `{"present":true,"status":{...}}`, or
+/// `{"present":false}` when it never ran here (or the server reads no storage).
+pub async fn backfill(
+    State(st): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    Params::parse(q.as_deref(), &[])?;
+    let root = st
+        .history
+        .as_ref()
+        .and_then(|h| h.storage_root().map(std::path::Path::to_path_buf));
+    // A file read: off the async workers.
+    let status =
+        tokio::task::spawn_blocking(move || root.and_then(|r| crate::backfill::status::load(&r)))
+            .await
+            .map_err(|e| ApiError::unavailable("backfill", format!("backfill status: {e}")))?;
+    let body = match status {
+        Some(s) => json!({"present": true, "status": s}),
+        None => json!({"present": false}),
+    };
+    Ok(Json(body).into_response())
+}
+
 /// `GET /v3/streams`: the shared subscriptions and the client streams on each.
 pub async fn streams(
     State(st): State<AppState>,

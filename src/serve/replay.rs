@@ -354,8 +354,9 @@ async fn send_items(
                 end.restart = Some(info);
                 continue;
             }
-            SeqItem::Gap { info, .. } => {
-                join.control("gap", messages::gap(Some(&join.stream_id), &info))
+            SeqItem::Gap { info, fill, .. } => {
+                let msg = messages::gap(Some(&join.stream_id), &info);
+                join.control("gap", messages::with_fill(msg, fill.as_deref()))
             }
         };
         if matches!(out, Out::History { .. }) {

@@ -9,6 +9,7 @@ use super::history::{
 };
 use super::messages::GapInfo;
 use super::params::TickType;
+use crate::storage::backfill::{self, FillStates};
 use crate::storage::query::seq::{SeqIter, SeqRange, epochs_from, stored_through};
 use crate::storage::query::{
     Cursor, Damage, DamageKind, Query, QueryError, QueryIter, default_format,
@@ -117,6 +118,7 @@ impl HistorySource for StorageHistory {
         range.format = Some(format);
         let mut it = SeqIter::new(&self.root, &range).map_err(storage_err)?;
         let mut items = Vec::new();
+        let mut fills: Option<FillStates> = None;
         let mut line = Vec::with_capacity(160);
         loop {
             let rec = match it.next_record() {
@@ -138,21 +140,36 @@ impl HistorySource for StorageHistory {
                     b[0].max(0) as u64,
                     if open { u64::MAX } else { b[1].max(0) as u64 },
                 );
+                let info = GapInfo {
+                    reason: tickjson::gap_reason_name(rec.tick_type),
+                    first_seq: first,
+                    last_seq: last,
+                    count: if first > 0 && last >= first && !open {
+                        last - first + 1
+                    } else {
+                        0
+                    },
+                    t0_ns: b[2],
+                    t1_ns: b[3],
+                };
+                // The backfill's ticks for the gap follow it, in their order by time, under
+                // the gap's own sequence (they have none of the run's).
+                if fills.is_none() {
+                    fills = Some(FillStates::load(&self.root).map_err(|e| storage_err(e.into()))?);
+                }
+                let of_gap = fills.as_ref().map_or_else(Vec::new, |f| {
+                    backfill::fills_of_gap(f, q.epoch, rec.seq, q.con_id, &range.kinds)
+                });
+                let filled = backfill::fill_ticks(&self.root, &of_gap).map_err(storage_err)?;
                 items.push(SeqItem::Gap {
                     seq: rec.seq,
-                    info: GapInfo {
-                        reason: tickjson::gap_reason_name(rec.tick_type),
-                        first_seq: first,
-                        last_seq: last,
-                        count: if first > 0 && last >= first && !open {
-                            last - first + 1
-                        } else {
-                            0
-                        },
-                        t0_ns: b[2],
-                        t1_ns: b[3],
-                    },
+                    info,
+                    fill: backfill::fill_array(of_gap.iter().copied()).map(Bytes::from),
                 });
+                items.extend(filled.into_iter().map(|(_, json)| SeqItem::Tick {
+                    seq: rec.seq,
+                    json: Bytes::from(json),
+                }));
             } else {
                 line.clear();
                 tickjson::encode(&rec, it.strings(), &mut line);
@@ -214,6 +231,7 @@ fn damage_gap(d: &Damage, first_seq: u64) -> SeqItem {
             t0_ns: d.after.map_or(0, |(_, t)| t),
             t1_ns: d.until.map_or(0, |(_, t)| t),
         },
+        fill: None,
     }
 }
 

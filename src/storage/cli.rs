@@ -752,6 +752,7 @@ pub fn csv_row(r: &Record, strings: &dyn StringLookup, out: &mut Vec<u8>) {
         (flags::FROZEN, "fz"),
         (flags::SNAPSHOT, "snap"),
         (flags::STALE, "stale"),
+        (flags::BACKFILL, "backfill"),
     ];
     let set: Vec<&str> = common
         .iter()

@@ -427,6 +427,18 @@ pub fn write_records(
     records: &[Record],
     formats: &[Format],
 ) -> Result<(), ImportError> {
+    write_records_with(root, epoch, records, &NoStrings, formats)
+}
+
+/// [`write_records`] for records whose string ids resolve in `strings` (trade exchanges and
+/// conditions of backfilled ticks).
+pub fn write_records_with(
+    root: &Path,
+    epoch: u64,
+    records: &[Record],
+    strings: &dyn crate::tickjson::StringLookup,
+    formats: &[Format],
+) -> Result<(), ImportError> {
     let now = super::now_ns();
     for &format in formats {
         let mut writers: HashMap<SegmentKey, Writer> = HashMap::new();
@@ -445,11 +457,11 @@ pub fn write_records(
             };
             let staged = match w {
                 Writer::Binary(b) => {
-                    b.push(r, &NoStrings)?;
+                    b.push(r, strings)?;
                     b.staged_bytes()
                 }
                 Writer::Jsonl(j) => {
-                    j.push(r, &NoStrings);
+                    j.push(r, strings);
                     j.staged_bytes()
                 }
             };

@@ -5,6 +5,7 @@
 //! - [`binary`]: 64-byte records behind a versioned header, with block checksums and a strings
 //!   sidecar.
 //! - [`jsonl`]: compact JSON Lines, one [`crate::tickjson`] line per record.
+//! - [`backfill`]: backfilled ticks (their own fill epochs) and each gap's fill state.
 //! - [`append`]: append-only files with all-or-nothing flush windows (rollback on error).
 //! - [`checkpoint`]: the recorder's atomic checkpoint.
 //! - [`compare`]: whether two roots hold the same market data, hour by hour.
@@ -15,6 +16,7 @@
 //! - [`validate`]: integrity and completeness checks (what `storage validate` runs).
 
 pub mod append;
+pub mod backfill;
 pub mod binary;
 pub mod checkpoint;
 pub mod cli;

@@ -825,6 +825,9 @@ pub struct QueryIter {
     strings: LocalStrings,
     stats: QueryStats,
     last: Option<Cursor>,
+    root: PathBuf,
+    /// The backfill fill states, read at the first gap returned as JSON.
+    fills: Option<super::backfill::FillStates>,
 }
 
 impl QueryIter {
@@ -901,6 +904,8 @@ impl QueryIter {
             strings: LocalStrings::default(),
             stats: QueryStats::default(),
             last: None,
+            root: root.to_path_buf(),
+            fills: None,
         })
     }
 
@@ -966,9 +971,43 @@ impl QueryIter {
     pub fn next_json(&mut self, out: &mut Vec<u8>) -> Result<Option<Record>, QueryError> {
         let rec = self.next_record()?;
         if let Some(r) = &rec {
+            let start = out.len();
             tickjson::encode(r, &self.strings, out);
+            if r.kind == RecordKind::Gap as u8 {
+                self.annotate_gap(r, out, start)?;
+            }
         }
         Ok(rec)
+    }
+
+    /// Adds the fill states of the query's conId and kinds to a gap's JSON (`fill`).
+    fn annotate_gap(
+        &mut self,
+        gap: &Record,
+        out: &mut Vec<u8>,
+        start: usize,
+    ) -> Result<(), QueryError> {
+        let Some(epoch) = self.last.map(|c| c.epoch) else {
+            return Ok(());
+        };
+        if self.fills.is_none() {
+            self.fills = Some(super::backfill::FillStates::load(&self.root)?);
+        }
+        let Some(fills) = &self.fills else {
+            return Ok(());
+        };
+        let mask = self.filter.kinds;
+        let mut line = out.split_off(start);
+        super::backfill::annotate_gap(
+            &mut line,
+            fills
+                .of_gap(epoch, gap.seq, self.filter.con_id)
+                .filter(|f| {
+                    RecordKind::from_name(&f.tt).is_some_and(|k| mask & (1u128 << (k as u8)) != 0)
+                }),
+        );
+        out.extend_from_slice(&line);
+        Ok(())
     }
 
     /// Whether damage met in source `i` may hide records this query wants (damage entirely

@@ -22,6 +22,8 @@ pub enum ChildKind {
     Serve,
     /// The mirror (the ring rebuilt from NATS JetStream; `up --role mirror`).
     Mirror,
+    /// The backfill (recorded gaps filled from IB's history; `IB_STREAM_BACKFILL`).
+    Backfill,
 }
 
 impl ChildKind {
@@ -33,6 +35,7 @@ impl ChildKind {
             ChildKind::Recorder => "recorder",
             ChildKind::Serve => "serve",
             ChildKind::Mirror => "mirror",
+            ChildKind::Backfill => "backfill",
         }
     }
 }
@@ -221,12 +224,17 @@ pub fn make_plan(
         a.extend(common.iter().cloned());
         a
     };
-    for kind in settings.role.children(settings.enable_storage) {
+    let mut kinds = settings.role.children(settings.enable_storage);
+    if settings.backfill {
+        kinds.push(ChildKind::Backfill);
+    }
+    for kind in kinds {
         let name = match kind {
             ChildKind::Engine => "engine",
             ChildKind::Recorder => "record",
             ChildKind::Serve => "serve",
             ChildKind::Mirror => "mirror",
+            ChildKind::Backfill => "backfill",
             // The simulator is not an `ib-stream` subcommand; it was added above.
             ChildKind::Sim => continue,
         };
@@ -301,6 +309,36 @@ mod tests {
 
     fn tmp(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("ib-stream-plan-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn backfill_on_adds_its_child_last_and_needs_the_recorder() {
+        let p = plan(
+            Environment::Development,
+            &["IB_STREAM_BACKFILL=true"],
+            false,
+            &tmp("bf"),
+        )
+        .unwrap();
+        let kinds: Vec<_> = p.children.iter().map(|c| c.kind).collect();
+        assert_eq!(kinds.last(), Some(&ChildKind::Backfill));
+        let bf = p.children.last().unwrap();
+        assert_eq!(bf.args[0], "backfill");
+        let off = plan(Environment::Development, &[], false, &tmp("bf-off")).unwrap();
+        assert!(!off.children.iter().any(|c| c.kind == ChildKind::Backfill));
+        let l = load(&sources(&GlobalFlags {
+            env: Some(Environment::Development),
+            env_file: None,
+            sets: vec![
+                "IB_STREAM_BACKFILL=true".into(),
+                "IB_STREAM_ENABLE_STORAGE=false".into(),
+            ],
+        }));
+        let e = l.unwrap_err().to_string();
+        assert!(
+            e.contains("IB_STREAM_BACKFILL=true") && e.contains("IB_STREAM_ENABLE_STORAGE=false"),
+            "{e}"
+        );
     }
 
     #[test]

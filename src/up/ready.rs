@@ -39,6 +39,8 @@ pub fn is_ready(kind: ChildKind, r: &Running, started_ns: i64, plan: &Plan) -> b
             .is_some_and(|s| s.pid == r.pid && s.updated_ns >= started_ns),
         ChildKind::Serve => serve_ready(plan),
         ChildKind::Mirror => engine_ring_live(r.pid, plan),
+        ChildKind::Backfill => crate::backfill::status::load(&plan.settings.storage_path)
+            .is_some_and(|s| s.pid == r.pid && s.updated_ns >= started_ns),
     }
 }
 
@@ -106,6 +108,9 @@ pub fn detail(kind: ChildKind, r: &Running, plan: &Plan) -> String {
             .unwrap_or_default(),
         ChildKind::Recorder => format!(": writing {}", plan.settings.storage_path.display()),
         ChildKind::Mirror => format!(": ring {}", plan.settings.shm_dir.display()),
+        ChildKind::Backfill => crate::backfill::status::load(&plan.settings.storage_path)
+            .map(|s| format!(": {}", s.line()))
+            .unwrap_or_default(),
         ChildKind::Serve => format!(
             ": http://{}:{}/",
             plan.settings.serve_host, plan.settings.serve_port
@@ -149,6 +154,10 @@ pub fn not_ready_hint(kind: ChildKind, plan: &Plan) -> String {
         ChildKind::Recorder => format!(
             "no fresh status in {}; is the storage path writable and the engine's ring up?",
             s.storage_path.display()
+        ),
+        ChildKind::Backfill => format!(
+            "no fresh status in {}; is the storage path writable?",
+            crate::backfill::status::status_path(&s.storage_path).display()
         ),
         ChildKind::Mirror => format!(
             "no live ring in {} yet: the mirror makes it on the stream's first message; is NATS reachable (IB_STREAM_NATS_URL) and a bridge publishing this environment? (docs/OPERATIONS.md)",

@@ -101,6 +101,9 @@ pub fn summarise(settings: &Settings, timeout: Duration) -> (String, Result<(), 
         let _ = writeln!(out, "{line}");
     }
     readers_section(ring_dir, &mut out);
+    if let Some(line) = crate::backfill::run::status_line(&settings.storage_path) {
+        let _ = writeln!(out, "{line}");
+    }
 
     let records = settings
         .role

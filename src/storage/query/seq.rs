@@ -427,6 +427,10 @@ pub fn epochs_from(
         if seg.key.instrument_id != con_id || !(kinds.is_empty() || kinds.contains(&k)) {
             continue;
         }
+        // Backfilled ticks are no run of their own: they belong inside a run's gap.
+        if crate::storage::backfill::is_backfill_epoch(seg.key.epoch) {
+            continue;
+        }
         if !firsts.iter().any(|(e, _, _)| *e == seg.key.epoch) {
             firsts.push((seg.key.epoch, seg.path, seg.key.hour_start_ns));
         }
