@@ -4,6 +4,7 @@
 
 pub mod bridge;
 pub mod clientid;
+pub mod columnar;
 pub mod config;
 pub mod engine;
 pub mod mirror;
