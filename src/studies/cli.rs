@@ -608,4 +608,93 @@ mod tests {
         let e = run_args(&["bars", "--con-id", "7"]).unwrap_err();
         assert!(e.to_string().contains("/nonexistent"), "{e}");
     }
+
+    /// A one-connection HTTP server on 127.0.0.1 that answers `status` with `body`; the
+    /// thread returns the request it read.
+    fn one_answer(status: &str, body: &str) -> (String, std::thread::JoinHandle<String>) {
+        use std::io::{BufRead, BufReader};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let answer = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = String::new();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            // Headers end at the blank line; a GET has no body.
+            while r.read_line(&mut req).unwrap() > 2 {}
+            s.write_all(answer.as_bytes()).unwrap();
+            req
+        });
+        (url, h)
+    }
+
+    fn ask(study: &str, url: &str, token: Option<&str>) -> (Result<(), StudiesError>, String) {
+        let mut a = vec!["t", study, "--url", url];
+        if let Some(t) = token {
+            a.extend(["--token", t]);
+        }
+        let study = T::try_parse_from(a).unwrap().study;
+        let ctx = Context {
+            ring_dir: "/nonexistent".into(),
+            storage_root: "/nonexistent".into(),
+            default_url: "http://127.0.0.1:1".into(),
+            token: Some("from-env".into()),
+        };
+        let mut out = Vec::new();
+        let r = run(&StudiesArgs { study }, &ctx, &mut out);
+        (r, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn health_asks_the_server_and_prints_its_answer() {
+        let body = r#"{"status":"healthy","reasons":[],"streams":2}"#;
+        let (url, h) = one_answer("200 OK", &format!("{body}\n\n"));
+        let (r, out) = ask("health", &url, Some("tok"));
+        r.unwrap();
+        // The body as the server sent it, one trailing newline.
+        assert_eq!(out, format!("{body}\n"));
+        let req = h.join().unwrap();
+        assert!(req.starts_with("GET /health HTTP/1.1\r\n"), "{req}");
+        assert!(req.contains("Authorization: Bearer tok\r\n"), "{req}");
+    }
+
+    #[test]
+    fn an_unhealthy_server_is_printed_and_fails() {
+        // What `GET /health` answers while the ring writer's heartbeat is stale.
+        let body = r#"{"status":"unhealthy","reasons":["ring writer heartbeat is 5012 ms old"]}"#;
+        let (url, h) = one_answer("503 Service Unavailable", body);
+        let (r, out) = ask("health", &url, None);
+        assert_eq!(out, format!("{body}\n"));
+        let e = r.unwrap_err();
+        assert!(
+            matches!(&e, StudiesError::Server(m) if m.contains("HTTP 503") && m.contains("/health")),
+            "{e}"
+        );
+        // Without --token, the environment's.
+        assert!(
+            h.join()
+                .unwrap()
+                .contains("Authorization: Bearer from-env\r\n")
+        );
+    }
+
+    #[test]
+    fn info_lists_the_servers_streams() {
+        let body = r#"{"streams":[{"con_id":711280073,"kinds":["bid_ask"]}]}"#;
+        let (url, h) = one_answer("200 OK", body);
+        let (r, out) = ask("info", &url, None);
+        r.unwrap();
+        assert_eq!(out, format!("{body}\n"));
+        assert!(
+            h.join()
+                .unwrap()
+                .starts_with("GET /v3/streams HTTP/1.1\r\n")
+        );
+        // No server there: the error names the URL.
+        let (r, _) = ask("info", "http://127.0.0.1:1", None);
+        assert!(matches!(r, Err(StudiesError::Server(m)) if m.contains("127.0.0.1:1/v3/streams")));
+    }
 }
