@@ -28,7 +28,10 @@ use ib_stream_ipc::{
 };
 use serde_json::json;
 
-const CID: u32 = 711_280_073;
+#[path = "support/sim_market.rs"]
+mod sim_market;
+
+use sim_market::CID;
 
 /// A day-session-like mix for one futures contract: 70 % quotes, 25 % trades, 5 % mid points.
 fn dataset(n: usize, base_ns: i64, exch: u32) -> Vec<Record> {
@@ -75,97 +78,12 @@ fn dataset(n: usize, base_ns: i64, exch: u32) -> Vec<Record> {
     out
 }
 
-/// The simulator's MNQ market over `hours` hours from `base_ns`: quotes at about 100/s and
-/// trades at about 25/s (exponential gaps), values from tws-sim's generator (seed 7), the
-/// engine's records as it would publish them (IB times to the second, one sequence for both).
-fn sim_market(hours: i64, base_ns: i64) -> Vec<Record> {
-    use tws_sim::generator::{TbtGen, TbtKind, TbtTick};
-    let uni = tws_sim::universe::Universe::builtin();
-    let inst = uni.get(
-        uni.by_con_id(CID as i32)
-            .expect("MNQ in the built-in universe"),
-    );
-    let mut quotes = TbtGen::new(7, inst, TbtKind::BidAsk);
-    let mut trades = TbtGen::new(7, inst, TbtKind::Last);
+/// The simulator's MNQ market over `hours` hours from `base_ns`.
+fn sim_market_hours(hours: i64, base_ns: i64) -> Vec<Record> {
     let end = base_ns + hours * 3_600_000_000_000;
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut gap = |mean_ns: f64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let u = ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        (-u.ln() * mean_ns) as i64 + 1
-    };
-    let (mut tq, mut tt) = (base_ns + gap(1e7), base_ns + gap(4e7));
-    let mut out = Vec::new();
-    while tq.min(tt) < end {
-        let quote_next = tq <= tt;
-        let ts = tq.min(tt);
-        let ib_time = (ts - 2_000_000) / 1_000_000_000 * 1_000_000_000;
-        let tick = if quote_next {
-            tq += gap(1e7);
-            quotes.next()
-        } else {
-            tt += gap(4e7);
-            trades.next()
-        };
-        let mut r = match tick {
-            Some(TbtTick::BidAsk {
-                bid,
-                ask,
-                bid_size,
-                ask_size,
-                bid_past_low,
-                ask_past_high,
-            }) => {
-                let mut r = Record::quote(
-                    CID,
-                    ib_time,
-                    Quote {
-                        bid_price: bid,
-                        ask_price: ask,
-                        bid_size,
-                        ask_size,
-                    },
-                );
-                if bid_past_low {
-                    r.flags |= ib_stream_ipc::flags::BID_PAST_LOW;
-                }
-                if ask_past_high {
-                    r.flags |= ib_stream_ipc::flags::ASK_PAST_HIGH;
-                }
-                r
-            }
-            Some(TbtTick::Trade {
-                price,
-                size,
-                past_limit,
-                ..
-            }) => {
-                let mut r = Record::trade(
-                    false,
-                    CID,
-                    ib_time,
-                    Trade {
-                        price,
-                        size,
-                        // MNQ trades on CME only, with no special conditions.
-                        exchange_id: 1,
-                        conditions_id: 0,
-                    },
-                );
-                if past_limit {
-                    r.flags |= ib_stream_ipc::flags::PAST_LIMIT;
-                }
-                r
-            }
-            _ => continue,
-        };
-        r.seq = out.len() as u64 + 1;
-        r.ts_recv = ts;
-        out.push(r);
-    }
-    out
+    sim_market::sim_market(base_ns)
+        .take_while(|r| r.ts_recv < end)
+        .collect()
 }
 
 /// DBN (Databento's format, version 3 records) of the same ticks, zstd-compressed at DBN's
@@ -558,7 +476,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
-    let sim = sim_market(hours, base);
+    let sim = sim_market_hours(hours, base);
     let sn = sim.len();
     let quotes = sim
         .iter()

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use ib_stream::config::FsyncPolicy;
 use ib_stream::ipc::{
-    Follow, FollowConfig, Quote, Record, RingFollower, RingWriter, ShmOptions, StartAt,
-    StringTableConfig, StringTableWriter, Trade,
+    Follow, FollowConfig, Record, RingFollower, RingWriter, ShmOptions, StartAt, StringTableConfig,
+    StringTableWriter,
 };
 use ib_stream::recorder::{Recorder, RecorderConfig, STRINGS_FILE_NAME};
 use ib_stream::storage::layout::Format;
@@ -39,76 +39,11 @@ use ib_stream::studies::bars::{Bar, BarAggregator, BarSize, BarSource};
 use ib_stream::studies::clock::Clock;
 use ib_stream::studies::{Event, Study, TradeKind, event_of, kinds};
 
-const CID: u32 = 711_280_073;
-const MINUTE_US: i64 = 60_000_000;
+#[path = "support/sim_market.rs"]
+mod sim_market;
 
-/// tws-sim's MNQ market from `base_ns`, `n` records (quotes and trades), engine-style.
-fn sim_market(n: usize, base_ns: i64) -> Vec<Record> {
-    use tws_sim::generator::{TbtGen, TbtKind, TbtTick};
-    let uni = tws_sim::universe::Universe::builtin();
-    let inst = uni.get(
-        uni.by_con_id(CID as i32)
-            .expect("MNQ in the built-in universe"),
-    );
-    let mut quotes = TbtGen::new(7, inst, TbtKind::BidAsk);
-    let mut trades = TbtGen::new(7, inst, TbtKind::Last);
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut gap = |mean_ns: f64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let u = ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        (-u.ln() * mean_ns) as i64 + 1
-    };
-    let (mut tq, mut tt) = (base_ns + gap(1e7), base_ns + gap(4e7));
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let quote_next = tq <= tt;
-        let ts = tq.min(tt);
-        let ib_time = (ts - 2_000_000) / 1_000_000_000 * 1_000_000_000;
-        let tick = if quote_next {
-            tq += gap(1e7);
-            quotes.next()
-        } else {
-            tt += gap(4e7);
-            trades.next()
-        };
-        let mut r = match tick {
-            Some(TbtTick::BidAsk {
-                bid,
-                ask,
-                bid_size,
-                ask_size,
-                ..
-            }) => Record::quote(
-                CID,
-                ib_time,
-                Quote {
-                    bid_price: bid,
-                    ask_price: ask,
-                    bid_size,
-                    ask_size,
-                },
-            ),
-            Some(TbtTick::Trade { price, size, .. }) => Record::trade(
-                false,
-                CID,
-                ib_time,
-                Trade {
-                    price,
-                    size,
-                    exchange_id: 1,
-                    conditions_id: 0,
-                },
-            ),
-            _ => continue,
-        };
-        r.seq = out.len() as u64 + 1;
-        r.ts_recv = ts;
-        out.push(r);
-    }
-    out
-}
+use sim_market::{CID, sim_market};
+const MINUTE_US: i64 = 60_000_000;
 
 fn ring_with(shm: &Path, recs: &[Record]) -> (RingWriter, StringTableWriter) {
     std::fs::create_dir_all(shm).unwrap();
@@ -344,7 +279,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
     // 2026-01-05T14:30:00Z.
-    let recs = sim_market(n, 1_767_623_400_000_000_000);
+    let recs: Vec<Record> = sim_market(1_767_623_400_000_000_000).take(n).collect();
     let root = record(&tmp, &recs);
     let q = query(&recs);
 

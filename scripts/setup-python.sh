@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create or reuse python/.venv and install the ib_stream package (python/) with its test
-# extras (pytest, ruff, mypy, pandas) from PyPI.
+# extras (pytest, ruff, mypy, pandas, pyarrow) from PyPI.
 #
 # Idempotent: when python/.venv exists, imports ib_stream from this checkout and has the test
 # tools, only the package itself is reinstalled (no download). Anything else (missing venv,
@@ -27,7 +27,7 @@ command -v "$PYTHON" >/dev/null 2>&1 || die "no '$PYTHON' on PATH (set PYTHON=..
 
 usable() {
   [[ -x $VENV/bin/python ]] &&
-    "$VENV/bin/python" -c 'import pytest, ruff, mypy, numpy, pandas, websockets, httpx, zstandard, setuptools, wheel' 2>/dev/null
+    "$VENV/bin/python" -c 'import pytest, ruff, mypy, numpy, pandas, pyarrow, websockets, httpx, zstandard, setuptools, wheel' 2>/dev/null
 }
 
 if ! usable; then

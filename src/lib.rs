@@ -5,6 +5,7 @@
 pub mod backfill;
 pub mod bridge;
 pub mod clientid;
+pub mod columnar;
 pub mod config;
 pub mod engine;
 pub mod mirror;

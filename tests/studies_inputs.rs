@@ -1,8 +1,8 @@
 //! `ib-stream studies`: the same recorded interval read from the three inputs — this machine's
 //! ring, the web server (through the client crate) and storage — gives byte-identical output,
 //! for bars, delta, multi-delta, VWAP and Bollinger (and passthrough, which shows the ticks
-//! themselves). The system is real: `ib-stream up --simulate` (tws-sim, engine, recorder, web
-//! server).
+//! themselves); `health` and `info` ask the same server. The system is real: `ib-stream up
+//! --simulate` (tws-sim, engine, recorder, web server).
 //!
 //! The test compares the inputs with each other, never with a particular market shape; the
 //! study arithmetic is checked against hand-computed values in the unit tests of
@@ -160,5 +160,50 @@ fn ring_server_and_storage_give_byte_identical_studies() {
     assert!(finals[..finals.len() - 1].iter().all(|f| *f), "{bars}");
     // One delta row per trade.
     assert_eq!(outputs[4].lines().count(), trades.len());
+
+    // `health` and `info` ask the server (they have no tick input): the running system is
+    // healthy and connected, and streams the contract recorded above.
+    let health: serde_json::Value =
+        serde_json::from_str(&studies(&env, &["studies", "health", "--url", &url])).unwrap();
+    assert_eq!(health["status"], "healthy", "{health}");
+    assert_eq!(health["engine"]["connection"], "connected", "{health}");
+    assert_eq!(health["ring"]["writer"], "alive", "{health}");
+    // `info` lists the server's client streams: one study reading the server live.
+    let mut live = env
+        .command(
+            &[
+                "studies",
+                "passthrough",
+                "--con-id",
+                &con,
+                "--url",
+                &url,
+                "--seconds",
+                "60",
+            ],
+            &[],
+        )
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let info_now = || -> serde_json::Value {
+        serde_json::from_str(&studies(&env, &["studies", "info", "--url", &url])).unwrap()
+    };
+    wait_until(
+        "info to list the live study",
+        Duration::from_secs(30),
+        || info_now()["count"] == 1,
+    );
+    let info = info_now();
+    let _ = live.kill();
+    let _ = live.wait();
+    let stream = &info["streams"][0];
+    assert_eq!(stream["con_id"], MNQ, "{info}");
+    let subs = info["subscriptions"].as_array().unwrap();
+    assert!(
+        subs.iter()
+            .any(|s| s["con_id"] == MNQ && s["tick_type"] == "last"),
+        "{info}"
+    );
     drop(up);
 }

@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ib_stream_ipc::{PRICE_SCALE, RECORD_SIZE, Record, RecordKind, SIZE_SCALE, UNDEF_I64, flags};
+use ib_stream_ipc::{PRICE_SCALE, RECORD_SIZE, Record, RecordKind, SIZE_SCALE};
 
 use super::StorageError;
 use super::binary::{BinarySegment, HEADER_LEN, sidecar_path};
@@ -17,6 +17,8 @@ use super::jsonl::JsonlSegment;
 use super::layout::{Format, Stream, all_segments};
 use super::query::{Query, QueryError, QueryIter, QueryText, line_st_us};
 use super::validate::{self, ValidateOptions};
+use crate::columnar::ParquetSink;
+use crate::columnar::tick::{TickColumns, TickFields, TickValue, tick_schema};
 use crate::tickjson::{self, LocalStrings, StringLookup, write_fixed};
 
 /// `ib-stream storage ...`
@@ -118,9 +120,12 @@ pub struct ExportArgs {
     /// Resume after this cursor (printed on stderr after a limited export).
     #[arg(long)]
     pub after: Option<String>,
-    /// Output: `jsonl` (the stored/web JSON) or `csv`.
+    /// Output: `jsonl` (the stored/web JSON), `csv` or `parquet` (typed columns; needs --out).
     #[arg(long, default_value = "jsonl")]
     pub format: String,
+    /// Write to this file instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
     /// Format to read (default: binary when present).
     #[arg(long, value_parser = parse_format)]
     pub from: Option<Format>,
@@ -159,6 +164,9 @@ pub enum CliError {
     /// Writing the output.
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+    /// Writing a Parquet file.
+    #[error(transparent)]
+    Parquet(#[from] crate::columnar::ColumnarError),
     /// A bad argument.
     #[error("{0}")]
     Usage(String),
@@ -669,110 +677,79 @@ fn csv_text(out: &mut Vec<u8>, s: &[u8]) {
 
 /// One record as a CSV row (no newline).
 pub fn csv_row(r: &Record, strings: &dyn StringLookup, out: &mut Vec<u8>) {
-    let fx = |out: &mut Vec<u8>, v: i64, scale: i64| {
-        if v != UNDEF_I64 {
+    let f = TickFields::of(r, strings);
+    let num = |out: &mut Vec<u8>, v: Option<i64>, scale: i64| {
+        out.push(b',');
+        if let Some(v) = v {
             write_fixed(out, v, scale);
         }
     };
-    let text = |out: &mut Vec<u8>, id: u32| {
-        if let Some(s) = strings.lookup(id) {
-            csv_text(out, s);
+    let text = |out: &mut Vec<u8>, t: Option<&[u8]>| {
+        out.push(b',');
+        if let Some(t) = t {
+            csv_text(out, t);
         }
     };
-    out.extend_from_slice(r.ts_recv.to_string().as_bytes());
+    out.extend_from_slice(f.ts_recv.to_string().as_bytes());
     out.push(b',');
-    if r.ts_event != UNDEF_I64 {
-        out.extend_from_slice(r.ts_event.to_string().as_bytes());
+    if let Some(t) = f.ts_event {
+        out.extend_from_slice(t.to_string().as_bytes());
     }
     out.extend_from_slice(format!(",{},{},", r.seq, r.instrument_id).as_bytes());
-    let kind = r.kind();
-    out.extend_from_slice(kind.map_or("unknown", RecordKind::name).as_bytes());
-    // price,size,bid_price,bid_size,ask_price,ask_size,exchange,conditions,field,value
-    let mut cols: [Vec<u8>; 10] = Default::default();
-    let b = r.body;
-    match kind {
-        Some(RecordKind::TbtLast | RecordKind::TbtAllLast) => {
-            fx(&mut cols[0], b[0], PRICE_SCALE);
-            fx(&mut cols[1], b[1], SIZE_SCALE);
-            text(&mut cols[6], b[2] as u32);
-            text(&mut cols[7], (b[2] >> 32) as u32);
-        }
-        Some(RecordKind::TbtBidAsk) => {
-            fx(&mut cols[2], b[0], PRICE_SCALE);
-            fx(&mut cols[3], b[2], SIZE_SCALE);
-            fx(&mut cols[4], b[1], PRICE_SCALE);
-            fx(&mut cols[5], b[3], SIZE_SCALE);
-        }
-        Some(RecordKind::TbtMidPoint) => fx(&mut cols[0], b[0], PRICE_SCALE),
-        Some(RecordKind::L1Price) => {
-            fx(&mut cols[0], b[0], PRICE_SCALE);
-            fx(&mut cols[1], b[1], SIZE_SCALE);
-            cols[8] = r.tick_type.to_string().into_bytes();
-        }
-        Some(RecordKind::L1Size) => {
-            fx(&mut cols[1], b[0], SIZE_SCALE);
-            cols[8] = r.tick_type.to_string().into_bytes();
-        }
-        Some(RecordKind::L1Generic) => {
-            fx(&mut cols[9], b[0], PRICE_SCALE);
-            cols[8] = r.tick_type.to_string().into_bytes();
-        }
-        Some(RecordKind::L1String) => {
-            text(&mut cols[9], b[0] as u32);
-            cols[8] = r.tick_type.to_string().into_bytes();
-        }
-        _ => {
-            // System records: their JSON object in `value`.
-            let mut j = Vec::new();
-            tickjson::encode(r, strings, &mut j);
-            csv_text(&mut cols[9], &j);
-        }
+    out.extend_from_slice(f.kind.as_bytes());
+    num(out, f.price, PRICE_SCALE);
+    num(out, f.size, SIZE_SCALE);
+    num(out, f.bid_price, PRICE_SCALE);
+    num(out, f.bid_size, SIZE_SCALE);
+    num(out, f.ask_price, PRICE_SCALE);
+    num(out, f.ask_size, SIZE_SCALE);
+    text(out, f.exchange);
+    text(out, f.conditions);
+    out.push(b',');
+    if let Some(t) = f.field {
+        out.extend_from_slice(t.to_string().as_bytes());
     }
-    for c in &cols {
-        out.push(b',');
-        out.extend_from_slice(c);
+    match &f.value {
+        None => out.push(b','),
+        Some(TickValue::Fixed(v)) => num(out, Some(*v), PRICE_SCALE),
+        Some(TickValue::Text(t)) => text(out, Some(t)),
+        Some(TickValue::Json(j)) => text(out, Some(j)),
     }
     out.push(b',');
-    let names: &[(u16, &str)] = match kind {
-        Some(RecordKind::TbtLast | RecordKind::TbtAllLast) => {
-            &[(flags::PAST_LIMIT, "pl"), (flags::UNREPORTED, "upt")]
-        }
-        Some(RecordKind::TbtBidAsk) => {
-            &[(flags::BID_PAST_LOW, "bpl"), (flags::ASK_PAST_HIGH, "aph")]
-        }
-        Some(RecordKind::L1Price) => &[
-            (flags::CAN_AUTO_EXECUTE, "cae"),
-            (flags::L1_PAST_LIMIT, "pl"),
-            (flags::PRE_OPEN, "po"),
-        ],
-        _ => &[],
-    };
-    let common = [
-        (flags::DELAYED, "dl"),
-        (flags::FROZEN, "fz"),
-        (flags::SNAPSHOT, "snap"),
-        (flags::STALE, "stale"),
-        (flags::BACKFILL, "backfill"),
-    ];
-    let set: Vec<&str> = common
-        .iter()
-        .chain(names)
-        .filter(|(bit, _)| r.has_flag(*bit))
-        .map(|(_, n)| *n)
-        .collect();
-    out.extend_from_slice(set.join("|").as_bytes());
+    out.extend_from_slice(f.flags.as_slice().join("|").as_bytes());
 }
 
 /// Damaged parts `export --skip-bad` names one by one (the rest are counted).
 const MAX_SKIP_REPORTS: u64 = 100;
 
-fn export(root: &Path, a: &ExportArgs, out: &mut impl Write) -> Result<(), CliError> {
-    let csv = match a.format.as_str() {
-        "jsonl" | "json" => false,
-        "csv" => true,
+/// What `storage export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ExportFormat {
+    Jsonl,
+    Csv,
+    Parquet,
+}
+
+fn create_out(path: &Path) -> Result<BufWriter<std::fs::File>, CliError> {
+    let f = std::fs::File::create(path)
+        .map_err(|e| CliError::Usage(format!("--out {}: {e}", path.display())))?;
+    Ok(BufWriter::with_capacity(256 * 1024, f))
+}
+
+/// `storage export` to `stdout` or `--out`.
+fn export(root: &Path, a: &ExportArgs, stdout: &mut impl Write) -> Result<(), CliError> {
+    let format = match a.format.as_str() {
+        "jsonl" | "json" => ExportFormat::Jsonl,
+        "csv" => ExportFormat::Csv,
+        "parquet" if a.out.is_none() => {
+            return Err(CliError::Usage(
+                "--format parquet writes a file: give --out FILE".into(),
+            ));
+        }
+        "parquet" => ExportFormat::Parquet,
         other => {
             return Err(CliError::Usage(format!(
-                "--format {other}: expected jsonl or csv"
+                "--format {other}: expected jsonl, csv or parquet"
             )));
         }
     };
@@ -792,7 +769,24 @@ fn export(root: &Path, a: &ExportArgs, out: &mut impl Write) -> Result<(), CliEr
     };
     let mut it = QueryIter::new(root, &q)?;
     let mut buf = Vec::with_capacity(64 * 1024);
-    if csv {
+    // Parquet writes its own file; text goes to --out or standard output.
+    let (mut parquet, mut file) = match (format, &a.out) {
+        (ExportFormat::Parquet, Some(path)) => (
+            Some(ParquetSink::new(
+                create_out(path)?,
+                tick_schema(),
+                TickColumns::default(),
+            )?),
+            None,
+        ),
+        (_, Some(path)) => (None, Some(create_out(path)?)),
+        (_, None) => (None, None),
+    };
+    let out: &mut dyn Write = match &mut file {
+        Some(f) => f,
+        None => stdout,
+    };
+    if format == ExportFormat::Csv {
         buf.extend_from_slice(CSV_HEADER.as_bytes());
         buf.push(b'\n');
     }
@@ -800,14 +794,18 @@ fn export(root: &Path, a: &ExportArgs, out: &mut impl Write) -> Result<(), CliEr
     let mut n = 0u64;
     let mut skipped = 0u64;
     loop {
-        let next = if csv {
-            it.next_record().inspect(|r| {
+        let next = match (format, &mut parquet) {
+            (ExportFormat::Parquet, Some(pq)) => it.next_record().inspect(|r| {
+                if let Some(r) = r {
+                    pq.columns().push(r, it.strings());
+                }
+            }),
+            (ExportFormat::Csv, _) => it.next_record().inspect(|r| {
                 if let Some(r) = r {
                     csv_row(r, it.strings(), &mut buf);
                 }
-            })
-        } else {
-            it.next_json(&mut buf)
+            }),
+            _ => it.next_json(&mut buf),
         };
         let rec = match next {
             Ok(r) => r,
@@ -820,6 +818,9 @@ fn export(root: &Path, a: &ExportArgs, out: &mut impl Write) -> Result<(), CliEr
             }
             Err(e @ QueryError::Damaged(_)) => {
                 // What came before the damage is good: write it, then fail.
+                if let Some(pq) = parquet.take() {
+                    pq.close()?.flush()?;
+                }
                 out.write_all(&buf)?;
                 out.flush()?;
                 eprintln!("export: {e}");
@@ -833,15 +834,26 @@ fn export(root: &Path, a: &ExportArgs, out: &mut impl Write) -> Result<(), CliEr
         if rec.is_none() {
             break;
         }
-        buf.push(b'\n');
         n += 1;
+        if let Some(pq) = &mut parquet {
+            pq.flush_full()?;
+            if n.is_multiple_of(65_536) {
+                p.tick(|| format!("export: {n} records"));
+            }
+            continue;
+        }
+        buf.push(b'\n');
         if buf.len() >= 60 * 1024 {
             out.write_all(&buf)?;
             buf.clear();
             p.tick(|| format!("export: {n} records"));
         }
     }
+    if let Some(pq) = parquet.take() {
+        pq.close()?.flush()?;
+    }
     out.write_all(&buf)?;
+    out.flush()?;
     if skipped > 0 {
         if skipped > MAX_SKIP_REPORTS {
             eprintln!(

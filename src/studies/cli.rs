@@ -1,5 +1,5 @@
 //! `ib-stream studies <study>`: a study over one of three inputs (`--ring`, the default;
-//! `--url`; `--storage`), written as a table, JSON lines or CSV.
+//! `--url`; `--storage`), written as a table, JSON lines or CSV, and bars also as Parquet.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,6 +14,8 @@ use super::output::{Format, RowWriter};
 use super::passthrough::Passthrough;
 use super::vwap::{Vwap, VwapWindow};
 use super::{Event, Study, TradeKind};
+use crate::columnar::ParquetSink;
+use crate::columnar::bar::{BarColumns, bar_schema};
 use crate::storage::query::time;
 
 /// Options of `ib-stream studies`.
@@ -76,9 +78,12 @@ pub struct CommonArgs {
     /// Which trades: last or all_last.
     #[arg(long, value_enum, default_value_t = TradeKind::Last)]
     pub trades: TradeKind,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
+    /// Output format (`parquet`: bars only, needs --out).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+    /// Write to this file instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
     /// Stop after this many seconds (ring and server).
     #[arg(long)]
     pub seconds: Option<f64>,
@@ -88,6 +93,31 @@ pub struct CommonArgs {
     /// Bearer token for --url (default: IB_STREAM_TOKEN).
     #[arg(long)]
     pub token: Option<String>,
+}
+
+/// What `--format` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns with a header.
+    Table,
+    /// One JSON object per line.
+    Jsonl,
+    /// CSV with a header line.
+    Csv,
+    /// A Parquet file of typed columns (bars only).
+    Parquet,
+}
+
+impl OutputFormat {
+    /// The text format, `None` for Parquet.
+    fn text(self) -> Option<Format> {
+        match self {
+            OutputFormat::Table => Some(Format::Table),
+            OutputFormat::Jsonl => Some(Format::Jsonl),
+            OutputFormat::Csv => Some(Format::Csv),
+            OutputFormat::Parquet => None,
+        }
+    }
 }
 
 /// `bars`.
@@ -198,6 +228,9 @@ pub enum StudiesError {
     /// The server could not be asked.
     #[error("{0}")]
     Server(String),
+    /// Writing the Parquet file failed.
+    #[error(transparent)]
+    Parquet(#[from] crate::columnar::ColumnarError),
 }
 
 /// What the configuration supplies.
@@ -236,6 +269,9 @@ pub fn run(args: &StudiesArgs, ctx: &Context, out: &mut dyn Write) -> Result<(),
                 }
             };
             let s = BarAggregator::new(size, a.source, a.fill, clock.clone());
+            if a.common.format == OutputFormat::Parquet {
+                return drive_parquet(s, &a.common, ctx);
+            }
             drive(s, &a.common, clock, ctx, out)
         }
         C::Delta(a) => {
@@ -319,16 +355,81 @@ fn selection(c: &CommonArgs) -> Result<Selection, StudiesError> {
     Ok(Selection::of_ns(c.con_id, c.trades, from_ns, to_ns))
 }
 
-/// Feeds one input to `study`, writing its rows as they come.
+/// Feeds one input to `study`, writing its rows as text as they come.
 fn drive<S: Study>(
-    mut study: S,
+    study: S,
     c: &CommonArgs,
     clock: Clock,
     ctx: &Context,
-    out: &mut dyn Write,
+    stdout: &mut dyn Write,
+) -> Result<(), StudiesError> {
+    let Some(format) = c.format.text() else {
+        return Err(StudiesError::Usage(
+            "--format parquet is for bars (and `storage export`)".into(),
+        ));
+    };
+    let mut file = match &c.out {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|e| StudiesError::Usage(format!("--out {}: {e}", path.display())))?,
+        )),
+        None => None,
+    };
+    let out: &mut dyn Write = match &mut file {
+        Some(f) => f,
+        None => stdout,
+    };
+    let mut w = RowWriter::new(format, clock);
+    feed(study, c, ctx, &mut |rows, now| {
+        for r in rows.drain(..) {
+            w.row(&r);
+        }
+        // Flush on the clock too, so a live study's closed bars show at once.
+        if w.buffered() > 32 * 1024 || now && w.buffered() > 0 {
+            w.flush(out)?;
+        }
+        Ok(())
+    })?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Bars into the Parquet file `--out`.
+fn drive_parquet(study: BarAggregator, c: &CommonArgs, ctx: &Context) -> Result<(), StudiesError> {
+    let Some(path) = &c.out else {
+        return Err(StudiesError::Usage(
+            "--format parquet writes a file: give --out FILE".into(),
+        ));
+    };
+    let f = std::fs::File::create(path)
+        .map_err(|e| StudiesError::Usage(format!("--out {}: {e}", path.display())))?;
+    let mut sink = ParquetSink::new(
+        std::io::BufWriter::with_capacity(256 * 1024, f),
+        bar_schema(),
+        BarColumns::default(),
+    )?;
+    feed(study, c, ctx, &mut |rows, _| {
+        for r in rows.drain(..) {
+            sink.columns().push(&r);
+        }
+        sink.flush_full().map_err(std::io::Error::other)
+    })?;
+    sink.close()?.flush()?;
+    Ok(())
+}
+
+/// Where a study's rows go: `(rows, now)`, `now` when they should be written out at once
+/// (the clock moved, or the input ended).
+type Emit<'a, R> = dyn FnMut(&mut Vec<R>, bool) -> Result<(), std::io::Error> + 'a;
+
+/// Feeds one input to `study`, handing its rows to `emit` as they come.
+fn feed<S: Study>(
+    mut study: S,
+    c: &CommonArgs,
+    ctx: &Context,
+    emit: &mut Emit<'_, S::Out>,
 ) -> Result<(), StudiesError> {
     let sel = selection(c)?;
-    let mut w = RowWriter::new(c.format, clock);
     let mut rows: Vec<S::Out> = Vec::with_capacity(64);
     let result = {
         let mut sink = |i: Input| -> Result<(), std::io::Error> {
@@ -337,14 +438,7 @@ fn drive<S: Study>(
                 Input::Event(Event::Gap(g)) => study.on_gap(&g, &mut rows),
                 Input::Clock(now) => study.on_clock(now, &mut rows),
             }
-            for r in rows.drain(..) {
-                w.row(&r);
-            }
-            // Flush on the clock too, so a live study's closed bars show at once.
-            if w.buffered() > 32 * 1024 || matches!(i, Input::Clock(_)) && w.buffered() > 0 {
-                w.flush(out)?;
-            }
-            Ok(())
+            emit(&mut rows, matches!(i, Input::Clock(_)))
         };
         match (&c.url, &c.storage) {
             (Some(url), _) => {
@@ -377,10 +471,7 @@ fn drive<S: Study>(
         Err(e) => return Err(e.into()),
     }
     study.finish(&mut rows);
-    for r in rows.drain(..) {
-        w.row(&r);
-    }
-    w.flush(out)?;
+    emit(&mut rows, true)?;
     Ok(())
 }
 
@@ -509,5 +600,94 @@ mod tests {
         // No ring there: the input's error, naming the file.
         let e = run_args(&["bars", "--con-id", "7"]).unwrap_err();
         assert!(e.to_string().contains("/nonexistent"), "{e}");
+    }
+
+    /// A one-connection HTTP server on 127.0.0.1 that answers `status` with `body`; the
+    /// thread returns the request it read.
+    fn one_answer(status: &str, body: &str) -> (String, std::thread::JoinHandle<String>) {
+        use std::io::{BufRead, BufReader};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let answer = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = String::new();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            // Headers end at the blank line; a GET has no body.
+            while r.read_line(&mut req).unwrap() > 2 {}
+            s.write_all(answer.as_bytes()).unwrap();
+            req
+        });
+        (url, h)
+    }
+
+    fn ask(study: &str, url: &str, token: Option<&str>) -> (Result<(), StudiesError>, String) {
+        let mut a = vec!["t", study, "--url", url];
+        if let Some(t) = token {
+            a.extend(["--token", t]);
+        }
+        let study = T::try_parse_from(a).unwrap().study;
+        let ctx = Context {
+            ring_dir: "/nonexistent".into(),
+            storage_root: "/nonexistent".into(),
+            default_url: "http://127.0.0.1:1".into(),
+            token: Some("from-env".into()),
+        };
+        let mut out = Vec::new();
+        let r = run(&StudiesArgs { study }, &ctx, &mut out);
+        (r, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn health_asks_the_server_and_prints_its_answer() {
+        let body = r#"{"status":"healthy","reasons":[],"streams":2}"#;
+        let (url, h) = one_answer("200 OK", &format!("{body}\n\n"));
+        let (r, out) = ask("health", &url, Some("tok"));
+        r.unwrap();
+        // The body as the server sent it, one trailing newline.
+        assert_eq!(out, format!("{body}\n"));
+        let req = h.join().unwrap();
+        assert!(req.starts_with("GET /health HTTP/1.1\r\n"), "{req}");
+        assert!(req.contains("Authorization: Bearer tok\r\n"), "{req}");
+    }
+
+    #[test]
+    fn an_unhealthy_server_is_printed_and_fails() {
+        // What `GET /health` answers while the ring writer's heartbeat is stale.
+        let body = r#"{"status":"unhealthy","reasons":["ring writer heartbeat is 5012 ms old"]}"#;
+        let (url, h) = one_answer("503 Service Unavailable", body);
+        let (r, out) = ask("health", &url, None);
+        assert_eq!(out, format!("{body}\n"));
+        let e = r.unwrap_err();
+        assert!(
+            matches!(&e, StudiesError::Server(m) if m.contains("HTTP 503") && m.contains("/health")),
+            "{e}"
+        );
+        // Without --token, the environment's.
+        assert!(
+            h.join()
+                .unwrap()
+                .contains("Authorization: Bearer from-env\r\n")
+        );
+    }
+
+    #[test]
+    fn info_lists_the_servers_streams() {
+        let body = r#"{"streams":[{"con_id":711280073,"kinds":["bid_ask"]}]}"#;
+        let (url, h) = one_answer("200 OK", body);
+        let (r, out) = ask("info", &url, None);
+        r.unwrap();
+        assert_eq!(out, format!("{body}\n"));
+        assert!(
+            h.join()
+                .unwrap()
+                .starts_with("GET /v3/streams HTTP/1.1\r\n")
+        );
+        // No server there: the error names the URL.
+        let (r, _) = ask("info", "http://127.0.0.1:1", None);
+        assert!(matches!(r, Err(StudiesError::Server(m)) if m.contains("127.0.0.1:1/v3/streams")));
     }
 }
