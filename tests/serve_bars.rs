@@ -15,12 +15,10 @@ use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::http::Request;
-use clap::Parser;
 use futures_util::StreamExt;
 use ib_stream::ipc::{PRICE_SCALE, Quote, Record, SIZE_SCALE, Trade};
 use ib_stream::serve::storage_history::StorageHistory;
 use ib_stream::studies::bars::{BarAggregator, BarSize, BarSource};
-use ib_stream::studies::cli::{Context, StudiesArgs, StudyCommand};
 use ib_stream::studies::clock::Clock;
 use ib_stream::studies::input::remote_gap;
 use ib_stream::studies::output::{Format, RowWriter};
@@ -259,43 +257,6 @@ async fn a_gap_between_storage_and_the_ring_flags_the_bars_it_touches() {
     );
 }
 
-#[derive(Debug, Parser)]
-struct Cmd {
-    #[command(subcommand)]
-    study: StudyCommand,
-}
-
-/// `ib-stream studies bars --con-id CID --storage ROOT --from .. --to .. --format jsonl`.
-fn command(root: &std::path::Path, from: &str, to: &str) -> Vec<Value> {
-    let root_s = root.display().to_string();
-    let args = [
-        "studies",
-        "bars",
-        "--con-id",
-        &CID.to_string(),
-        "--storage",
-        &root_s,
-        "--from",
-        from,
-        "--to",
-        to,
-        "--format",
-        "jsonl",
-        "--size",
-        "1m",
-    ];
-    let study = Cmd::try_parse_from(args).unwrap().study;
-    let ctx = Context {
-        ring_dir: "/nonexistent".into(),
-        storage_root: root.to_path_buf(),
-        default_url: "http://127.0.0.1:1".into(),
-        token: None,
-    };
-    let mut out = Vec::new();
-    ib_stream::studies::cli::run(&StudiesArgs { study }, &ctx, &mut out).unwrap();
-    lines(&String::from_utf8(out).unwrap())
-}
-
 fn rfc3339(ns: i64) -> String {
     jiff::Timestamp::from_nanosecond(i128::from(ns))
         .unwrap()
@@ -312,7 +273,7 @@ async fn bars_of_recorded_files_equal_the_command_by_range_and_by_stream() {
     })
     .await;
     let (from, to) = (rfc3339(T0), rfc3339(T0 + 3 * 3_600_000_000_000));
-    let want = command(&root.0, &from, &to);
+    let want = storage_query_support::studies_bars_1m(&root.0, &from, &to);
     assert!(want.len() > 100, "{}", want.len());
     assert!(
         want.iter().any(|r| r["gap"] == true),

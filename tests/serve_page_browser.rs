@@ -257,54 +257,6 @@ async fn the_page_streams_the_tracked_contract_on_open_with_labelled_axes_and_zo
     let _ = chrome.kill().await;
 }
 
-/// `ib-stream studies bars --con-id CID --storage ROOT --from .. --to .. --format jsonl`, in
-/// process: the rows the chart must draw.
-fn command_bars(root: &std::path::Path, from: &str, to: &str) -> Vec<Value> {
-    use clap::Parser;
-    #[derive(Debug, Parser)]
-    struct Cmd {
-        #[command(subcommand)]
-        study: ib_stream::studies::cli::StudyCommand,
-    }
-    let root_s = root.display().to_string();
-    let cid = CID.to_string();
-    let args = [
-        "studies",
-        "bars",
-        "--con-id",
-        &cid,
-        "--storage",
-        &root_s,
-        "--from",
-        from,
-        "--to",
-        to,
-        "--format",
-        "jsonl",
-        "--size",
-        "1m",
-    ];
-    let study = Cmd::try_parse_from(args).unwrap().study;
-    let ctx = ib_stream::studies::cli::Context {
-        ring_dir: "/nonexistent".into(),
-        storage_root: root.to_path_buf(),
-        default_url: "http://127.0.0.1:1".into(),
-        token: None,
-    };
-    let mut out = Vec::new();
-    ib_stream::studies::cli::run(
-        &ib_stream::studies::cli::StudiesArgs { study },
-        &ctx,
-        &mut out,
-    )
-    .unwrap();
-    String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs chromium: ./scripts/install-chromium.sh, then run with --ignored"]
 async fn the_chart_draws_the_bars_of_a_recorded_interval_as_the_command_computes_them() {
@@ -339,7 +291,7 @@ async fn the_chart_draws_the_bars_of_a_recorded_interval_as_the_command_computes
             .to_string()
     };
     let (from, to) = (ts(T0), ts(T0 + 3_600_000_000_000));
-    let want = command_bars(&root.0, &from, &to);
+    let want = storage_query_support::studies_bars_1m(&root.0, &from, &to);
     let empty = want.iter().filter(|b| b["open"].is_null()).count();
     assert!(
         want.len() > 10 && empty > 0,

@@ -15,8 +15,8 @@ use std::sync::atomic::Ordering;
 use axum::body::Body;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::header;
+use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -202,19 +202,10 @@ pub async fn bars(
         }
         Some((Ok::<_, Infallible>(out.freeze()), rx))
     });
-    let mut resp = Body::from_stream(body).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert("x-stream-protocol", HeaderValue::from_static("v3"));
-    h.insert("cache-control", HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    if let Ok(v) = HeaderValue::from_str(&stream_id) {
-        h.insert("x-stream-id", v);
-    }
-    Ok(resp)
+    Ok(super::sse::event_stream(
+        Body::from_stream(body),
+        &stream_id,
+    ))
 }
 
 fn sse_event(out: &mut BytesMut, name: &str, json: &[u8]) {

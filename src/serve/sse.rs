@@ -599,7 +599,13 @@ pub async fn stream(
         event(&mut state.out, "info", None, w);
     }
     let body = futures_util::stream::unfold(state, next_frame);
-    let mut resp = Body::from_stream(body).into_response();
+    Ok(event_stream(Body::from_stream(body), &stream_id))
+}
+
+/// An SSE response: `body` with the event-stream headers every stream sends (no caching,
+/// no proxy buffering, the protocol and the stream's id).
+pub fn event_stream(body: Body, stream_id: &str) -> Response {
+    let mut resp = body.into_response();
     let h = resp.headers_mut();
     h.insert(
         axum::http::header::CONTENT_TYPE,
@@ -608,8 +614,8 @@ pub async fn stream(
     h.insert("x-stream-protocol", HeaderValue::from_static("v3"));
     h.insert("cache-control", HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    if let Ok(v) = HeaderValue::from_str(&stream_id) {
+    if let Ok(v) = HeaderValue::from_str(stream_id) {
         h.insert("x-stream-id", v);
     }
-    Ok(resp)
+    resp
 }

@@ -139,3 +139,51 @@ pub fn standard_store(root: &Path) -> (Vec<(u64, Record)>, LocalStrings) {
     all.extend(b.into_iter().map(|r| (EPOCH_B, r)));
     (all, strings)
 }
+
+/// `ib-stream studies bars --con-id CID --storage ROOT --from .. --to .. --format jsonl
+/// --size 1m`, run in process: the rows the bars endpoint and the chart must match.
+pub fn studies_bars_1m(root: &Path, from: &str, to: &str) -> Vec<serde_json::Value> {
+    use clap::Parser;
+    #[derive(Debug, Parser)]
+    struct Cmd {
+        #[command(subcommand)]
+        study: ib_stream::studies::cli::StudyCommand,
+    }
+    let root_s = root.display().to_string();
+    let cid = CID.to_string();
+    let args = [
+        "studies",
+        "bars",
+        "--con-id",
+        &cid,
+        "--storage",
+        &root_s,
+        "--from",
+        from,
+        "--to",
+        to,
+        "--format",
+        "jsonl",
+        "--size",
+        "1m",
+    ];
+    let study = Cmd::try_parse_from(args).unwrap().study;
+    let ctx = ib_stream::studies::cli::Context {
+        ring_dir: "/nonexistent".into(),
+        storage_root: root.to_path_buf(),
+        default_url: "http://127.0.0.1:1".into(),
+        token: None,
+    };
+    let mut out = Vec::new();
+    ib_stream::studies::cli::run(
+        &ib_stream::studies::cli::StudiesArgs { study },
+        &ctx,
+        &mut out,
+    )
+    .unwrap();
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
