@@ -221,3 +221,32 @@ fn bars_parquet_holds_the_csv_bars_with_the_gap() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("bars"));
 }
+
+#[test]
+fn bars_parquet_from_a_bad_input_leaves_no_file() {
+    let root = TempRoot::new("parquet-bad-input");
+    let file = root.0.join("bars.parquet");
+    let shm = format!("IB_STREAM_SHM_DIR={}", root.0.join("no-ring").display());
+    let o = run(&[
+        "--set",
+        &shm,
+        "studies",
+        "bars",
+        "--con-id",
+        "711280073",
+        "--ring",
+        "--format",
+        "parquet",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no such shared-memory file"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!file.exists(), "no empty file under the name asked for");
+    let partial = root.0.join("bars.parquet.partial");
+    assert!(!partial.exists(), "nor a partial one beside it");
+}

@@ -401,21 +401,36 @@ fn drive_parquet(study: BarAggregator, c: &CommonArgs, ctx: &Context) -> Result<
             "--format parquet writes a file: give --out FILE".into(),
         ));
     };
-    let f = std::fs::File::create(path)
-        .map_err(|e| StudiesError::Usage(format!("--out {}: {e}", path.display())))?;
-    let mut sink = ParquetSink::new(
-        std::io::BufWriter::with_capacity(256 * 1024, f),
-        bar_schema(),
-        BarColumns::default(),
-    )?;
-    feed(study, c, ctx, &mut |rows, _| {
-        for r in rows.drain(..) {
-            sink.columns().push(&r);
+    // Written beside the target and renamed once complete: a bad input or an interrupted
+    // run leaves no empty or footerless file under the name asked for.
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let f = std::fs::File::create(&partial)
+        .map_err(|e| StudiesError::Usage(format!("--out {}: {e}", partial.display())))?;
+    let written = (|| -> Result<(), StudiesError> {
+        let mut sink = ParquetSink::new(
+            std::io::BufWriter::with_capacity(256 * 1024, f),
+            bar_schema(),
+            BarColumns::default(),
+        )?;
+        feed(study, c, ctx, &mut |rows, _| {
+            for r in rows.drain(..) {
+                sink.columns().push(&r);
+            }
+            sink.flush_full().map_err(std::io::Error::other)
+        })?;
+        sink.close()?.flush()?;
+        Ok(())
+    })();
+    match written {
+        Ok(()) => std::fs::rename(&partial, path)
+            .map_err(|e| StudiesError::Usage(format!("--out {}: {e}", path.display()))),
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e)
         }
-        sink.flush_full().map_err(std::io::Error::other)
-    })?;
-    sink.close()?.flush()?;
-    Ok(())
+    }
 }
 
 /// Where a study's rows go: `(rows, now)`, `now` when they should be written out at once
